@@ -1,0 +1,158 @@
+#!/bin/bash
+# Install sjob on a Debian 12/13 or Ubuntu 22.04/24.04 machine running systemd. Run as root.
+#
+#   sudo ./install.sh                       install or upgrade from this checkout, dependencies from PyPI
+#   sudo ./install.sh --wheelhouse DIR      take every Python package from DIR instead of PyPI (offline)
+#   sudo ./install.sh --uninstall           remove everything an earlier run added
+#
+# What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob, the
+# command /usr/local/bin/sjob, the units sjobd.socket, sjobd.service and sjob.slice in
+# /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), and it
+# enables sjobd.socket. Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
+set -euo pipefail
+
+PREFIX=/opt/sjob
+UNIT_DIR=/usr/local/lib/systemd/system
+CONF_DIR=/etc/sjob
+STATE_DIR=/var/lib/sjob
+BIN_LINK=/usr/local/bin/sjob
+MANIFEST="$PREFIX/install-manifest"
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
+
+WHEELHOUSE=
+UNINSTALL=0
+BUILD_DIR=
+trap '[ -z "$BUILD_DIR" ] || rm -rf "$BUILD_DIR"' EXIT
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() {
+    printf 'install.sh: error: %s\n' "$1" >&2
+    [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$(cd "$2" && pwd); shift 2 ;;
+        --wheelhouse=*) WHEELHOUSE=$(cd "${1#*=}" && pwd); shift ;;
+        --uninstall) UNINSTALL=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option: $1" "see ./install.sh --help" ;;
+    esac
+done
+
+[ "$(id -u)" -eq 0 ] || die "must run as root" "sudo ./install.sh"
+[ -d /run/systemd/system ] || die "this machine does not run systemd" "sjob runs jobs as systemd units; it needs systemd as PID 1"
+
+uninstall() {
+    say "stopping and disabling sjobd"
+    systemctl disable --now sjobd.socket sjobd.service >/dev/null 2>&1 || true
+    rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK"
+    systemctl daemon-reload
+    local added=()
+    if [ -f "$MANIFEST" ]; then
+        mapfile -t added < <(sed -n 's/^apt: //p' "$MANIFEST")
+    fi
+    rm -rf "$PREFIX" "$CONF_DIR" "$STATE_DIR"
+    if [ ${#added[@]} -gt 0 ]; then
+        say "removing the Debian packages install.sh added: ${added[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "${added[@]}" >/dev/null
+    fi
+    say "sjob is uninstalled (running sjob-*.service jobs, if any, were left alone)"
+}
+
+missing_packages() {
+    local pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+    done
+}
+
+install_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages)
+    if [ ${#missing[@]} -eq 0 ]; then
+        return
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    printf 'apt: %s\n' "${missing[@]}" >>"$PREFIX.apt-added"
+}
+
+install_python() {
+    # A venv made by another Python (e.g. after a distribution upgrade) is rebuilt rather than patched.
+    if [ -x "$PREFIX/bin/python3" ] && ! "$PREFIX/bin/python3" -c 'import sys' >/dev/null 2>&1; then
+        say "the virtual environment in $PREFIX is broken; recreating it"
+        rm -rf "$PREFIX"
+    fi
+    if [ ! -x "$PREFIX/bin/python3" ]; then
+        say "creating the virtual environment $PREFIX"
+        python3 -m venv "$PREFIX"
+    fi
+    local pip=("$PREFIX/bin/python3" -m pip --disable-pip-version-check --no-input -q)
+    if [ -n "$WHEELHOUSE" ]; then
+        pip+=(--no-cache-dir)
+        export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELHOUSE"
+    fi
+    say "installing sjob from $SRC${WHEELHOUSE:+ with packages from $WHEELHOUSE}"
+    # The source is copied first: pip builds in the source tree, which may be read-only or owned by someone else.
+    BUILD_DIR=$(mktemp -d)
+    tar -C "$SRC" --exclude=.git --exclude=build --exclude=.venv --exclude='*.egg-info' -cf - . | tar -C "$BUILD_DIR" -xf -
+    "${pip[@]}" install "$BUILD_DIR"
+    # Reinstall sjob itself even when the version did not change, so an upgrade from a checkout always lands.
+    "${pip[@]}" install --force-reinstall --no-deps "$BUILD_DIR"
+}
+
+install_files() {
+    install -d -m 0755 "$UNIT_DIR" "$PREFIX/share/doc/sjob"
+    local unit
+    for unit in sjobd.socket sjobd.service sjob.slice; do
+        sed "s|/opt/sjob|$PREFIX|g" "$SRC/units/$unit" >"$UNIT_DIR/$unit.tmp"
+        chmod 0644 "$UNIT_DIR/$unit.tmp"
+        mv -f "$UNIT_DIR/$unit.tmp" "$UNIT_DIR/$unit"
+    done
+    install -m 0644 "$SRC/README.md" "$PREFIX/share/doc/sjob/README.md"
+    install -d -m 0755 "$CONF_DIR"
+    if [ ! -e "$CONF_DIR/policy.toml" ]; then
+        install -m 0644 "$SRC/policy/default.toml" "$CONF_DIR/policy.toml"
+    fi
+    install -d -m 0755 "$(dirname "$BIN_LINK")"
+    ln -sfn "$PREFIX/bin/sjob" "$BIN_LINK"
+}
+
+write_manifest() {
+    {
+        echo "# written by sjob's install.sh; --uninstall reads it"
+        echo "source: $SRC"
+        echo "installed: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        if [ -f "$PREFIX.apt-added" ]; then cat "$PREFIX.apt-added"; fi
+        if [ -f "$MANIFEST" ]; then grep '^apt: ' "$MANIFEST" || true; fi
+    } | awk '!seen[$0]++' >"$MANIFEST.tmp"
+    mv -f "$MANIFEST.tmp" "$MANIFEST"
+    rm -f "$PREFIX.apt-added"
+}
+
+start_units() {
+    systemctl daemon-reload
+    systemctl enable --now sjobd.socket >/dev/null 2>&1 || die "could not enable sjobd.socket" "systemctl status sjobd.socket"
+    # An upgrade must not keep serving the old code; jobs themselves are separate units and keep running.
+    systemctl try-restart sjobd.service
+}
+
+if [ "$UNINSTALL" -eq 1 ]; then
+    uninstall
+    exit 0
+fi
+
+install_packages
+install_python
+install_files
+write_manifest
+start_units
+say "done. Try: sjob run -- echo hello"

@@ -1,0 +1,113 @@
+"""How jobs look on a terminal. Plain text for one job; a rich table (imported only here) for many."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+from supervisor.logformat import signal_name
+from supervisor.protocol import Job, JobState
+
+DOTS = {
+    JobState.starting: "◌",
+    JobState.running: "●",
+    JobState.exited: "○",
+    JobState.failed: "×",  # noqa: RUF001
+    JobState.unknown: "?",
+}
+STYLES = {
+    JobState.starting: "yellow",
+    JobState.running: "green",
+    JobState.exited: "dim",
+    JobState.failed: "red",
+    JobState.unknown: "magenta",
+}
+
+
+def outcome(job: Job) -> str:
+    """The state with how it ended: 'exited (status 0)', 'failed (signal SIGKILL)', 'running'."""
+    if job.signal is not None:
+        return f"{job.state.value} (signal {signal_name(job.signal)})"
+    if job.exit_status is not None:
+        return f"{job.state.value} (status {job.exit_status})"
+    return job.state.value
+
+
+def status(job: Job) -> str:
+    now = time.time()
+    lines = [
+        f"{DOTS[job.state]} {job.id} - {shlex.join(job.argv)}",
+        ("State", outcome(job)),
+        ("Why", job.message),
+        ("Owner", f"{job.user} (uid {job.uid})"),
+        ("Directory", job.cwd),
+        ("Unit", job.unit),
+        ("Created", timestamp(job.created_usec, now)),
+        ("Started", timestamp(job.started_usec, now)),
+        ("Ended", timestamp(job.ended_usec, now) + ran_for(job)),
+        ("Logs", f"sjob logs {job.id}  |  journalctl -u {job.unit}"),
+    ]
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            out.append(line)
+        elif line[1]:
+            out.append(f"{line[0]:>11}: {line[1]}")
+    return "\n".join(out) + "\n"
+
+
+def timestamp(usec: int | None, now: float) -> str:
+    if not usec:
+        return ""
+    seconds = usec / 1e6
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(seconds)) + f" ({age(now - seconds)} ago)"
+
+
+def ran_for(job: Job) -> str:
+    if job.ended_usec and job.started_usec:
+        return f"; ran {duration((job.ended_usec - job.started_usec) / 1e6)}"
+    return ""
+
+
+def age(seconds: float) -> str:
+    return duration(max(seconds, 0.0))
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}min {secs}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes}min"
+    return f"{hours // 24}d {hours % 24}h"
+
+
+def job_table(jobs: list[Job]) -> None:
+    from rich.console import Console  # noqa: PLC0415 - rich costs startup time; only tables need it
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    console = Console(file=sys.stdout)
+    if not jobs:
+        console.print("No jobs. Start one with: sjob run -- COMMAND", highlight=False)
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "STATE", "AGE", "OWNER", "COMMAND"):
+        table.add_column(column, no_wrap=column != "COMMAND", overflow="ellipsis")
+    for job in jobs:
+        # Text, not markup strings: a command like `echo [red]` must print as written.
+        table.add_row(
+            job.id,
+            Text(outcome(job), style=STYLES[job.state]),
+            age(now - job.created_usec / 1e6),
+            Text(job.user),
+            Text(shlex.join(job.argv)),
+        )
+    console.print(table, highlight=False)

@@ -1,0 +1,137 @@
+"""A small synchronous Varlink client for io.sjob.Jobs, used by the CLI.
+
+Synchronous and stdlib-only on purpose: `sjob` must start fast, and importing asyncio (let alone asyncvarlink) costs
+more than the whole call. Varlink framing is one JSON object per message, each terminated by a NUL byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.protocol import (
+    DEFAULT_SOCKET,
+    Job,
+    JobSpec,
+    Method,
+    Output,
+    error_from_wire,
+    from_wire,
+    to_wire,
+)
+
+MAX_REPLY = 64 * 1024 * 1024
+SOCKET_ENV = "SJOB_SOCKET"
+
+
+def socket_path() -> str:
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class Client:
+    """One connection to sjobd; calls are made one after another."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or socket_path()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(self.path)
+        except OSError as e:
+            self._sock.close()
+            raise SjobError(
+                ErrorCode.NotConnected,
+                f"cannot connect to sjobd at {self.path}: {e.strerror}",
+                hint="is sjob installed and its socket enabled? 'systemctl status sjobd.socket' tells; "
+                "install with 'sudo ./install.sh'",
+            ) from e
+        self._buffer = b""
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- io.sjob.Jobs --------------------------------------------------------------------------------------
+
+    def start(self, spec: JobSpec) -> Job:
+        return from_wire(Job, self.call(Method.Start, {"spec": to_wire(spec)})["job"])
+
+    def follow(self, job_id: str) -> Iterator[Output | Job]:
+        for reply in self.call_more(Method.Follow, {"id": job_id}):
+            if "output" in reply:
+                yield from_wire(Output, reply["output"])
+            elif "job" in reply:
+                yield from_wire(Job, reply["job"])
+
+    def status(self, job_id: str) -> Job:
+        return from_wire(Job, self.call(Method.Status, {"id": job_id})["job"])
+
+    def list_jobs(self) -> list[Job]:
+        jobs = self.call(Method.List, {})["jobs"]
+        if not isinstance(jobs, list):
+            raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'jobs' is not a list")
+        return [from_wire(Job, j) for j in jobs]
+
+    # --- Varlink -------------------------------------------------------------------------------------------
+
+    def call(self, method: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        self._send({"method": method, "parameters": parameters})
+        reply = self._receive()
+        if reply.get("continues"):
+            raise SjobError(ErrorCode.ProtocolError, f"sjobd sent several replies to {method}")
+        return reply
+
+    def call_more(self, method: str, parameters: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self._send({"method": method, "parameters": parameters, "more": True})
+        while True:
+            reply = self._receive()
+            yield reply
+            if not reply.get("continues"):
+                return
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\0")
+        except OSError as e:
+            raise self._lost(e) from e
+
+    def _receive(self) -> dict[str, Any]:
+        while (end := self._buffer.find(b"\0")) < 0:
+            if len(self._buffer) > MAX_REPLY:
+                raise SjobError(ErrorCode.ProtocolError, f"sjobd sent a reply larger than {MAX_REPLY} bytes")
+            try:
+                chunk = self._sock.recv(256 * 1024)
+            except OSError as e:
+                raise self._lost(e) from e
+            if not chunk:
+                raise self._lost(None)
+            self._buffer += chunk
+        raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        try:
+            message = json.loads(raw)
+        except ValueError as e:
+            raise SjobError(ErrorCode.ProtocolError, f"sjobd sent invalid JSON: {e}") from e
+        if not isinstance(message, dict):
+            raise SjobError(ErrorCode.ProtocolError, "sjobd sent a reply that is not a JSON object")
+        parameters = message.get("parameters") or {}
+        if "error" in message:
+            raise error_from_wire(str(message["error"]), parameters if isinstance(parameters, dict) else {})
+        if not isinstance(parameters, dict):
+            raise SjobError(ErrorCode.ProtocolError, "sjobd sent reply parameters that are not an object")
+        return {**parameters, "continues": bool(message.get("continues"))}
+
+    def _lost(self, e: OSError | None) -> SjobError:
+        detail = f": {e.strerror}" if e is not None and e.strerror else ""
+        return SjobError(
+            ErrorCode.NotConnected,
+            f"lost the connection to sjobd{detail}",
+            hint="'journalctl -u sjobd' shows why; running jobs are not affected",
+        )

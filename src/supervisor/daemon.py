@@ -1,0 +1,140 @@
+"""sjobd: wiring and lifecycle. Startup -> serve -> graceful shutdown.
+
+Under systemd, sjobd is socket-activated by sjobd.socket and reports readiness with sd_notify (Type=notify). For
+development it also runs in the foreground on a socket path of its own: `sjobd --socket /tmp/sjob.sock`.
+Jobs do not depend on sjobd: they are systemd units and keep running while it stops or restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from systemd import daemon as sd_daemon
+
+import supervisor
+from supervisor.errors import SjobError
+from supervisor.jobs import JobService
+from supervisor.journal import Journal
+from supervisor.properties import ShimCommand
+from supervisor.protocol import DEFAULT_SOCKET
+from supervisor.records import JobRecords
+from supervisor.server import Server
+from supervisor.systemd import Systemd
+
+log = logging.getLogger("sjobd")
+
+DEFAULT_STATE_DIR = "/var/lib/sjob"
+SHUTDOWN_TIMEOUT = 10.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sjobd", description="The sjob daemon: runs jobs as systemd units.")
+    parser.add_argument(
+        "--socket",
+        default=None,
+        help=f"listen on this Unix socket path instead of a socket passed by systemd (default {DEFAULT_SOCKET})",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR),
+        help="where job records are kept (default: $STATE_DIRECTORY or %(default)s)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log debug messages")
+    return parser.parse_args(argv)
+
+
+class _JournalStreamFormatter(logging.Formatter):
+    """Prefix each line with its syslog level, which journald reads from a service's stderr."""
+
+    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = f"<{self.LEVELS.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in text.splitlines())
+
+
+def setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalStreamFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
+
+
+def listening_socket(path: str | None) -> socket.socket:
+    """The socket systemd passed us, or a new one bound at `path`."""
+    if path is None:
+        fds = sd_daemon.listen_fds()
+        if len(fds) == 1:
+            return socket.socket(fileno=fds[0])
+        if fds:
+            raise SystemExit(f"sjobd: expected one socket from systemd, got {len(fds)}; check sjobd.socket")
+        path = DEFAULT_SOCKET
+    directory = Path(path).parent
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.bind(path)
+    os.chmod(path, 0o666)  # noqa: S103 - everyone may connect; who they are is decided by SO_PEERCRED
+    sock.listen(128)
+    return sock
+
+
+def shim_command() -> ShimCommand:
+    # The shim runs as `python3 -I -S`, so it needs this interpreter and its own path, not an import.
+    return ShimCommand(python=sys.executable, script=str(Path(supervisor.__file__).resolve().parent / "shim.py"))
+
+
+async def serve(args: argparse.Namespace) -> int:
+    sock = listening_socket(args.socket)
+    try:
+        units = await Systemd.connect()
+    except SjobError as e:
+        log.error("%s (%s)", e.message, e.hint)
+        return 1
+    records = JobRecords(Path(args.state_dir) / "jobs.sqlite")
+    service = JobService(units, Journal(), records, shim_command())
+    await service.reconcile()
+    watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
+    server = Server(service, sock)
+    server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs")
+    log.info("sjobd ready on %s", sock.getsockname())
+    done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
+    failed = watcher in done and watcher.exception() is not None
+    if failed:
+        log.error("the exit watcher failed; stopping", exc_info=watcher.exception())
+
+    sd_daemon.notify("STOPPING=1\nSTATUS=Shutting down")
+    log.info("shutting down")
+    await server.close(SHUTDOWN_TIMEOUT)
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await service.close()
+    units.close()
+    records.close()
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(args.debug)
+    sys.exit(asyncio.run(serve(args)))

@@ -1,0 +1,50 @@
+"""The one error type of sjob and its machine codes.
+
+Every failure a user can cause or meet is an `SjobError`: a stable machine `code` (which the server sends as the
+Varlink error `io.sjob.Jobs.<code>`), a one-line `message` saying what went wrong, and an optional `hint` saying
+what to do about it. The client turns the Varlink error back into the same `SjobError`, so a message written in
+the daemon reaches the terminal unchanged. Anything that is not an `SjobError` is a bug: the daemon logs it with
+a traceback and answers `InternalError`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Machine codes; each is also the Varlink error name inside the io.sjob.Jobs interface."""
+
+    NoSuchJob = "NoSuchJob"
+    InvalidArgument = "InvalidArgument"
+    PermissionDenied = "PermissionDenied"
+    StartFailed = "StartFailed"
+    SystemdError = "SystemdError"
+    RequestTooLarge = "RequestTooLarge"
+    InternalError = "InternalError"
+    # Raised only on the client side; never sent over the wire.
+    NotConnected = "NotConnected"
+    ProtocolError = "ProtocolError"
+    ExecutableNotFound = "ExecutableNotFound"
+
+
+class SjobError(Exception):
+    """A failure with a machine code, a message for humans and an optional hint for what to do next."""
+
+    def __init__(self, code: ErrorCode, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+    def __repr__(self) -> str:
+        return f"SjobError({self.code.value}, {self.message!r}, hint={self.hint!r})"
+
+
+def no_such_job(job_id: str) -> SjobError:
+    # The same words for "does not exist" and "belongs to someone else": no existence oracle.
+    return SjobError(ErrorCode.NoSuchJob, f"no job with id {job_id!r}", hint="'sjob list' shows the ids of your jobs")
+
+
+def invalid_argument(message: str, hint: str | None = None) -> SjobError:
+    return SjobError(ErrorCode.InvalidArgument, message, hint)

@@ -1,0 +1,255 @@
+"""Jobs: start them, follow their output, know how they ended. The orchestration between policy, the unit
+manager, the journal and the record store, each reached through a small Protocol so tests can use fakes.
+
+The life of a job:
+1. `start` validates the spec, writes a record (state starting), starts sjob-<id>.service and waits for systemd's
+   start job: "done" means the shim was executed (state running); anything else means the unit failed before the
+   command ran, and the error says why (e.g. the working directory does not exist).
+2. The job's output and its exit are records in journald (see logformat). `follow` replays them from the start.
+3. `watch_exits` runs for the daemon's lifetime: for every exit record it records the job's result and resets the
+   unit if it failed, so finished units do not pile up in systemd. It starts reading from the oldest unfinished
+   job, so exits that happened while sjobd was down are recorded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from supervisor import jobspec, policy, properties
+from supervisor.auth import Principal
+from supervisor.errors import ErrorCode, SjobError, no_such_job
+from supervisor.logformat import ExitRecord, OutputRecord, Record
+from supervisor.properties import ShimCommand, UnitProperties
+from supervisor.protocol import Job, JobSpec, JobState, Output, Stream, parse_job_id, unit_for
+from supervisor.units import Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
+
+log = logging.getLogger(__name__)
+
+# How long a unit may be gone from systemd without an exit record before we call the job's end unknown. The exit
+# record is written just before the unit is collected, so it can trail the unit's disappearance a little.
+VANISHED_GRACE_USEC = 10 * 1_000_000
+COLLECT_TRIES = 100
+COLLECT_INTERVAL = 0.2
+
+
+class UnitManager(Protocol):
+    async def start_transient(self, unit: UnitProperties) -> str: ...
+    async def unit_state(self, name: str) -> UnitState | None: ...
+    async def reset_failed(self, name: str) -> None: ...
+
+
+class JobLog(Protocol):
+    def job_records(self, job_id: str, unit: str, owner_uid: int, *, follow: bool) -> AsyncIterator[Record | None]: ...
+    def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]: ...
+    def find_exit(self, job_id: str) -> ExitRecord | None: ...
+
+
+class RecordStore(Protocol):
+    def insert(self, job: Job) -> None: ...
+    def update(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def list_jobs(self, uid: int | None = None, limit: int = 1000) -> list[Job]: ...
+    def unfinished(self) -> list[Job]: ...
+
+
+def now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+class JobService:
+    def __init__(self, units: UnitManager, journal: JobLog, records: RecordStore, shim: ShimCommand) -> None:
+        self._units = units
+        self._journal = journal
+        self._records = records
+        self._shim = shim
+        self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
+        self._collecting: set[asyncio.Task[None]] = set()
+
+    # --- requests ------------------------------------------------------------------------------------------
+
+    async def start(self, principal: Principal, spec: JobSpec) -> Job:
+        spec = jobspec.validate(spec)
+        uid, gid = policy.run_as(principal)
+        job = Job(
+            id=self._new_id(),
+            unit="",
+            state=JobState.starting,
+            uid=uid,
+            user=principal.user,
+            argv=spec.argv,
+            cwd=spec.cwd,
+            created_usec=now_usec(),
+        )
+        job = dataclasses.replace(job, unit=unit_for(job.id))
+        self._records.insert(job)
+        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim)
+        log.info("starting %s for %s: %s", job.unit, principal, job.argv)
+        try:
+            result = await self._units.start_transient(unit)
+        except SjobError as e:
+            self._finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
+            raise
+        if result == "done":
+            job = dataclasses.replace(job, state=JobState.running, started_usec=now_usec())
+            self._records.update(job)
+            return job
+        return await self._start_failed(job, result)
+
+    async def follow(self, principal: Principal, job_id: str) -> AsyncIterator[Output | Job]:
+        """The job's output from the very start, then the job as it ended. For a finished job this is a replay."""
+        job = self._visible(principal, job_id)
+        ended_elsewhere = False
+        async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=not job.state.finished):
+            if isinstance(record, OutputRecord):
+                yield Output.of(Stream(record.stream), record.data)
+            elif isinstance(record, ExitRecord):
+                yield self._record_exit(job.id, record) or job
+                return
+            elif record is None:
+                # A quiet tick. The exit record normally arrives through this reader after all output; give it
+                # one more tick once the job is known to have ended, and stop at once if it ended unknown.
+                refreshed = await self._refresh(job)
+                if refreshed.state is JobState.unknown or (refreshed.state.finished and ended_elsewhere):
+                    yield refreshed
+                    return
+                ended_elsewhere = refreshed.state.finished
+        yield self._records.get(job.id) or job
+
+    async def status(self, principal: Principal, job_id: str) -> Job:
+        job = self._visible(principal, job_id)
+        return job if job.state.finished else await self._refresh(job)
+
+    def list_jobs(self, principal: Principal) -> list[Job]:
+        return self._records.list_jobs(None if principal.is_root else principal.uid)
+
+    # --- background ----------------------------------------------------------------------------------------
+
+    async def watch_exits(self) -> None:
+        """Record every job's end as journald reports it; runs until cancelled."""
+        unfinished = self._records.unfinished()
+        since = min((j.created_usec for j in unfinished), default=now_usec())
+        async for job_id, record in self._journal.exits(since):
+            job = self._record_exit(job_id, record)
+            if job is not None:
+                self._collect_later(job.unit)
+
+    async def reconcile(self) -> None:
+        """At startup: settle records of jobs whose units vanished while sjobd was down."""
+        for job in self._records.unfinished():
+            await self._refresh(job)
+
+    async def close(self) -> None:
+        for task in list(self._collecting):
+            task.cancel()
+        await asyncio.gather(*self._collecting, return_exceptions=True)
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if self._records.get(job_id) is None:
+                return job_id
+
+    def _visible(self, principal: Principal, job_id: str) -> Job:
+        job = self._records.get(parse_job_id(job_id))
+        if job is None or not policy.may_view(principal, job.uid):
+            raise no_such_job(job_id)
+        return job
+
+    async def _start_failed(self, job: Job, result: str) -> Job:
+        state = await self._units.unit_state(job.unit)
+        if state is not None and state.exec_main_code != 0:
+            outcome = outcome_of_unit(state)
+        else:
+            outcome = Outcome(JobState.failed, result, None, None, None)
+        message = outcome.message or f"systemd reported '{result}' while starting {job.unit}"
+        self._finish(job, dataclasses.replace(outcome, message=message), now_usec())
+        self._collect_later(job.unit)
+        raise SjobError(
+            ErrorCode.StartFailed,
+            f"job {job.id} could not start: {message}",
+            hint=setup_failure_hint(outcome.exit_status, job.cwd, job.unit),
+        )
+
+    def _record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
+        job = self._records.get(job_id)
+        if job is None or job.state.finished:
+            return job
+        return self._finish(job, outcome_of_exit(record), record.when_usec or now_usec())
+
+    def _finish(self, job: Job, outcome: Outcome, when: int) -> Job:
+        job = dataclasses.replace(
+            job,
+            state=outcome.state,
+            ended_usec=when,
+            result=outcome.result,
+            exit_status=outcome.exit_status,
+            signal=outcome.signal,
+            message=outcome.message,
+        )
+        self._records.update(job)
+        self._vanished.pop(job.id, None)
+        log.info("%s ended: %s", job.unit, outcome)
+        return job
+
+    def _collect_later(self, unit: str) -> None:
+        task = asyncio.create_task(self._collect(unit))
+        self._collecting.add(task)
+        task.add_done_callback(self._collecting.discard)
+
+    async def _collect(self, unit: str) -> None:
+        """Once a recorded unit has settled, reset it if it failed, so systemd garbage-collects it.
+
+        The exit record is written by ExecStopPost, while the unit is still deactivating; resetting then would be
+        a no-op and leave a failed unit behind, so wait for the final state.
+        """
+        for _ in range(COLLECT_TRIES):
+            try:
+                state = await self._units.unit_state(unit)
+                if state is None or state.active_state == "inactive":
+                    return
+                if state.active_state == "failed":
+                    await self._units.reset_failed(unit)
+                    return
+            except SjobError as e:
+                log.warning("cannot collect %s: %s", unit, e.message)
+                return
+            await asyncio.sleep(COLLECT_INTERVAL)
+        log.warning("%s did not settle; leaving it to systemd", unit)
+
+    async def _refresh(self, job: Job) -> Job:
+        """Bring an unfinished job's record up to date with the journal and systemd."""
+        current = self._records.get(job.id)
+        if current is None or current.state.finished:
+            return current or job
+        job = current
+        if (found := self._journal.find_exit(job.id)) is not None:
+            return self._record_exit(job.id, found) or job
+        state = await self._units.unit_state(job.unit)
+        if state is not None and state.exists:
+            self._vanished.pop(job.id, None)
+            if state.active_state == "active" and job.state is JobState.starting:
+                job = dataclasses.replace(job, state=JobState.running, started_usec=state.exec_main_start_usec)
+                self._records.update(job)
+            return job
+        first_seen = self._vanished.setdefault(job.id, now_usec())
+        if now_usec() - first_seen < VANISHED_GRACE_USEC:
+            return job
+        return self._finish(
+            job,
+            Outcome(
+                JobState.unknown,
+                "unknown",
+                None,
+                None,
+                "the unit vanished without recording how the job ended",
+            ),
+            now_usec(),
+        )

@@ -1,0 +1,67 @@
+"""Validation of what a client asks to run. Pure: it looks at the request, never at the system.
+
+Every rule here produces an `InvalidArgument` error that names the field and says what is accepted, so a bad
+request fails before any unit exists.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from supervisor.errors import invalid_argument
+from supervisor.protocol import JobSpec
+
+MAX_ARGS = 4096
+MAX_ARGV_BYTES = 128 * 1024
+MAX_PATH = 4096
+MAX_ENV = 256
+MAX_ENV_BYTES = 64 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def validate(spec: JobSpec) -> JobSpec:
+    """Return the spec with its paths normalised, or raise InvalidArgument."""
+    argv = _validate_argv(spec.argv)
+    cwd = _validate_cwd(spec.cwd)
+    environment = _validate_environment(spec.environment or [])
+    return JobSpec(argv=argv, cwd=cwd, environment=environment or None)
+
+
+def _validate_argv(argv: list[str]) -> list[str]:
+    if not argv or not argv[0]:
+        raise invalid_argument("the command is empty", hint="give the command after '--': sjob run -- CMD ARGS...")
+    if len(argv) > MAX_ARGS:
+        raise invalid_argument(f"the command has {len(argv)} arguments; at most {MAX_ARGS} are accepted")
+    if sum(len(a.encode()) + 1 for a in argv) > MAX_ARGV_BYTES:
+        raise invalid_argument(f"the command line is longer than {MAX_ARGV_BYTES} bytes")
+    for i, arg in enumerate(argv):
+        if "\0" in arg:
+            raise invalid_argument(f"argument {i} of the command contains a NUL byte")
+    return list(argv)
+
+
+def _validate_cwd(cwd: str) -> str:
+    if not cwd.startswith("/") or "\0" in cwd or len(cwd) > MAX_PATH:
+        raise invalid_argument(
+            f"the working directory {cwd[:100]!r} is not an absolute path",
+            hint="pass a path starting with '/'",
+        )
+    return posixpath.normpath(cwd)
+
+
+def _validate_environment(environment: list[str]) -> list[str]:
+    if len(environment) > MAX_ENV or sum(len(e.encode()) for e in environment) > MAX_ENV_BYTES:
+        raise invalid_argument(f"too much environment: at most {MAX_ENV} entries and {MAX_ENV_BYTES} bytes")
+    seen: dict[str, str] = {}
+    for entry in environment:
+        name, sep, value = entry.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise invalid_argument(
+                f"invalid environment entry {entry[:60]!r}",
+                hint="write NAME=VALUE, where NAME is letters, digits and '_' and does not start with a digit",
+            )
+        if "\0" in value:
+            raise invalid_argument(f"the value of environment variable {name} contains a NUL byte")
+        seen[name] = value  # the last assignment wins, as in a shell
+    return [f"{name}={value}" for name, value in seen.items()]

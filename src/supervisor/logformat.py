@@ -1,0 +1,193 @@
+"""How a job's output and its end are laid out as journald entries.
+
+Job output is stored byte-exact in journald as native-protocol entries written by the shim inside the job's unit
+(StandardOutput=journal is lossy: it drops blank lines, trailing blanks, CR and `<N>` prefixes, and merges the
+streams). Each entry is one *record*: what one read() of a stream's pipe returned. The record's final newline, if
+any, is stripped from MESSAGE so that `journalctl -u sjob-<id>.service` shows ordinary lines; a record that did
+not end in a newline carries SJOB_PARTIAL=1. Concatenating `MESSAGE + ("" if partial else "\\n")` over a stream's
+records in SJOB_SEQ order gives back exactly the bytes the job wrote.
+
+When both pipes reach end-of-file the shim writes an `eof` entry with the number of records, so a reader can tell
+that it has all of them. After the unit's processes are gone, a privileged ExecStopPost= writes an `exit` entry
+with systemd's SERVICE_RESULT, EXIT_CODE and EXIT_STATUS: the job's durable result, readable even if sjobd was
+down and the unit has been garbage-collected.
+
+This module is imported by the shim, which runs with `python3 -I -S`: it may import nothing but the stdlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import signal
+
+F_JOB_ID = "SJOB_JOB_ID"
+F_STREAM = "SJOB_STREAM"
+F_SEQ = "SJOB_SEQ"
+F_PARTIAL = "SJOB_PARTIAL"
+F_EVENT = "SJOB_EVENT"
+F_RECORDS = "SJOB_RECORDS"
+F_RESULT = "SJOB_RESULT"
+F_EXIT_CODE = "SJOB_EXIT_CODE"
+F_EXIT_STATUS = "SJOB_EXIT_STATUS"
+
+# Priorities as `journalctl -p` knows them: stdout at info, stderr at err.
+PRIORITY = {"stdout": b"6", "stderr": b"3"}
+
+
+class Event(enum.StrEnum):
+    eof = "eof"
+    exit = "exit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputRecord:
+    seq: int
+    stream: str  # "stdout" or "stderr"
+    data: bytes  # exactly what the job wrote, newline included
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EofRecord:
+    records: int  # how many output records came before this one
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExitRecord:
+    result: str  # systemd's SERVICE_RESULT: success, exit-code, signal, core-dump, timeout, oom-kill, ...
+    exit_code: str  # exited, killed or dumped; empty if the main process never ran
+    exit_status: int | None  # the exit status, or the signal number when killed or dumped
+    when_usec: int = 0  # when journald received the record (realtime); filled in by the reader
+
+    @property
+    def signal(self) -> int | None:
+        return self.exit_status if self.exit_code in ("killed", "dumped") else None
+
+    @property
+    def status(self) -> int | None:
+        return self.exit_status if self.exit_code == "exited" else None
+
+
+Record = OutputRecord | EofRecord | ExitRecord
+
+
+def output_fields(job_id: str, ident: str, seq: int, stream: str, data: bytes) -> list[tuple[str, bytes]]:
+    """The fields of the entry for one record of output."""
+    newline = data.endswith(b"\n")
+    fields = [
+        ("MESSAGE", data[:-1] if newline else data),
+        ("PRIORITY", PRIORITY[stream]),
+        ("SYSLOG_IDENTIFIER", ident.encode()),
+        (F_JOB_ID, job_id.encode()),
+        (F_STREAM, stream.encode()),
+        (F_SEQ, str(seq).encode()),
+    ]
+    if not newline:
+        fields.append((F_PARTIAL, b"1"))
+    return fields
+
+
+def eof_fields(job_id: str, ident: str, records: int, sizes: dict[str, int]) -> list[tuple[str, bytes]]:
+    sizes_text = ", ".join(f"{stream} {size} bytes" for stream, size in sizes.items())
+    return [
+        ("MESSAGE", f"sjob: end of output ({sizes_text})".encode()),
+        ("PRIORITY", b"7"),
+        ("SYSLOG_IDENTIFIER", ident.encode()),
+        (F_JOB_ID, job_id.encode()),
+        (F_EVENT, Event.eof.value.encode()),
+        (F_RECORDS, str(records).encode()),
+    ]
+
+
+def exit_report_command(job_id: str, logger: str = "/usr/bin/logger") -> list[str]:
+    """The argv of the ExecStopPost= that records how the job ended.
+
+    systemd substitutes ${SERVICE_RESULT}, ${EXIT_CODE} and ${EXIT_STATUS} (each into exactly one argument); the
+    shell only formats them for `logger --journald`, which sends one native entry. `$$` is systemd's escape for
+    a literal `$`. It runs privileged, so the entry has _UID=0 and a job cannot forge its own result.
+    """
+    script = (
+        "printf '%s\\n'"
+        f' "MESSAGE=sjob: job {job_id} ended: $$1 (code=$$2, status=$$3)"'
+        ' "PRIORITY=6" "SYSLOG_IDENTIFIER=sjob"'
+        f' "{F_JOB_ID}={job_id}" "{F_EVENT}=exit" "{F_RESULT}=$$1" "{F_EXIT_CODE}=$$2" "{F_EXIT_STATUS}=$$3"'
+        f" | {logger} --journald"
+    )
+    return ["/bin/sh", "-c", script, "sjob-exit", "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
+
+
+def parse_record(fields: dict[str, bytes]) -> Record | None:
+    """The record an entry holds, or None if it is not one of ours or is malformed.
+
+    The job's own processes can write entries too, so nothing here may raise on odd input.
+    """
+    event = fields.get(F_EVENT)
+    if event is not None:
+        if event == b"eof":
+            records = _int(fields.get(F_RECORDS))
+            return EofRecord(records) if records is not None else None
+        if event == b"exit":
+            return _exit_record(fields)
+        return None
+    stream = fields.get(F_STREAM)
+    seq = _int(fields.get(F_SEQ))
+    message = fields.get("MESSAGE")
+    if stream not in (b"stdout", b"stderr") or seq is None or message is None:
+        return None
+    data = message if fields.get(F_PARTIAL) == b"1" else message + b"\n"
+    return OutputRecord(seq, stream.decode(), data)
+
+
+def accepts(fields: dict[str, bytes], record: Record, unit: str, owner_uid: int) -> bool:
+    """Whether an entry may speak for the job: anyone can write SJOB_* fields, but not _UID or _SYSTEMD_UNIT.
+
+    Output and eof must come from the job's owner (or root) and from the job's unit; an entry without
+    _SYSTEMD_UNIT is accepted from the owner, because journald loses a sender's unit when the sender exits
+    before its datagram is read. The exit record must come from root (the privileged ExecStopPost).
+    """
+    sender_unit = fields.get("_SYSTEMD_UNIT")
+    if sender_unit is not None and sender_unit != unit.encode():
+        return False
+    uid = fields.get("_UID")
+    if isinstance(record, ExitRecord):
+        return uid == b"0"
+    return uid in (b"0", str(owner_uid).encode())
+
+
+def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:
+    result = fields.get(F_RESULT, b"").decode("ascii", "replace")
+    if not result:
+        return None
+    code = fields.get(F_EXIT_CODE, b"").decode("ascii", "replace")
+    raw_status = fields.get(F_EXIT_STATUS, b"").decode("ascii", "replace")
+    status: int | None
+    if code == "exited":
+        status = _int(raw_status.encode())
+    elif code in ("killed", "dumped"):
+        status = signal_number(raw_status)
+    else:
+        status = None
+    return ExitRecord(result, code, status)
+
+
+def signal_number(name: str) -> int | None:
+    """systemd reports signals by name without the SIG prefix ("TERM"); accept numbers too."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return int(signal.Signals["SIG" + name.removeprefix("SIG")])
+    except KeyError:
+        return None
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _int(raw: bytes | None) -> int | None:
+    if raw is None or not raw.isdigit() or len(raw) > 18:
+        return None
+    return int(raw)

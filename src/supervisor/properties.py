@@ -1,0 +1,115 @@
+"""A validated job spec plus who runs it, turned into the properties of a transient service unit.
+
+All unit properties sjob ever sets are in `SIGNATURES`, with their D-Bus signatures as systemd declares them
+(src/core/dbus-execute.c, dbus-service.c, dbus-unit.c, dbus-cgroup.c). The D-Bus adapter takes names, and values
+from here and wraps them with these signatures; nothing else in sjob writes a property name.
+
+Why these choices:
+- Type=exec: StartTransientUnit's job fails if the shim cannot be executed, instead of "succeeding" with a dead
+  unit. The shim then exec()s the command, so the job is the main process.
+- ExecStartEx with the `no-env-expand` flag: the command's `$VAR` and `${VAR}` reach it literally. systemd does
+  not expand `%` specifiers in properties set over D-Bus, except in Environment=, where we double them.
+- ExecStopPostEx with `privileged`: the exit report runs as root so its journal entry (_UID=0) cannot be forged by
+  the job (see logformat.exit_report_command).
+- LogRateLimitIntervalUSec=0: journald's per-unit rate limit would otherwise drop a fast writer's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Sequence
+
+from supervisor import logformat
+from supervisor.auth import Principal
+from supervisor.protocol import JobSpec
+
+SLICE = "sjob.slice"
+DEFAULT_STOP_TIMEOUT_USEC = 90 * 1_000_000  # systemd's DefaultTimeoutStopSec
+DESCRIPTION_MAX = 240
+
+SIGNATURES: dict[str, str] = {
+    "Description": "s",
+    "Type": "s",
+    "ExecStartEx": "a(sasas)",
+    "ExecStopPostEx": "a(sasas)",
+    "User": "s",
+    "Group": "s",
+    "WorkingDirectory": "s",
+    "Environment": "as",
+    "Slice": "s",
+    "NoNewPrivileges": "b",
+    "PrivateTmp": "b",
+    "StandardInput": "s",
+    "StandardOutput": "s",
+    "StandardError": "s",
+    "LogRateLimitIntervalUSec": "t",
+    "KillMode": "s",
+    "TimeoutStopUSec": "t",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShimCommand:
+    """How to start the shim: the interpreter and the path of shim.py, as installed."""
+
+    python: str
+    script: str
+
+    def argv(self, job_id: str, command: Sequence[str]) -> list[str]:
+        return [self.python, "-I", "-S", self.script, job_id, "--", *command]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitProperties:
+    """The name and properties of one transient unit, in the order they are sent."""
+
+    name: str
+    properties: tuple[tuple[str, object], ...]
+
+    def signed(self) -> list[tuple[str, str, object]]:
+        """(name, D-Bus signature, value) triples; an unknown property name is a bug and raises KeyError."""
+        return [(key, SIGNATURES[key], value) for key, value in self.properties]
+
+    def get(self, key: str) -> object:
+        return dict(self.properties)[key]
+
+
+def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
+    """The unit's Description=: who ran what, short enough for `systemctl status`."""
+    text = f"sjob {job_id} by {principal.user} (uid {principal.uid}): {shlex.join(argv)}"
+    return text if len(text) <= DESCRIPTION_MAX else text[: DESCRIPTION_MAX - 1] + "…"
+
+
+def job_unit(
+    unit: str, job_id: str, spec: JobSpec, principal: Principal, uid: int, gid: int, shim: ShimCommand
+) -> UnitProperties:
+    """The transient service for one job; `spec` must already be validated (jobspec.validate)."""
+    report = logformat.exit_report_command(job_id)
+    props: list[tuple[str, object]] = [
+        ("Description", describe(job_id, principal, spec.argv)),
+        ("Type", "exec"),
+        ("ExecStartEx", [(shim.python, shim.argv(job_id, spec.argv), ["no-env-expand"])]),
+        ("ExecStopPostEx", [(report[0], report, ["privileged"])]),
+        ("User", str(uid)),
+        ("Group", str(gid)),
+        ("WorkingDirectory", spec.cwd),
+        ("Slice", SLICE),
+        ("NoNewPrivileges", True),
+        ("PrivateTmp", True),
+        ("StandardInput", "null"),
+        # Only the shim's own complaints go here; the job's output goes through the shim's pipes.
+        ("StandardOutput", "journal"),
+        ("StandardError", "journal"),
+        ("LogRateLimitIntervalUSec", 0),
+        ("KillMode", "control-group"),
+        ("TimeoutStopUSec", DEFAULT_STOP_TIMEOUT_USEC),
+    ]
+    if spec.environment:
+        props.append(("Environment", [escape_specifiers(e) for e in spec.environment]))
+    return UnitProperties(unit, tuple(props))
+
+
+def escape_specifiers(text: str) -> str:
+    """PID1 resolves `%` specifiers in Environment= even when it arrives over D-Bus (systemd PR #6144)."""
+    return text.replace("%", "%%")

@@ -1,0 +1,241 @@
+"""The io.sjob.Jobs Varlink interface: names, typed messages, and their JSON form.
+
+This module is the contract between `sjob` and `sjobd`. The daemon hands these dataclasses to asyncvarlink, which
+derives the Varlink interface description (`varlinkctl introspect`) and validates requests against them; the
+client, which must start fast and so never imports asyncio or asyncvarlink, converts replies with `from_wire`.
+Requests are closed: the server rejects unknown fields. Replies are open: a client ignores fields it does not
+know, so a newer daemon can add fields without breaking an older client.
+
+No `from __future__ import annotations` here: asyncvarlink reads `dataclasses.fields(...).type`, which must be a
+real type, not a string.
+"""
+
+import base64
+import dataclasses
+import enum
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from supervisor.errors import ErrorCode, SjobError, invalid_argument
+
+INTERFACE = "io.sjob.Jobs"
+DEFAULT_SOCKET = "/run/sjob/io.sjob.Jobs"
+UNIT_PREFIX = "sjob-"
+UNIT_SUFFIX = ".service"
+
+# A job id is 8 lowercase hex digits; the unit is sjob-<id>.service. Nothing else is ever turned into a unit name.
+_JOB_ID = re.compile(r"[0-9a-f]{8}")
+_UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service)?")
+
+
+class Method(enum.StrEnum):
+    Start = f"{INTERFACE}.Start"
+    Follow = f"{INTERFACE}.Follow"
+    Status = f"{INTERFACE}.Status"
+    List = f"{INTERFACE}.List"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Member names equal values: asyncvarlink sends enum names."""
+
+    starting = "starting"
+    running = "running"
+    exited = "exited"  # the command exited with status 0
+    failed = "failed"  # non-zero exit, killed by a signal, or could not be started
+    unknown = "unknown"  # the unit vanished without a recorded result (e.g. the machine rebooted)
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.exited, JobState.failed, JobState.unknown)
+
+
+class Stream(enum.StrEnum):
+    stdout = "stdout"
+    stderr = "stderr"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to run. The daemon decides as whom, where in the cgroup tree, and under which sandbox."""
+
+    argv: list[str]
+    cwd: str
+    environment: list[str] | None = None  # "NAME=VALUE" entries added to the job's environment
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the daemon knows it: what ran, for whom, and how it ended."""
+
+    id: str
+    unit: str
+    state: JobState
+    uid: int
+    user: str
+    argv: list[str]
+    cwd: str
+    created_usec: int
+    started_usec: int | None = None
+    ended_usec: int | None = None
+    # systemd's Result= of the service: success, exit-code, signal, core-dump, timeout, oom-kill, resources, ...
+    result: str | None = None
+    exit_status: int | None = None  # set when the main process exited on its own
+    signal: int | None = None  # set when the main process was killed by a signal
+    message: str | None = None  # a human explanation when the job could not start or ended abnormally
+
+    @property
+    def shell_status(self) -> int:
+        """The exit status a shell would report for this job: the code, or 128+N for signal N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        if self.exit_status is not None:
+            return self.exit_status
+        return 0 if self.state is JobState.exited else 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    """A piece of what the job wrote on one stream; `data` is base64 because output is arbitrary bytes."""
+
+    stream: Stream
+    data: str
+
+    @classmethod
+    def of(cls, stream: Stream, data: bytes) -> "Output":
+        return cls(stream, base64.b64encode(data).decode("ascii"))
+
+    def raw(self) -> bytes:
+        return base64.b64decode(self.data, validate=True)
+
+
+class StartReply(typing.TypedDict):
+    job: Job
+
+
+class FollowReply(typing.TypedDict, total=False):
+    """One reply of Follow: output as it arrives, and last of all the finished job."""
+
+    output: Output
+    job: Job
+
+
+class StatusReply(typing.TypedDict):
+    job: Job
+
+
+class ListReply(typing.TypedDict):
+    jobs: list[Job]
+
+
+# --- job ids -------------------------------------------------------------------------------------------------
+
+
+def parse_job_id(text: str) -> str:
+    """Accept `1a2b3c4d`, `sjob-1a2b3c4d` or `sjob-1a2b3c4d.service`; refuse everything else."""
+    if _JOB_ID.fullmatch(text):
+        return text
+    if m := _UNIT_FORM.fullmatch(text):
+        return m.group(1)
+    shown = text if len(text) <= 40 and text.isprintable() else repr(text[:40]) + "…"
+    raise invalid_argument(
+        f"invalid job id {shown!r}: a job id is 8 lowercase hex digits such as 1a2b3c4d",
+        hint="'sjob list' shows the ids of your jobs",
+    )
+
+
+def unit_for(job_id: str) -> str:
+    return f"{UNIT_PREFIX}{parse_job_id(job_id)}{UNIT_SUFFIX}"
+
+
+# --- JSON form -----------------------------------------------------------------------------------------------
+
+
+def to_wire(value: Any) -> Any:
+    """Convert dataclasses, enums and containers to JSON-compatible values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, list | tuple):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
+
+
+_T = typing.TypeVar("_T")
+
+
+def from_wire(cls: type[_T], obj: object) -> _T:
+    """Build dataclass `cls` from a decoded JSON object, checking types and ignoring unknown keys."""
+    return typing.cast(_T, _convert(cls, obj, cls.__name__))
+
+
+def _convert(tp: Any, obj: object, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is types.UnionType or origin is typing.Union:
+        if obj is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not types.NoneType]
+        return _convert(inner, obj, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(_expect(obj, list, where))]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        name = _expect(obj, str, where)
+        if name not in tp.__members__:
+            raise _bad(where, f"unknown value {name!r}")
+        return tp.__members__[name]
+    if dataclasses.is_dataclass(tp):
+        fields = _expect(obj, dict, where)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in fields:
+                kwargs[f.name] = _convert(f.type, fields[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING:
+                raise _bad(where, f"missing field {f.name!r}")
+        return typing.cast(Any, tp)(**kwargs)
+    if tp is bool:
+        return _expect(obj, bool, where)
+    if tp is int:
+        if isinstance(obj, bool):
+            raise _bad(where, "expected an integer")
+        return _expect(obj, int, where)
+    if tp is str:
+        return _expect(obj, str, where)
+    raise TypeError(f"from_wire cannot convert {tp!r}")  # a bug in this module, not bad input
+
+
+def _expect(obj: object, tp: type[_T], where: str) -> _T:
+    if not isinstance(obj, tp):
+        raise _bad(where, f"expected {tp.__name__}, got {type(obj).__name__}")
+    return obj
+
+
+def _bad(where: str, what: str) -> SjobError:
+    return SjobError(
+        ErrorCode.ProtocolError,
+        f"malformed reply from sjobd at {where}: {what}",
+        hint="sjob and sjobd may be different versions; reinstall or restart sjobd",
+    )
+
+
+def error_from_wire(name: str, parameters: Mapping[str, object]) -> SjobError:
+    """Turn a Varlink error reply back into the SjobError the daemon raised."""
+    message = parameters.get("message")
+    hint = parameters.get("hint")
+    short = name.removeprefix(INTERFACE + ".")
+    if short in ErrorCode.__members__ and isinstance(message, str):
+        return SjobError(ErrorCode(short), message, hint if isinstance(hint, str) else None)
+    if name == "org.varlink.service.MethodNotFound":
+        return SjobError(
+            ErrorCode.ProtocolError,
+            f"sjobd does not know the method {parameters.get('method')!r}",
+            hint="sjobd is older than this client: restart it with 'systemctl restart sjobd'",
+        )
+    if name == "org.varlink.service.InvalidParameter":
+        return invalid_argument(f"sjobd rejected the request parameter {parameters.get('parameter')!r}")
+    return SjobError(ErrorCode.ProtocolError, f"sjobd answered with error {name}: {dict(parameters)}")

@@ -1,0 +1,281 @@
+"""sjobd's Varlink server: the io.sjob.Jobs interface on a Unix socket, one principal per connection.
+
+Each accepted connection is identified once, by SO_PEERCRED, and gets its own interface object bound to that
+principal: nothing a client sends can change who it is. Every method maps `SjobError` to the Varlink error
+`io.sjob.Jobs.<code>` with `message` and `hint`; any other exception is a bug, logged with its traceback and
+answered with `InternalError`, and the server carries on. A connection that closes, or half-closes, cancels its
+streaming calls so an abandoned `Follow` does not hold a journal reader open.
+
+No `from __future__ import annotations`: asyncvarlink derives the interface from runtime annotations.
+"""
+
+import asyncio
+import logging
+import pwd
+import select
+import socket
+import struct
+import typing
+from collections.abc import AsyncIterator
+
+from asyncvarlink import (
+    FileDescriptorArray,
+    TypedVarlinkErrorReply,
+    VarlinkInterface,
+    VarlinkInterfaceRegistry,
+    VarlinkInterfaceServerProtocol,
+    VarlinkMethodCall,
+    VarlinkTransport,
+    varlinkmethod,
+)
+from asyncvarlink.serviceinterface import InvalidParameter, VarlinkServiceInterface
+
+import supervisor
+from supervisor.auth import Principal
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.jobs import JobService
+from supervisor.protocol import INTERFACE, FollowReply, Job, JobSpec, Output
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1024 * 1024  # a request larger than this is refused and the connection closed
+HANGUP_CHECK = 1.0  # seconds between checks whether the client of a stream is still there
+
+
+class ErrorParameters(typing.TypedDict):
+    message: str
+    hint: str | None
+
+
+def _error_class(code: ErrorCode) -> type[TypedVarlinkErrorReply]:
+    cls = type(code.value, (TypedVarlinkErrorReply,), {"Parameters": ErrorParameters}, interface=INTERFACE)
+    return typing.cast(type[TypedVarlinkErrorReply], cls)
+
+
+# The errors a client can receive; client-side-only codes are not part of the interface.
+ERRORS: dict[ErrorCode, type[TypedVarlinkErrorReply]] = {
+    code: _error_class(code)
+    for code in ErrorCode
+    if code not in (ErrorCode.NotConnected, ErrorCode.ProtocolError, ErrorCode.ExecutableNotFound)
+}
+
+
+def varlink_error(e: SjobError) -> TypedVarlinkErrorReply:
+    cls = ERRORS.get(e.code, ERRORS[ErrorCode.InternalError])
+    return cls(message=e.message, hint=e.hint)
+
+
+class JobsInterface(VarlinkInterface, name=INTERFACE):
+    """Run commands as transient systemd services and read their output back from journald."""
+
+    errors = tuple(ERRORS.values())
+
+    def __init__(self, service: JobService, principal: Principal) -> None:
+        self._service = service
+        self._principal = principal
+
+    @varlinkmethod(return_parameter="job")
+    async def Start(self, spec: JobSpec) -> Job:  # noqa: N802 - Varlink method names are CamelCase
+        """Start a job as the calling user; returns once systemd has executed it (or says why it could not)."""
+        try:
+            return await self._service.start(self._principal, spec)
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    @varlinkmethod
+    async def Follow(self, id: str) -> AsyncIterator[FollowReply]:  # noqa: N802
+        """Stream a job's output from its very start; the last reply carries the finished job."""
+        try:
+            async for item in self._service.follow(self._principal, id):
+                if isinstance(item, Output):
+                    yield FollowReply(output=item)
+                else:
+                    yield FollowReply(job=item)
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    @varlinkmethod(return_parameter="job")
+    async def Status(self, id: str) -> Job:  # noqa: N802
+        """Describe one of the caller's jobs."""
+        try:
+            return await self._service.status(self._principal, id)
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    @varlinkmethod(return_parameter="jobs")
+    def List(self) -> list[Job]:  # noqa: N802
+        """The caller's jobs (everyone's for root), newest first."""
+        return self._service.list_jobs(self._principal)
+
+
+class Connection(VarlinkInterfaceServerProtocol):
+    """One client connection: size limit, cancellation of its streaming calls, and error logging."""
+
+    def __init__(self, registry: VarlinkInterfaceRegistry, principal: Principal, fd: int) -> None:
+        super().__init__(registry)
+        self._principal = principal
+        self._fd = fd
+        self._watchdog: asyncio.Task[None] | None = None
+        self._streams: set[asyncio.Future[None]] = set()
+        self._pending: list[bytes] = []  # the start of a request whose NUL has not arrived yet
+        self._pending_size = 0
+
+    def message_received(self, data: bytes, fds: FileDescriptorArray | None) -> None:
+        # Requests are passed on only once complete (NUL-terminated), within MAX_MESSAGE, and valid UTF-8:
+        # asyncvarlink buffers without limit and does not survive undecodable bytes.
+        end = data.rfind(b"\0")
+        if end < 0:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size > MAX_MESSAGE:
+                self._refuse(ErrorCode.RequestTooLarge, f"request larger than {MAX_MESSAGE} bytes")
+            return
+        complete = b"".join([*self._pending, data[: end + 1]])
+        rest = data[end + 1 :]
+        self._pending, self._pending_size = ([rest], len(rest)) if rest else ([], 0)
+        for request in complete[:-1].split(b"\0"):
+            if len(request) > MAX_MESSAGE:
+                self._refuse(ErrorCode.RequestTooLarge, f"request larger than {MAX_MESSAGE} bytes")
+                return
+            try:
+                request.decode("utf-8")
+            except UnicodeDecodeError:
+                self._refuse(ErrorCode.InvalidArgument, "malformed request: not UTF-8 JSON")
+                return
+        super().message_received(complete, fds)
+
+    def _refuse(self, code: ErrorCode, message: str) -> None:
+        # Never log what a misbehaving peer sent; say what kind of trouble it was.
+        log.warning("closing connection of %s: %s", self._principal, message)
+        self.send_error(varlink_error(SjobError(code, message + "; closing the connection")))
+        self._pending, self._pending_size = [], 0
+        self.close()
+
+    def error_received(self, err: Exception, data: bytes, fds: FileDescriptorArray | None) -> None:
+        self._refuse(ErrorCode.InvalidArgument, f"malformed request: not a JSON object ({type(err).__name__})")
+
+    def call_received(self, call: VarlinkMethodCall, fds: FileDescriptorArray | None) -> asyncio.Future[None] | None:
+        if fds:
+            raise InvalidParameter(parameter="fds")
+        task: asyncio.Future[None] | None = super().call_received(call, fds)
+        if task is None or not call.more:
+            return task
+        # Hand asyncvarlink a future that completes normally even when we cancel the call ourselves.
+        outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._streams.discard(t)
+            if outer.done():
+                return
+            if t.cancelled():
+                outer.set_result(None)
+            elif (exc := t.exception()) is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(None)
+
+        self._streams.add(task)
+        task.add_done_callback(done)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch_peer())
+        return outer
+
+    async def _watch_peer(self) -> None:
+        """Cancel our streams once the peer hangs up. While a call runs, asyncvarlink stops reading the socket, so
+        a quiet stream would never notice a dead client; POLLRDHUP tells without consuming anything."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLRDHUP)
+        while self._streams:
+            await asyncio.sleep(HANGUP_CHECK)
+            if any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0)):
+                self._cancel_streams()
+                return
+
+    def eof_received(self) -> None:
+        # A client that stops sending is gone as far as streams are concerned (a dead process looks like this
+        # until we next write to it).
+        self._cancel_streams()
+        super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_streams()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        super().connection_lost(exc)
+
+    def _cancel_streams(self) -> None:
+        for task in list(self._streams):
+            task.cancel()
+
+    def handle_call_exception(self, exc: BaseException, oneway: bool) -> None:
+        log.error("internal error serving %s", self._principal, exc_info=exc)
+        if not oneway:
+            self.send_error(
+                varlink_error(SjobError(ErrorCode.InternalError, "sjobd hit an internal error; see its log"))
+            )
+
+
+def peer_principal(conn: socket.socket) -> Principal:
+    """The kernel's word on who is at the other end of `conn`."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return Principal(uid=uid, gid=gid, pid=pid, user=name)
+
+
+class Server:
+    """Accepts connections on a listening Unix socket and serves io.sjob.Jobs on each."""
+
+    def __init__(self, service: JobService, sock: socket.socket) -> None:
+        self._service = service
+        self._sock = sock
+        self._transports: set[VarlinkTransport] = set()
+
+    def start(self) -> None:
+        self._sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._sock, self._accept)
+
+    def stop_accepting(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._sock)
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting, let in-flight calls finish for up to `timeout` seconds, then drop every client."""
+        self.stop_accepting()
+        waits = [t.closed_future for t in self._transports]
+        for transport in list(self._transports):
+            transport.get_protocol().eof_received()  # cancel streams; finish the rest, then close
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            if pending:
+                log.warning("%d connections did not finish within %.0fs; closing them", len(pending), timeout)
+        for transport in list(self._transports):
+            transport.abort()
+        self._sock.close()  # our copy only: under socket activation systemd keeps listening for the next sjobd
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # e.g. EMFILE: log and keep serving the connections we have
+            log.error("accept failed: %s", e)
+            return
+        try:
+            principal = peer_principal(conn)
+        except OSError as e:
+            log.error("cannot identify a peer: %s", e)
+            conn.close()
+            return
+        conn.setblocking(False)
+        registry = VarlinkInterfaceRegistry()
+        registry.register_interface(JobsInterface(self._service, principal))
+        registry.register_interface(
+            VarlinkServiceInterface("sjob", "sjobd", supervisor.__version__, "https://github.com/sjob/sjob", registry)
+        )
+        protocol = Connection(registry, principal, conn.fileno())
+        transport = VarlinkTransport(asyncio.get_running_loop(), conn, conn, protocol)
+        self._transports.add(transport)
+        transport.closed_future.add_done_callback(lambda _: self._transports.discard(transport))

@@ -1,0 +1,174 @@
+"""The one place that talks to systemd: its D-Bus API on the system bus, through dbus-fast.
+
+Only low-level messages with explicit signatures are used (no introspection round trips): property signatures come
+from `properties.SIGNATURES`, method signatures are spelled out here as in org.freedesktop.systemd1(5). D-Bus
+errors are turned into `SjobError`s in `_check`, and nowhere else.
+
+Starting a unit is synchronous in the way `systemd-run --wait` is: StartTransientUnit only queues a job, so we
+wait for the manager's JobRemoved signal for that job and return its result ("done", "failed", ...). The signal
+can arrive before the method reply has been handed to us, so results of jobs nobody waits for yet are kept
+briefly (`_early`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.properties import UnitProperties
+from supervisor.units import UnitState
+
+DEST = "org.freedesktop.systemd1"
+PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
+
+_EARLY_MAX = 1024
+START_TIMEOUT = 120.0
+
+
+class Systemd:
+    """A connection to the service manager."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self._bus = bus
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._early: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    @classmethod
+    async def connect(cls) -> Systemd:
+        try:
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        except (OSError, EOFError) as e:
+            raise SjobError(
+                ErrorCode.SystemdError,
+                f"cannot connect to the system bus: {e}",
+                hint="sjobd needs systemd as PID 1 and a running D-Bus system bus",
+            ) from e
+        self = cls(bus)
+        bus.add_message_handler(self._on_message)
+        await self._call(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+            "s",
+            [f"type='signal',sender='{DEST}',path='{PATH}',interface='{MANAGER}',member='JobRemoved'"],
+        )
+        # Without at least one subscriber the manager does not emit JobRemoved at all.
+        await self._manager("Subscribe", "", [])
+        return self
+
+    def close(self) -> None:
+        self._bus.disconnect()
+
+    # --- the calls sjob makes ------------------------------------------------------------------------------
+
+    async def start_transient(self, unit: UnitProperties) -> str:
+        """Start a transient unit and wait until its start job finishes; return the job's result."""
+        props = [[key, Variant(sig, value)] for key, sig, value in unit.signed()]
+        reply = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit.name, "fail", props, []])
+        job_path: str = reply.body[0]
+        if (result := self._early.pop(job_path, None)) is not None:
+            return result
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters[job_path] = fut
+        try:
+            return await asyncio.wait_for(fut, START_TIMEOUT)
+        except TimeoutError as e:
+            raise SjobError(
+                ErrorCode.SystemdError,
+                f"systemd did not finish starting {unit.name} within {START_TIMEOUT:.0f}s",
+                hint=f"'systemctl status {unit.name}' shows what it is waiting for",
+            ) from e
+        finally:
+            self._waiters.pop(job_path, None)
+
+    async def unit_state(self, name: str) -> UnitState | None:
+        """The unit's state, or None if systemd has no such unit loaded (never existed, or garbage-collected)."""
+        try:
+            reply = await self._manager("GetUnit", "s", [name])
+        except SjobError as e:
+            if e.code is ErrorCode.NoSuchJob:
+                return None
+            raise
+        path: str = reply.body[0]
+        unit = await self._get_all(path, UNIT)
+        service = await self._get_all(path, SERVICE)
+        return UnitState(
+            name=name,
+            load_state=unit.get("LoadState", ""),
+            active_state=unit.get("ActiveState", ""),
+            sub_state=unit.get("SubState", ""),
+            result=service.get("Result", ""),
+            main_pid=service.get("MainPID", 0),
+            exec_main_code=service.get("ExecMainCode", 0),
+            exec_main_status=service.get("ExecMainStatus", 0),
+            exec_main_start_usec=service.get("ExecMainStartTimestamp", 0),
+            exec_main_exit_usec=service.get("ExecMainExitTimestamp", 0),
+            user=service.get("User", ""),
+        )
+
+    async def reset_failed(self, name: str) -> None:
+        try:
+            await self._manager("ResetFailedUnit", "s", [name])
+        except SjobError as e:
+            if e.code is not ErrorCode.NoSuchJob:
+                raise
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL or msg.member != "JobRemoved" or msg.interface != MANAGER:
+            return
+        _id, job_path, unit_name, result = msg.body
+        if (fut := self._waiters.get(job_path)) is not None:
+            if not fut.done():
+                fut.set_result(result)
+        elif unit_name.startswith("sjob-"):
+            self._early[job_path] = result
+            while len(self._early) > _EARLY_MAX:
+                self._early.popitem(last=False)
+
+    async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
+        reply = await self._call(DEST, path, PROPERTIES, "GetAll", "s", [interface])
+        return {key: variant.value for key, variant in reply.body[0].items()}
+
+    async def _manager(self, member: str, signature: str, body: list[Any]) -> Message:
+        return await self._call(DEST, PATH, MANAGER, member, signature, body)
+
+    async def _call(
+        self, dest: str, path: str, interface: str, member: str, signature: str, body: list[Any]
+    ) -> Message:
+        msg = Message(destination=dest, path=path, interface=interface, member=member, signature=signature, body=body)
+        try:
+            reply = await self._bus.call(msg)
+        except (OSError, EOFError) as e:
+            raise SjobError(
+                ErrorCode.SystemdError,
+                f"lost the connection to the system bus: {e}",
+                hint="restart sjobd: systemctl restart sjobd",
+            ) from e
+        return _check(reply, member)
+
+
+def _check(reply: Message, member: str) -> Message:
+    """Map a D-Bus error reply to an SjobError; the only place D-Bus error names are interpreted."""
+    if reply.message_type is not MessageType.ERROR:
+        return reply
+    text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+    if reply.error_name == NO_SUCH_UNIT:
+        # Callers that expect "no such unit" catch this; it never reaches a client as is.
+        raise SjobError(ErrorCode.NoSuchJob, text or "no such unit")
+    if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
+        raise SjobError(ErrorCode.PermissionDenied, f"systemd refused {member}: {text}", hint="sjobd must run as root")
+    raise SjobError(ErrorCode.SystemdError, f"systemd refused {member}: {text} ({reply.error_name})")

@@ -1,0 +1,107 @@
+"""What systemd tells us about a job's unit, and what that means for the job. Pure.
+
+`UnitState` is the handful of unit and service properties sjob reads back; the functions here turn it, or the
+exit record the unit left in the journal, into a job state with an exit status or a signal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from supervisor.logformat import ExitRecord, signal_name
+from supervisor.protocol import JobState
+
+# siginfo si_code values systemd reports in ExecMainCode (see waitid(2)).
+CLD_EXITED = 1
+CLD_KILLED = 2
+CLD_DUMPED = 3
+
+# systemd's own exit statuses for failures while setting up a process (systemd.exec(5), "Process Exit Codes").
+SETUP_FAILURES = {
+    200: "could not change to the working directory",
+    203: "could not execute the command",
+    204: "could not set up standard input/output",
+    207: "could not set the security context",
+    216: "could not set the group",
+    217: "could not set the user",
+    226: "could not set up the namespace (sandboxing)",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitState:
+    name: str
+    load_state: str  # loaded, not-found, ...
+    active_state: str  # active, activating, deactivating, inactive, failed, ...
+    sub_state: str
+    result: str  # success, exit-code, signal, core-dump, timeout, oom-kill, resources, ...
+    main_pid: int
+    exec_main_code: int  # CLD_* or 0 if the main process has not exited
+    exec_main_status: int
+    exec_main_start_usec: int  # realtime, 0 if never started
+    exec_main_exit_usec: int
+    user: str
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state == "loaded"
+
+    @property
+    def finished(self) -> bool:
+        return self.active_state in ("inactive", "failed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a finished job ended, in the terms of protocol.Job."""
+
+    state: JobState
+    result: str
+    exit_status: int | None
+    signal: int | None
+    message: str | None
+
+
+def outcome_of_exit(record: ExitRecord) -> Outcome:
+    """Interpret the exit record written by the unit's ExecStopPost."""
+    state = JobState.exited if record.result == "success" else JobState.failed
+    return Outcome(
+        state,
+        record.result,
+        record.status,
+        record.signal,
+        describe(record.result, record.status, record.signal),
+    )
+
+
+def outcome_of_unit(unit: UnitState) -> Outcome:
+    """Interpret a finished unit's properties (used when a unit fails before its main process runs)."""
+    status = unit.exec_main_status if unit.exec_main_code == CLD_EXITED else None
+    sig = unit.exec_main_status if unit.exec_main_code in (CLD_KILLED, CLD_DUMPED) else None
+    state = JobState.exited if unit.result == "success" else JobState.failed
+    return Outcome(state, unit.result, status, sig, describe(unit.result, status, sig))
+
+
+def describe(result: str, status: int | None, sig: int | None) -> str | None:
+    """A short human explanation of an abnormal end; None for a plain exit."""
+    if sig is not None:
+        return f"killed by signal {signal_name(sig)}" + (" (core dumped)" if result == "core-dump" else "")
+    if status is not None and status in SETUP_FAILURES:
+        return f"{SETUP_FAILURES[status]} (systemd exit status {status})"
+    if result in ("timeout", "oom-kill", "watchdog", "resources", "start-limit-hit"):
+        return {
+            "timeout": "timed out",
+            "oom-kill": "killed by the out-of-memory killer",
+            "watchdog": "watchdog timeout",
+            "resources": "systemd could not allocate the resources to start it",
+            "start-limit-hit": "started too often",
+        }[result]
+    return None
+
+
+def setup_failure_hint(status: int | None, cwd: str, unit: str) -> str:
+    if status == 200:
+        return f"check that {cwd} exists and that you may enter it"
+    if status == 203:
+        return "check that the command exists and is executable"
+    return f"'journalctl -u {unit}' shows systemd's own explanation"

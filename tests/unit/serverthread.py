@@ -1,0 +1,67 @@
+"""A real sjobd server (supervisor.server.Server) on a temp socket, in a thread of its own, with the fakes of
+`fakes` behind JobService. Tests talk to it with the real client or the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from supervisor.daemon import listening_socket
+from supervisor.jobs import JobService
+from supervisor.properties import ShimCommand
+from supervisor.records import JobRecords
+from supervisor.server import Server
+
+from .fakes import FakeJobLog, FakeUnits
+
+
+class ServerThread:
+    def __init__(self, directory: Path, **units: Any) -> None:
+        self.socket = str(directory / "sjob.sock")
+        self.db = directory / "jobs.sqlite"
+        self._units_args = units
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("test server did not start")
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self.log = FakeJobLog()
+        self.units = FakeUnits(self.log, **self._units_args)
+        records = JobRecords(self.db)
+        self.service = JobService(self.units, self.log, records, ShimCommand("/py", "/shim.py"))
+        self.server = Server(self.service, listening_socket(self.socket))
+        self.server.start()
+        self._stop = asyncio.Event()
+        watcher = asyncio.create_task(self.service.watch_exits())
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.close(2)
+        watcher.cancel()
+        for task in list(self.units.tasks):
+            task.cancel()
+        await asyncio.gather(watcher, *self.units.tasks, return_exceptions=True)
+        await self.service.close()
+        records.close()
+
+    def call(self, fn: Any) -> Any:
+        """Run `fn()` on the server's loop and return its result."""
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

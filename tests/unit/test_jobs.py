@@ -1,0 +1,182 @@
+"""JobService with fakes behind its Protocols: start, follow, status, failures, and recording exits."""
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from supervisor import jobs
+from supervisor.auth import Principal
+from supervisor.errors import ErrorCode, SjobError, no_such_job
+from supervisor.jobs import JobService
+from supervisor.logformat import ExitRecord, OutputRecord
+from supervisor.properties import ShimCommand
+from supervisor.protocol import Job, JobSpec, JobState, Output
+from supervisor.records import JobRecords
+from supervisor.units import CLD_EXITED
+
+from .fakes import FakeJobLog, FakeUnits, failed_unit
+
+ALICE = Principal(1000, 1000, 10, "alice")
+BOB = Principal(1001, 1001, 11, "bob")
+ROOT = Principal(0, 0, 1, "root")
+T = TypeVar("T")
+
+
+def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], tmp_path: Path, **units: object) -> T:
+    async def main() -> T:
+        log = FakeJobLog()
+        fake_units = FakeUnits(log, **units)  # type: ignore[arg-type]
+        service = JobService(fake_units, log, JobRecords(tmp_path / "jobs.sqlite"), ShimCommand("/py", "/shim.py"))
+        try:
+            return await asyncio.wait_for(body(service, fake_units, log), 20)
+        finally:
+            await service.close()
+            for task in list(fake_units.tasks):
+                task.cancel()
+            await asyncio.gather(*fake_units.tasks, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+async def collect(service: JobService, principal: Principal, job_id: str) -> tuple[dict[str, bytes], Job]:
+    streams = {"stdout": b"", "stderr": b""}
+    final = None
+    async for item in service.follow(principal, job_id):
+        if isinstance(item, Output):
+            streams[item.stream.value] += item.raw()
+        else:
+            final = item
+    assert final is not None
+    return streams, final
+
+
+def test_run_follow_and_status(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], str(tmp_path)))
+        assert job.state is JobState.running
+        assert (job.uid, job.user) == (1000, "alice")
+        assert units.started[0].get("User") == "1000"
+        streams, final = await collect(service, ALICE, job.id)
+        assert streams == {"stdout": b"out\n", "stderr": b"err\n"}
+        assert (final.state, final.exit_status, final.result) == (JobState.failed, 3, "exit-code")
+        assert (await service.status(ALICE, job.id)).exit_status == 3
+        # A finished job's output can be replayed, and ends the same way.
+        assert await collect(service, ALICE, job.id) == (streams, final)
+        assert [j.id for j in service.list_jobs(ALICE)] == [job.id]
+
+    scenario(body, tmp_path)
+
+
+def test_other_users_jobs_look_missing(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        for call in (service.status(BOB, job.id), collect(service, BOB, job.id)):
+            with pytest.raises(SjobError) as e:
+                await call
+            assert e.value.code is ErrorCode.NoSuchJob
+            missing = no_such_job(job.id)
+            assert (e.value.message, e.value.hint) == (missing.message, missing.hint)
+        assert service.list_jobs(BOB) == []
+        assert (await service.status(ROOT, job.id)).id == job.id
+        assert [j.id for j in service.list_jobs(ROOT)] == [job.id]
+
+    scenario(body, tmp_path)
+
+
+def test_start_failure_explains_and_collects_the_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "COLLECT_INTERVAL", 0.01)
+
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        unit_name = "sjob-{}.service"
+
+        async def deactivating_then_failed(unit: object) -> str:
+            name = units.started[-1].name
+            units.states[name] = failed_unit(name, CLD_EXITED, 200, "exit-code", active="deactivating")
+            asyncio.get_running_loop().call_later(
+                0.05, units.states.__setitem__, name, failed_unit(name, CLD_EXITED, 200, "exit-code")
+            )
+            return "failed"
+
+        original = units.start_transient
+
+        async def start(unit: object) -> str:
+            await original(unit)  # type: ignore[arg-type]
+            return await deactivating_then_failed(unit)
+
+        units.start_transient = start  # type: ignore[method-assign]
+        with pytest.raises(SjobError) as e:
+            await service.start(ALICE, JobSpec(["/bin/true"], "/nonexistent"))
+        assert e.value.code is ErrorCode.StartFailed
+        assert "working directory" in e.value.message
+        assert e.value.hint is not None
+        assert "/nonexistent" in e.value.hint
+        (job,) = service.list_jobs(ALICE)
+        assert (job.state, job.exit_status) == (JobState.failed, 200)
+        for _ in range(100):
+            if units.reset:
+                break
+            await asyncio.sleep(0.01)
+        assert units.reset == [unit_name.format(job.id)]
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_exit_watcher_records_exits_and_resets_failed_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "COLLECT_INTERVAL", 0.01)
+
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        watcher = asyncio.create_task(service.watch_exits())
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        units.states[job.unit] = failed_unit(job.unit, 2, 9, "signal")
+        log.add(job.id, ExitRecord("signal", "killed", 9, when_usec=123))
+        for _ in range(200):
+            if units.reset:
+                break
+            await asyncio.sleep(0.01)
+        recorded = await service.status(ALICE, job.id)
+        assert (recorded.state, recorded.signal, recorded.ended_usec) == (JobState.failed, 9, 123)
+        assert recorded.message == "killed by signal SIGKILL"
+        assert units.reset == [job.unit]
+        watcher.cancel()
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_a_unit_that_vanishes_without_an_exit_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "VANISHED_GRACE_USEC", 0)
+
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.add(job.id, OutputRecord(1, "stdout", b"partial"))
+        streams, final = await collect(service, ALICE, job.id)
+        assert streams["stdout"] == b"partial"
+        assert final.state is JobState.unknown
+        assert final.message is not None
+        assert "vanished" in final.message
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_invalid_spec_creates_no_unit(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        with pytest.raises(SjobError) as e:
+            await service.start(ALICE, JobSpec([], "/"))
+        assert e.value.code is ErrorCode.InvalidArgument
+        assert units.started == []
+        assert service.list_jobs(ALICE) == []
+
+    scenario(body, tmp_path)
+
+
+def test_job_ids_are_unique_and_well_formed(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        started = [await service.start(ALICE, JobSpec(["/bin/true"], "/")) for _ in range(20)]
+        assert len({j.id for j in started}) == 20
+        assert all(j.unit == f"sjob-{j.id}.service" and len(j.id) == 8 for j in started)
+        assert dataclasses.replace(started[0], id=started[0].id).id == started[0].id
+
+    scenario(body, tmp_path, run_commands=False)

@@ -1,0 +1,143 @@
+"""Job ids, the wire form of messages, and errors across the wire."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.protocol import (
+    Job,
+    JobSpec,
+    JobState,
+    Output,
+    Stream,
+    error_from_wire,
+    from_wire,
+    parse_job_id,
+    to_wire,
+    unit_for,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "job_id"),
+    [("1a2b3c4d", "1a2b3c4d"), ("sjob-1a2b3c4d", "1a2b3c4d"), ("sjob-1a2b3c4d.service", "1a2b3c4d")],
+)
+def test_job_id_forms(text: str, job_id: str) -> None:
+    assert parse_job_id(text) == job_id
+    assert unit_for(text) == f"sjob-{job_id}.service"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "../x",
+        "sshd.service",
+        "a@b",
+        "x" * 300,
+        "1A2B3C4D",
+        "1a2b3c4",
+        "1a2b3c4d5",
+        "ünïcödé",
+        "1a2b3c4d\n",
+        "sjob-1a2b3c4d.scope",
+        "sjob-../../x.service",
+        "1a2b 3c4",
+    ],
+)
+def test_malformed_job_ids_are_refused(text: str) -> None:
+    with pytest.raises(SjobError) as e:
+        parse_job_id(text)
+    assert e.value.code is ErrorCode.InvalidArgument
+    assert "8 lowercase hex digits" in e.value.message
+    assert len(e.value.message) < 200  # a 300-character id is not echoed whole
+
+
+jobs = st.builds(
+    Job,
+    id=st.from_regex(r"[0-9a-f]{8}", fullmatch=True),
+    unit=st.text(max_size=30),
+    state=st.sampled_from(JobState),
+    uid=st.integers(0, 2**31),
+    user=st.text(max_size=20),
+    argv=st.lists(st.text(max_size=20), min_size=1, max_size=5),
+    cwd=st.text(max_size=30),
+    created_usec=st.integers(0, 2**62),
+    started_usec=st.none() | st.integers(0, 2**62),
+    ended_usec=st.none() | st.integers(0, 2**62),
+    result=st.none() | st.text(max_size=10),
+    exit_status=st.none() | st.integers(0, 255),
+    signal=st.none() | st.integers(1, 64),
+    message=st.none() | st.text(max_size=40),
+)
+
+
+@given(jobs)
+def test_job_survives_the_wire(job: Job) -> None:
+    assert from_wire(Job, json.loads(json.dumps(to_wire(job)))) == job
+
+
+def test_replies_may_carry_fields_an_older_client_does_not_know() -> None:
+    wire = to_wire(Job("1a2b3c4d", "sjob-1a2b3c4d.service", JobState.running, 1000, "alice", ["true"], "/", 1))
+    wire["cpu_usage_nsec"] = 12
+    assert from_wire(Job, wire).state is JobState.running
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda w: w.pop("id"),
+        lambda w: w.update(uid="1000"),
+        lambda w: w.update(uid=True),
+        lambda w: w.update(state="sleeping"),
+        lambda w: w.update(argv="true"),
+    ],
+)
+def test_malformed_replies_are_protocol_errors(mangle) -> None:  # type: ignore[no-untyped-def]
+    wire = to_wire(Job("1a2b3c4d", "u", JobState.running, 1000, "alice", ["true"], "/", 1))
+    mangle(wire)
+    with pytest.raises(SjobError) as e:
+        from_wire(Job, wire)
+    assert e.value.code is ErrorCode.ProtocolError
+
+
+@given(st.binary(max_size=4096), st.sampled_from(Stream))
+def test_output_is_binary_safe(data: bytes, stream: Stream) -> None:
+    assert from_wire(Output, to_wire(Output.of(stream, data))).raw() == data
+
+
+def test_spec_wire_form_is_what_varlinkctl_users_write() -> None:
+    assert to_wire(JobSpec(["/bin/echo", "hi"], "/tmp")) == {
+        "argv": ["/bin/echo", "hi"],
+        "cwd": "/tmp",
+        "environment": None,
+    }
+
+
+def test_errors_come_back_as_raised() -> None:
+    e = error_from_wire("io.sjob.Jobs.NoSuchJob", {"message": "no job with id 'x'", "hint": "try sjob list"})
+    assert (e.code, e.message, e.hint) == (ErrorCode.NoSuchJob, "no job with id 'x'", "try sjob list")
+    unknown = error_from_wire("org.example.Weird", {"x": 1})
+    assert unknown.code is ErrorCode.ProtocolError
+    assert "org.example.Weird" in unknown.message
+    outdated = error_from_wire("org.varlink.service.MethodNotFound", {"method": "Stop"})
+    assert outdated.hint is not None
+    assert "restart" in outdated.hint
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_status", "signal", "expected"),
+    [
+        (JobState.exited, 0, None, 0),
+        (JobState.failed, 3, None, 3),
+        (JobState.failed, None, 9, 137),
+        (JobState.failed, None, None, 1),
+        (JobState.unknown, None, None, 1),
+    ],
+)
+def test_shell_status(state: JobState, exit_status: int | None, signal: int | None, expected: int) -> None:
+    job = Job("1a2b3c4d", "u", state, 0, "root", ["x"], "/", 0, exit_status=exit_status, signal=signal)
+    assert job.shell_status == expected

@@ -1,0 +1,184 @@
+"""sjobd's Varlink server on a real socket: typed calls, identity by SO_PEERCRED, limits and errors."""
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.client import Client
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.protocol import INTERFACE, Job, JobSpec, JobState, Method, Output
+from supervisor.server import MAX_MESSAGE
+
+from .serverthread import ServerThread
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can reach (pytest's tmp_path lives under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="sjob-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def server(public_dir: Path) -> Iterator[ServerThread]:
+    srv = ServerThread(public_dir)
+    yield srv
+    srv.stop()
+
+
+def follow_all(client: Client, job_id: str) -> tuple[bytes, bytes, Job]:
+    out, err, final = b"", b"", None
+    for item in client.follow(job_id):
+        if isinstance(item, Output):
+            if item.stream.value == "stdout":
+                out += item.raw()
+            else:
+                err += item.raw()
+        else:
+            final = item
+    assert final is not None
+    return out, err, final
+
+
+def test_start_follow_status_list(server: ServerThread) -> None:
+    with Client(server.socket) as client:
+        job = client.start(JobSpec(["/bin/sh", "-c", "printf 'a\\n\\nb'; printf e >&2; exit 4"], "/"))
+        assert job.state is JobState.running
+        assert job.uid == os.getuid()
+        out, err, final = follow_all(client, job.id)
+        assert (out, err) == (b"a\n\nb", b"e")
+        assert (final.state, final.exit_status) == (JobState.failed, 4)
+        assert client.status(job.id).exit_status == 4
+        assert [j.id for j in client.list_jobs()] == [job.id]
+
+
+def test_introspection(server: ServerThread) -> None:
+    with Client(server.socket) as client:
+        info = client.call("org.varlink.service.GetInfo", {})
+        assert INTERFACE in info["interfaces"]
+        description = client.call("org.varlink.service.GetInterfaceDescription", {"interface": INTERFACE})[
+            "description"
+        ]
+    for needle in ("interface io.sjob.Jobs", "method Start(", "method Follow(", "error NoSuchJob", "type JobSpec"):
+        assert needle in description
+
+
+def test_requests_are_closed(server: ServerThread) -> None:
+    with Client(server.socket) as client:
+        spec = {"argv": ["/bin/true"], "cwd": "/", "user": "root"}
+        with pytest.raises(SjobError) as e:
+            client.call(Method.Start, {"spec": spec})
+        assert e.value.code is ErrorCode.InvalidArgument
+        with pytest.raises(SjobError) as e:
+            client.call(Method.Start, {"spec": {"argv": ["/bin/true"], "cwd": "/"}, "uid": 0})
+        assert e.value.code is ErrorCode.InvalidArgument
+        with pytest.raises(SjobError) as e:
+            client.status("../../etc")
+        assert e.value.code is ErrorCode.InvalidArgument
+    assert server.units.started == []
+
+
+def test_identity_comes_from_the_kernel(server: ServerThread) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to become another user")
+    with Client(server.socket) as client:
+        mine = client.start(JobSpec(["/bin/true"], "/"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and asks for a job, pretending nothing
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with Client(server.socket) as client:
+                job = client.start(JobSpec(["/bin/true"], "/"))
+                seen = [j.id for j in client.list_jobs()]
+                try:
+                    client.status(mine.id)
+                    other = "visible"
+                except SjobError as e:
+                    other = e.code.value
+            os.write(write, json.dumps({"uid": job.uid, "seen": seen, "id": job.id, "other": other}).encode())
+        except BaseException:
+            os.write(write, json.dumps({"error": traceback.format_exc()}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    result = json.loads(os.read(read, 65536))
+    assert "error" not in result, result.get("error")
+    assert result["uid"] == NOBODY
+    assert result["seen"] == [result["id"]]
+    assert result["other"] == "NoSuchJob"
+    (unit,) = [u for u in server.units.started if u.name == f"sjob-{result['id']}.service"]
+    assert (unit.get("User"), unit.get("Group")) == (str(NOBODY), str(NOBODY))
+
+
+def raw_exchange(path: str, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.settimeout(10)
+        s.sendall(payload)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+def test_oversized_and_garbage_requests_are_refused_and_the_server_carries_on(server: ServerThread) -> None:
+    reply = raw_exchange(server.socket, b"x" * (MAX_MESSAGE + 10))
+    assert b"io.sjob.Jobs.RequestTooLarge" in reply
+    reply = raw_exchange(server.socket, b"\xff\xfegarbage\0")
+    assert b"io.sjob.Jobs.InvalidArgument" in reply
+    reply = raw_exchange(server.socket, b"[1, 2]\0")
+    assert b"io.sjob.Jobs.InvalidArgument" in reply
+    with Client(server.socket) as client:
+        assert client.list_jobs() == []
+
+
+def test_internal_errors_are_answered_and_logged(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(principal: object) -> list[Job]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.service, "list_jobs", broken)
+    with Client(server.socket) as client, pytest.raises(SjobError) as e:
+        client.list_jobs()
+    assert e.value.code is ErrorCode.InternalError
+    assert "boom" not in e.value.message
+    monkeypatch.undo()
+    with Client(server.socket) as client:
+        assert client.list_jobs() == []
+
+
+def test_a_follower_that_goes_away_releases_its_reader(public_dir: Path) -> None:
+    server = ServerThread(public_dir, run_commands=False)
+    try:
+        with Client(server.socket) as client:
+            job = client.start(JobSpec(["/bin/sleep", "60"], "/"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(server.socket)
+            s.sendall(
+                json.dumps({"method": Method.Follow, "parameters": {"id": job.id}, "more": True}).encode() + b"\0"
+            )
+            deadline = time.monotonic() + 5
+            while server.call(lambda: server.log.open_readers) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.call(lambda: server.log.open_readers) == 1
+        deadline = time.monotonic() + 5
+        while server.call(lambda: server.log.open_readers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.call(lambda: server.log.open_readers) == 0
+    finally:
+        server.stop()

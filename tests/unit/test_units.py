@@ -1,0 +1,44 @@
+"""From systemd's view of a unit, or its exit record, to a job's outcome."""
+
+import pytest
+
+from supervisor.logformat import ExitRecord
+from supervisor.protocol import JobState
+from supervisor.units import CLD_EXITED, CLD_KILLED, UnitState, outcome_of_exit, outcome_of_unit
+
+
+@pytest.mark.parametrize(
+    ("record", "state", "status", "signal", "words"),
+    [
+        (ExitRecord("success", "exited", 0), JobState.exited, 0, None, None),
+        (ExitRecord("exit-code", "exited", 3), JobState.failed, 3, None, None),
+        (ExitRecord("signal", "killed", 15), JobState.failed, None, 15, "SIGTERM"),
+        (ExitRecord("core-dump", "dumped", 11), JobState.failed, None, 11, "core dumped"),
+        (ExitRecord("oom-kill", "killed", 9), JobState.failed, None, 9, "SIGKILL"),
+        (ExitRecord("timeout", "killed", 15), JobState.failed, None, 15, "SIGTERM"),
+        (ExitRecord("exit-code", "exited", 200), JobState.failed, 200, None, "working directory"),
+    ],
+)
+def test_outcome_of_exit(
+    record: ExitRecord, state: JobState, status: int | None, signal: int | None, words: str | None
+) -> None:
+    outcome = outcome_of_exit(record)
+    assert (outcome.state, outcome.exit_status, outcome.signal) == (state, status, signal)
+    if words is None:
+        assert outcome.message is None
+    else:
+        assert outcome.message is not None
+        assert words in outcome.message
+
+
+def unit_state(code: int, status: int, result: str) -> UnitState:
+    return UnitState("sjob-1a2b3c4d.service", "loaded", "failed", "failed", result, 0, code, status, 0, 0, "1000")
+
+
+def test_outcome_of_unit() -> None:
+    chdir = outcome_of_unit(unit_state(CLD_EXITED, 200, "exit-code"))
+    assert chdir.state is JobState.failed
+    assert chdir.message is not None
+    assert "working directory" in chdir.message
+    killed = outcome_of_unit(unit_state(CLD_KILLED, 9, "signal"))
+    assert (killed.signal, killed.exit_status) == (9, None)
