@@ -18,7 +18,8 @@ STATE_DIR=/var/lib/sjob
 BIN_LINK=/usr/local/bin/sjob
 MANIFEST="$PREFIX/install-manifest"
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev)
+BUILD_PACKAGES=(gcc pkg-config libsystemd-dev)
+PYTHON=python3
 
 WHEELHOUSE=
 UNINSTALL=0
@@ -66,9 +67,29 @@ uninstall() {
     say "sjob is uninstalled (running sjob-*.service jobs, if any, were left alone)"
 }
 
+python_at_least_3_11() {
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
+}
+
+pick_python() {
+    # sjob needs Python 3.11 or later. Debian 12/13 and Ubuntu 24.04 ship it as python3; Ubuntu 22.04's python3 is
+    # 3.10, but it packages python3.11 beside it.
+    local candidate
+    if python_at_least_3_11 python3; then
+        PYTHON=python3
+        return
+    fi
+    candidate=$(apt-cache policy python3 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    if [ -n "$candidate" ] && [ "$candidate" != "(none)" ] && dpkg --compare-versions "$candidate" ge 3.11; then
+        PYTHON=python3
+    else
+        PYTHON=python3.11
+    fi
+}
+
 missing_packages() {
     local pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$PYTHON" "$PYTHON-venv" "$PYTHON-dev" "${BUILD_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
     done
 }
@@ -93,7 +114,7 @@ install_python() {
     fi
     if [ ! -x "$PREFIX/bin/python3" ]; then
         say "creating the virtual environment $PREFIX"
-        python3 -m venv "$PREFIX"
+        "$PYTHON" -m venv "$PREFIX"
     fi
     local pip=("$PREFIX/bin/python3" -m pip --disable-pip-version-check --no-input -q)
     if [ -n "$WHEELHOUSE" ]; then
@@ -150,7 +171,9 @@ if [ "$UNINSTALL" -eq 1 ]; then
     exit 0
 fi
 
+pick_python
 install_packages
+python_at_least_3_11 "$PYTHON" || die "$PYTHON is older than 3.11" "sjob needs Python 3.11 or later"
 install_python
 install_files
 write_manifest
