@@ -16,11 +16,11 @@ import signal
 import socket
 import stat
 import sys
+import sysconfig
 from pathlib import Path
 
 from systemd import daemon as sd_daemon
 
-import supervisor
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
@@ -94,11 +94,15 @@ def listening_socket(path: str | None) -> socket.socket:
 
 
 def shim_command() -> ShimCommand:
-    # The shim runs as `python3 -I -S`, so it needs this interpreter and its own path, not an import.
-    return ShimCommand(python=sys.executable, script=str(Path(supervisor.__file__).resolve().parent / "shim.py"))
+    """sjob-shim, installed by the wheel beside this interpreter's scripts (e.g. /opt/sjob/bin/sjob-shim)."""
+    path = Path(sysconfig.get_path("scripts")) / "sjob-shim"
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"sjobd: {path} is missing or not executable; reinstall sjob (sudo ./install.sh)")
+    return ShimCommand(str(path))
 
 
 async def serve(args: argparse.Namespace) -> int:
+    shim = shim_command()
     sock = listening_socket(args.socket)
     try:
         units = await Systemd.connect()
@@ -106,7 +110,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("%s (%s)", e.message, e.hint)
         return 1
     records = JobRecords(Path(args.state_dir) / "jobs.sqlite")
-    service = JobService(units, Journal(), records, shim_command())
+    service = JobService(units, Journal(), records, shim)
     await service.reconcile()
     watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
     server = Server(service, sock)

@@ -1,18 +1,20 @@
 """How a job's output and its end are laid out as journald entries.
 
-Job output is stored byte-exact in journald as native-protocol entries written by the shim inside the job's unit
-(StandardOutput=journal is lossy: it drops blank lines, trailing blanks, CR and `<N>` prefixes, and merges the
-streams). Each entry is one *record*: what one read() of a stream's pipe returned. The record's final newline, if
-any, is stripped from MESSAGE so that `journalctl -u sjob-<id>.service` shows ordinary lines; a record that did
-not end in a newline carries SJOB_PARTIAL=1. Concatenating `MESSAGE + ("" if partial else "\\n")` over a stream's
-records in SJOB_SEQ order gives back exactly the bytes the job wrote.
+Job output is stored byte-exact in journald as native-protocol entries written by sjob-shim inside the job's unit
+(src/shim/sjob-shim.c; StandardOutput=journal is lossy: it drops blank lines, trailing blanks, CR and `<N>`
+prefixes, and merges the streams). Each entry is one *record*: what one read() of a stream's pipe returned, with
 
-When both pipes reach end-of-file the shim writes an `eof` entry with the number of records, so a reader can tell
-that it has all of them. After the unit's processes are gone, a privileged ExecStopPost= writes an `exit` entry
-with systemd's SERVICE_RESULT, EXIT_CODE and EXIT_STATUS: the job's durable result, readable even if sjobd was
-down and the unit has been garbage-collected.
+    MESSAGE=<the bytes, less one final newline>  PRIORITY=6 (stdout) or 3 (stderr)  SYSLOG_IDENTIFIER=<command>
+    SJOB_JOB_ID=<id>  SJOB_STREAM=stdout|stderr  SJOB_SEQ=<1, 2, ... across both streams>  [SJOB_PARTIAL=1]
 
-This module is imported by the shim, which runs with `python3 -I -S`: it may import nothing but the stdlib.
+The final newline is left out of MESSAGE so that `journalctl -u sjob-<id>.service` shows ordinary lines; a record
+that did not end in a newline carries SJOB_PARTIAL=1. Concatenating `MESSAGE + ("" if partial else "\\n")` over a
+stream's records in SJOB_SEQ order gives back exactly the bytes the job wrote.
+
+When both pipes reach end-of-file the shim writes an `eof` entry (SJOB_EVENT=eof, SJOB_RECORDS=<count>) so a
+reader can tell that it has every record. After the unit's processes are gone, a privileged ExecStopPost= writes
+an `exit` entry with systemd's SERVICE_RESULT, EXIT_CODE and EXIT_STATUS: the job's durable result, readable even
+if sjobd was down and the unit has been garbage-collected.
 """
 
 from __future__ import annotations
@@ -30,9 +32,6 @@ F_RECORDS = "SJOB_RECORDS"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
-
-# Priorities as `journalctl -p` knows them: stdout at info, stderr at err.
-PRIORITY = {"stdout": b"6", "stderr": b"3"}
 
 
 class Event(enum.StrEnum):
@@ -69,51 +68,6 @@ class ExitRecord:
 
 
 Record = OutputRecord | EofRecord | ExitRecord
-
-
-def output_fields(job_id: str, ident: str, seq: int, stream: str, data: bytes) -> list[tuple[str, bytes]]:
-    """The fields of the entry for one record of output."""
-    newline = data.endswith(b"\n")
-    fields = [
-        ("MESSAGE", data[:-1] if newline else data),
-        ("PRIORITY", PRIORITY[stream]),
-        ("SYSLOG_IDENTIFIER", ident.encode()),
-        (F_JOB_ID, job_id.encode()),
-        (F_STREAM, stream.encode()),
-        (F_SEQ, str(seq).encode()),
-    ]
-    if not newline:
-        fields.append((F_PARTIAL, b"1"))
-    return fields
-
-
-def eof_fields(job_id: str, ident: str, records: int, sizes: dict[str, int]) -> list[tuple[str, bytes]]:
-    sizes_text = ", ".join(f"{stream} {size} bytes" for stream, size in sizes.items())
-    return [
-        ("MESSAGE", f"sjob: end of output ({sizes_text})".encode()),
-        ("PRIORITY", b"7"),
-        ("SYSLOG_IDENTIFIER", ident.encode()),
-        (F_JOB_ID, job_id.encode()),
-        (F_EVENT, Event.eof.value.encode()),
-        (F_RECORDS, str(records).encode()),
-    ]
-
-
-def exit_report_command(job_id: str, logger: str = "/usr/bin/logger") -> list[str]:
-    """The argv of the ExecStopPost= that records how the job ended.
-
-    systemd substitutes ${SERVICE_RESULT}, ${EXIT_CODE} and ${EXIT_STATUS} (each into exactly one argument); the
-    shell only formats them for `logger --journald`, which sends one native entry. `$$` is systemd's escape for
-    a literal `$`. It runs privileged, so the entry has _UID=0 and a job cannot forge its own result.
-    """
-    script = (
-        "printf '%s\\n'"
-        f' "MESSAGE=sjob: job {job_id} ended: $$1 (code=$$2, status=$$3)"'
-        ' "PRIORITY=6" "SYSLOG_IDENTIFIER=sjob"'
-        f' "{F_JOB_ID}={job_id}" "{F_EVENT}=exit" "{F_RESULT}=$$1" "{F_EXIT_CODE}=$$2" "{F_EXIT_STATUS}=$$3"'
-        f" | {logger} --journald"
-    )
-    return ["/bin/sh", "-c", script, "sjob-exit", "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
 
 
 def parse_record(fields: dict[str, bytes]) -> Record | None:

@@ -6,12 +6,13 @@ from here and wraps them with these signatures; nothing else in sjob writes a pr
 
 Why these choices:
 - Type=exec: StartTransientUnit's job fails if the shim cannot be executed, instead of "succeeding" with a dead
-  unit. The shim then exec()s the command, so the job is the main process.
+  unit. The shim then exec()s the command, so the job is the main process. (That the command itself exists is
+  checked by the client, as systemd-run does; if it does not, the job fails with status 127 like in a shell.)
 - ExecStartEx with the `no-env-expand` flag: the command's `$VAR` and `${VAR}` reach it literally. systemd does
   not expand `%` specifiers in any property set over D-Bus (systemd PR #7444; measured on 252 and 257), so
   arguments and Environment= values are passed as they are.
-- ExecStopPostEx with `privileged`: the exit report runs as root so its journal entry (_UID=0) cannot be forged by
-  the job (see logformat.exit_report_command).
+- ExecStopPostEx with `privileged`: the exit report (`sjob-shim --report`) runs as root so its journal entry
+  (_UID=0) cannot be forged by the job; `ignore-failure`, so that a failing report cannot fail a successful job.
 - LogRateLimitIntervalUSec=0: journald's per-unit rate limit would otherwise drop a fast writer's output.
 """
 
@@ -21,7 +22,6 @@ import dataclasses
 import shlex
 from collections.abc import Sequence
 
-from supervisor import logformat
 from supervisor.auth import Principal
 from supervisor.protocol import JobSpec
 
@@ -52,13 +52,16 @@ SIGNATURES: dict[str, str] = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShimCommand:
-    """How to start the shim: the interpreter and the path of shim.py, as installed."""
+    """Where sjob-shim is installed (src/shim/sjob-shim.c; the wheel puts it beside the Python scripts)."""
 
-    python: str
-    script: str
+    path: str
 
     def argv(self, job_id: str, command: Sequence[str]) -> list[str]:
-        return [self.python, "-I", "-S", self.script, job_id, "--", *command]
+        return [self.path, job_id, "--", *command]
+
+    def report_argv(self, job_id: str) -> list[str]:
+        """The ExecStopPost= that records how the job ended; systemd fills in each ${...} as one argument."""
+        return [self.path, "--report", job_id, "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,12 +89,13 @@ def job_unit(
     unit: str, job_id: str, spec: JobSpec, principal: Principal, uid: int, gid: int, shim: ShimCommand
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate)."""
-    report = logformat.exit_report_command(job_id)
+    report = shim.report_argv(job_id)
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv)),
         ("Type", "exec"),
-        ("ExecStartEx", [(shim.python, shim.argv(job_id, spec.argv), ["no-env-expand"])]),
-        ("ExecStopPostEx", [(report[0], report, ["privileged"])]),
+        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv), ["no-env-expand"])]),
+        # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
+        ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure"])]),
         ("User", str(uid)),
         ("Group", str(gid)),
         ("WorkingDirectory", spec.cwd),

@@ -79,7 +79,7 @@ class FakeUnits:
 
     async def _run(self, unit: UnitProperties) -> None:
         _, argv, _ = exec_entry(unit)
-        job_id, command = argv[4], argv[6:]
+        job_id, command = argv[1], argv[3:]
         cwd = str(unit.get("WorkingDirectory"))
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd

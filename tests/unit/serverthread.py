@@ -39,7 +39,7 @@ class ServerThread:
         self.log = FakeJobLog()
         self.units = FakeUnits(self.log, **self._units_args)
         records = JobRecords(self.db)
-        self.service = JobService(self.units, self.log, records, ShimCommand("/py", "/shim.py"))
+        self.service = JobService(self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"))
         self.server = Server(self.service, listening_socket(self.socket))
         self.server.start()
         self._stop = asyncio.Event()

@@ -36,7 +36,7 @@ def test_run_attached_passes_output_and_status_through(server: ServerThread) -> 
     assert (result.returncode, result.stdout, result.stderr) == (3, b"out\r\n\n", b"err")
     (unit,) = server.units.started
     _, argv, _ = exec_entry(unit)
-    assert argv[6] == shutil.which("sh")  # resolved with the caller's PATH, as systemd-run does
+    assert argv[3] == shutil.which("sh")  # resolved with the caller's PATH, as systemd-run does
 
 
 def test_run_without_double_dash_keeps_the_commands_options(server: ServerThread) -> None:
@@ -98,3 +98,49 @@ def test_no_daemon(tmp_path: Path) -> None:
     assert result.returncode == 69
     assert b"cannot connect to sjobd" in result.stderr
     assert b"hint:" in result.stderr
+
+
+FAST_PATH_CORPUS = [
+    ["--", "echo", "hi"],
+    ["echo", "-n", "hi"],
+    ["-d", "sleep", "1"],
+    ["-d", "-q", "--", "true"],
+    ["--detach", "--quiet", "true"],
+    ["-E", "A=1", "-E", "B", "env"],
+    ["-EA=1", "env"],
+    ["--setenv", "A=1", "env"],
+    ["--setenv=A=1", "env"],
+    ["--working-directory", "/tmp", "pwd"],
+    ["--working-directory=/tmp", "pwd"],
+    ["sh", "-c", "echo --detach"],
+    ["--", "-d"],
+    ["-E", "--", "true"],
+    ["-", "x"],
+    ["ls", "--help"],
+    ["-q", "ls", "-d", "--", "x"],
+]
+
+
+@pytest.mark.parametrize("args", FAST_PATH_CORPUS, ids=" ".join)
+def test_fast_path_parses_run_exactly_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.cli import build_app, run  # noqa: PLC0415
+
+    seen: list[run.RunArgs] = []
+
+    def fake_run(parsed: run.RunArgs) -> int:
+        seen.append(parsed)
+        return 0
+
+    monkeypatch.setattr(run, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["sjob", "run", *args])
+    with pytest.raises(SystemExit) as exit_:
+        build_app()()
+    assert exit_.value.code == 0
+    assert run.parse_fast(args) == seen[0]
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], ["-dq", "true"], ["--detatch", "true"], [], ["-E"], ["-d"]])
+def test_fast_path_leaves_the_rest_to_typer(args: list[str]) -> None:
+    from supervisor.cli import run  # noqa: PLC0415
+
+    assert run.parse_fast(args) is None

@@ -30,7 +30,9 @@ def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], 
     async def main() -> T:
         log = FakeJobLog()
         fake_units = FakeUnits(log, **units)  # type: ignore[arg-type]
-        service = JobService(fake_units, log, JobRecords(tmp_path / "jobs.sqlite"), ShimCommand("/py", "/shim.py"))
+        service = JobService(
+            fake_units, log, JobRecords(tmp_path / "jobs.sqlite"), ShimCommand("/opt/sjob/bin/sjob-shim")
+        )
         try:
             return await asyncio.wait_for(body(service, fake_units, log), 20)
         finally:

@@ -21,7 +21,6 @@ LAYERS = {
     "systemd": 2,
     "journal": 2,
     "records": 2,
-    "shim": 2,
     "jobs": 3,
     "server": 4,
     "daemon": 4,
@@ -62,20 +61,20 @@ def test_imports_point_downward(name: str, path: Path) -> None:
             assert LAYERS[imported] <= LAYERS[name], f"{path.name} (layer {LAYERS[name]}) imports {imported}"
 
 
+def loaded_by(code: str) -> set[str]:
+    prog = f"import sys; {code}; print(repr(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True).stdout
+    return set(ast.literal_eval(out.strip().splitlines()[-1]))
+
+
+DAEMON_ONLY = {"asyncio", "dbus_fast", "systemd", "asyncvarlink", "supervisor.jobs", "supervisor.server", "sqlite3"}
+
+
 def test_the_cli_does_not_load_daemon_libraries() -> None:
-    code = (
-        "import sys; from supervisor.cli import app; from supervisor.cli import run, status, list;"
-        "heavy = {'asyncio', 'dbus_fast', 'systemd', 'asyncvarlink', 'supervisor.jobs', 'supervisor.server', 'rich'};"
-        "print(sorted(heavy & set(sys.modules)))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert loaded == "[]"
+    loaded = loaded_by("from supervisor.cli import build_app; build_app()")
+    assert loaded & (DAEMON_ONLY | {"rich"}) == set()
 
 
-def test_the_shim_needs_only_the_stdlib() -> None:
-    code = (
-        f"import sys; sys.argv = ['shim']; sys.path.append({str(PACKAGE.parent)!r}); import supervisor.shim;"
-        "print(sorted(m for m in sys.modules if m.startswith('supervisor')))"
-    )
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "['supervisor', 'supervisor.logformat', 'supervisor.shim']"
+def test_sjob_run_parses_without_typer() -> None:
+    loaded = loaded_by("from supervisor.cli import run; run.parse_fast(['--', 'true'])")
+    assert loaded & (DAEMON_ONLY | {"typer", "rich", "click"}) == set()

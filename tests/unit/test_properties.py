@@ -9,7 +9,7 @@ from supervisor.protocol import JobSpec
 from .fakes import exec_entry
 
 ALICE = Principal(uid=1000, gid=1000, pid=4242, user="alice")
-SHIM = properties.ShimCommand("/opt/sjob/bin/python3", "/opt/sjob/lib/shim.py")
+SHIM = properties.ShimCommand("/opt/sjob/bin/sjob-shim")
 
 
 def unit(spec: JobSpec) -> properties.UnitProperties:
@@ -31,23 +31,12 @@ def test_job_runs_as_the_caller_through_the_shim() -> None:
     assert u.get("NoNewPrivileges") is True
     assert u.get("PrivateTmp") is True
     path, argv, flags = exec_entry(u)
-    assert path == SHIM.python
-    assert argv == [
-        SHIM.python,
-        "-I",
-        "-S",
-        SHIM.script,
-        "1a2b3c4d",
-        "--",
-        "/bin/echo",
-        "$HOME",
-        "${PATH}",
-        "%h",
-        "50%",
-    ]
+    assert path == SHIM.path
+    assert argv == [SHIM.path, "1a2b3c4d", "--", "/bin/echo", "$HOME", "${PATH}", "%h", "50%"]
     assert flags == ["no-env-expand"]  # $VAR reaches the job literally
-    _, _, stop_flags = exec_entry(u, "ExecStopPostEx")
-    assert stop_flags == ["privileged"]
+    _, report, stop_flags = exec_entry(u, "ExecStopPostEx")
+    assert report == [SHIM.path, "--report", "1a2b3c4d", "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
+    assert stop_flags == ["privileged", "ignore-failure"]  # and not no-env-expand: systemd must fill these in
 
 
 def test_environment_is_passed_as_is() -> None:

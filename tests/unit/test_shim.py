@@ -1,18 +1,32 @@
-"""The shim end to end, against a fake journald socket: exact output, separate streams, exit status."""
+"""sjob-shim (C) end to end, against a fake journald socket: exact output, separate streams, exit status, and the
+entry layout that supervisor.logformat reads back."""
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor import logformat
-from supervisor.logformat import EofRecord, OutputRecord
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 
 from .journalfake import FakeJournal
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "shim" / "sjob-shim.c"
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shim, compiled here with warnings as errors (the wheel build compiles it the same way, less -Werror)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed to build sjob-shim: apt-get install gcc"
+    binary = tmp_path_factory.mktemp("shim") / "sjob-shim"
+    subprocess.run([cc, "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o", str(binary), str(SOURCE)], check=True)
+    return str(binary)
 
 
 @pytest.fixture
@@ -22,13 +36,10 @@ def journal(tmp_path: Path) -> Iterator[FakeJournal]:
     fake.close()
 
 
-def run_shim(journal: FakeJournal, *argv: str) -> tuple[int, dict[str, bytes]]:
-    """Run the shim as sjobd would (python -I -S), pointed at the fake journal; return status and streams."""
-    code = (
-        f"import sys; sys.path.append({SRC!r}); import supervisor.shim as s; s.JOURNAL_SOCKET = {journal.path!r}; "
-        "sys.exit(s.main(sys.argv))"
-    )
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, "1a2b3c4d", "--", *argv], timeout=60, check=False)
+def run_shim(shim: str, journal: FakeJournal, *argv: str) -> tuple[int, dict[str, bytes]]:
+    """Run the shim as the unit would, pointed at the fake journal; return its status and what each stream got."""
+    journal.entries.clear()
+    proc = subprocess.run([shim, "--journal-socket", journal.path, "1a2b3c4d", "--", *argv], timeout=60, check=False)
     journal.wait_for(logformat.F_EVENT, b"eof")
     streams = {"stdout": b"", "stderr": b""}
     seqs = []
@@ -46,36 +57,94 @@ def run_shim(journal: FakeJournal, *argv: str) -> tuple[int, dict[str, bytes]]:
 TRICKY = b"\n\nblank lines above\ntrailing blanks   \ncrlf\r\n<3>level prefix\n\x00nul\xff\xfeinvalid utf-8\nno newline"
 
 
-def test_output_is_exact_and_streams_are_apart(journal: FakeJournal, tmp_path: Path) -> None:
+def test_output_is_exact_and_streams_are_apart(shim: str, journal: FakeJournal, tmp_path: Path) -> None:
     (tmp_path / "out").write_bytes(TRICKY)
     (tmp_path / "err").write_bytes(b"to stderr\n")
-    status, streams = run_shim(journal, "/bin/sh", "-c", f"cat {tmp_path}/out; cat {tmp_path}/err >&2; exit 3")
+    status, streams = run_shim(shim, journal, "/bin/sh", "-c", f"cat {tmp_path}/out; cat {tmp_path}/err >&2; exit 3")
     assert status == 3
     assert streams == {"stdout": TRICKY, "stderr": b"to stderr\n"}
 
 
-def test_large_single_line(journal: FakeJournal) -> None:
-    status, streams = run_shim(journal, sys.executable, "-c", "import sys; sys.stdout.write('x' * (1 << 20))")
+@settings(max_examples=25, deadline=None)
+@given(data=st.binary(min_size=1, max_size=200_000))
+def test_any_bytes_come_back_exactly(shim: str, tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    directory = tmp_path_factory.mktemp("any")
+    (directory / "data").write_bytes(data)
+    fake = FakeJournal(directory)
+    try:
+        status, streams = run_shim(shim, fake, "/bin/cat", str(directory / "data"))
+    finally:
+        fake.close()
+    assert (status, streams["stdout"], streams["stderr"]) == (0, data, b"")
+
+
+def test_entries_look_right_in_journalctl(shim: str, journal: FakeJournal) -> None:
+    run_shim(shim, journal, "/bin/sh", "-c", "echo hello; echo oops >&2")
+    by_stream = {e[logformat.F_STREAM]: e for e in journal.entries if logformat.F_STREAM in e}
+    assert by_stream[b"stdout"]["MESSAGE"] == b"hello"  # the newline is not part of the line journalctl shows
+    assert (by_stream[b"stdout"]["PRIORITY"], by_stream[b"stderr"]["PRIORITY"]) == (b"6", b"3")
+    assert by_stream[b"stdout"]["SYSLOG_IDENTIFIER"] == b"sh"
+    assert logformat.F_PARTIAL not in by_stream[b"stdout"]
+    assert all(e[logformat.F_JOB_ID] == b"1a2b3c4d" for e in journal.entries)
+
+
+def test_large_single_line(shim: str, journal: FakeJournal) -> None:
+    status, streams = run_shim(shim, journal, sys.executable, "-c", "import sys; sys.stdout.write('x' * (1 << 20))")
     assert status == 0
     assert streams["stdout"] == b"x" * (1 << 20)
     assert all(len(e.get("MESSAGE", b"")) <= 64 * 1024 for e in journal.entries)
 
 
-def test_missing_command(journal: FakeJournal) -> None:
-    status, streams = run_shim(journal, "/nonexistent/command")
-    assert status == 127
-    assert b"cannot execute '/nonexistent/command'" in streams["stderr"]
+@pytest.mark.parametrize(("command", "status"), [("/nonexistent/command", 127), ("/etc/passwd", 126)])
+def test_command_that_cannot_run(shim: str, journal: FakeJournal, command: str, status: int) -> None:
+    result, streams = run_shim(shim, journal, command)
+    assert result == status
+    assert f"sjob: cannot execute '{command}'".encode() in streams["stderr"]
 
 
-def test_sigpipe_is_default_again_for_the_job(journal: FakeJournal) -> None:
-    # With SIGPIPE ignored (Python's default), `yes` would complain about a broken pipe on stderr.
-    status, streams = run_shim(journal, "/bin/sh", "-c", "yes | head -c 4")
+def test_sigpipe_is_default_for_the_job(shim: str, journal: FakeJournal) -> None:
+    # With SIGPIPE ignored, `yes` would complain about a broken pipe on stderr.
+    status, streams = run_shim(shim, journal, "/bin/sh", "-c", "yes | head -c 4")
     assert (status, streams) == (0, {"stdout": b"y\ny\n", "stderr": b""})
 
 
-def test_forwarder_is_not_a_child_of_the_job(journal: FakeJournal) -> None:
+def test_forwarder_is_not_a_child_of_the_job(shim: str, journal: FakeJournal) -> None:
     code = (
         "import os\ntry:\n    os.wait()\n    print('has a child')\nexcept ChildProcessError:\n    print('no children')"
     )
-    status, streams = run_shim(journal, sys.executable, "-c", code)
+    status, streams = run_shim(shim, journal, sys.executable, "-c", code)
     assert (status, streams["stdout"]) == (0, b"no children\n")
+
+
+def test_forwarder_outlives_a_sigterm_to_drain_what_was_written(shim: str, journal: FakeJournal) -> None:
+    # What systemd does when the main process exits: SIGTERM to every process left in the cgroup.
+    # Only the forwarder still has the shim's command line; the job itself has become sh.
+    script = f"head -c 300000 /dev/zero; pkill -TERM -f '^{shim} --journal-socket' || exit 9; exit 0"
+    status, streams = run_shim(shim, journal, "/bin/sh", "-c", script)
+    assert status == 0
+    assert streams["stdout"] == b"\0" * 300000
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["success", "exited", "0"], ExitRecord("success", "exited", 0)),
+        (["exit-code", "exited", "3"], ExitRecord("exit-code", "exited", 3)),
+        (["signal", "killed", "TERM"], ExitRecord("signal", "killed", 15)),
+        (["oom-kill", "killed", "KILL"], ExitRecord("oom-kill", "killed", 9)),
+        (["exit-code", "", ""], ExitRecord("exit-code", "", None)),  # the main process never ran
+    ],
+)
+def test_exit_report(shim: str, journal: FakeJournal, args: list[str], expected: ExitRecord) -> None:
+    result = subprocess.run([shim, "--journal-socket", journal.path, "--report", "1a2b3c4d", *args], check=False)
+    assert result.returncode == 0
+    journal.wait_for(logformat.F_EVENT, b"exit")
+    (fields,) = journal.entries
+    assert logformat.parse_record(fields) == expected
+    assert fields[logformat.F_JOB_ID] == b"1a2b3c4d"
+
+
+def test_usage_error(shim: str) -> None:
+    result = subprocess.run([shim, "1a2b3c4d", "echo"], capture_output=True, check=False)
+    assert result.returncode == 2
+    assert b"usage: sjob-shim" in result.stderr

@@ -1,23 +1,29 @@
 """`sjob list`: your jobs (everyone's for root), newest first."""
 
-from __future__ import annotations
-
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-from supervisor.cli import app
 from supervisor.client import Client
 from supervisor.protocol import to_wire
 
+if TYPE_CHECKING:
+    import typer
 
-@app.command(name="list")
-def list_jobs(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as a JSON array.")] = False,
-) -> None:
-    """List jobs with their state, age and command."""
+
+def register(app: "typer.Typer") -> None:
+    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
+    import typer  # noqa: PLC0415
+
+    @app.command(name="list")
+    def list_jobs(
+        as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as a JSON array.")] = False,
+    ) -> None:
+        """List jobs with their state, age and command."""
+        show(as_json)
+
+
+def show(as_json: bool) -> None:
     with Client() as client:
         jobs = client.list_jobs()
     if as_json:

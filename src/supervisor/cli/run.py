@@ -1,64 +1,132 @@
 """`sjob run`: start a command as a job, and by default stay attached to it like a local command would."""
 
-from __future__ import annotations
-
+import dataclasses
 import os
 import shutil
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-from supervisor.cli import app
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import Job, JobSpec, JobState, Output, Stream
 
+if TYPE_CHECKING:
+    import typer
 
-@app.command(
-    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
-    no_args_is_help=True,
-)
-def run(
-    command: Annotated[list[str], typer.Argument(metavar="COMMAND [ARG]...", help="What to run.", show_default=False)],
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the job id and return at once.")] = False,
-    setenv: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--setenv",
-            "-E",
-            metavar="NAME[=VALUE]",
-            help="Set an environment variable for the job; NAME alone copies it from yours.",
-        ),
-    ] = None,
-    working_directory: Annotated[
-        str | None,
-        typer.Option("--working-directory", metavar="DIR", help="Run in DIR instead of the current directory."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="With --detach, print only the job id.")] = False,
-) -> None:
-    """Run COMMAND as a transient systemd service, as you, in the current directory.
+HELP = """Run COMMAND as a transient systemd service, as you, in the current directory.
 
-    Attached (the default), output appears as it is written, and sjob exits with the job's exit status.
+Attached (the default), output appears as it is written, and sjob exits with the job's exit status.
 
-    The output is also kept in journald: journalctl -u sjob-ID.service
+The output is also kept in journald: journalctl -u sjob-ID.service
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunArgs:
+    command: list[str]
+    detach: bool = False
+    setenv: list[str] = dataclasses.field(default_factory=list)
+    working_directory: str | None = None
+    quiet: bool = False
+
+
+def register(app: "typer.Typer") -> None:
+    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
+    import typer  # noqa: PLC0415
+
+    @app.command(
+        help=HELP,
+        context_settings={"allow_interspersed_args": False},
+        no_args_is_help=True,
+    )
+    def run_command(
+        command: Annotated[
+            list[str], typer.Argument(metavar="COMMAND [ARG]...", help="What to run.", show_default=False)
+        ],
+        detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the job id and return at once.")] = False,
+        setenv: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--setenv",
+                "-E",
+                metavar="NAME[=VALUE]",
+                help="Set an environment variable for the job; NAME alone copies it from yours.",
+            ),
+        ] = None,
+        working_directory: Annotated[
+            str | None,
+            typer.Option("--working-directory", metavar="DIR", help="Run in DIR instead of the current directory."),
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="With --detach, print only the job id.")] = False,
+    ) -> None:
+        raise typer.Exit(run(RunArgs(command, detach, setenv or [], working_directory, quiet)))
+
+    run_command.__name__ = "run"
+
+
+def parse_fast(args: list[str]) -> RunArgs | None:
+    """Parse the common forms of `sjob run`'s arguments exactly as typer would, or return None to let typer do it.
+
+    Options end at `--` or at the first argument that is not an option (typer's allow_interspersed_args=False).
+    Anything this does not know for certain (help, combined short flags, unknown options) is left to typer.
     """
-    cwd = os.path.abspath(working_directory) if working_directory else os.getcwd()
-    spec = JobSpec(argv=[resolve_executable(command[0], cwd), *command[1:]], cwd=cwd, environment=environment(setenv))
+    detach = quiet = False
+    setenv: list[str] = []
+    workdir: str | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        if arg in ("-d", "--detach"):
+            detach = True
+        elif arg in ("-q", "--quiet"):
+            quiet = True
+        elif arg in ("-E", "--setenv", "--working-directory"):
+            if i + 1 >= len(args):
+                return None
+            i += 1
+            if arg == "--working-directory":
+                workdir = args[i]
+            else:
+                setenv.append(args[i])
+        elif arg.startswith("--setenv="):
+            setenv.append(arg.partition("=")[2])
+        elif arg.startswith("--working-directory="):
+            workdir = arg.partition("=")[2]
+        elif arg.startswith("-E") and len(arg) > 2:
+            setenv.append(arg[2:])
+        else:
+            return None
+        i += 1
+    command = args[i:]
+    if not command:
+        return None
+    return RunArgs(command, detach, setenv, workdir, quiet)
+
+
+def run(args: RunArgs) -> int:
+    """Start the job; detached, print its id; attached, copy its output and return its exit status."""
+    cwd = os.path.abspath(args.working_directory) if args.working_directory else os.getcwd()
+    argv = [resolve_executable(args.command[0], cwd), *args.command[1:]]
+    spec = JobSpec(argv=argv, cwd=cwd, environment=environment(args.setenv))
     with Client() as client:
         job = client.start(spec)
-        if detach:
+        if args.detach:
             sys.stdout.write(job.id + "\n")
-            if not quiet:
+            if not args.quiet:
                 sys.stderr.write(f"Running as unit: {job.unit}\n")
-            return
+            return 0
         try:
             final = attach(client, job)
         except KeyboardInterrupt:
             sys.stderr.write(f"\nsjob: detached; job {job.id} keeps running ('sjob status {job.id}')\n")
-            raise typer.Exit(130) from None
+            return 130
     report_abnormal_end(final)
-    raise typer.Exit(final.shell_status)
+    return final.shell_status
 
 
 def attach(client: Client, job: Job) -> Job:
@@ -99,9 +167,9 @@ def resolve_executable(name: str, cwd: str) -> str:
     return os.path.abspath(found)
 
 
-def environment(assignments: list[str] | None) -> list[str] | None:
+def environment(assignments: list[str]) -> list[str] | None:
     result = []
-    for item in assignments or []:
+    for item in assignments:
         if "=" in item:
             result.append(item)
         elif item in os.environ:

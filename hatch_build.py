@@ -1,0 +1,44 @@
+"""Wheel build hook: compile the C shim (src/shim/sjob-shim.c) and install it as <prefix>/bin/sjob-shim.
+
+Every job's unit starts with sjob-shim, so it ships inside the wheel like the Python code, built for the machine
+the wheel is built on (which makes the wheel platform-specific). It is a script of the wheel's data scheme, so
+editable installs get it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"]
+
+
+class ShimBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name != "wheel":
+            return
+        source = Path(self.root) / "src" / "shim" / "sjob-shim.c"
+        self._tmp = tempfile.mkdtemp(prefix="sjob-shim-build-")
+        binary = Path(self._tmp) / "sjob-shim"
+        cc = shlex.split(os.environ.get("CC", "cc"))
+        command = [*cc, *CFLAGS, "-o", str(binary), str(source)]
+        try:
+            subprocess.run(command, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise RuntimeError(f"compiling {source} failed ({e}); a C compiler is needed: apt-get install gcc") from e
+        build_data["shared_scripts"][str(binary)] = "sjob-shim"
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if getattr(self, "_tmp", None):
+            shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,358 @@
+/* sjob-shim: the first process of every sjob job.
+ *
+ *   sjob-shim [--journal-socket PATH] JOB_ID -- COMMAND [ARG...]
+ *   sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS
+ *
+ * sjobd starts each job as ExecStart=sjob-shim ... in sjob-<id>.service. The shim
+ *  1. makes one pipe for stdout and one for stderr,
+ *  2. double-forks a forwarder that reads both pipes and sends every read() as one journald entry over the native
+ *     protocol (systemd.journal-fields(7)), so the bytes arrive unaltered and the entry is attributed to the unit.
+ *     The double fork makes the forwarder a child of the service manager, not of the job: a job that waits for
+ *     "all its children" never waits for it;
+ *  3. points its own stdout/stderr at the pipes and exec()s COMMAND, so the job itself is the unit's main process
+ *     and systemd sees its real exit status and signals.
+ *
+ * In the second form it is the unit's privileged ExecStopPost=: systemd passes ${SERVICE_RESULT}, ${EXIT_CODE} and
+ * ${EXIT_STATUS}, and the shim records them as the job's exit entry. Running as root, its entry has _UID=0, which
+ * a job cannot forge; written to the journal, it outlives the unit and does not depend on sjobd running.
+ *
+ * The entry layout is defined in src/supervisor/logformat.py, which reads it back; the unit tests run this program
+ * against a fake journald socket and parse its entries with that module, so the two cannot drift apart.
+ *
+ * Why C: this runs for every job, on the critical path of its start, and the forwarder lives in the job's cgroup
+ * for the job's whole life, charged to its MemoryMax and TasksMax. A Python shim cost ~1.7 s per job in the test
+ * VM and ~9 MB of the job's memory; this one costs a few milliseconds and ~100 KB.
+ *
+ * The forwarder ignores SIGTERM/SIGINT/SIGHUP: when the job ends, systemd sends SIGTERM to what is left in the cgroup
+ * and the forwarder must still drain what the job wrote. It exits at end-of-file on both pipes, once journald has
+ * received every datagram (SIOCOUTQ reaches 0): journald reads a sender's cgroup from /proc when it receives a
+ * datagram, and an entry from a process that is already gone would lose its _SYSTEMD_UNIT.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOURNAL_SOCKET_DEFAULT "/run/systemd/journal/socket"
+#define READ_SIZE (64 * 1024)  /* one record at most; fits comfortably in one datagram */
+#define PIPE_SIZE (1024 * 1024) /* buffer bursts so a fast writer blocks less often */
+#define MAX_FIELDS 8
+#define EXIT_CANNOT_EXECUTE 126
+#define EXIT_NOT_FOUND 127
+
+/* One field in journald's binary-safe form: NAME '\n' <le64 length> VALUE '\n'. */
+struct field {
+    const char *name;
+    const void *value;
+    size_t size;
+    uint64_t size_le;
+};
+
+struct entry {
+    struct field fields[MAX_FIELDS];
+    size_t n;
+};
+
+static int journal_fd = -1;
+static const char *journal_path = JOURNAL_SOCKET_DEFAULT;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static void add(struct entry *e, const char *name, const void *value, size_t size) {
+    struct field *f = &e->fields[e->n++];
+    f->name = name;
+    f->value = value;
+    f->size = size;
+    f->size_le = htole64((uint64_t)size);
+}
+
+static void add_str(struct entry *e, const char *name, const char *value) {
+    add(e, name, value, strlen(value));
+}
+
+static void journal_connect(void) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    long delay = 10;
+    if (strlen(journal_path) >= sizeof(sa.sun_path)) {
+        _exit(2);
+    }
+    strcpy(sa.sun_path, journal_path);
+    journal_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (journal_fd < 0) {
+        _exit(2);
+    }
+    /* journald may be restarting; its socket unit keeps the socket, so this is short. Waiting, not dropping. */
+    while (connect(journal_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (errno != ENOENT && errno != ECONNREFUSED && errno != EAGAIN && errno != EINTR) {
+            _exit(2);
+        }
+        sleep_ms(delay);
+        delay = delay < 1000 ? delay * 2 : 1000;
+    }
+}
+
+/* Too large for a datagram: journald accepts a sealed memfd passed with SCM_RIGHTS instead. */
+static int send_memfd(const struct iovec *iov, size_t n) {
+    int fd = memfd_create("sjob-journal", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *p = iov[i].iov_base;
+        size_t left = iov[i].iov_len;
+        while (left > 0) {
+            ssize_t w = write(fd, p, left);
+            if (w < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                close(fd);
+                return -1;
+            }
+            p += w;
+            left -= (size_t)w;
+        }
+    }
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        close(fd);
+        return -1;
+    }
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof(control));
+    struct msghdr mh = {.msg_control = control, .msg_controllen = sizeof(control)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    ssize_t r;
+    do {
+        r = sendmsg(journal_fd, &mh, MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    close(fd);
+    return r < 0 ? -1 : 0;
+}
+
+static void journal_send(const struct entry *e) {
+    struct iovec iov[MAX_FIELDS * 5];
+    size_t n = 0;
+    for (size_t i = 0; i < e->n; i++) {
+        const struct field *f = &e->fields[i];
+        iov[n++] = (struct iovec){(void *)f->name, strlen(f->name)};
+        iov[n++] = (struct iovec){"\n", 1};
+        iov[n++] = (struct iovec){(void *)&f->size_le, sizeof(f->size_le)};
+        iov[n++] = (struct iovec){(void *)f->value, f->size};
+        iov[n++] = (struct iovec){"\n", 1};
+    }
+    long delay = 1;
+    for (;;) {
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = n};
+        if (sendmsg(journal_fd, &mh, MSG_NOSIGNAL) >= 0) {
+            return;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EMSGSIZE && send_memfd(iov, n) == 0) {
+            return;
+        }
+        if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED || errno == EMSGSIZE) {
+            sleep_ms(delay);
+            delay = delay < 500 ? delay * 2 : 500;
+            continue;
+        }
+        _exit(3);
+    }
+}
+
+/* Wait until journald has received every datagram we sent (see the header comment). */
+static void journal_drain(void) {
+    for (int i = 0; i < 5000; i++) {
+        int queued = 0;
+        if (ioctl(journal_fd, SIOCOUTQ, &queued) < 0 || queued == 0) {
+            break;
+        }
+        sleep_ms(2);
+    }
+    /* journald reads our /proc entry right after it receives; give that a moment before we disappear. */
+    sleep_ms(20);
+}
+
+static void forward(const char *job_id, const char *ident, int out_fd, int err_fd) {
+    static char buf[READ_SIZE];
+    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    const char *names[2] = {"stdout", "stderr"};
+    const char *priorities[2] = {"6", "3"}; /* info and err, as journalctl -p knows them */
+    unsigned long long sizes[2] = {0, 0};
+    unsigned long long seq = 0;
+    int open_fds = 2;
+
+    while (open_fds > 0) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            _exit(4);
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                continue;
+            }
+            ssize_t r = read(fds[i].fd, buf, sizeof(buf));
+            if (r < 0) {
+                if (errno == EINTR || errno == EAGAIN) {
+                    continue;
+                }
+                r = 0;
+            }
+            if (r == 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+                continue;
+            }
+            seq++;
+            sizes[i] += (unsigned long long)r;
+            char seq_text[32];
+            snprintf(seq_text, sizeof(seq_text), "%llu", seq);
+            /* The final newline is not part of MESSAGE, so journalctl shows ordinary lines; SJOB_PARTIAL=1 marks a
+             * record that did not end in one. */
+            int newline = buf[r - 1] == '\n';
+            struct entry e = {.n = 0};
+            add(&e, "MESSAGE", buf, (size_t)r - (newline ? 1 : 0));
+            add_str(&e, "PRIORITY", priorities[i]);
+            add_str(&e, "SYSLOG_IDENTIFIER", ident);
+            add_str(&e, "SJOB_JOB_ID", job_id);
+            add_str(&e, "SJOB_STREAM", names[i]);
+            add_str(&e, "SJOB_SEQ", seq_text);
+            if (!newline) {
+                add_str(&e, "SJOB_PARTIAL", "1");
+            }
+            journal_send(&e);
+        }
+    }
+
+    char message[160], records[32];
+    snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes)", sizes[0],
+             sizes[1]);
+    snprintf(records, sizeof(records), "%llu", seq);
+    struct entry e = {.n = 0};
+    add_str(&e, "MESSAGE", message);
+    add_str(&e, "PRIORITY", "7");
+    add_str(&e, "SYSLOG_IDENTIFIER", ident);
+    add_str(&e, "SJOB_JOB_ID", job_id);
+    add_str(&e, "SJOB_EVENT", "eof");
+    add_str(&e, "SJOB_RECORDS", records);
+    journal_send(&e);
+    journal_drain();
+}
+
+static int report(const char *job_id, const char *result, const char *code, const char *status) {
+    char message[256];
+    snprintf(message, sizeof(message), "sjob: job %s ended: %s (code=%s, status=%s)", job_id, result, code, status);
+    struct entry e = {.n = 0};
+    add_str(&e, "MESSAGE", message);
+    add_str(&e, "PRIORITY", "6");
+    add_str(&e, "SYSLOG_IDENTIFIER", "sjob");
+    add_str(&e, "SJOB_JOB_ID", job_id);
+    add_str(&e, "SJOB_EVENT", "exit");
+    add_str(&e, "SJOB_RESULT", result);
+    add_str(&e, "SJOB_EXIT_CODE", code);
+    add_str(&e, "SJOB_EXIT_STATUS", status);
+    journal_connect();
+    journal_send(&e);
+    journal_drain();
+    return 0;
+}
+
+static void make_pipe(int p[2]) {
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        dprintf(2, "sjob-shim: pipe: %s\n", strerror(errno));
+        _exit(EXIT_CANNOT_EXECUTE);
+    }
+    (void)fcntl(p[1], F_SETPIPE_SZ, PIPE_SIZE); /* over the user's pipe quota the default size still works */
+}
+
+int main(int argc, char **argv) {
+    /* --journal-socket is for the unit tests' fake journald; only sjobd writes this command line. */
+    if (argc > 2 && strcmp(argv[1], "--journal-socket") == 0) {
+        journal_path = argv[2];
+        argc -= 2;
+        argv += 2;
+    }
+    if (argc == 6 && strcmp(argv[1], "--report") == 0) {
+        return report(argv[2], argv[3], argv[4], argv[5]);
+    }
+    if (argc < 4 || strcmp(argv[2], "--") != 0) {
+        fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] JOB_ID -- COMMAND [ARG...]\n"
+                        "       sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS\n");
+        return 2;
+    }
+    const char *job_id = argv[1];
+    char **command = argv + 3;
+    const char *slash = strrchr(command[0], '/');
+    const char *ident = slash && slash[1] ? slash + 1 : command[0];
+
+    int out[2], err[2];
+    make_pipe(out);
+    make_pipe(err);
+
+    pid_t child = fork();
+    if (child < 0) {
+        dprintf(2, "sjob-shim: fork: %s\n", strerror(errno));
+        return EXIT_CANNOT_EXECUTE;
+    }
+    if (child == 0) {
+        pid_t forwarder = fork();
+        if (forwarder == 0) {
+            close(out[1]);
+            close(err[1]);
+            signal(SIGTERM, SIG_IGN);
+            signal(SIGINT, SIG_IGN);
+            signal(SIGHUP, SIG_IGN);
+            signal(SIGPIPE, SIG_IGN);
+            journal_connect();
+            forward(job_id, ident, out[0], err[0]);
+            _exit(0);
+        }
+        _exit(forwarder < 0 ? 1 : 0);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        dprintf(2, "sjob-shim: could not start the output forwarder\n");
+        return EXIT_CANNOT_EXECUTE;
+    }
+
+    if (dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) {
+        return EXIT_CANNOT_EXECUTE;
+    }
+    close(out[0]);
+    close(out[1]);
+    close(err[0]);
+    close(err[1]);
+    execvp(command[0], command);
+    int e = errno;
+    dprintf(2, "sjob: cannot execute '%s': %s\n", command[0], strerror(e));
+    return e == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXECUTE;
+}
