@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-RUNS = int(os.environ.get("SJOB_BENCH_RUNS", "21"))
+RUNS = int(os.environ.get("SJOB_BENCH_RUNS", "11"))
 SJOB = os.environ.get("SJOB_BIN", "/usr/local/bin/sjob")
 
 

@@ -1,0 +1,22 @@
+"""Packaging facts that would otherwise drift apart silently."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_vm_wheelhouse_has_what_pyproject_requires() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        r for r in project["optional-dependencies"]["dev"] if r.split("==")[0] in ("pytest", "hypothesis", "hatchling")
+    ]
+    lines = (ROOT / "tests" / "vm" / "requirements.txt").read_text().splitlines()
+    listed = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    assert set(wanted) <= listed, f"add to tests/vm/requirements.txt: {sorted(set(wanted) - listed)}"
+
+
+def test_build_backend_is_pinned_like_the_dev_tools() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["build-system"]["requires"] == ["hatchling>=1.18"]
+    assert "hatchling==1.33.0" in pyproject["project"]["optional-dependencies"]["dev"]
