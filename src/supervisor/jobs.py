@@ -24,10 +24,10 @@ from typing import Protocol
 from supervisor import jobspec, policy, properties
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
-from supervisor.logformat import ExitRecord, OutputRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import Job, JobSpec, JobState, Output, Stream, parse_job_id, unit_for
-from supervisor.units import Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
+from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,18 @@ class JobService:
     async def follow(self, principal: Principal, job_id: str) -> AsyncIterator[Output | Job]:
         """The job's output from the very start, then the job as it ended. For a finished job this is a replay."""
         job = self._visible(principal, job_id)
+        live = not job.state.finished
         ended_elsewhere = False
-        async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=not job.state.finished):
+        async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=live):
             if isinstance(record, OutputRecord):
                 yield Output.of(Stream(record.stream), record.data)
             elif isinstance(record, ExitRecord):
                 yield self._record_exit(job.id, record) or job
+                return
+            elif live and isinstance(record, EofRecord) and (ended := await self._main_exited(job)) is not None:
+                # All output is in and the command exited by itself: answer now rather than after the unit's
+                # ExecStopPost has run and its record has reached us. That record still comes, and is applied.
+                yield ended
                 return
             elif record is None:
                 # A quiet tick. The exit record normally arrives through this reader after all output; give it
@@ -179,10 +185,36 @@ class JobService:
         )
 
     def _record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
+        """Apply a job's exit record. It is the authority on how the job ended: it overrides an earlier
+        provisional outcome (from _main_exited, or "unknown") where that differs."""
         job = self._records.get(job_id)
-        if job is None or job.state.finished:
+        if job is None:
+            return None
+        outcome = outcome_of_exit(record)
+        if job.state.finished and (job.state, job.result, job.exit_status, job.signal) == (
+            outcome.state,
+            outcome.result,
+            outcome.exit_status,
+            outcome.signal,
+        ):
             return job
-        return self._finish(job, outcome_of_exit(record), record.when_usec or now_usec())
+        return self._finish(job, outcome, record.when_usec or now_usec())
+
+    async def _main_exited(self, job: Job) -> Job | None:
+        """The finished job if systemd reports that its main process exited by itself (not killed: a kill may
+        yet be reported as an OOM kill or a timeout, which only the exit record tells reliably)."""
+        current = self._records.get(job.id) or job
+        if current.state.finished:
+            return current
+        try:
+            state = await self._units.unit_state(job.unit)
+        except SjobError:
+            return None
+        if state is None or state.exec_main_code != CLD_EXITED:
+            return None
+        status = state.exec_main_status
+        record = ExitRecord("success" if status == 0 else "exit-code", "exited", status, state.exec_main_exit_usec)
+        return self._finish(current, outcome_of_exit(record), record.when_usec or now_usec())
 
     def _finish(self, job: Job, outcome: Outcome, when: int) -> Job:
         job = dataclasses.replace(

@@ -27,6 +27,8 @@ from supervisor.logformat import ExitRecord, Record
 R = typing.TypeVar("R", bound=Record)
 
 TICK = 2.0  # seconds between checks on a quiet job, so callers can notice a unit that vanished
+POLL_MIN = 0.01  # seconds
+POLL_MAX = 0.1
 
 
 def _open_reader() -> journal.Reader:
@@ -64,27 +66,40 @@ class Journal:
     async def job_records(
         self, job_id: str, unit: str, owner_uid: int, *, follow: bool
     ) -> AsyncIterator[Record | None]:
-        """The job's records from its first on. With `follow`, keep waiting for more; yield None on each quiet
-        TICK so the caller can check on the job. The caller decides when to stop."""
+        """The job's records from its first on. With `follow`, keep waiting for more, and yield None after each
+        quiet TICK so the caller can check on the job; the caller decides when to stop.
+
+        journald tells readers about new entries through inotify only every ~250 ms (it coalesces its change
+        notifications), but its writes land in the mmap'd journal file at once. So a follower also polls: every
+        POLL_MIN after new records, backing off to POLL_MAX while the job is quiet.
+        """
         reader = _open_reader()
+        loop = asyncio.get_running_loop()
         try:
             with self._watching(reader) as changed:
                 reader.add_match(f"{logformat.F_JOB_ID}={job_id}")
                 reader.seek_head()
+                poll = POLL_MIN
+                last_tick = loop.time()
                 while True:
                     while reader._next():
                         fields = _fields(reader)
                         record = logformat.parse_record(fields)
                         if record is not None and logformat.accepts(fields, record, unit, owner_uid):
+                            poll = POLL_MIN
+                            last_tick = loop.time()
                             yield _stamped(record, reader)
                     if not follow:
                         return
-                    try:
-                        await asyncio.wait_for(changed.wait(), TICK)
-                    except TimeoutError:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), poll)
+                    if changed.is_set():
+                        changed.clear()
+                        reader.process()
+                    poll = min(poll * 2, POLL_MAX)
+                    if loop.time() - last_tick >= TICK:
+                        last_tick = loop.time()
                         yield None
-                    changed.clear()
-                    reader.process()
         finally:
             reader.close()
 

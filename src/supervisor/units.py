@@ -28,6 +28,15 @@ SETUP_FAILURES = {
 }
 
 
+RESULTS = {
+    "timeout": "timed out",
+    "oom-kill": "killed by the out-of-memory killer",
+    "watchdog": "watchdog timeout",
+    "resources": "systemd could not allocate the resources to start it",
+    "start-limit-hit": "started too often",
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UnitState:
     name: str
@@ -84,18 +93,13 @@ def outcome_of_unit(unit: UnitState) -> Outcome:
 
 def describe(result: str, status: int | None, sig: int | None) -> str | None:
     """A short human explanation of an abnormal end; None for a plain exit."""
+    # systemd's result says more than the signal it used: an OOM kill and a timeout are both "killed".
+    if result in RESULTS:
+        return RESULTS[result]
     if sig is not None:
         return f"killed by signal {signal_name(sig)}" + (" (core dumped)" if result == "core-dump" else "")
     if status is not None and status in SETUP_FAILURES:
         return f"{SETUP_FAILURES[status]} (systemd exit status {status})"
-    if result in ("timeout", "oom-kill", "watchdog", "resources", "start-limit-hit"):
-        return {
-            "timeout": "timed out",
-            "oom-kill": "killed by the out-of-memory killer",
-            "watchdog": "watchdog timeout",
-            "resources": "systemd could not allocate the resources to start it",
-            "start-limit-hit": "started too often",
-        }[result]
     return None
 
 

@@ -12,11 +12,11 @@ from supervisor import jobs
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
-from supervisor.logformat import ExitRecord, OutputRecord
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
 from supervisor.protocol import Job, JobSpec, JobState, Output
 from supervisor.records import JobRecords
-from supervisor.units import CLD_EXITED
+from supervisor.units import CLD_EXITED, CLD_KILLED
 
 from .fakes import FakeJobLog, FakeUnits, failed_unit
 
@@ -180,5 +180,42 @@ def test_job_ids_are_unique_and_well_formed(tmp_path: Path) -> None:
         assert len({j.id for j in started}) == 20
         assert all(j.unit == f"sjob-{j.id}.service" and len(j.id) == 8 for j in started)
         assert dataclasses.replace(started[0], id=started[0].id).id == started[0].id
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_follow_ends_when_output_is_complete_and_the_command_exited(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/echo", "hi"], "/"))
+        log.add(job.id, OutputRecord(1, "stdout", b"hi\n"))
+        log.add(job.id, EofRecord(1))
+        units.states[job.unit] = dataclasses.replace(
+            failed_unit(job.unit, CLD_EXITED, 0, "success", active="deactivating"), exec_main_exit_usec=42
+        )
+        streams, final = await collect(service, ALICE, job.id)  # no exit record yet: ends on systemd's word
+        assert (streams["stdout"], final.state, final.exit_status, final.ended_usec) == (
+            b"hi\n",
+            JobState.exited,
+            0,
+            42,
+        )
+        # The exit record is the authority and corrects the provisional outcome where it differs.
+        log.add(job.id, ExitRecord("timeout", "exited", 0, when_usec=43))
+        async for _ in service.follow(ALICE, job.id):
+            pass
+        corrected = await service.status(ALICE, job.id)
+        assert (corrected.state, corrected.result, corrected.ended_usec) == (JobState.failed, "timeout", 43)
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.add(job.id, EofRecord(0))
+        units.states[job.unit] = failed_unit(job.unit, CLD_KILLED, 9, "signal", active="deactivating")
+        asyncio.get_running_loop().call_later(0.3, log.add, job.id, ExitRecord("oom-kill", "killed", 9))
+        _, final = await collect(service, ALICE, job.id)
+        assert (final.result, final.message) == ("oom-kill", "killed by the out-of-memory killer")
 
     scenario(body, tmp_path, run_commands=False)

@@ -2,7 +2,6 @@
 
 import dataclasses
 import os
-import shutil
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -153,11 +152,11 @@ def resolve_executable(name: str, cwd: str) -> str:
     """Find the command with the caller's PATH, as systemd-run does: a typo fails here, before any unit exists."""
     if "/" in name:
         path = os.path.normpath(os.path.join(cwd, name))
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        if _is_executable(path):
             return path
         reason = "is not executable" if os.path.exists(path) else "does not exist"
         raise SjobError(ErrorCode.ExecutableNotFound, f"{path} {reason}")
-    found = shutil.which(name)
+    found = next((c for d in os.get_exec_path() if (c := os.path.join(d or ".", name)) and _is_executable(c)), None)
     if found is None:
         raise SjobError(
             ErrorCode.ExecutableNotFound,
@@ -165,6 +164,11 @@ def resolve_executable(name: str, cwd: str) -> str:
             hint="check the name, or give the path to the program (shell builtins need: sjob run -- sh -c '...')",
         )
     return os.path.abspath(found)
+
+
+def _is_executable(path: str) -> bool:
+    # What shutil.which checks, without importing shutil (and with it bz2 and lzma) on the hot path.
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def environment(assignments: list[str]) -> list[str] | None:
