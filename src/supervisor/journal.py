@@ -5,7 +5,7 @@ persistent, which a SYSTEM_ONLY reader would never see. `data_threshold = 0` bec
 back at most 64 KiB of a field, and an output record can be that large.
 
 Entries are matched by SJOB_JOB_ID (an indexed field) and then vetted by `logformat.accepts`: only entries from
-the job's own unit (or lacking unit metadata, see shim.py) and from the job's owner count as output, and only
+the job's own unit (or lacking unit metadata, see sjob-shim.c) and from the job's owner count as output, and only
 entries written by root count as the job's exit.
 
 sd_journal calls do a little blocking file I/O on mmap'd files; they are short and run on the event loop.
