@@ -124,10 +124,16 @@ install_python() {
     say "installing sjob from $SRC${WHEELHOUSE:+ with packages from $WHEELHOUSE}"
     # The source is copied first: pip builds in the source tree, which may be read-only or owned by someone else.
     BUILD_DIR=$(mktemp -d)
-    tar -C "$SRC" --exclude=.git --exclude=build --exclude=.venv --exclude='*.egg-info' -cf - . | tar -C "$BUILD_DIR" -xf -
-    "${pip[@]}" install "$BUILD_DIR"
-    # Reinstall sjob itself even when the version did not change, so an upgrade from a checkout always lands.
-    "${pip[@]}" install --force-reinstall --no-deps "$BUILD_DIR"
+    mkdir "$BUILD_DIR/src"
+    tar -C "$SRC" --exclude=.git --exclude=build --exclude=.venv --exclude='*.egg-info' -cf - . | tar -C "$BUILD_DIR/src" -xf -
+    # Build the wheel once (this compiles sjob-shim), install its dependencies, then reinstall sjob itself even
+    # when its version did not change, so that an upgrade from a checkout always lands.
+    "${pip[@]}" wheel --no-deps --wheel-dir "$BUILD_DIR/dist" "$BUILD_DIR/src"
+    local wheel
+    wheel=$(find "$BUILD_DIR/dist" -name 'sjob-*.whl' -print -quit)
+    [ -n "$wheel" ] || die "building the sjob wheel produced nothing" "see the pip output above"
+    "${pip[@]}" install "$wheel"
+    "${pip[@]}" install --force-reinstall --no-deps "$wheel"
 }
 
 install_files() {

@@ -23,8 +23,9 @@
  * for the job's whole life, charged to its MemoryMax and TasksMax. A Python shim cost ~1.7 s per job in the test
  * VM and ~9 MB of the job's memory; this one costs a few milliseconds and ~100 KB.
  *
- * The forwarder ignores SIGTERM/SIGINT/SIGHUP: when the job ends, systemd sends SIGTERM to what is left in the cgroup
- * and the forwarder must still drain what the job wrote. It exits at end-of-file on both pipes, once journald has
+ * The forwarder ignores SIGTERM and every other signal it can: when the job ends, systemd sends SIGTERM to what is
+ * left in the cgroup and the forwarder must still drain what the job wrote; and signals for the job (systemctl kill)
+ * must not end it. It exits at end-of-file on both pipes, once journald has
  * received every datagram (SIOCOUTQ reaches 0): journald reads a sender's cgroup from /proc when it receives a
  * datagram, and an entry from a process that is already gone would lose its _SYSTEMD_UNIT.
  */
@@ -51,7 +52,7 @@
 #define JOURNAL_SOCKET_DEFAULT "/run/systemd/journal/socket"
 #define READ_SIZE (64 * 1024)  /* one record at most; fits comfortably in one datagram */
 #define PIPE_SIZE (1024 * 1024) /* buffer bursts so a fast writer blocks less often */
-#define MAX_FIELDS 8
+#define MAX_FIELDS 14
 #define EXIT_CANNOT_EXECUTE 126
 #define EXIT_NOT_FOUND 127
 
@@ -266,9 +267,75 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
     journal_drain();
 }
 
+/* The unit's cgroup directory, from our own membership: ExecStopPost= runs in the unit's cgroup. */
+static int cgroup_dir(char *out, size_t size) {
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    char line[4096];
+    int found = 0;
+    if (!f) {
+        return 0;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "0::", 3) == 0) { /* the cgroup v2 hierarchy */
+            line[strcspn(line, "\n")] = 0;
+            found = snprintf(out, size, "/sys/fs/cgroup%s", line + 3) < (int)size;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The number after `key` in a cgroup file ("usage_usec 123"), or the whole file's number if key is NULL; with
+ * `sum`, add up every `key=` value (io.stat has one line per device). -1 if the file or key is not there. */
+static long long cgroup_number(const char *dir, const char *file, const char *key, int sum) {
+    char path[4200], text[8192];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    text[n] = 0;
+    if (!key) {
+        return strtoll(text, NULL, 10);
+    }
+    long long total = -1;
+    size_t klen = strlen(key);
+    for (char *p = text; (p = strstr(p, key)) != NULL; p += klen) {
+        if (p != text && p[-1] != ' ' && p[-1] != '\n') {
+            continue;
+        }
+        long long value = strtoll(p + klen, NULL, 10);
+        total = (total < 0 ? 0 : total) + value;
+        if (!sum) {
+            break;
+        }
+    }
+    return total;
+}
+
 static int report(const char *job_id, const char *result, const char *code, const char *status) {
     char message[256];
     snprintf(message, sizeof(message), "sjob: job %s ended: %s (code=%s, status=%s)", job_id, result, code, status);
+    /* What the job used, read from its cgroup before systemd removes it: these are the kernel's counters that
+     * systemd's CPUUsageNSec=, MemoryPeak=, IO*Bytes= report, kept here so they outlive the unit. */
+    static char numbers[5][32];
+    static const char *names[5] = {"SJOB_CPU_USEC", "SJOB_MEMORY_PEAK", "SJOB_IO_READ_BYTES", "SJOB_IO_WRITE_BYTES",
+                                   "SJOB_TASKS_PEAK"};
+    long long values[5] = {-1, -1, -1, -1, -1};
+    char dir[4096];
+    if (cgroup_dir(dir, sizeof(dir))) {
+        values[0] = cgroup_number(dir, "cpu.stat", "usage_usec ", 0);
+        values[1] = cgroup_number(dir, "memory.peak", NULL, 0);
+        values[2] = cgroup_number(dir, "io.stat", "rbytes=", 1);
+        values[3] = cgroup_number(dir, "io.stat", "wbytes=", 1);
+        values[4] = cgroup_number(dir, "pids.peak", NULL, 0);
+    }
     struct entry e = {.n = 0};
     add_str(&e, "MESSAGE", message);
     add_str(&e, "PRIORITY", "6");
@@ -278,6 +345,12 @@ static int report(const char *job_id, const char *result, const char *code, cons
     add_str(&e, "SJOB_RESULT", result);
     add_str(&e, "SJOB_EXIT_CODE", code);
     add_str(&e, "SJOB_EXIT_STATUS", status);
+    for (int i = 0; i < 5; i++) {
+        if (values[i] >= 0) {
+            snprintf(numbers[i], sizeof(numbers[i]), "%lld", values[i]);
+            add_str(&e, names[i], numbers[i]);
+        }
+    }
     journal_connect();
     journal_send(&e);
     journal_drain();
@@ -326,10 +399,14 @@ int main(int argc, char **argv) {
         if (forwarder == 0) {
             close(out[1]);
             close(err[1]);
-            signal(SIGTERM, SIG_IGN);
-            signal(SIGINT, SIG_IGN);
-            signal(SIGHUP, SIG_IGN);
-            signal(SIGPIPE, SIG_IGN);
+            /* Signals sent to the whole unit (systemctl kill, sjob stop --signal) are for the job, not for us:
+             * ignore every signal that would end or stop the forwarder, except SIGKILL, which nothing can. */
+            for (int sig = 1; sig < NSIG; sig++) {
+                if (sig != SIGKILL && sig != SIGSTOP && sig != SIGSEGV && sig != SIGBUS && sig != SIGFPE &&
+                    sig != SIGILL && sig != SIGABRT && sig != SIGTRAP && sig != SIGSYS && sig != SIGCHLD) {
+                    signal(sig, SIG_IGN);
+                }
+            }
             journal_connect();
             forward(job_id, ident, out[0], err[0]);
             _exit(0);

@@ -19,6 +19,7 @@ from supervisor.protocol import (
     JobSpec,
     Method,
     Output,
+    Stream,
     error_from_wire,
     from_wire,
     to_wire,
@@ -64,8 +65,13 @@ class Client:
     def start(self, spec: JobSpec) -> Job:
         return from_wire(Job, self.call(Method.Start, {"spec": to_wire(spec)})["job"])
 
-    def follow(self, job_id: str) -> Iterator[Output | Job]:
-        for reply in self.call_more(Method.Follow, {"id": job_id}):
+    def follow(
+        self, job_id: str, *, wait: bool = True, streams: list[Stream] | None = None, after_seq: int = 0
+    ) -> Iterator[Output | Job]:
+        parameters: dict[str, Any] = {"id": job_id, "wait": wait, "after_seq": after_seq}
+        if streams is not None:
+            parameters["streams"] = [s.value for s in streams]
+        for reply in self.call_more(Method.Follow, parameters):
             if "output" in reply:
                 yield from_wire(Output, reply["output"])
             elif "job" in reply:
@@ -74,8 +80,16 @@ class Client:
     def status(self, job_id: str) -> Job:
         return from_wire(Job, self.call(Method.Status, {"id": job_id})["job"])
 
-    def list_jobs(self) -> list[Job]:
-        jobs = self.call(Method.List, {})["jobs"]
+    def stop(self, job_id: str, *, signal: str | None = None, grace_usec: int | None = None) -> Job:
+        parameters: dict[str, Any] = {"id": job_id}
+        if signal is not None:
+            parameters["signal"] = signal
+        if grace_usec is not None:
+            parameters["grace_usec"] = grace_usec
+        return from_wire(Job, self.call(Method.Stop, parameters)["job"])
+
+    def list_jobs(self, *, everyone: bool = False, running: bool = False) -> list[Job]:
+        jobs = self.call(Method.List, {"all": everyone, "running": running})["jobs"]
         if not isinstance(jobs, list):
             raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'jobs' is not a list")
         return [from_wire(Job, j) for j in jobs]

@@ -113,6 +113,7 @@ async def serve(args: argparse.Namespace) -> int:
     service = JobService(units, Journal(), records, shim)
     await service.reconcile()
     watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
+    sweeper = asyncio.create_task(service.keep_swept(), name="sweep")
     server = Server(service, sock)
     server.start()
 
@@ -131,7 +132,8 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("shutting down")
     await server.close(SHUTDOWN_TIMEOUT)
     watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    sweeper.cancel()
+    await asyncio.gather(watcher, sweeper, return_exceptions=True)
     await service.close()
     units.close()
     records.close()

@@ -14,19 +14,31 @@ The life of a job:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Protocol
 
 from supervisor import jobspec, policy, properties
 from supervisor.auth import Principal
-from supervisor.errors import ErrorCode, SjobError, no_such_job
+from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
 from supervisor.properties import ShimCommand, UnitProperties
-from supervisor.protocol import Job, JobSpec, JobState, Output, Stream, parse_job_id, unit_for
+from supervisor.protocol import (
+    UNIT_PREFIX,
+    UNIT_SUFFIX,
+    Job,
+    JobSpec,
+    JobState,
+    Output,
+    Resources,
+    Stream,
+    parse_job_id,
+    unit_for,
+)
 from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
@@ -36,12 +48,18 @@ log = logging.getLogger(__name__)
 VANISHED_GRACE_USEC = 10 * 1_000_000
 COLLECT_TRIES = 100
 COLLECT_INTERVAL = 0.2
+SWEEP_INTERVAL = 60.0
+MAX_GRACE_USEC = 24 * 3600 * 1_000_000
 
 
 class UnitManager(Protocol):
     async def start_transient(self, unit: UnitProperties) -> str: ...
     async def unit_state(self, name: str) -> UnitState | None: ...
     async def reset_failed(self, name: str) -> None: ...
+    async def stop(self, name: str) -> None: ...
+    async def kill(self, name: str, signo: int) -> None: ...
+    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None: ...
+    async def list_units(self, pattern: str) -> list[str]: ...
 
 
 class JobLog(Protocol):
@@ -101,14 +119,25 @@ class JobService:
             return job
         return await self._start_failed(job, result)
 
-    async def follow(self, principal: Principal, job_id: str) -> AsyncIterator[Output | Job]:
-        """The job's output from the very start, then the job as it ended. For a finished job this is a replay."""
+    async def follow(
+        self,
+        principal: Principal,
+        job_id: str,
+        *,
+        wait: bool = True,
+        streams: Collection[Stream] | None = None,
+        after_seq: int = 0,
+    ) -> AsyncIterator[Output | Job]:
+        """The job's output from the very start (or after record `after_seq`), then the job: as it ended, or,
+        without `wait`, as it is once the output written so far has been sent. For a finished job this is a
+        replay. `streams` selects the output."""
         job = self._visible(principal, job_id)
-        live = not job.state.finished
+        live = not job.state.finished and wait
         ended_elsewhere = False
         async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=live):
             if isinstance(record, OutputRecord):
-                yield Output.of(Stream(record.stream), record.data)
+                if record.seq > after_seq and (streams is None or record.stream in streams):
+                    yield Output.of(Stream(record.stream), record.data, record.when_usec, record.seq)
             elif isinstance(record, ExitRecord):
                 yield self._record_exit(job.id, record) or job
                 return
@@ -131,8 +160,38 @@ class JobService:
         job = self._visible(principal, job_id)
         return job if job.state.finished else await self._refresh(job)
 
-    def list_jobs(self, principal: Principal) -> list[Job]:
-        return self._records.list_jobs(None if principal.is_root else principal.uid)
+    async def stop(
+        self, principal: Principal, job_id: str, *, signo: int | None = None, grace_usec: int | None = None
+    ) -> Job:
+        """Stop the job (SIGTERM to all its processes, SIGKILL after the grace period), or with `signo` only send
+        that signal. Returns at once; the job's end comes through follow/status. A finished job is left alone."""
+        job = self._visible(principal, job_id)
+        if not job.state.finished:
+            job = await self._refresh(job)
+        if job.state.finished:
+            return job
+        if signo is not None:
+            log.info("%s: %s sends signal %d", job.unit, principal, signo)
+            await self._units.kill(job.unit, signo)
+            return job
+        if grace_usec is not None:
+            if not 0 <= grace_usec <= MAX_GRACE_USEC:
+                raise invalid_argument(
+                    f"grace period {grace_usec / 1e6:g}s is out of range", hint="give 0 to 24 hours, e.g. --grace 30s"
+                )
+            await self._units.set_runtime(job.unit, properties.signed(("TimeoutStopUSec", grace_usec)))
+        job = dataclasses.replace(job, stopped_by=principal.user)
+        self._records.update(job)
+        log.info("%s: stopped by %s", job.unit, principal)
+        await self._units.stop(job.unit)
+        return job
+
+    def list_jobs(self, principal: Principal, *, everyone: bool = False, running: bool = False) -> list[Job]:
+        """The principal's jobs, newest first; with `everyone`, all users' jobs (root only)."""
+        if everyone and not principal.is_root:
+            raise SjobError(ErrorCode.PermissionDenied, "only root may list other users' jobs", hint="leave out --all")
+        jobs = self._records.list_jobs(None if everyone else principal.uid)
+        return [j for j in jobs if not j.state.finished] if running else jobs
 
     # --- background ----------------------------------------------------------------------------------------
 
@@ -146,9 +205,28 @@ class JobService:
                 self._collect_later(job.unit)
 
     async def reconcile(self) -> None:
-        """At startup: settle records of jobs whose units vanished while sjobd was down."""
+        """At startup: adopt jobs systemd runs that have no record (the records were lost), and settle the records
+        of jobs that ended while sjobd was down."""
+        for unit in await self._units.list_units(f"{UNIT_PREFIX}*{UNIT_SUFFIX}"):
+            with contextlib.suppress(SjobError):  # a unit name that is not one of ours
+                job_id = parse_job_id(unit.removesuffix(UNIT_SUFFIX))
+                if self._records.get(job_id) is None and (state := await self._units.unit_state(unit)) is not None:
+                    self._adopt(job_id, state)
+        await self.sweep()
+
+    async def sweep(self) -> None:
+        """Bring every unfinished record up to date (exits missed, units vanished)."""
         for job in self._records.unfinished():
             await self._refresh(job)
+
+    async def keep_swept(self) -> None:
+        """Sweep now and then, for as long as sjobd runs: a safety net under the exit watcher."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep()
+            except SjobError as e:
+                log.warning("sweeping job records failed: %s", e.message)
 
     async def close(self) -> None:
         for task in list(self._collecting):
@@ -184,21 +262,41 @@ class JobService:
             hint=setup_failure_hint(outcome.exit_status, job.cwd, job.unit),
         )
 
+    def _adopt(self, job_id: str, unit: UnitState) -> None:
+        # What systemd still knows; the shim's argv is `sjob-shim ID -- COMMAND...`.
+        argv = list(unit.exec_start_argv)
+        command = argv[3:] if len(argv) > 3 and argv[2] == "--" else argv
+        job = Job(
+            id=job_id,
+            unit=unit.name,
+            state=JobState.running,
+            uid=int(unit.user) if unit.user.isdigit() else -1,
+            user=unit.user or "?",
+            argv=command,
+            cwd=unit.working_directory,
+            created_usec=unit.exec_main_start_usec or now_usec(),
+            started_usec=unit.exec_main_start_usec or None,
+            message="adopted: sjobd had no record of this job",
+        )
+        log.warning("%s: adopting a job sjobd had no record of", unit.name)
+        self._records.insert(job)
+
     def _record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
         """Apply a job's exit record. It is the authority on how the job ended: it overrides an earlier
         provisional outcome (from _main_exited, or "unknown") where that differs."""
         job = self._records.get(job_id)
         if job is None:
             return None
-        outcome = outcome_of_exit(record)
-        if job.state.finished and (job.state, job.result, job.exit_status, job.signal) == (
+        outcome = outcome_of_exit(record, job.stopped_by)
+        if job.state.finished and (job.state, job.result, job.exit_status, job.signal, job.resources) == (
             outcome.state,
             outcome.result,
             outcome.exit_status,
             outcome.signal,
+            record.resources,
         ):
             return job
-        return self._finish(job, outcome, record.when_usec or now_usec())
+        return self._finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
 
     async def _main_exited(self, job: Job) -> Job | None:
         """The finished job if systemd reports that its main process exited by itself (not killed: a kill may
@@ -214,9 +312,9 @@ class JobService:
             return None
         status = state.exec_main_status
         record = ExitRecord("success" if status == 0 else "exit-code", "exited", status, state.exec_main_exit_usec)
-        return self._finish(current, outcome_of_exit(record), record.when_usec or now_usec())
+        return self._finish(current, outcome_of_exit(record, current.stopped_by), record.when_usec or now_usec())
 
-    def _finish(self, job: Job, outcome: Outcome, when: int) -> Job:
+    def _finish(self, job: Job, outcome: Outcome, when: int, resources: Resources | None = None) -> Job:
         job = dataclasses.replace(
             job,
             state=outcome.state,
@@ -225,6 +323,7 @@ class JobService:
             exit_status=outcome.exit_status,
             signal=outcome.signal,
             message=outcome.message,
+            resources=resources,
         )
         self._records.update(job)
         self._vanished.pop(job.id, None)

@@ -16,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import typing
 from collections.abc import AsyncIterator, Iterator
 
 from systemd import journal
 
 from supervisor import logformat
-from supervisor.logformat import ExitRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
 
 R = typing.TypeVar("R", bound=Record)
+log = logging.getLogger(__name__)
 
 TICK = 2.0  # seconds between checks on a quiet job, so callers can notice a unit that vanished
+GAP_RETRIES = 12  # rereads before missing records are given up on (about 10 s with GAP_DELAY doubling)
+GAP_DELAY = 0.05
 POLL_MIN = 0.01  # seconds
 POLL_MAX = 0.1
 
@@ -43,85 +47,175 @@ def _fields(reader: journal.Reader) -> dict[str, bytes]:
 
 
 def _stamped(record: R, reader: journal.Reader) -> R:
-    if isinstance(record, ExitRecord):
+    if isinstance(record, ExitRecord | OutputRecord):
         return dataclasses.replace(record, when_usec=reader._get_realtime())
     return record
+
+
+@contextlib.contextmanager
+def _watching(reader: journal.Reader) -> Iterator[asyncio.Event]:
+    """An event that is set whenever the journal may have changed for `reader`."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    fd = reader.fileno()
+    loop.add_reader(fd, changed.set)
+    try:
+        yield changed
+    finally:
+        loop.remove_reader(fd)
+
+
+class _JobReader:
+    """One job's records in order, each once, however the journal behaves.
+
+    While journald rotates, sd_journal can skip a file it finds truncated ("Journal file ... is truncated,
+    ignoring file", systemd issue 40053) and so miss entries. Output records are numbered (SJOB_SEQ) and the eof
+    record says how many there were, so a gap shows; then the reader is reopened after the last record it
+    delivered and reads again, until the gap closes or GAP_RETRIES run out.
+    """
+
+    def __init__(self, job_id: str, unit: str, owner_uid: int) -> None:
+        self.job_id, self.unit, self.owner_uid = job_id, unit, owner_uid
+        self.cursor: str | None = None  # of the last record delivered
+        self.expected = 1  # the SJOB_SEQ of the next output record
+        self.gaps = 0
+        self.reader = self._open()
+
+    def _open(self) -> journal.Reader:
+        reader = _open_reader()
+        reader.add_match(f"{logformat.F_JOB_ID}={self.job_id}")
+        if self.cursor is None:
+            reader.seek_head()
+        else:
+            reader.seek_cursor(self.cursor)
+            # Land on the cursor's entry so that reading resumes after it; if that entry is gone, step back so
+            # that the entry we landed on is not skipped.
+            if reader._next() and not reader.test_cursor(self.cursor):
+                reader._previous()
+        return reader
+
+    def reopen(self) -> None:
+        self.reader.close()
+        self.reader = self._open()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def available(self) -> tuple[list[Record], bool]:
+        """The records readable now, and whether a gap stopped the reading."""
+        records: list[Record] = []
+        reader = self.reader
+        while reader._next():
+            fields = _fields(reader)
+            record = logformat.parse_record(fields)
+            if record is None or not logformat.accepts(fields, record, self.unit, self.owner_uid):
+                continue
+            if isinstance(record, OutputRecord):
+                if record.seq < self.expected:
+                    continue  # read again after a reopen
+                if record.seq > self.expected and not self._give_up(record.seq):
+                    return records, True
+                self.expected = record.seq + 1
+            elif (
+                isinstance(record, EofRecord) and record.records >= self.expected and not self._give_up(record.records)
+            ):
+                return records, True
+            self.cursor = reader._get_cursor()
+            records.append(_stamped(record, reader))
+        return records, False
+
+    def _give_up(self, seq: int) -> bool:
+        self.gaps += 1
+        if self.gaps <= GAP_RETRIES:
+            return False
+        log.warning(
+            "job %s: output records %d to %d are missing from the journal; going on without them",
+            self.job_id,
+            self.expected,
+            seq - 1 if seq >= self.expected else seq,
+        )
+        self.gaps = 0
+        return True
 
 
 class Journal:
     """Reads job records from journald."""
 
-    @contextlib.contextmanager
-    def _watching(self, reader: journal.Reader) -> Iterator[asyncio.Event]:
-        """An event that is set whenever the journal may have changed for `reader`."""
-        loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
-        fd = reader.fileno()
-        loop.add_reader(fd, changed.set)
-        try:
-            yield changed
-        finally:
-            loop.remove_reader(fd)
-
     async def job_records(
         self, job_id: str, unit: str, owner_uid: int, *, follow: bool
     ) -> AsyncIterator[Record | None]:
-        """The job's records from its first on. With `follow`, keep waiting for more, and yield None after each
-        quiet TICK so the caller can check on the job; the caller decides when to stop.
+        """The job's records from its first on, in order and complete (see _JobReader). With `follow`, keep
+        waiting for more, and yield None after each quiet TICK so the caller can check on the job; the caller
+        decides when to stop.
 
         journald tells readers about new entries through inotify only every ~250 ms (it coalesces its change
         notifications), but its writes land in the mmap'd journal file at once. So a follower also polls: every
         POLL_MIN after new records, backing off to POLL_MAX while the job is quiet.
         """
-        reader = _open_reader()
         loop = asyncio.get_running_loop()
+        job = _JobReader(job_id, unit, owner_uid)
         try:
-            with self._watching(reader) as changed:
-                reader.add_match(f"{logformat.F_JOB_ID}={job_id}")
-                reader.seek_head()
-                poll = POLL_MIN
-                last_tick = loop.time()
-                while True:
-                    while reader._next():
-                        fields = _fields(reader)
-                        record = logformat.parse_record(fields)
-                        if record is not None and logformat.accepts(fields, record, unit, owner_uid):
+            poll = POLL_MIN
+            last_tick = loop.time()
+            while True:
+                with _watching(job.reader) as changed:
+                    while True:
+                        records, gap = job.available()
+                        for record in records:
                             poll = POLL_MIN
                             last_tick = loop.time()
-                            yield _stamped(record, reader)
-                    if not follow:
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), poll)
-                    if changed.is_set():
-                        changed.clear()
-                        reader.process()
-                    poll = min(poll * 2, POLL_MAX)
-                    if loop.time() - last_tick >= TICK:
-                        last_tick = loop.time()
-                        yield None
+                            yield record
+                        if gap:
+                            break
+                        if not follow:
+                            return
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), poll)
+                        if changed.is_set():
+                            changed.clear()
+                            job.reader.process()
+                        poll = min(poll * 2, POLL_MAX)
+                        if loop.time() - last_tick >= TICK:
+                            last_tick = loop.time()
+                            yield None
+                await asyncio.sleep(min(GAP_DELAY * 2**job.gaps, 1.0))
+                job.reopen()
         finally:
-            reader.close()
+            job.close()
 
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
-        """Every job exit recorded since `since_usec` (realtime), then every new one, forever."""
-        reader = _open_reader()
-        try:
-            with self._watching(reader) as changed:
-                reader.add_match(f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0")
-                reader.seek_realtime(since_usec)
-                while True:
-                    while reader._next():
-                        fields = _fields(reader)
-                        record = logformat.parse_record(fields)
-                        job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
-                        if isinstance(record, ExitRecord) and job_id:
-                            yield job_id, _stamped(record, reader)
-                    await changed.wait()
-                    changed.clear()
-                    reader.process()
-        finally:
-            reader.close()
+        """Every job exit recorded since `since_usec` (realtime), then every new one, forever.
+
+        When journal files come and go (rotation), the reader is reopened after the last record it delivered, so
+        that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053)."""
+        cursor: str | None = None
+        while True:
+            reader = _open_reader()
+            try:
+                with _watching(reader) as changed:
+                    reader.add_match(f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0")
+                    if cursor is None:
+                        reader.seek_realtime(since_usec)
+                    else:
+                        reader.seek_cursor(cursor)
+                        if reader._next() and not reader.test_cursor(cursor):
+                            reader._previous()
+                    state = journal.NOP
+                    while state != journal.INVALIDATE:
+                        while reader._next():
+                            fields = _fields(reader)
+                            record = logformat.parse_record(fields)
+                            job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
+                            cursor = reader._get_cursor()
+                            if isinstance(record, ExitRecord) and job_id:
+                                yield job_id, _stamped(record, reader)
+                        # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), TICK)
+                        changed.clear()
+                        state = reader.process()
+            finally:
+                reader.close()
 
     def find_exit(self, job_id: str) -> ExitRecord | None:
         """The job's exit record if journald has one."""

@@ -23,6 +23,8 @@ import dataclasses
 import enum
 import signal
 
+from supervisor.protocol import Resources
+
 F_JOB_ID = "SJOB_JOB_ID"
 F_STREAM = "SJOB_STREAM"
 F_SEQ = "SJOB_SEQ"
@@ -32,6 +34,12 @@ F_RECORDS = "SJOB_RECORDS"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
+# What the job used, from its cgroup (see sjob-shim.c, report()); each is present only where the kernel counts it.
+F_CPU_USEC = "SJOB_CPU_USEC"
+F_MEMORY_PEAK = "SJOB_MEMORY_PEAK"
+F_IO_READ_BYTES = "SJOB_IO_READ_BYTES"
+F_IO_WRITE_BYTES = "SJOB_IO_WRITE_BYTES"
+F_TASKS_PEAK = "SJOB_TASKS_PEAK"
 
 
 class Event(enum.StrEnum):
@@ -44,6 +52,7 @@ class OutputRecord:
     seq: int
     stream: str  # "stdout" or "stderr"
     data: bytes  # exactly what the job wrote, newline included
+    when_usec: int = 0  # when journald received it (realtime); filled in by the reader
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +66,7 @@ class ExitRecord:
     exit_code: str  # exited, killed or dumped; empty if the main process never ran
     exit_status: int | None  # the exit status, or the signal number when killed or dumped
     when_usec: int = 0  # when journald received the record (realtime); filled in by the reader
+    resources: Resources | None = None
 
     @property
     def signal(self) -> int | None:
@@ -121,7 +131,11 @@ def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:
         status = signal_number(raw_status)
     else:
         status = None
-    return ExitRecord(result, code, status)
+    numbers = [
+        _int(fields.get(f)) for f in (F_CPU_USEC, F_MEMORY_PEAK, F_IO_READ_BYTES, F_IO_WRITE_BYTES, F_TASKS_PEAK)
+    ]
+    resources = Resources(*numbers) if any(n is not None for n in numbers) else None
+    return ExitRecord(result, code, status, resources=resources)
 
 
 def signal_number(name: str) -> int | None:

@@ -47,6 +47,10 @@ SIGNATURES: dict[str, str] = {
     "LogRateLimitIntervalUSec": "t",
     "KillMode": "s",
     "TimeoutStopUSec": "t",
+    "CPUAccounting": "b",
+    "MemoryAccounting": "b",
+    "IOAccounting": "b",
+    "TasksAccounting": "b",
 }
 
 
@@ -73,10 +77,15 @@ class UnitProperties:
 
     def signed(self) -> list[tuple[str, str, object]]:
         """(name, D-Bus signature, value) triples; an unknown property name is a bug and raises KeyError."""
-        return [(key, SIGNATURES[key], value) for key, value in self.properties]
+        return signed(*self.properties)
 
     def get(self, key: str) -> object:
         return dict(self.properties)[key]
+
+
+def signed(*properties: tuple[str, object]) -> list[tuple[str, str, object]]:
+    """(name, D-Bus signature, value) triples for changing properties of a running unit."""
+    return [(key, SIGNATURES[key], value) for key, value in properties]
 
 
 def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
@@ -109,6 +118,11 @@ def job_unit(
         ("LogRateLimitIntervalUSec", 0),
         ("KillMode", "control-group"),
         ("TimeoutStopUSec", DEFAULT_STOP_TIMEOUT_USEC),
+        # So that the job's cgroup has the counters its exit report reads (cpu.stat, memory.peak, io.stat, pids.peak).
+        ("CPUAccounting", True),
+        ("MemoryAccounting", True),
+        ("IOAccounting", True),
+        ("TasksAccounting", True),
     ]
     if spec.environment:
         props.append(("Environment", list(spec.environment)))

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import enum
 import re
+import signal
 import types
 import typing
 from collections.abc import Mapping
@@ -28,12 +29,14 @@ UNIT_SUFFIX = ".service"
 
 # A job id is 8 lowercase hex digits; the unit is sjob-<id>.service. Nothing else is ever turned into a unit name.
 _JOB_ID = re.compile(r"[0-9a-f]{8}")
+MAX_SIGNAL = 64
 _UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service)?")
 
 
 class Method(enum.StrEnum):
     Start = f"{INTERFACE}.Start"
     Follow = f"{INTERFACE}.Follow"
+    Stop = f"{INTERFACE}.Stop"
     Status = f"{INTERFACE}.Status"
     List = f"{INTERFACE}.List"
 
@@ -44,12 +47,13 @@ class JobState(enum.StrEnum):
     starting = "starting"
     running = "running"
     exited = "exited"  # the command exited with status 0
-    failed = "failed"  # non-zero exit, killed by a signal, or could not be started
+    failed = "failed"  # non-zero exit, killed by a signal, out of memory, timed out, or could not be started
+    stopped = "stopped"  # ended because someone stopped it (sjob stop, or Ctrl-C on an attached sjob run)
     unknown = "unknown"  # the unit vanished without a recorded result (e.g. the machine rebooted)
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.exited, JobState.failed, JobState.unknown)
+        return self in (JobState.exited, JobState.failed, JobState.stopped, JobState.unknown)
 
 
 class Stream(enum.StrEnum):
@@ -64,6 +68,18 @@ class JobSpec:
     argv: list[str]
     cwd: str
     environment: list[str] | None = None  # "NAME=VALUE" entries added to the job's environment
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resources:
+    """What the job used, from its cgroup's accounting (the numbers systemd reports), read as it ended.
+    A field is None where the kernel does not account for it (pids.peak needs Linux 6.12)."""
+
+    cpu_usec: int | None = None
+    memory_peak_bytes: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+    tasks_peak: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +101,8 @@ class Job:
     exit_status: int | None = None  # set when the main process exited on its own
     signal: int | None = None  # set when the main process was killed by a signal
     message: str | None = None  # a human explanation when the job could not start or ended abnormally
+    stopped_by: str | None = None  # who asked for the stop, for a stopped job
+    resources: Resources | None = None  # set once the job has ended
 
     @property
     def shell_status(self) -> int:
@@ -102,17 +120,15 @@ class Output:
 
     stream: Stream
     data: str
+    usec: int = 0  # when journald received it (realtime, microseconds)
+    seq: int = 0  # its place in the job's output, both streams counted together from 1
 
     @classmethod
-    def of(cls, stream: Stream, data: bytes) -> "Output":
-        return cls(stream, base64.b64encode(data).decode("ascii"))
+    def of(cls, stream: Stream, data: bytes, usec: int = 0, seq: int = 0) -> "Output":
+        return cls(stream, base64.b64encode(data).decode("ascii"), usec, seq)
 
     def raw(self) -> bytes:
         return base64.b64decode(self.data, validate=True)
-
-
-class StartReply(typing.TypedDict):
-    job: Job
 
 
 class FollowReply(typing.TypedDict, total=False):
@@ -120,14 +136,6 @@ class FollowReply(typing.TypedDict, total=False):
 
     output: Output
     job: Job
-
-
-class StatusReply(typing.TypedDict):
-    job: Job
-
-
-class ListReply(typing.TypedDict):
-    jobs: list[Job]
 
 
 # --- job ids -------------------------------------------------------------------------------------------------
@@ -148,6 +156,19 @@ def parse_job_id(text: str) -> str:
 
 def unit_for(job_id: str) -> str:
     return f"{UNIT_PREFIX}{parse_job_id(job_id)}{UNIT_SUFFIX}"
+
+
+def parse_signal(text: str) -> int:
+    """Accept TERM, SIGTERM, sigterm or 15 (1 to 64); refuse everything else."""
+    name = text.strip().upper()
+    if name.isdigit() and 1 <= int(name) <= MAX_SIGNAL:
+        return int(name)
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise invalid_argument(
+            f"unknown signal {text[:20]!r}", hint="give a name such as TERM, INT, HUP, USR1, KILL, or a number"
+        ) from None
 
 
 # --- JSON form -----------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from supervisor.protocol import Job, JobState
+from supervisor.protocol import Job, JobState, Resources, from_wire, to_wire
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -32,11 +32,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     exit_status INTEGER,
     signal INTEGER,
-    message TEXT
+    message TEXT,
+    stopped_by TEXT,
+    resources TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 """
+# How to bring a database of schema version N (the key) up to N+1.
+_MIGRATIONS = {
+    1: "ALTER TABLE jobs ADD COLUMN stopped_by TEXT; ALTER TABLE jobs ADD COLUMN resources TEXT;",
+}
 
 
 class JobRecords:
@@ -52,7 +58,11 @@ class JobRecords:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer sjobd (schema {version} > {SCHEMA_VERSION})")
-        self._db.executescript(_SCHEMA)
+        if version == 0:
+            self._db.executescript(_SCHEMA)
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                self._db.executescript(f"BEGIN; {_MIGRATIONS[step]} COMMIT;")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -92,6 +102,7 @@ def _row(job: Job) -> list[object]:
     values = [getattr(job, c) for c in _COLUMNS]
     values[_COLUMNS.index("argv")] = json.dumps(job.argv)
     values[_COLUMNS.index("state")] = job.state.value
+    values[_COLUMNS.index("resources")] = json.dumps(to_wire(job.resources)) if job.resources else None
     return values
 
 
@@ -99,4 +110,6 @@ def _job(row: tuple[object, ...]) -> Job:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["argv"] = json.loads(str(values["argv"]))
     values["state"] = JobState(str(values["state"]))
+    if values["resources"] is not None:
+        values["resources"] = from_wire(Resources, json.loads(str(values["resources"])))
     return Job(**values)  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ import supervisor
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.jobs import JobService
-from supervisor.protocol import INTERFACE, FollowReply, Job, JobSpec, Output
+from supervisor.protocol import INTERFACE, FollowReply, Job, JobSpec, Output, Stream, parse_signal
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,19 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
             raise varlink_error(e) from None
 
     @varlinkmethod
-    async def Follow(self, id: str) -> AsyncIterator[FollowReply]:  # noqa: N802
-        """Stream a job's output from its very start; the last reply carries the finished job."""
+    async def Follow(  # noqa: N802
+        self,
+        id: str,
+        wait: bool = True,
+        streams: list[Stream] | None = None,
+        after_seq: int = 0,
+    ) -> AsyncIterator[FollowReply]:
+        """Stream a job's output from its very start, or after the record numbered `after_seq`; the last reply
+        carries the job, once it has ended (or, with wait=false, as it is when the output written so far has been
+        sent). `streams` selects stdout/stderr."""
         try:
-            async for item in self._service.follow(self._principal, id):
+            follow = self._service.follow(self._principal, id, wait=wait, streams=streams, after_seq=after_seq)
+            async for item in follow:
                 if isinstance(item, Output):
                     yield FollowReply(output=item)
                 else:
@@ -103,9 +112,27 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
             raise varlink_error(e) from None
 
     @varlinkmethod(return_parameter="jobs")
-    def List(self) -> list[Job]:  # noqa: N802
-        """The caller's jobs (everyone's for root), newest first."""
-        return self._service.list_jobs(self._principal)
+    def List(self, all: bool = False, running: bool = False) -> list[Job]:  # noqa: N802
+        """The caller's jobs, newest first: only running ones with `running`, everyone's with `all` (root)."""
+        try:
+            return self._service.list_jobs(self._principal, everyone=all, running=running)
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    @varlinkmethod(return_parameter="job")
+    async def Stop(  # noqa: N802
+        self,
+        id: str,
+        signal: str | None = None,
+        grace_usec: int | None = None,
+    ) -> Job:
+        """Stop a job: SIGTERM to all its processes, SIGKILL after grace_usec (default 90 s). With `signal`
+        (TERM, HUP, USR1, 9, ...) only send that signal. Returns at once; a finished job is left as it is."""
+        try:
+            signo = parse_signal(signal) if signal is not None else None
+            return await self._service.stop(self._principal, id, signo=signo, grace_usec=grace_usec)
+        except SjobError as e:
+            raise varlink_error(e) from None
 
 
 class Connection(VarlinkInterfaceServerProtocol):

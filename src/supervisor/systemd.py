@@ -116,7 +116,32 @@ class Systemd:
             exec_main_start_usec=service.get("ExecMainStartTimestamp", 0),
             exec_main_exit_usec=service.get("ExecMainExitTimestamp", 0),
             user=service.get("User", ""),
+            group=service.get("Group", ""),
+            working_directory=service.get("WorkingDirectory", ""),
+            exec_start_argv=tuple(service["ExecStart"][0][1]) if service.get("ExecStart") else (),
+            cpu_usec=_accounted(service.get("CPUUsageNSec"), 1000),
+            memory_bytes=_accounted(service.get("MemoryCurrent")),
+            tasks=_accounted(service.get("TasksCurrent")),
         )
+
+    async def stop(self, name: str) -> None:
+        """Ask systemd to stop the unit (SIGTERM to all its processes, SIGKILL after TimeoutStopSec=); returns once
+        the stop is queued, not when it is done."""
+        await self._manager("StopUnit", "ss", [name, "replace"])
+
+    async def kill(self, name: str, signo: int) -> None:
+        """Send a signal to every process of the unit (systemctl kill)."""
+        await self._manager("KillUnit", "ssi", [name, "all", signo])
+
+    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None:
+        """Change properties of a running unit until it ends; `properties` are (name, signature, value)."""
+        props = [[key, Variant(sig, value)] for key, sig, value in properties]
+        await self._manager("SetUnitProperties", "sba(sv)", [name, True, props])
+
+    async def list_units(self, pattern: str) -> list[str]:
+        """Names of the loaded units matching a glob, whatever their state."""
+        reply = await self._manager("ListUnitsByPatterns", "asas", [[], [pattern]])
+        return [row[0] for row in reply.body[0]]
 
     async def reset_failed(self, name: str) -> None:
         try:
@@ -159,6 +184,13 @@ class Systemd:
                 hint="restart sjobd: systemctl restart sjobd",
             ) from e
         return _check(reply, member)
+
+
+def _accounted(value: object, divisor: int = 1) -> int | None:
+    # systemd says "not accounted" with the largest 64-bit value.
+    if not isinstance(value, int) or value == 2**64 - 1:
+        return None
+    return value // divisor
 
 
 def _check(reply: Message, member: str) -> Message:

@@ -15,6 +15,7 @@ from supervisor.protocol import JobState
 CLD_EXITED = 1
 CLD_KILLED = 2
 CLD_DUMPED = 3
+KILL = 9
 
 # systemd's own exit statuses for failures while setting up a process (systemd.exec(5), "Process Exit Codes").
 SETUP_FAILURES = {
@@ -50,6 +51,13 @@ class UnitState:
     exec_main_start_usec: int  # realtime, 0 if never started
     exec_main_exit_usec: int
     user: str
+    group: str = ""
+    working_directory: str = ""
+    exec_start_argv: tuple[str, ...] = ()  # the argv of the first ExecStart= (for sjob units: the shim's)
+    # Live accounting while the unit runs; systemd reports "not available" as 2**64-1, which becomes None here.
+    cpu_usec: int | None = None
+    memory_bytes: int | None = None
+    tasks: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -71,16 +79,19 @@ class Outcome:
     message: str | None
 
 
-def outcome_of_exit(record: ExitRecord) -> Outcome:
-    """Interpret the exit record written by the unit's ExecStopPost."""
+def outcome_of_exit(record: ExitRecord, stopped_by: str | None = None) -> Outcome:
+    """Interpret the exit record written by the unit's ExecStopPost; `stopped_by` names who asked for a stop."""
+    sig = record.signal
+    if stopped_by is not None:
+        state = JobState.stopped
+        message = f"stopped by {stopped_by}" + (f" (killed by signal {signal_name(sig)})" if sig == KILL else "")
+        return Outcome(state, record.result, record.status, sig, message)
+    if record.result == "success" and sig is not None:
+        # systemd counts death by SIGTERM, SIGINT, SIGHUP or SIGPIPE as a clean end (systemctl stop, kill -TERM):
+        # the job was stopped, not finished, and never "exit 0".
+        return Outcome(JobState.stopped, record.result, None, sig, f"stopped by signal {signal_name(sig)}")
     state = JobState.exited if record.result == "success" else JobState.failed
-    return Outcome(
-        state,
-        record.result,
-        record.status,
-        record.signal,
-        describe(record.result, record.status, record.signal),
-    )
+    return Outcome(state, record.result, record.status, sig, describe(record.result, record.status, sig))
 
 
 def outcome_of_unit(unit: UnitState) -> Outcome:

@@ -8,7 +8,11 @@ systemd's answers instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
+import signal
+import time
 import typing
 from collections.abc import AsyncIterator
 
@@ -25,6 +29,8 @@ class FakeJobLog:
         self.open_readers = 0
 
     def add(self, job_id: str, record: Record) -> None:
+        if isinstance(record, OutputRecord | ExitRecord) and not record.when_usec:
+            record = dataclasses.replace(record, when_usec=time.time_ns() // 1000)  # as journald stamps entries
         self.records.setdefault(job_id, []).append(record)
         if isinstance(record, ExitRecord):
             self.exit_queue.put_nowait((job_id, record))
@@ -67,11 +73,16 @@ class FakeUnits:
     started: list[UnitProperties] = dataclasses.field(default_factory=list)
     states: dict[str, UnitState] = dataclasses.field(default_factory=dict)
     reset: list[str] = dataclasses.field(default_factory=list)
+    stopped: list[str] = dataclasses.field(default_factory=list)
+    signalled: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    runtime: dict[str, list[tuple[str, str, object]]] = dataclasses.field(default_factory=dict)
+    processes: dict[str, list[asyncio.subprocess.Process]] = dataclasses.field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     async def start_transient(self, unit: UnitProperties) -> str:
         self.started.append(unit)
         if self.start_result == "done" and self.run_commands:
+            self.states[unit.name] = UnitState(unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
             task = asyncio.create_task(self._run(unit))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -82,8 +93,9 @@ class FakeUnits:
         job_id, command = argv[1], argv[3:]
         cwd = str(unit.get("WorkingDirectory"))
         proc = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True
         )
+        self.processes.setdefault(unit.name, []).append(proc)
         seq = 0
 
         async def pump(stream: asyncio.StreamReader, name: str) -> None:
@@ -98,9 +110,11 @@ class FakeUnits:
         status = await proc.wait()
         if status >= 0:
             record = ExitRecord("success" if status == 0 else "exit-code", "exited", status)
-        else:
-            record = ExitRecord("signal", "killed", -status)
+        else:  # systemd counts death by SIGTERM, SIGINT, SIGHUP, SIGPIPE as success
+            clean = -status in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+            record = ExitRecord("success" if clean else "signal", "killed", -status)
         self.log.add(job_id, record)
+        self.states.pop(unit.name, None)  # garbage-collected, as systemd does with a transient unit
 
     async def unit_state(self, name: str) -> UnitState | None:
         return self.states.get(name)
@@ -108,6 +122,27 @@ class FakeUnits:
     async def reset_failed(self, name: str) -> None:
         self.reset.append(name)
         self.states.pop(name, None)
+
+    async def stop(self, name: str) -> None:
+        self.stopped.append(name)
+        self._signal_all(name, signal.SIGTERM)
+
+    async def kill(self, name: str, signo: int) -> None:
+        self.signalled.append((name, signo))
+        self._signal_all(name, signo)
+
+    def _signal_all(self, name: str, signo: int) -> None:
+        # Every process of the "unit", as KillMode=control-group does: the job's session here.
+        for proc in self.processes.get(name, []):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signo)
+
+    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None:
+        self.runtime.setdefault(name, []).extend(properties)
+
+    async def list_units(self, pattern: str) -> list[str]:
+        return sorted(self.states)
 
 
 def exec_entry(unit: UnitProperties, key: str = "ExecStartEx") -> tuple[str, list[str], list[str]]:

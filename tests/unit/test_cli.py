@@ -3,9 +3,11 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +146,68 @@ def test_fast_path_leaves_the_rest_to_typer(args: list[str]) -> None:
     from supervisor.cli import run  # noqa: PLC0415
 
     assert run.parse_fast(args) is None
+
+
+def wait_for_job(server: ServerThread) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        listed = json.loads(sjob(server, "list", "--json").stdout)
+        if listed and listed[0]["state"] == "running" and server.units.processes:
+            return str(listed[0]["id"])
+        time.sleep(0.1)
+    raise AssertionError("the job did not start")
+
+
+def test_logs_prints_each_stream_exactly(server: ServerThread) -> None:
+    script = "printf 'o1\\n'; printf 'e1' >&2; printf 'o2\\r\\n'"
+    job_id = sjob(server, "run", "-d", "--", "sh", "-c", script).stdout.decode().strip()
+    assert sjob(server, "logs", "-f", job_id).returncode == 0  # waits for the end
+    both = sjob(server, "logs", job_id)
+    assert (both.stdout, both.stderr) == (b"o1\no2\r\n", b"e1")
+    assert sjob(server, "logs", "--stderr", job_id).stdout == b""
+    assert sjob(server, "logs", "--stdout", job_id).stderr == b""
+    entries = [json.loads(line) for line in sjob(server, "logs", "--json", job_id).stdout.splitlines()]
+    assert "".join(e["text"] for e in entries if e["stream"] == "stdout") == "o1\no2\r\n"
+    assert all(e["usec"] and e["timestamp"] for e in entries)
+
+
+def test_logs_follow_exits_with_the_jobs_status(server: ServerThread) -> None:
+    job_id = sjob(server, "run", "-d", "--", "sh", "-c", "sleep 0.5; exit 7").stdout.decode().strip()
+    assert sjob(server, "logs", "-f", job_id).returncode == 7
+
+
+def test_stop_and_signal(server: ServerThread) -> None:
+    job_id = sjob(server, "run", "-d", "--", "sleep", "30").stdout.decode().strip()
+    wait_for_job(server)
+    signalled = sjob(server, "stop", "--signal", "CONT", job_id)
+    assert (signalled.returncode, signalled.stdout) == (0, f"sent SIGCONT to job {job_id}\n".encode())
+    stopped = sjob(server, "stop", "--grace", "10s", job_id)
+    assert stopped.returncode == 0
+    assert stopped.stdout == f"job {job_id} stopped (signal SIGTERM)\n".encode()
+    again = sjob(server, "stop", job_id)
+    assert (again.returncode, again.stdout) == (
+        0,
+        f"job {job_id} has already ended (stopped (signal SIGTERM)); nothing to stop\n".encode(),
+    )
+    assert b"Why: stopped by" in sjob(server, "status", job_id).stdout
+    bad = sjob(server, "stop", "--signal", "NOPE", job_id)
+    assert (bad.returncode, bad.stderr.splitlines()[0]) == (1, b"sjob: unknown signal 'NOPE'")
+
+
+def test_ctrl_c_stops_an_attached_job(server: ServerThread) -> None:
+    env = {**os.environ, "SJOB_SOCKET": server.socket}
+    proc = subprocess.Popen(
+        [*SJOB, "run", "--", "sh", "-c", "echo started; sleep 30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for_job(server)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert out == b"started\n"
+    assert b"stopping job" in err
+    assert b"stopped by" in err
+    (job,) = json.loads(sjob(server, "list", "--json").stdout)
+    assert job["state"] == "stopped"

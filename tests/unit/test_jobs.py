@@ -14,7 +14,7 @@ from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
-from supervisor.protocol import Job, JobSpec, JobState, Output
+from supervisor.protocol import Job, JobSpec, JobState, Output, Resources, Stream
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
@@ -84,7 +84,11 @@ def test_other_users_jobs_look_missing(tmp_path: Path) -> None:
             assert (e.value.message, e.value.hint) == (missing.message, missing.hint)
         assert service.list_jobs(BOB) == []
         assert (await service.status(ROOT, job.id)).id == job.id
-        assert [j.id for j in service.list_jobs(ROOT)] == [job.id]
+        assert service.list_jobs(ROOT) == []  # root's own jobs
+        assert [j.id for j in service.list_jobs(ROOT, everyone=True)] == [job.id]
+        with pytest.raises(SjobError) as denied:
+            service.list_jobs(BOB, everyone=True)
+        assert denied.value.code is ErrorCode.PermissionDenied
 
     scenario(body, tmp_path)
 
@@ -217,5 +221,101 @@ def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: 
         asyncio.get_running_loop().call_later(0.3, log.add, job.id, ExitRecord("oom-kill", "killed", 9))
         _, final = await collect(service, ALICE, job.id)
         assert (final.result, final.message) == ("oom-kill", "killed by the out-of-memory killer")
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        await asyncio.sleep(0.2)  # let the fake start the process
+        stopping = await service.stop(ALICE, job.id, grace_usec=5_000_000)
+        assert (stopping.state, stopping.stopped_by) == (JobState.running, "alice")
+        assert units.stopped == [job.unit]
+        assert units.runtime[job.unit] == [("TimeoutStopUSec", "t", 5_000_000)]
+        _, final = await collect(service, ALICE, job.id)
+        assert (final.state, final.signal, final.message) == (JobState.stopped, 15, "stopped by alice")
+        # Stopping again is a no-op that says how the job ended.
+        again = await service.stop(ALICE, job.id)
+        assert again.state is JobState.stopped
+        assert units.stopped == [job.unit]
+
+    scenario(body, tmp_path)
+
+
+def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        await service.stop(ALICE, job.id, signo=10)
+        assert (units.signalled, units.stopped) == ([(job.unit, 10)], [])
+        with pytest.raises(SjobError) as e:
+            await service.stop(ALICE, job.id, grace_usec=-1)
+        assert e.value.code is ErrorCode.InvalidArgument
+        with pytest.raises(SjobError) as e:
+            await service.stop(BOB, job.id)
+        assert e.value.code is ErrorCode.NoSuchJob
+        await service.stop(ALICE, job.id)
+
+    scenario(body, tmp_path)
+
+
+def test_killed_by_sigterm_is_never_exit_0(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "kill -TERM $$"], "/"))
+        _, final = await collect(service, ALICE, job.id)
+        assert (final.state, final.exit_status, final.signal) == (JobState.stopped, None, 15)
+        assert final.shell_status == 143
+
+    scenario(body, tmp_path)
+
+
+def test_log_selection_and_resumption(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        for seq, (stream, data) in enumerate([("stdout", b"a\n"), ("stderr", b"b\n"), ("stdout", b"c")], 1):
+            log.add(job.id, OutputRecord(seq, stream, data, when_usec=1000 + seq))
+        running = [i async for i in service.follow(ALICE, job.id, wait=False)]
+        assert isinstance(running[-1], Job)
+        assert running[-1].state is JobState.running
+        assert [(o.stream.value, o.raw(), o.seq, o.usec) for o in running if isinstance(o, Output)] == [
+            ("stdout", b"a\n", 1, 1001),
+            ("stderr", b"b\n", 2, 1002),
+            ("stdout", b"c", 3, 1003),
+        ]
+        only_err = [i async for i in service.follow(ALICE, job.id, wait=False, streams=[Stream.stderr])]
+        assert [o.raw() for o in only_err if isinstance(o, Output)] == [b"b\n"]
+        after = [i async for i in service.follow(ALICE, job.id, wait=False, after_seq=2)]
+        assert [o.raw() for o in after if isinstance(o, Output)] == [b"c"]
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_resources_from_the_exit_record(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        used = Resources(cpu_usec=1500, memory_peak_bytes=4096, io_read_bytes=0, io_write_bytes=10, tasks_peak=None)
+        log.add(job.id, ExitRecord("success", "exited", 0, when_usec=7, resources=used))
+        _, final = await collect(service, ALICE, job.id)
+        assert final.resources == used
+        assert (await service.status(ALICE, job.id)).resources == used
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_units_without_records_are_adopted_once(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        name = "sjob-0badc0de.service"
+        units.states[name] = dataclasses.replace(
+            failed_unit(name, 0, 0, "success", active="active"),
+            exec_start_argv=("/opt/sjob/bin/sjob-shim", "0badc0de", "--", "/bin/sleep", "60"),
+            working_directory="/srv",
+            exec_main_start_usec=99,
+        )
+        units.states["sjob-not-ours.service"] = failed_unit("sjob-not-ours.service", 0, 0, "success")
+        await service.reconcile()
+        await service.reconcile()
+        (adopted,) = service.list_jobs(ROOT, everyone=True)
+        assert (adopted.id, adopted.argv, adopted.cwd, adopted.uid) == ("0badc0de", ["/bin/sleep", "60"], "/srv", 1000)
+        assert adopted.state is JobState.running
 
     scenario(body, tmp_path, run_commands=False)

@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "supervisor"
 
 LAYERS = {
     "errors": 0,
+    "quantities": 0,
     "protocol": 0,
     "logformat": 0,
     "auth": 1,

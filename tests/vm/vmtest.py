@@ -532,18 +532,15 @@ def write_payload(source: Path, names: Sequence[str], dest: Path) -> None:
 
 @dataclasses.dataclass
 class VMFiles:
-    """Everything one boot needs; the work dir is private to this run."""
+    """Everything one boot needs; the work dir is private to this run, the payload shared by all suites."""
 
     work: Path
     logs: Path
+    payload: Path
 
     @property
     def overlay(self) -> Path:
         return self.work / "overlay.qcow2"
-
-    @property
-    def payload(self) -> Path:
-        return self.work / "payload.tar"
 
     @property
     def results_disk(self) -> Path:
@@ -562,17 +559,33 @@ class VMFiles:
         return self.logs / "qemu.log"
 
 
-def prepare_vm(image: Image, source: Path, files: VMFiles, exclude: Sequence[Path], results_disk: bool) -> int:
+def prepare_vm(image: Image, files: VMFiles, results_disk: bool) -> None:
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "qcow2", str(files.overlay)],
         check=True,
     )
-    names = payload_files(source, exclude)
-    write_payload(source, names, files.payload)
     if results_disk:
         with open(files.results_disk, "wb") as handle:
             handle.truncate(RESULTS_DISK_SIZE)
-    return len(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    path: Path
+    count: int
+
+
+@contextlib.contextmanager
+def snapshot_payload(source: Path, exclude: Sequence[Path]) -> Iterator[Payload]:
+    """Pack the tree once, before any suite boots: every suite tests the same files, even if the tree is edited
+    while the run goes on. Suites share it read-only."""
+    work = Path(tempfile.mkdtemp(prefix="sjob-vm-payload-", dir=WORK_ROOT))
+    try:
+        names = payload_files(source, exclude)
+        write_payload(source, names, work / "payload.tar")
+        yield Payload(work / "payload.tar", len(names))
+    finally:
+        safe_rmtree(work)
 
 
 def virtio_disk(name: str, path: Path, fmt: str, extra: str = "", serial: bool = True) -> list[str]:
@@ -748,13 +761,15 @@ def judge(outcome: Outcome, timeout: float) -> tuple[bool, str]:
     return True, "passed"
 
 
-def run_suite(suite: str, args: argparse.Namespace, reporter: Reporter) -> SuiteResult:
+def run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload) -> SuiteResult:
     logs = (args.results / suite).resolve()
     reset_dir(logs)
     with acquire_image(suite, args.rebuild, reporter) as image, work_dir(suite) as work:
-        files = VMFiles(work=work, logs=logs)
-        count = prepare_vm(image, args.source, files, [args.results.resolve()], results_disk=True)
-        reporter.line(suite, f"payload: {count} files from {args.source}; booting (timeout {args.timeout:.0f}s)")
+        files = VMFiles(work=work, logs=logs, payload=payload.path)
+        prepare_vm(image, files, results_disk=True)
+        reporter.line(
+            suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
+        )
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *extra_kernel_args()]
         outcome = watch_vm(qemu_command(image, files, append, interactive=False), files, args.timeout, suite, reporter)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
@@ -773,9 +788,9 @@ def write_run_record(path: Path, suite: str, image: Image, ok: bool, status: str
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter) -> SuiteResult:
+def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload) -> SuiteResult:
     try:
-        return run_suite(suite, args, reporter)
+        return run_suite(suite, args, reporter, payload)
     except VMTestError as error:
         reporter.line(suite, f"error: {error}")
         return SuiteResult(suite, False, f"error: {error}")
@@ -790,16 +805,17 @@ def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter) -> 
 def run_suites(args: argparse.Namespace) -> int:
     reporter = Reporter()
     suites: list[str] = args.suite
-    if args.jobs > 1 and len(suites) > 1:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(safe_run_suite, s, args, reporter) for s in suites]
-            try:
-                results = [f.result() for f in futures]
-            except KeyboardInterrupt:
-                STOP.set()  # workers kill their qemu and clean up
-                raise
-    else:
-        results = [safe_run_suite(s, args, reporter) for s in suites]
+    with snapshot_payload(args.source, [args.results.resolve()]) as payload:
+        if args.jobs > 1 and len(suites) > 1:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                futures = [pool.submit(safe_run_suite, s, args, reporter, payload) for s in suites]
+                try:
+                    results = [f.result() for f in futures]
+                except KeyboardInterrupt:
+                    STOP.set()  # workers kill their qemu and clean up
+                    raise
+        else:
+            results = [safe_run_suite(s, args, reporter, payload) for s in suites]
     print("vmtest summary:", flush=True)
     for result in results:
         print(f"  {result.suite:9} {result.status}", flush=True)
@@ -823,9 +839,13 @@ def terminal_args() -> list[str]:
 def run_shell(args: argparse.Namespace) -> int:
     suite = args.suite[0]
     reporter = Reporter()
-    with acquire_image(suite, args.rebuild, reporter) as image, work_dir(suite) as work:
-        files = VMFiles(work=work, logs=work)  # the console is the terminal: no logs to keep
-        prepare_vm(image, args.source, files, [args.results.resolve()], results_disk=False)
+    with (
+        acquire_image(suite, args.rebuild, reporter) as image,
+        work_dir(suite) as work,
+        snapshot_payload(args.source, [args.results.resolve()]) as payload,
+    ):
+        files = VMFiles(work=work, logs=work, payload=payload.path)  # the console is the terminal: no logs to keep
+        prepare_vm(image, files, results_disk=False)
         append = ["systemd.wants=sjob-shell.service", "quiet", *terminal_args(), *extra_kernel_args()]
         print(
             f"vmtest: booting {suite} with the payload from {args.source} (about 30 s, then "

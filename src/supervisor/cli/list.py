@@ -18,14 +18,16 @@ def register(app: "typer.Typer") -> None:
     @app.command(name="list")
     def list_jobs(
         as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as a JSON array.")] = False,
+        running: Annotated[bool, typer.Option("--running", help="Only jobs that have not ended.")] = False,
+        everyone: Annotated[bool, typer.Option("--all", help="Every user's jobs (root only).")] = False,
     ) -> None:
-        """List jobs with their state, age and command."""
-        show(as_json)
+        """List your jobs, newest first, with their state, age and command."""
+        show(as_json, running=running, everyone=everyone)
 
 
-def show(as_json: bool) -> None:
+def show(as_json: bool, *, running: bool = False, everyone: bool = False) -> None:
     with Client() as client:
-        jobs = client.list_jobs()
+        jobs = client.list_jobs(everyone=everyone, running=running)
     if as_json:
         sys.stdout.write(json.dumps([to_wire(j) for j in jobs], indent=2) + "\n")
     else:

@@ -7,13 +7,14 @@ import sys
 import time
 
 from supervisor.logformat import signal_name
-from supervisor.protocol import Job, JobState
+from supervisor.protocol import Job, JobState, Resources
 
 DOTS = {
     JobState.starting: "◌",
     JobState.running: "●",
     JobState.exited: "○",
     JobState.failed: "×",  # noqa: RUF001
+    JobState.stopped: "■",
     JobState.unknown: "?",
 }
 STYLES = {
@@ -21,6 +22,7 @@ STYLES = {
     JobState.running: "green",
     JobState.exited: "dim",
     JobState.failed: "red",
+    JobState.stopped: "yellow",
     JobState.unknown: "magenta",
 }
 
@@ -46,6 +48,7 @@ def status(job: Job) -> str:
         ("Created", timestamp(job.created_usec, now)),
         ("Started", timestamp(job.started_usec, now)),
         ("Ended", timestamp(job.ended_usec, now) + ran_for(job)),
+        ("Used", usage(job.resources)),
         ("Logs", f"sjob logs {job.id}  |  journalctl -u {job.unit}"),
     ]
     out = []
@@ -55,6 +58,30 @@ def status(job: Job) -> str:
         elif line[1]:
             out.append(f"{line[0]:>11}: {line[1]}")
     return "\n".join(out) + "\n"
+
+
+def usage(resources: Resources | None) -> str:
+    if resources is None:
+        return ""
+    parts = []
+    if resources.cpu_usec is not None:
+        parts.append(f"CPU {duration(resources.cpu_usec / 1e6)}")
+    if resources.memory_peak_bytes is not None:
+        parts.append(f"memory peak {size(resources.memory_peak_bytes)}")
+    if resources.io_read_bytes is not None or resources.io_write_bytes is not None:
+        parts.append(f"IO read {size(resources.io_read_bytes or 0)}, written {size(resources.io_write_bytes or 0)}")
+    if resources.tasks_peak is not None:
+        parts.append(f"tasks peak {resources.tasks_peak}")
+    return "; ".join(parts)
+
+
+def size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{count}B"  # not reached
 
 
 def timestamp(usec: int | None, now: float) -> str:

@@ -2,21 +2,25 @@
 
 import dataclasses
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli.output import OutputCopier
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.protocol import Job, JobSpec, JobState, Output, Stream
+from supervisor.protocol import Job, JobSpec, JobState
 
 if TYPE_CHECKING:
     import typer
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
 
 HELP = """Run COMMAND as a transient systemd service, as you, in the current directory.
 
 Attached (the default), output appears as it is written, and sjob exits with the job's exit status.
 
-The output is also kept in journald: journalctl -u sjob-ID.service
+Ctrl-C stops the job (a second Ctrl-C kills it). The output is also kept in journald: journalctl -u sjob-ID.service
 """
 
 
@@ -113,33 +117,44 @@ def run(args: RunArgs) -> int:
     argv = [resolve_executable(args.command[0], cwd), *args.command[1:]]
     spec = JobSpec(argv=argv, cwd=cwd, environment=environment(args.setenv))
     with Client() as client:
-        job = client.start(spec)
+        # Ctrl-C while the job is being started must not leave it running unseen: hold SIGINT until we know it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            job = client.start(spec)
+        finally:
+            if args.detach:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if args.detach:
             sys.stdout.write(job.id + "\n")
             if not args.quiet:
                 sys.stderr.write(f"Running as unit: {job.unit}\n")
             return 0
+        copier = OutputCopier()
         try:
-            final = attach(client, job)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            final = copier.copy(client.follow(job.id))
         except KeyboardInterrupt:
-            sys.stderr.write(f"\nsjob: detached; job {job.id} keeps running ('sjob status {job.id}')\n")
-            return 130
+            return interrupted(job, copier)
     report_abnormal_end(final)
     return final.shell_status
 
 
-def attach(client: Client, job: Job) -> Job:
-    """Copy the job's output to ours as it arrives; return the finished job."""
-    sinks = {Stream.stdout: sys.stdout.buffer, Stream.stderr: sys.stderr.buffer}
-    final = job
-    for item in client.follow(job.id):
-        if isinstance(item, Output):
-            sink = sinks[item.stream]
-            sink.write(item.raw())
-            sink.flush()
-        else:
-            final = item
-    return final
+def interrupted(job: Job, copier: OutputCopier) -> int:
+    """Ctrl-C on an attached job stops it, as it would stop a local command: SIGTERM, and SIGKILL on a second
+    Ctrl-C. What the job still writes while it stops is shown; then we exit like a shell does after SIGINT."""
+    sys.stderr.write(f"\nsjob: stopping job {job.id} (Ctrl-C again to kill it)\n")
+    signal_name: str | None = None
+    while True:
+        try:
+            with Client() as client:
+                client.stop(job.id, signal=signal_name)
+                final = copier.copy(client.follow(job.id, after_seq=copier.last_seq))
+            break
+        except KeyboardInterrupt:
+            sys.stderr.write(f"\nsjob: killing job {job.id}\n")
+            signal_name = "KILL"
+    sys.stderr.write(f"sjob: job {job.id} {final.message or final.state.value}\n")
+    return EXIT_INTERRUPTED
 
 
 def report_abnormal_end(job: Job) -> None:

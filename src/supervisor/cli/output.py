@@ -1,0 +1,55 @@
+"""Copying a job's output to the terminal, stream for stream, byte for byte (used by run and logs)."""
+
+import base64
+import datetime
+import json
+import sys
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.protocol import Job, Output, Stream
+
+
+class OutputCopier:
+    """Writes each piece of output to our own stdout or stderr as it arrives, and remembers where it got to."""
+
+    def __init__(self, as_json: bool = False) -> None:
+        self.as_json = as_json
+        self.last_seq = 0
+        self._sinks: dict[Stream, BinaryIO] = {Stream.stdout: sys.stdout.buffer, Stream.stderr: sys.stderr.buffer}
+
+    def copy(self, items: Iterable[Output | Job]) -> Job:
+        """Copy until the stream of items ends; return the job it ended with."""
+        job = None
+        for item in items:
+            if isinstance(item, Output):
+                self._write(item)
+                self.last_seq = max(self.last_seq, item.seq)
+            else:
+                job = item
+        if job is None:
+            raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output without saying how the job stands")
+        return job
+
+    def _write(self, item: Output) -> None:
+        data = item.raw()
+        if self.as_json:
+            line = json.dumps(json_entry(item, data), ensure_ascii=False) + "\n"
+            sys.stdout.buffer.write(line.encode())
+            sys.stdout.buffer.flush()
+            return
+        sink = self._sinks[item.stream]
+        sink.write(data)
+        sink.flush()
+
+
+def json_entry(item: Output, data: bytes) -> dict[str, object]:
+    """One record as JSON: text where the bytes are UTF-8, base64 where they are not (like journalctl's arrays)."""
+    stamp = datetime.datetime.fromtimestamp(item.usec / 1e6, tz=datetime.UTC).isoformat(timespec="microseconds")
+    entry: dict[str, object] = {"timestamp": stamp, "usec": item.usec, "seq": item.seq, "stream": item.stream.value}
+    try:
+        entry["text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["base64"] = base64.b64encode(data).decode("ascii")
+    return entry

@@ -1,0 +1,60 @@
+"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal."""
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+from supervisor.client import Client
+from supervisor.logformat import signal_name
+from supervisor.protocol import Job, parse_job_id, parse_signal
+from supervisor.quantities import parse_duration
+
+if TYPE_CHECKING:
+    import typer
+
+
+def register(app: "typer.Typer") -> None:
+    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
+    import typer  # noqa: PLC0415
+
+    @app.command()
+    def stop(
+        job_id: Annotated[str, typer.Argument(metavar="ID", help="The job to stop.")],
+        grace: Annotated[
+            str | None,
+            typer.Option(
+                "--grace", metavar="DURATION", help="Time between SIGTERM and SIGKILL (default 90s, as systemd)."
+            ),
+        ] = None,
+        signal: Annotated[
+            str | None,
+            typer.Option("--signal", "-s", metavar="SIGNAL", help="Only send SIGNAL (e.g. HUP, USR1) to the job."),
+        ] = None,
+        no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is requested.")] = False,
+    ) -> None:
+        """Stop a job: SIGTERM to all its processes, SIGKILL to what is left after the grace period."""
+        raise typer.Exit(stop_job(job_id, grace, signal, wait=not no_wait))
+
+
+def stop_job(job_id: str, grace: str | None, signal: str | None, *, wait: bool) -> int:
+    from supervisor.cli import render  # noqa: PLC0415
+
+    job_id = parse_job_id(job_id)
+    grace_usec = parse_duration(grace, "--grace") if grace is not None else None
+    signo = parse_signal(signal) if signal is not None else None  # a bad name fails here, with the same words
+    with Client() as client:
+        job = client.stop(job_id, signal=signal, grace_usec=grace_usec)
+        if job.state.finished:
+            sys.stdout.write(f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop\n")
+            return 0
+        if signo is not None:
+            sys.stdout.write(f"sent {signal_name(signo)} to job {job.id}\n")
+            return 0
+        if not wait:
+            sys.stdout.write(f"stopping job {job.id}\n")
+            return 0
+        final = job
+        for item in client.follow(job_id, streams=[]):  # no output, just the end
+            if isinstance(item, Job):
+                final = item
+    sys.stdout.write(f"job {final.id} {render.outcome(final)}\n")
+    return 0
