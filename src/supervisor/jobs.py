@@ -18,8 +18,9 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import signal
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Coroutine
 from typing import Protocol
 
 from supervisor import jobspec, policy, properties
@@ -49,7 +50,10 @@ VANISHED_GRACE_USEC = 10 * 1_000_000
 COLLECT_TRIES = 100
 COLLECT_INTERVAL = 0.2
 SWEEP_INTERVAL = 60.0
-MAX_GRACE_USEC = 24 * 3600 * 1_000_000
+# A stop's grace period ends with SIGKILL from systemd at the unit's TimeoutStopSec (set when it starts), so a grace
+# can only be shorter: sjobd sends the SIGKILL itself when it is (systemd refuses to change TimeoutStopUSec on a
+# running transient unit).
+MAX_GRACE_USEC = properties.DEFAULT_STOP_TIMEOUT_USEC
 
 
 class UnitManager(Protocol):
@@ -58,7 +62,6 @@ class UnitManager(Protocol):
     async def reset_failed(self, name: str) -> None: ...
     async def stop(self, name: str) -> None: ...
     async def kill(self, name: str, signo: int) -> None: ...
-    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None: ...
     async def list_units(self, pattern: str) -> list[str]: ...
 
 
@@ -87,7 +90,7 @@ class JobService:
         self._records = records
         self._shim = shim
         self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
-        self._collecting: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -127,7 +130,7 @@ class JobService:
         wait: bool = True,
         streams: Collection[Stream] | None = None,
         after_seq: int = 0,
-    ) -> AsyncIterator[Output | Job]:
+    ) -> AsyncGenerator[Output | Job]:
         """The job's output from the very start (or after record `after_seq`), then the job: as it ended, or,
         without `wait`, as it is once the output written so far has been sent. For a finished job this is a
         replay. `streams` selects the output."""
@@ -174,16 +177,17 @@ class JobService:
             log.info("%s: %s sends signal %d", job.unit, principal, signo)
             await self._units.kill(job.unit, signo)
             return job
-        if grace_usec is not None:
-            if not 0 <= grace_usec <= MAX_GRACE_USEC:
-                raise invalid_argument(
-                    f"grace period {grace_usec / 1e6:g}s is out of range", hint="give 0 to 24 hours, e.g. --grace 30s"
-                )
-            await self._units.set_runtime(job.unit, properties.signed(("TimeoutStopUSec", grace_usec)))
+        if grace_usec is not None and not 0 <= grace_usec <= MAX_GRACE_USEC:
+            raise invalid_argument(
+                f"grace period {grace_usec / 1e6:g}s is out of range",
+                hint=f"give 0 to {MAX_GRACE_USEC // 1_000_000}s (the job unit's TimeoutStopSec), e.g. --grace 10s",
+            )
         job = dataclasses.replace(job, stopped_by=principal.user)
         self._records.update(job)
         log.info("%s: stopped by %s", job.unit, principal)
         await self._units.stop(job.unit)
+        if grace_usec is not None and grace_usec < MAX_GRACE_USEC:
+            self._in_background(self._kill_after_grace(job.unit, grace_usec))
         return job
 
     def list_jobs(self, principal: Principal, *, everyone: bool = False, running: bool = False) -> list[Job]:
@@ -229,9 +233,9 @@ class JobService:
                 log.warning("sweeping job records failed: %s", e.message)
 
     async def close(self) -> None:
-        for task in list(self._collecting):
+        for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._collecting, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- internals -----------------------------------------------------------------------------------------
 
@@ -331,9 +335,23 @@ class JobService:
         return job
 
     def _collect_later(self, unit: str) -> None:
-        task = asyncio.create_task(self._collect(unit))
-        self._collecting.add(task)
-        task.add_done_callback(self._collecting.discard)
+        self._in_background(self._collect(unit))
+
+    def _in_background(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
+        """SIGKILL what is left of a stopping job once its grace period is over. Only while systemd still waits
+        for the processes to go after SIGTERM ("stop-sigterm"): later, the unit's own ExecStopPost runs in the
+        same cgroup and must not be killed."""
+        await asyncio.sleep(grace_usec / 1e6)
+        state = await self._units.unit_state(unit)
+        if state is not None and state.sub_state == "stop-sigterm":
+            log.info("%s: grace period over, sending SIGKILL", unit)
+            with contextlib.suppress(SjobError):  # it ended meanwhile
+                await self._units.kill(unit, signal.SIGKILL)
 
     async def _collect(self, unit: str) -> None:
         """Once a recorded unit has settled, reset it if it failed, so systemd garbage-collects it.

@@ -77,15 +77,10 @@ class UnitProperties:
 
     def signed(self) -> list[tuple[str, str, object]]:
         """(name, D-Bus signature, value) triples; an unknown property name is a bug and raises KeyError."""
-        return signed(*self.properties)
+        return [(key, SIGNATURES[key], value) for key, value in self.properties]
 
     def get(self, key: str) -> object:
         return dict(self.properties)[key]
-
-
-def signed(*properties: tuple[str, object]) -> list[tuple[str, str, object]]:
-    """(name, D-Bus signature, value) triples for changing properties of a running unit."""
-    return [(key, SIGNATURES[key], value) for key, value in properties]
 
 
 def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:

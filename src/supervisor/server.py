@@ -10,6 +10,7 @@ No `from __future__ import annotations`: asyncvarlink derives the interface from
 """
 
 import asyncio
+import contextlib
 import logging
 import pwd
 import select
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from asyncvarlink import (
     FileDescriptorArray,
+    LastResult,
     TypedVarlinkErrorReply,
     VarlinkInterface,
     VarlinkInterfaceRegistry,
@@ -82,7 +84,9 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
         except SjobError as e:
             raise varlink_error(e) from None
 
-    @varlinkmethod
+    # delay_generator=False: asyncvarlink otherwise holds each reply back until the next one exists (to know
+    # whether it "continues"), so a job's line would reach the client only when the job wrote another.
+    @varlinkmethod(delay_generator=False)
     async def Follow(  # noqa: N802
         self,
         id: str,
@@ -95,13 +99,15 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
         sent). `streams` selects stdout/stderr."""
         try:
             follow = self._service.follow(self._principal, id, wait=wait, streams=streams, after_seq=after_seq)
-            async for item in follow:
-                if isinstance(item, Output):
-                    yield FollowReply(output=item)
-                else:
-                    yield FollowReply(job=item)
+            async with contextlib.aclosing(follow):
+                async for item in follow:
+                    if isinstance(item, Output):
+                        yield FollowReply(output=item)
+                    else:
+                        raise LastResult(FollowReply(job=item))  # the one reply that does not continue
         except SjobError as e:
             raise varlink_error(e) from None
+        raise varlink_error(SjobError(ErrorCode.InternalError, f"the output of job {id} ended without its state"))
 
     @varlinkmethod(return_parameter="job")
     async def Status(self, id: str) -> Job:  # noqa: N802

@@ -133,11 +133,6 @@ class Systemd:
         """Send a signal to every process of the unit (systemctl kill)."""
         await self._manager("KillUnit", "ssi", [name, "all", signo])
 
-    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None:
-        """Change properties of a running unit until it ends; `properties` are (name, signature, value)."""
-        props = [[key, Variant(sig, value)] for key, sig, value in properties]
-        await self._manager("SetUnitProperties", "sba(sv)", [name, True, props])
-
     async def list_units(self, pattern: str) -> list[str]:
         """Names of the loaded units matching a glob, whatever their state."""
         reply = await self._manager("ListUnitsByPatterns", "asas", [[], [pattern]])

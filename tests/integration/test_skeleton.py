@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -20,14 +21,14 @@ def detach(*argv: str, user: User | None = None, cwd: str | None = None) -> str:
     return job_id
 
 
-def status(job_id: str, user: User | None = None) -> dict[str, object]:
+def status(job_id: str, user: User | None = None) -> dict[str, Any]:
     result = sjob("status", "--json", job_id, user=user)
     assert result.returncode == 0, result.stderr
-    parsed: dict[str, object] = json.loads(result.stdout)
+    parsed: dict[str, Any] = json.loads(result.stdout)
     return parsed
 
 
-def wait_finished(job_id: str, user: User | None = None) -> dict[str, object]:
+def wait_finished(job_id: str, user: User | None = None) -> dict[str, Any]:
     wait_until(lambda: status(job_id, user)["state"] not in ("starting", "running"), what=f"job {job_id} to end")
     return status(job_id, user)
 

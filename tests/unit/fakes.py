@@ -75,7 +75,6 @@ class FakeUnits:
     reset: list[str] = dataclasses.field(default_factory=list)
     stopped: list[str] = dataclasses.field(default_factory=list)
     signalled: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    runtime: dict[str, list[tuple[str, str, object]]] = dataclasses.field(default_factory=dict)
     processes: dict[str, list[asyncio.subprocess.Process]] = dataclasses.field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
@@ -125,6 +124,10 @@ class FakeUnits:
 
     async def stop(self, name: str) -> None:
         self.stopped.append(name)
+        if name in self.states:  # waiting for the processes to go, as systemd after its SIGTERM
+            self.states[name] = dataclasses.replace(
+                self.states[name], active_state="deactivating", sub_state="stop-sigterm"
+            )
         self._signal_all(name, signal.SIGTERM)
 
     async def kill(self, name: str, signo: int) -> None:
@@ -137,9 +140,6 @@ class FakeUnits:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signo)
-
-    async def set_runtime(self, name: str, properties: list[tuple[str, str, object]]) -> None:
-        self.runtime.setdefault(name, []).extend(properties)
 
     async def list_units(self, pattern: str) -> list[str]:
         return sorted(self.states)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -192,6 +193,27 @@ def test_stop_and_signal(server: ServerThread) -> None:
     assert b"Why: stopped by" in sjob(server, "status", job_id).stdout
     bad = sjob(server, "stop", "--signal", "NOPE", job_id)
     assert (bad.returncode, bad.stderr.splitlines()[0]) == (1, b"sjob: unknown signal 'NOPE'")
+
+
+@pytest.mark.parametrize("verb", ["run", "logs"])
+def test_output_arrives_while_the_job_runs(server: ServerThread, verb: str) -> None:
+    # Each line must be printed as it is written, not held back until the job writes the next one or ends.
+    env = {**os.environ, "SJOB_SOCKET": server.socket}
+    command = ["sh", "-c", "echo first; sleep 30"]
+    if verb == "run":
+        argv = [*SJOB, "run", "--", *command]
+    else:
+        argv = [*SJOB, "logs", "-f", sjob(server, "run", "-d", "-q", "--", *command).stdout.decode().strip()]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        try:
+            assert select.select([proc.stdout], [], [], 20)[0], "no output within 20 s"
+            assert proc.stdout.readline() == b"first\n"
+            assert proc.poll() is None
+        finally:
+            proc.kill()
+    (job,) = json.loads(sjob(server, "list", "--json").stdout)
+    sjob(server, "stop", "--grace", "0", job["id"])
 
 
 def test_ctrl_c_stops_an_attached_job(server: ServerThread) -> None:

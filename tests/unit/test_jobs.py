@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -232,7 +233,6 @@ def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
         stopping = await service.stop(ALICE, job.id, grace_usec=5_000_000)
         assert (stopping.state, stopping.stopped_by) == (JobState.running, "alice")
         assert units.stopped == [job.unit]
-        assert units.runtime[job.unit] == [("TimeoutStopUSec", "t", 5_000_000)]
         _, final = await collect(service, ALICE, job.id)
         assert (final.state, final.signal, final.message) == (JobState.stopped, 15, "stopped by alice")
         # Stopping again is a no-op that says how the job ended.
@@ -243,14 +243,33 @@ def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
     scenario(body, tmp_path)
 
 
+def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
+        while not log.records.get(job.id):  # the trap is set once the job has written
+            await asyncio.sleep(0.02)
+        await service.stop(ALICE, job.id, grace_usec=300_000)
+        assert units.signalled == []  # SIGTERM came with the stop; SIGKILL waits for the grace period
+        _, final = await asyncio.wait_for(collect(service, ALICE, job.id), 10)
+        assert units.signalled == [(job.unit, signal.SIGKILL)]
+        assert (final.state, final.signal, final.message) == (
+            JobState.stopped,
+            9,
+            "stopped by alice (killed by signal SIGKILL)",
+        )
+
+    scenario(body, tmp_path)
+
+
 def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
     async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         await service.stop(ALICE, job.id, signo=10)
         assert (units.signalled, units.stopped) == ([(job.unit, 10)], [])
-        with pytest.raises(SjobError) as e:
-            await service.stop(ALICE, job.id, grace_usec=-1)
-        assert e.value.code is ErrorCode.InvalidArgument
+        for grace in (-1, 91_000_000):
+            with pytest.raises(SjobError) as e:
+                await service.stop(ALICE, job.id, grace_usec=grace)
+            assert e.value.code is ErrorCode.InvalidArgument
         with pytest.raises(SjobError) as e:
             await service.stop(BOB, job.id)
         assert e.value.code is ErrorCode.NoSuchJob

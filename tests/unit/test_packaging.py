@@ -8,8 +8,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_vm_wheelhouse_has_what_pyproject_requires() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    guest_tools = ("pytest", "pytest-timeout", "hypothesis", "hatchling")
     wanted = project["dependencies"] + [
-        r for r in project["optional-dependencies"]["dev"] if r.split("==")[0] in ("pytest", "hypothesis", "hatchling")
+        r for r in project["optional-dependencies"]["dev"] if r.split("==")[0] in guest_tools
     ]
     lines = (ROOT / "tests" / "vm" / "requirements.txt").read_text().splitlines()
     listed = {line.strip() for line in lines if line.strip() and not line.startswith("#")}

@@ -51,6 +51,7 @@ import datetime
 import fcntl
 import hashlib
 import inspect
+import io
 import json
 import os
 import re
@@ -510,9 +511,18 @@ def payload_files(source: Path, exclude: Sequence[Path]) -> list[str]:
     return keep
 
 
-def write_payload(source: Path, names: Sequence[str], dest: Path) -> None:
+PYTEST_ARGS_FILE = "tests/vm/pytest-args"  # extra pytest arguments for the guest, one per line (vmtest.py --pytest)
+
+
+def write_payload(source: Path, names: Sequence[str], dest: Path, pytest_args: Sequence[str] = ()) -> None:
     # tarfile pads to 10 KiB records, so the file is a whole number of sectors.
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        if pytest_args:
+            data = "".join(f"{arg}\n" for arg in pytest_args).encode()
+            info = tarfile.TarInfo(PYTEST_ARGS_FILE)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
         for name in names:
             mode = os.lstat(source / name).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
@@ -576,13 +586,13 @@ class Payload:
 
 
 @contextlib.contextmanager
-def snapshot_payload(source: Path, exclude: Sequence[Path]) -> Iterator[Payload]:
+def snapshot_payload(source: Path, exclude: Sequence[Path], pytest_args: Sequence[str] = ()) -> Iterator[Payload]:
     """Pack the tree once, before any suite boots: every suite tests the same files, even if the tree is edited
     while the run goes on. Suites share it read-only."""
     work = Path(tempfile.mkdtemp(prefix="sjob-vm-payload-", dir=WORK_ROOT))
     try:
         names = payload_files(source, exclude)
-        write_payload(source, names, work / "payload.tar")
+        write_payload(source, names, work / "payload.tar", pytest_args)
         yield Payload(work / "payload.tar", len(names))
     finally:
         safe_rmtree(work)
@@ -805,7 +815,7 @@ def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, pay
 def run_suites(args: argparse.Namespace) -> int:
     reporter = Reporter()
     suites: list[str] = args.suite
-    with snapshot_payload(args.source, [args.results.resolve()]) as payload:
+    with snapshot_payload(args.source, [args.results.resolve()], args.pytest) as payload:
         if args.jobs > 1 and len(suites) > 1:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
                 futures = [pool.submit(safe_run_suite, s, args, reporter, payload) for s in suites]
@@ -875,6 +885,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "give an interactive root shell instead of running the tests",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached image(s)")
+    parser.add_argument(
+        "--pytest",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the guest's pytest, repeatable (e.g. --pytest=-k --pytest=ctrl_c, or a test path "
+        "such as --pytest=tests/integration/test_output.py); a run with these skips the benchmarks",
+    )
     parser.add_argument(
         "--timeout",
         type=float,

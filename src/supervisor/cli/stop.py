@@ -22,7 +22,9 @@ def register(app: "typer.Typer") -> None:
         grace: Annotated[
             str | None,
             typer.Option(
-                "--grace", metavar="DURATION", help="Time between SIGTERM and SIGKILL (default 90s, as systemd)."
+                "--grace",
+                metavar="DURATION",
+                help="Time between SIGTERM and SIGKILL (default and at most 90s, as systemd).",
             ),
         ] = None,
         signal: Annotated[

@@ -1,0 +1,94 @@
+"""Issue B, durability: jobs and their output outlive sjobd; records outlive sjobd and the units; reconciliation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import run, sjob, sjob_units, wait_until
+from .test_skeleton import detach, status, wait_finished
+
+WRITER = Path(__file__).with_name("writer.py")
+STATE = Path("/var/lib/sjob")
+
+
+def unit_active(job_id: str) -> bool:
+    return run("systemctl", "is-active", f"sjob-{job_id}.service").stdout.strip() in (b"active", b"activating")
+
+
+@pytest.fixture
+def sjobd_comes_back() -> Iterator[None]:
+    """Whatever a test does to sjobd, leave it socket-activated and working."""
+    yield
+    run("systemctl", "start", "sjobd.socket")
+    wait_until(lambda: sjob("list").returncode == 0, what="sjobd to answer again")
+
+
+@pytest.mark.usefixtures("sjobd_comes_back")
+@pytest.mark.parametrize("how", ["stop", "restart", "kill -9"])
+def test_jobs_and_output_outlive_sjobd(how: str) -> None:
+    job_id = detach("python3", str(WRITER), "--lines", "60", "--pause", "0.1")
+    wait_until(lambda: b"line 5\n" in sjob("logs", job_id).stdout, what="the job to write")
+    if how == "stop":
+        run("systemctl", "stop", "sjobd.service")
+    elif how == "restart":
+        run("systemctl", "restart", "sjobd.service")
+    else:
+        run("systemctl", "kill", "-s", "KILL", "sjobd.service")
+    assert unit_active(job_id)
+    info = wait_finished(job_id)
+    assert (info["state"], info["exit_status"]) == ("exited", 0)
+    assert sjob("logs", job_id).stdout == b"".join(b"line %d\n" % i for i in range(60))
+
+
+@pytest.mark.usefixtures("sjobd_comes_back")
+def test_a_job_that_ends_while_sjobd_is_down_reports_its_true_result() -> None:
+    job_id = detach("sh", "-c", "sleep 3; echo done; exit 4")
+    run("systemctl", "stop", "sjobd.socket", "sjobd.service")  # nothing may start sjobd meanwhile
+    wait_until(lambda: not unit_active(job_id), timeout=60, what="the job to end")
+    # A failed unit stays loaded until someone resets it; with sjobd away, an admin does (or a reboot), and the
+    # unit and everything systemd knew about it is gone.
+    run("systemctl", "reset-failed", f"sjob-{job_id}.service")
+    assert f"sjob-{job_id}.service" not in sjob_units()
+    run("systemctl", "start", "sjobd.socket")
+    info = wait_finished(job_id)
+    assert (info["state"], info["exit_status"], info["result"]) == ("failed", 4, "exit-code")
+    assert info["resources"]["cpu_usec"] > 0
+    assert sjob("logs", job_id).stdout == b"done\n"
+
+
+@pytest.mark.usefixtures("sjobd_comes_back")
+def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path) -> None:
+    job_id = detach("sleep", "120")
+    run("systemctl", "stop", "sjobd.socket", "sjobd.service")
+    shutil.move(STATE / "jobs.sqlite", tmp_path / "jobs.sqlite")
+    for wal in STATE.glob("jobs.sqlite-*"):
+        wal.unlink()
+    try:
+        run("systemctl", "start", "sjobd.socket")
+        for _ in range(2):  # restarting again must not adopt it twice
+            listed = [j for j in json.loads(sjob("list", "--json", "--all").stdout) if j["id"] == job_id]
+            assert len(listed) == 1
+            assert listed[0]["state"] == "running"
+            assert listed[0]["argv"] == ["/usr/bin/sleep", "120"]
+            run("systemctl", "restart", "sjobd.service")
+        sjob("stop", job_id)
+        assert wait_finished(job_id)["state"] == "stopped"
+    finally:
+        run("systemctl", "stop", "sjobd.socket", "sjobd.service")
+        for stale in STATE.glob("jobs.sqlite*"):
+            stale.unlink()
+        shutil.move(tmp_path / "jobs.sqlite", STATE / "jobs.sqlite")
+
+
+def test_finished_units_do_not_pile_up() -> None:
+    before = sjob_units()
+    ids = [detach("sh", "-c", f"exit {n}") for n in range(1, 9)]
+    for job_id in ids:
+        wait_finished(job_id)
+    wait_until(lambda: sjob_units() <= before, what="the failed units to be collected")
+    assert [status(j)["exit_status"] for j in ids] == list(range(1, 9))

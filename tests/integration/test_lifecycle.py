@@ -1,0 +1,160 @@
+"""Issue B, lifecycle: stop, signals, status and list, Ctrl-C on an attached run, bad ids."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import SJOB, User, run, sjob, sjob_units, wait_until
+from .test_skeleton import detach, status, wait_finished
+
+# A job that says when it is ready, then ignores SIGTERM: only SIGKILL ends it.
+STUBBORN = "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.2; done"
+
+
+def wait_output(job_id: str, text: bytes, user: User | None = None) -> None:
+    wait_until(lambda: text in sjob("logs", job_id, user=user).stdout, what=f"{text!r} in the output of {job_id}")
+
+
+def test_stop_terminates_every_process_of_the_job() -> None:
+    job_id = detach("sh", "-c", "sleep 300 & sleep 300 & echo ready; wait")
+    wait_output(job_id, b"ready")
+    unit = f"sjob-{job_id}.service"
+    assert len(run("systemctl", "show", "-p", "ControlGroup", "--value", unit).stdout.strip()) > 0
+    result = sjob("stop", job_id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"job {job_id} stopped (signal SIGTERM)\n".encode()
+    info = status(job_id)
+    assert (info["state"], info["signal"], info["stopped_by"]) == ("stopped", 15, "root")
+    assert info["message"] == "stopped by root"
+    assert run("pgrep", "-f", "sleep 300").returncode == 1  # the background sleeps are gone too
+    wait_until(lambda: unit not in sjob_units(), what=f"{unit} to be collected")
+
+
+def test_stop_kills_after_the_grace_period() -> None:
+    job_id = detach("sh", "-c", STUBBORN)
+    wait_output(job_id, b"ready")
+    started = time.monotonic()
+    result = sjob("stop", "--grace", "2s", job_id)
+    waited = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert 1.5 <= waited < 30, waited
+    info = status(job_id)
+    assert (info["state"], info["signal"]) == ("stopped", 9)
+    assert info["message"] == "stopped by root (killed by signal SIGKILL)"
+    assert b"got TERM" in sjob("logs", job_id).stdout
+
+
+def test_signal_without_stopping() -> None:
+    job_id = detach("sh", "-c", "trap 'echo got USR1' USR1; echo ready; while :; do sleep 0.2; done")
+    wait_output(job_id, b"ready")
+    result = sjob("stop", "--signal", "USR1", job_id)
+    assert result.stdout == f"sent SIGUSR1 to job {job_id}\n".encode()
+    wait_output(job_id, b"got USR1")
+    assert status(job_id)["state"] == "running"
+    # The output forwarder ignores what is meant for the job: output keeps flowing after a HUP to the unit.
+    run("systemctl", "kill", "-s", "HUP", f"sjob-{job_id}.service")
+    sjob("stop", job_id)
+
+
+def test_stopping_a_finished_job_is_a_clear_no_op() -> None:
+    job_id = detach("true")
+    wait_finished(job_id)
+    result = sjob("stop", job_id)
+    assert result.returncode == 0
+    assert result.stdout == f"job {job_id} has already ended (exited (status 0)); nothing to stop\n".encode()
+
+
+def test_killed_jobs_are_never_exit_0() -> None:
+    for sig, state in (("TERM", "stopped"), ("KILL", "failed")):
+        job_id = detach("sh", "-c", f"kill -{sig} $$")
+        info = wait_finished(job_id)
+        assert (info["state"], info["exit_status"], info["signal"]) == (state, None, signal.Signals[f"SIG{sig}"])
+
+
+def test_status_reports_how_and_what_it_used(alice: User) -> None:
+    script = "head -c 64M /dev/zero | tail -c 1 >/dev/null; dd if=/dev/zero of=f bs=1M count=4 oflag=direct 2>/dev/null"
+    result = sjob("run", "--", "sh", "-c", script + "; rm f; exit 3", user=alice)
+    assert result.returncode == 3
+    (job,) = [j for j in json.loads(sjob("list", "--json", user=alice).stdout) if j["argv"][-1].endswith("exit 3")]
+    info = status(job["id"], alice)
+    assert (info["state"], info["exit_status"], info["result"], info["user"]) == ("failed", 3, "exit-code", alice.name)
+    assert info["started_usec"] <= info["ended_usec"]
+    used = info["resources"]
+    assert used["cpu_usec"] > 0
+    assert used["memory_peak_bytes"] > 1024 * 1024
+    assert used["io_write_bytes"] >= 4 * 1024 * 1024
+    if Path("/sys/fs/cgroup/sjob.slice/pids.peak").exists():  # Linux 6.12 and later count it
+        assert used["tasks_peak"] >= 2
+    human = sjob("status", job["id"], user=alice).stdout.decode()
+    for needle in ("failed (status 3)", "Owner: " + alice.name, "Used: CPU", "memory peak"):
+        assert needle in human
+
+
+def test_list_running_all_and_order(alice: User, bob: User) -> None:
+    first = detach("sleep", "60", user=alice)
+    second = detach("true", user=alice)
+    wait_finished(second, alice)
+    mine = [j["id"] for j in json.loads(sjob("list", "--json", user=alice).stdout)]
+    assert mine.index(second) < mine.index(first)  # newest first
+    running = [j["id"] for j in json.loads(sjob("list", "--json", "--running", user=alice).stdout)]
+    assert first in running
+    assert second not in running
+    denied = sjob("list", "--all", user=bob)
+    assert denied.returncode == 1
+    assert b"only root" in denied.stderr
+    everyone = [j["id"] for j in json.loads(sjob("list", "--json", "--all").stdout)]
+    assert first in everyone
+    sjob("stop", first, user=alice)
+
+
+def test_ctrl_c_stops_an_attached_job() -> None:
+    proc = subprocess.Popen(
+        [
+            SJOB,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo stopping nicely; exit 0' TERM; echo ready; while :; do sleep 0.2; done",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert out == b"stopping nicely\n"
+    assert b"stopping job" in err
+    (job,) = [j for j in json.loads(sjob("list", "--json").stdout) if "stopping nicely" in j["argv"][-1]]
+    assert (job["state"], job["stopped_by"]) == ("stopped", "root")
+
+
+@pytest.mark.parametrize("verb", ["status", "stop", "logs"])
+@pytest.mark.parametrize("job_id", ["../x", "sshd.service", "a@b", "x" * 300, "ünïcode", "sjob.slice", "-1"])
+def test_malformed_ids_never_reach_systemd(verb: str, job_id: str) -> None:
+    before = run("systemctl", "show", "-p", "ActiveState", "--value", "systemd-journald.service").stdout
+    result = sjob(verb, "--", job_id)
+    assert result.returncode in (1, 2), result
+    assert result.stderr.startswith(b"sjob: invalid job id") or b"Usage:" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert run("systemctl", "show", "-p", "ActiveState", "--value", "systemd-journald.service").stdout == before
+
+
+def test_another_users_job_looks_missing_to_every_verb(alice: User, bob: User) -> None:
+    job_id = detach("sleep", "60", user=alice)
+    for verb in ("status", "stop", "logs"):
+        theirs = sjob(verb, job_id, user=bob)
+        missing = sjob(verb, "ffffffff", user=bob)
+        assert theirs.returncode == missing.returncode == 1
+        assert theirs.stderr.replace(job_id.encode(), b"ID") == missing.stderr.replace(b"ffffffff", b"ID")
+    assert status(job_id, alice)["state"] == "running"
+    sjob("stop", job_id, user=alice)
