@@ -1,6 +1,6 @@
 /* sjob-shim: the first process of every sjob job.
  *
- *   sjob-shim [--journal-socket PATH] JOB_ID -- COMMAND [ARG...]
+ *   sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]
  *   sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS
  *
  * sjobd starts each job as ExecStart=sjob-shim ... in sjob-<id>.service. The shim
@@ -9,7 +9,10 @@
  *     protocol (systemd.journal-fields(7)), so the bytes arrive unaltered and the entry is attributed to the unit.
  *     The double fork makes the forwarder a child of the service manager, not of the job: a job that waits for
  *     "all its children" never waits for it;
- *  3. points its own stdout/stderr at the pipes and exec()s COMMAND, so the job itself is the unit's main process
+ *  3. with --check, verifies from inside the unit that the sandbox its profile asks for is in force (systemd may
+ *     start a unit without a feature it is not permitted to set up, logging only "...proceeding without"); if
+ *     not, it says what is missing on the job's stderr and exits EXIT_UNCONFINED without running anything;
+ *  4. points its own stdout/stderr at the pipes and exec()s COMMAND, so the job itself is the unit's main process
  *     and systemd sees its real exit status and signals.
  *
  * In the second form it is the unit's privileged ExecStopPost=: systemd passes ${SERVICE_RESULT}, ${EXIT_CODE} and
@@ -42,7 +45,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -55,6 +60,7 @@
 #define MAX_FIELDS 14
 #define EXIT_CANNOT_EXECUTE 126
 #define EXIT_NOT_FOUND 127
+#define EXIT_UNCONFINED 125 /* the sandbox is not in force: the job was refused (src/supervisor/units.py) */
 
 /* One field in journald's binary-safe form: NAME '\n' <le64 length> VALUE '\n'. */
 struct field {
@@ -365,6 +371,82 @@ static void make_pipe(int p[2]) {
     (void)fcntl(p[1], F_SETPIPE_SZ, PIPE_SIZE); /* over the user's pipe quota the default size still works */
 }
 
+
+/* The value of a "Name:\tvalue" line of /proc/self/status, or NULL. */
+static const char *status_field(const char *name, char *buf, size_t size) {
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f) {
+        return NULL;
+    }
+    size_t len = strlen(name);
+    const char *found = NULL;
+    while (fgets(buf, (int)size, f)) {
+        if (strncmp(buf, name, len) == 0 && buf[len] == ':') {
+            char *value = buf + len + 1;
+            value += strspn(value, " \t");
+            value[strcspn(value, "\n")] = '\0';
+            found = value;
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Only the loopback device in our network namespace (/proc/self/net/dev lists the namespace's devices). */
+static int only_loopback(void) {
+    FILE *f = fopen("/proc/self/net/dev", "re");
+    if (!f) {
+        return 0;
+    }
+    char line[512];
+    int ok = 1, n = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (++n <= 2) {
+            continue; /* two header lines */
+        }
+        char *name = line + strspn(line, " ");
+        char *colon = strchr(name, ':');
+        if (!colon) {
+            continue;
+        }
+        *colon = '\0';
+        if (strcmp(name, "lo") != 0) {
+            ok = 0;
+        }
+    }
+    fclose(f);
+    return ok;
+}
+
+/* Each check in the comma-separated list; 0 if all hold, else the name of the profile setting not in force. */
+static const char *failed_check(const char *list) {
+    char buf[512];
+    char *copy = strdup(list);
+    const char *failed = NULL;
+    for (char *save = NULL, *check = strtok_r(copy, ",", &save); check && !failed;
+         check = strtok_r(NULL, ",", &save)) {
+        if (strcmp(check, "no_network") == 0) {
+            failed = only_loopback() ? NULL : "PrivateNetwork= (network devices other than lo are visible)";
+        } else if (strcmp(check, "no_new_privileges") == 0) {
+            failed = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 ? NULL : "NoNewPrivileges=";
+        } else if (strcmp(check, "seccomp") == 0) {
+            const char *mode = status_field("Seccomp", buf, sizeof buf);
+            failed = mode && strcmp(mode, "2") == 0 ? NULL : "SystemCallFilter= (no seccomp filter)";
+        } else if (strcmp(check, "no_capabilities") == 0) {
+            const char *bounding = status_field("CapBnd", buf, sizeof buf);
+            failed = bounding && strspn(bounding, "0") == strlen(bounding) ? NULL : "CapabilityBoundingSet=";
+        } else if (strcmp(check, "read_only_system") == 0) {
+            struct statvfs usr;
+            failed = statvfs("/usr", &usr) == 0 && (usr.f_flag & ST_RDONLY) ? NULL : "ProtectSystem= (/usr writable)";
+        } else {
+            failed = "an unknown check (sjob-shim is older than sjobd?)";
+        }
+    }
+    free(copy);
+    return failed;
+}
+
 int main(int argc, char **argv) {
     /* --journal-socket is for the unit tests' fake journald; only sjobd writes this command line. */
     if (argc > 2 && strcmp(argv[1], "--journal-socket") == 0) {
@@ -375,8 +457,14 @@ int main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "--report") == 0) {
         return report(argv[2], argv[3], argv[4], argv[5]);
     }
+    const char *checks = NULL;
+    if (argc > 1 && strncmp(argv[1], "--check=", 8) == 0) {
+        checks = argv[1] + 8;
+        argc--;
+        argv++;
+    }
     if (argc < 4 || strcmp(argv[2], "--") != 0) {
-        fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] JOB_ID -- COMMAND [ARG...]\n"
+        fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]\n"
                         "       sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS\n");
         return 2;
     }
@@ -428,6 +516,11 @@ int main(int argc, char **argv) {
     close(out[1]);
     close(err[0]);
     close(err[1]);
+    const char *failed = checks ? failed_check(checks) : NULL;
+    if (failed) {
+        dprintf(2, "sjob: refusing to run the job: its sandbox is not in force: %s is not in effect\n", failed);
+        return EXIT_UNCONFINED;
+    }
     execvp(command[0], command);
     int e = errno;
     dprintf(2, "sjob: cannot execute '%s': %s\n", command[0], strerror(e));

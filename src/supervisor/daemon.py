@@ -24,6 +24,9 @@ from systemd import daemon as sd_daemon
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
+from supervisor.limits import Policy, PolicyError, parse_policy
+from supervisor.profiles import ProfileError, Profiles
+from supervisor.profiles import load as load_profiles
 from supervisor.properties import ShimCommand
 from supervisor.protocol import DEFAULT_SOCKET
 from supervisor.records import JobRecords
@@ -33,6 +36,7 @@ from supervisor.systemd import Systemd
 log = logging.getLogger("sjobd")
 
 DEFAULT_STATE_DIR = "/var/lib/sjob"
+DEFAULT_CONFIG_DIR = "/etc/sjob"
 SHUTDOWN_TIMEOUT = 10.0
 
 
@@ -47,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--state-dir",
         default=os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIR),
         help="where job records are kept (default: $STATE_DIRECTORY or %(default)s)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        default=DEFAULT_CONFIG_DIR,
+        help="policy.toml and profiles/ of this site, over the shipped ones (default %(default)s)",
     )
     parser.add_argument("--debug", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
@@ -101,8 +110,31 @@ def shim_command() -> ShimCommand:
     return ShimCommand(str(path))
 
 
+def shipped_policy_dir() -> Path:
+    """The policy and profiles the wheel installed (pyproject's shared-data), e.g. /opt/sjob/share/sjob/policy."""
+    return Path(sysconfig.get_path("data")) / "share" / "sjob" / "policy"
+
+
+def load_policy(config_dir: Path) -> tuple[Policy, Profiles]:
+    """The site's policy.toml (or else the shipped default) and the profiles (the site's win by name)."""
+    shipped = shipped_policy_dir()
+    path = config_dir / "policy.toml"
+    if not path.exists():
+        path = shipped / "default.toml"
+    try:
+        policy = parse_policy(path.read_text(), str(path))
+        profiles = load_profiles([config_dir / "profiles", shipped / "profiles"])
+    except (OSError, PolicyError, ProfileError) as e:
+        raise SystemExit(f"sjobd: {e}") from None
+    for name in policy.profiles.allowed:
+        if name not in profiles.by_name:
+            raise SystemExit(f"sjobd: {path}: [profiles] allowed names {name!r}, but there is no such profile")
+    return policy, profiles
+
+
 async def serve(args: argparse.Namespace) -> int:
     shim = shim_command()
+    policy, profiles = load_policy(Path(args.config_dir))
     sock = listening_socket(args.socket)
     try:
         units = await Systemd.connect()
@@ -110,7 +142,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("%s (%s)", e.message, e.hint)
         return 1
     records = JobRecords(Path(args.state_dir) / "jobs.sqlite")
-    service = JobService(units, Journal(), records, shim)
+    service = JobService(units, Journal(), records, shim, policy, profiles)
     await service.reconcile()
     watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
     sweeper = asyncio.create_task(service.keep_swept(), name="sweep")

@@ -17,16 +17,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Coroutine
 from typing import Protocol
 
-from supervisor import jobspec, policy, properties
+from supervisor import jobspec, limits, policy, properties
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
+from supervisor.limits import Policy
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
+from supervisor.profiles import Profile, Profiles
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import (
     UNIT_PREFIX,
@@ -54,10 +57,13 @@ SWEEP_INTERVAL = 60.0
 # can only be shorter: sjobd sends the SIGKILL itself when it is (systemd refuses to change TimeoutStopUSec on a
 # running transient unit).
 MAX_GRACE_USEC = properties.DEFAULT_STOP_TIMEOUT_USEC
+KILL_ROUNDS = 120
+KILL_INTERVAL = 0.5
 
 
 class UnitManager(Protocol):
     async def start_transient(self, unit: UnitProperties) -> str: ...
+    async def set_properties(self, unit: UnitProperties) -> None: ...
     async def unit_state(self, name: str) -> UnitState | None: ...
     async def reset_failed(self, name: str) -> None: ...
     async def stop(self, name: str) -> None: ...
@@ -79,13 +85,31 @@ class RecordStore(Protocol):
     def unfinished(self) -> list[Job]: ...
 
 
+def is_block_device(path: str) -> bool:
+    """Whether /dev/NAME is a block device the kernel knows. Asked of sysfs: sjobd runs with PrivateDevices=."""
+    name = path.removeprefix("/dev/")
+    return path.startswith("/dev/") and "/" not in name and os.path.isdir(f"/sys/class/block/{name}")
+
+
 def now_usec() -> int:
     return time.time_ns() // 1000
 
 
 class JobService:
-    def __init__(self, units: UnitManager, journal: JobLog, records: RecordStore, shim: ShimCommand) -> None:
+    def __init__(
+        self,
+        units: UnitManager,
+        journal: JobLog,
+        records: RecordStore,
+        shim: ShimCommand,
+        policy: Policy,
+        profiles: Profiles,
+        is_block_device: Callable[[str], bool] = is_block_device,
+    ) -> None:
         self._units = units
+        self._policy = policy
+        self._profiles = profiles
+        self._is_block_device = is_block_device
         self._journal = journal
         self._records = records
         self._shim = shim
@@ -97,6 +121,13 @@ class JobService:
     async def start(self, principal: Principal, spec: JobSpec) -> Job:
         spec = jobspec.validate(spec)
         uid, gid = policy.run_as(principal)
+        profile = self._profile(spec.profile)
+        job_limits = limits.check(spec.limits, self._policy.limits)
+        for device in limits.devices(job_limits):
+            if not self._is_block_device(device):
+                raise invalid_argument(
+                    f"{device} is not a block device", hint="name a disk such as /dev/vda, or a path on it such as /"
+                )
         job = Job(
             id=self._new_id(),
             unit="",
@@ -106,12 +137,15 @@ class JobService:
             argv=spec.argv,
             cwd=spec.cwd,
             created_usec=now_usec(),
+            limits=job_limits,
+            profile=profile.name,
         )
         job = dataclasses.replace(job, unit=unit_for(job.id))
         self._records.insert(job)
-        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim)
+        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile)
         log.info("starting %s for %s: %s", job.unit, principal, job.argv)
         try:
+            await self._units.set_properties(properties.slice_unit(uid, self._policy.limits.per_user))
             result = await self._units.start_transient(unit)
         except SjobError as e:
             self._finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
@@ -239,6 +273,17 @@ class JobService:
 
     # --- internals -----------------------------------------------------------------------------------------
 
+    def _profile(self, name: str | None) -> Profile:
+        allowed = self._policy.profiles.allowed
+        profile = self._profiles.get(name or self._policy.profiles.default)  # an unknown name fails here
+        if profile.name not in allowed:
+            raise SjobError(
+                ErrorCode.PermissionDenied,
+                f"the profile {profile.name!r} is not allowed by policy",
+                hint=f"use one of: {', '.join(allowed)}",
+            )
+        return profile
+
     def _new_id(self) -> str:
         while True:
             job_id = secrets.token_hex(4)
@@ -267,9 +312,9 @@ class JobService:
         )
 
     def _adopt(self, job_id: str, unit: UnitState) -> None:
-        # What systemd still knows; the shim's argv is `sjob-shim ID -- COMMAND...`.
+        # What systemd still knows; the shim's argv is `sjob-shim [--check=...] ID -- COMMAND...`.
         argv = list(unit.exec_start_argv)
-        command = argv[3:] if len(argv) > 3 and argv[2] == "--" else argv
+        command = argv[argv.index("--") + 1 :] if "--" in argv else argv
         job = Job(
             id=job_id,
             unit=unit.name,
@@ -343,15 +388,20 @@ class JobService:
         task.add_done_callback(self._background.discard)
 
     async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
-        """SIGKILL what is left of a stopping job once its grace period is over. Only while systemd still waits
-        for the processes to go after SIGTERM ("stop-sigterm"): later, the unit's own ExecStopPost runs in the
-        same cgroup and must not be killed."""
+        """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes
+        remain: one round can miss the children a fork bomb makes while it is being killed. Only while systemd
+        waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit report): in between, the
+        unit's own ExecStopPost runs in the same cgroup and must not be killed."""
         await asyncio.sleep(grace_usec / 1e6)
-        state = await self._units.unit_state(unit)
-        if state is not None and state.sub_state == "stop-sigterm":
-            log.info("%s: grace period over, sending SIGKILL", unit)
-            with contextlib.suppress(SjobError):  # it ended meanwhile
-                await self._units.kill(unit, signal.SIGKILL)
+        for _ in range(KILL_ROUNDS):
+            state = await self._units.unit_state(unit)
+            if state is None or state.active_state != "deactivating":
+                return
+            if state.sub_state in ("stop-sigterm", "final-sigterm"):
+                log.info("%s: grace period over, sending SIGKILL (%s)", unit, state.sub_state)
+                with contextlib.suppress(SjobError):  # it ended meanwhile
+                    await self._units.kill(unit, signal.SIGKILL)
+            await asyncio.sleep(KILL_INTERVAL)
 
     async def _collect(self, unit: str) -> None:
         """Once a recorded unit has settled, reset it if it failed, so systemd garbage-collects it.

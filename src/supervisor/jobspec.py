@@ -6,6 +6,7 @@ request fails before any unit exists.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 
@@ -18,6 +19,7 @@ MAX_PATH = 4096
 MAX_ENV = 256
 MAX_ENV_BYTES = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PROFILE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def validate(spec: JobSpec) -> JobSpec:
@@ -25,7 +27,9 @@ def validate(spec: JobSpec) -> JobSpec:
     argv = _validate_argv(spec.argv)
     cwd = _validate_cwd(spec.cwd)
     environment = _validate_environment(spec.environment or [])
-    return JobSpec(argv=argv, cwd=cwd, environment=environment or None)
+    if spec.profile is not None and not _PROFILE.fullmatch(spec.profile):
+        raise invalid_argument(f"unknown profile {spec.profile[:40]!r}", hint="see the profiles in /etc/sjob/profiles")
+    return dataclasses.replace(spec, argv=argv, cwd=cwd, environment=environment or None)
 
 
 def _validate_argv(argv: list[str]) -> list[str]:

@@ -23,9 +23,31 @@ import shlex
 from collections.abc import Sequence
 
 from supervisor.auth import Principal
-from supervisor.protocol import JobSpec
+from supervisor.limits import unit_properties as limits_properties
+from supervisor.profiles import Profile
+from supervisor.protocol import JobSpec, Limits
 
 SLICE = "sjob.slice"
+
+
+def user_slice(uid: int) -> str:
+    """Each user's jobs share a slice under sjob.slice, so policy can cap them together."""
+    return f"sjob-u{uid}.slice"
+
+
+def slice_unit(uid: int, per_user: Limits) -> UnitProperties:
+    """The user's slice with the policy's caps on all their jobs together (set before each start, so a changed
+    policy applies to the next job)."""
+    props: list[tuple[str, object]] = []
+    if per_user.cpu_percent is not None:
+        props.append(("CPUQuotaPerSecUSec", per_user.cpu_percent * 10_000))
+    if per_user.memory_max is not None:
+        props.append(("MemoryMax", per_user.memory_max))
+    if per_user.tasks_max is not None:
+        props.append(("TasksMax", per_user.tasks_max))
+    return UnitProperties(user_slice(uid), tuple(props))
+
+
 DEFAULT_STOP_TIMEOUT_USEC = 90 * 1_000_000  # systemd's DefaultTimeoutStopSec
 DESCRIPTION_MAX = 240
 
@@ -51,6 +73,48 @@ SIGNATURES: dict[str, str] = {
     "MemoryAccounting": "b",
     "IOAccounting": "b",
     "TasksAccounting": "b",
+    # limits (dbus-cgroup.c, dbus-service.c)
+    "CPUQuotaPerSecUSec": "t",
+    "CPUWeight": "t",
+    "MemoryMax": "t",
+    "MemoryHigh": "t",
+    "MemorySwapMax": "t",
+    "IOWeight": "t",
+    "IOReadBandwidthMax": "a(st)",
+    "IOWriteBandwidthMax": "a(st)",
+    "IOReadIOPSMax": "a(st)",
+    "IOWriteIOPSMax": "a(st)",
+    "TasksMax": "t",
+    "RuntimeMaxUSec": "t",
+    # sandbox (dbus-execute.c, dbus-cgroup.c); profiles.py decides which a profile may set
+    "ReadWritePaths": "as",
+    "PrivateNetwork": "b",
+    "RestrictAddressFamilies": "(bas)",
+    "IPAddressDeny": "a(iayu)",
+    "ProtectSystem": "s",
+    "ProtectHome": "s",
+    "PrivateDevices": "b",
+    "UMask": "u",
+    "ProtectKernelTunables": "b",
+    "ProtectKernelModules": "b",
+    "ProtectKernelLogs": "b",
+    "ProtectControlGroups": "b",
+    "ProtectClock": "b",
+    "ProtectHostname": "b",
+    "ProtectProc": "s",
+    "KeyringMode": "s",
+    "RemoveIPC": "b",
+    "CapabilityBoundingSet": "t",
+    "AmbientCapabilities": "t",
+    "RestrictSUIDSGID": "b",
+    "RestrictRealtime": "b",
+    "RestrictNamespaces": "t",
+    "LockPersonality": "b",
+    "MemoryDenyWriteExecute": "b",
+    "SystemCallFilter": "(bas)",
+    "SystemCallErrorNumber": "i",
+    "SystemCallArchitectures": "as",
+    "SyslogLevelPrefix": "b",
 }
 
 
@@ -60,8 +124,10 @@ class ShimCommand:
 
     path: str
 
-    def argv(self, job_id: str, command: Sequence[str]) -> list[str]:
-        return [self.path, job_id, "--", *command]
+    def argv(self, job_id: str, command: Sequence[str], checks: Sequence[str] = ()) -> list[str]:
+        """The shim runs `command` after verifying `checks` (profiles.CHECKS) from inside the unit."""
+        check = [f"--check={','.join(checks)}"] if checks else []
+        return [self.path, *check, job_id, "--", *command]
 
     def report_argv(self, job_id: str) -> list[str]:
         """The ExecStopPost= that records how the job ended; systemd fills in each ${...} as one argument."""
@@ -90,20 +156,29 @@ def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
 
 
 def job_unit(
-    unit: str, job_id: str, spec: JobSpec, principal: Principal, uid: int, gid: int, shim: ShimCommand
+    unit: str,
+    job_id: str,
+    spec: JobSpec,
+    principal: Principal,
+    uid: int,
+    gid: int,
+    shim: ShimCommand,
+    limits: Limits,
+    profile: Profile,
 ) -> UnitProperties:
-    """The transient service for one job; `spec` must already be validated (jobspec.validate)."""
+    """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
+    against the policy (limits.check)."""
     report = shim.report_argv(job_id)
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv)),
         ("Type", "exec"),
-        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv), ["no-env-expand"])]),
+        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv, profile.checks), ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
         ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure"])]),
         ("User", str(uid)),
         ("Group", str(gid)),
         ("WorkingDirectory", spec.cwd),
-        ("Slice", SLICE),
+        ("Slice", user_slice(uid)),
         ("NoNewPrivileges", True),
         ("PrivateTmp", True),
         ("StandardInput", "null"),
@@ -118,7 +193,13 @@ def job_unit(
         ("MemoryAccounting", True),
         ("IOAccounting", True),
         ("TasksAccounting", True),
+        *limits_properties(limits),
+        *profile.properties,
     ]
+    if spec.cwd != "/":
+        # The working directory is the one place the job may write (with its private /tmp); never all of /.
+        # "-": a missing directory is then reported by WorkingDirectory= (status 200), not as a namespace failure.
+        props.append(("ReadWritePaths", [f"-{spec.cwd}"]))
     if spec.environment:
         props.append(("Environment", list(spec.environment)))
     return UnitProperties(unit, tuple(props))

@@ -61,6 +61,37 @@ class Stream(enum.StrEnum):
     stderr = "stderr"
 
 
+MAX_WEIGHT = 10000  # CPUWeight=, IOWeight=
+MAX_TASKS = 4_194_304  # TasksMax=: the kernel's limit on pids
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceLimit:
+    """An IO limit on one block device: bytes or operations per second."""
+
+    device: str  # the device node, e.g. /dev/vda (the client resolves a path such as / to it)
+    rate: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits, in systemd's units. Unset fields take the policy's defaults; no field may exceed the
+    policy's maximum for the caller (the daemon refuses, it does not silently clamp)."""
+
+    cpu_percent: int | None = None  # CPUQuota=, percent of one CPU (200 = two CPUs)
+    cpu_weight: int | None = None  # CPUWeight=, 1..10000
+    memory_max: int | None = None  # MemoryMax=, bytes: above it the job is OOM-killed
+    memory_high: int | None = None  # MemoryHigh=, bytes: above it the job is throttled and reclaimed
+    memory_swap_max: int | None = None  # MemorySwapMax=, bytes
+    io_weight: int | None = None  # IOWeight=, 1..10000
+    io_read_bps: list[DeviceLimit] | None = None  # IOReadBandwidthMax=
+    io_write_bps: list[DeviceLimit] | None = None  # IOWriteBandwidthMax=
+    io_read_iops: list[DeviceLimit] | None = None  # IOReadIOPSMax=
+    io_write_iops: list[DeviceLimit] | None = None  # IOWriteIOPSMax=
+    tasks_max: int | None = None  # TasksMax=
+    timeout_usec: int | None = None  # RuntimeMaxUSec=: the job is stopped and reported as timed out
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to run. The daemon decides as whom, where in the cgroup tree, and under which sandbox."""
@@ -68,6 +99,8 @@ class JobSpec:
     argv: list[str]
     cwd: str
     environment: list[str] | None = None  # "NAME=VALUE" entries added to the job's environment
+    limits: Limits | None = None
+    profile: str | None = None  # a sandbox profile by name; None means the policy's default (strict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,6 +136,8 @@ class Job:
     message: str | None = None  # a human explanation when the job could not start or ended abnormally
     stopped_by: str | None = None  # who asked for the stop, for a stopped job
     resources: Resources | None = None  # set once the job has ended
+    limits: Limits | None = None  # the limits in force: the request's, completed by the policy's defaults
+    profile: str | None = None  # the sandbox profile it runs under
 
     @property
     def shell_status(self) -> int:

@@ -13,9 +13,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from supervisor.protocol import Job, JobState, Resources, from_wire, to_wire
+from supervisor.protocol import Job, JobState, Limits, Resources, from_wire, to_wire
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     signal INTEGER,
     message TEXT,
     stopped_by TEXT,
-    resources TEXT
+    resources TEXT,
+    limits TEXT,
+    profile TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
@@ -42,6 +44,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 # How to bring a database of schema version N (the key) up to N+1.
 _MIGRATIONS = {
     1: "ALTER TABLE jobs ADD COLUMN stopped_by TEXT; ALTER TABLE jobs ADD COLUMN resources TEXT;",
+    2: "ALTER TABLE jobs ADD COLUMN limits TEXT; ALTER TABLE jobs ADD COLUMN profile TEXT;",
 }
 
 
@@ -103,6 +106,7 @@ def _row(job: Job) -> list[object]:
     values[_COLUMNS.index("argv")] = json.dumps(job.argv)
     values[_COLUMNS.index("state")] = job.state.value
     values[_COLUMNS.index("resources")] = json.dumps(to_wire(job.resources)) if job.resources else None
+    values[_COLUMNS.index("limits")] = json.dumps(to_wire(job.limits)) if job.limits else None
     return values
 
 
@@ -112,4 +116,6 @@ def _job(row: tuple[object, ...]) -> Job:
     values["state"] = JobState(str(values["state"]))
     if values["resources"] is not None:
         values["resources"] = from_wire(Resources, json.loads(str(values["resources"])))
+    if values["limits"] is not None:
+        values["limits"] = from_wire(Limits, json.loads(str(values["limits"])))
     return Job(**values)  # type: ignore[arg-type]

@@ -133,6 +133,12 @@ class Systemd:
         """Send a signal to every process of the unit (systemctl kill)."""
         await self._manager("KillUnit", "ssi", [name, "all", signo])
 
+    async def set_properties(self, unit: UnitProperties) -> None:
+        """Set properties of a unit at runtime (systemctl set-property --runtime); loads a slice if need be."""
+        if unit.properties:
+            props = [[key, Variant(sig, value)] for key, sig, value in unit.signed()]
+            await self._manager("SetUnitProperties", "sba(sv)", [unit.name, True, props])
+
     async def list_units(self, pattern: str) -> list[str]:
         """Names of the loaded units matching a glob, whatever their state."""
         reply = await self._manager("ListUnitsByPatterns", "asas", [[], [pattern]])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import time
@@ -91,6 +92,16 @@ def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every job can read: pytest's tmp_path is under /tmp, and each job has a private /tmp."""
+    path = Path("/srv/sjob-tests") / os.urandom(6).hex()
+    path.mkdir(parents=True, mode=0o755)
+    Path("/srv/sjob-tests").chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

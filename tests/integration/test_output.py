@@ -38,9 +38,9 @@ def write_job(stdout: bytes, stderr: bytes, directory: Path) -> str:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_logs_are_exact_per_stream(name: str, tmp_path: Path) -> None:
+def test_logs_are_exact_per_stream(name: str, shared_dir: Path) -> None:
     data = CASES[name]
-    job_id = write_job(data, data[::-1], tmp_path)
+    job_id = write_job(data, data[::-1], shared_dir)
     wait_finished(job_id)
     result = sjob("logs", job_id)
     assert result.stdout == data

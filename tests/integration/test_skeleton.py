@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,8 +14,8 @@ import pytest
 from .conftest import SOCKET, User, run, sjob, sjob_units, varlink_call, wait_until
 
 
-def detach(*argv: str, user: User | None = None, cwd: str | None = None) -> str:
-    result = sjob("run", "-d", "--", *argv, user=user, cwd=cwd)
+def detach(*argv: str, user: User | None = None, cwd: str | None = None, options: Sequence[str] = ()) -> str:
+    result = sjob("run", "-d", *options, "--", *argv, user=user, cwd=cwd)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.decode().strip()
     assert re.fullmatch(r"[0-9a-f]{8}", job_id), result.stdout

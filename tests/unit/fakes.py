@@ -15,8 +15,12 @@ import signal
 import time
 import typing
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+from supervisor.limits import Policy, parse_policy
 from supervisor.logformat import ExitRecord, OutputRecord, Record
+from supervisor.profiles import Profiles
+from supervisor.profiles import load as load_profiles
 from supervisor.properties import UnitProperties
 from supervisor.units import UnitState
 
@@ -71,12 +75,16 @@ class FakeUnits:
     start_result: str = "done"
     run_commands: bool = True
     started: list[UnitProperties] = dataclasses.field(default_factory=list)
+    property_sets: list[UnitProperties] = dataclasses.field(default_factory=list)  # set_properties calls
     states: dict[str, UnitState] = dataclasses.field(default_factory=dict)
     reset: list[str] = dataclasses.field(default_factory=list)
     stopped: list[str] = dataclasses.field(default_factory=list)
     signalled: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     processes: dict[str, list[asyncio.subprocess.Process]] = dataclasses.field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    async def set_properties(self, unit: UnitProperties) -> None:
+        self.property_sets.append(unit)
 
     async def start_transient(self, unit: UnitProperties) -> str:
         self.started.append(unit)
@@ -89,7 +97,8 @@ class FakeUnits:
 
     async def _run(self, unit: UnitProperties) -> None:
         _, argv, _ = exec_entry(unit)
-        job_id, command = argv[1], argv[3:]
+        end = argv.index("--")
+        job_id, command = argv[end - 1], argv[end + 1 :]
         cwd = str(unit.get("WorkingDirectory"))
         proc = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True
@@ -153,3 +162,12 @@ def exec_entry(unit: UnitProperties, key: str = "ExecStartEx") -> tuple[str, lis
 
 def failed_unit(name: str, code: int, status: int, result: str, active: str = "failed") -> UnitState:
     return UnitState(name, "loaded", active, "failed", result, 0, code, status, 0, 0, "1000")
+
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
+
+
+def shipped_policy() -> tuple[Policy, Profiles]:
+    """The policy and profiles sjob ships (policy/), as sjobd loads them."""
+    policy = parse_policy((POLICY_DIR / "default.toml").read_text(), "policy/default.toml")
+    return policy, load_profiles([POLICY_DIR / "profiles"])

@@ -14,7 +14,7 @@ from supervisor.properties import ShimCommand
 from supervisor.records import JobRecords
 from supervisor.server import Server
 
-from .fakes import FakeJobLog, FakeUnits
+from .fakes import FakeJobLog, FakeUnits, shipped_policy
 
 
 class ServerThread:
@@ -39,7 +39,9 @@ class ServerThread:
         self.log = FakeJobLog()
         self.units = FakeUnits(self.log, **self._units_args)
         records = JobRecords(self.db)
-        self.service = JobService(self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"))
+        self.service = JobService(
+            self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"), *shipped_policy()
+        )
         self.server = Server(self.service, listening_socket(self.socket))
         self.server.start()
         self._stop = asyncio.Event()

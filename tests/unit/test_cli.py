@@ -39,7 +39,7 @@ def test_run_attached_passes_output_and_status_through(server: ServerThread) -> 
     assert (result.returncode, result.stdout, result.stderr) == (3, b"out\r\n\n", b"err")
     (unit,) = server.units.started
     _, argv, _ = exec_entry(unit)
-    assert argv[3] == shutil.which("sh")  # resolved with the caller's PATH, as systemd-run does
+    assert argv[argv.index("--") + 1] == shutil.which("sh")  # resolved with the caller's PATH, as systemd-run does
 
 
 def test_run_without_double_dash_keeps_the_commands_options(server: ServerThread) -> None:
@@ -121,6 +121,9 @@ FAST_PATH_CORPUS = [
     ["-", "x"],
     ["ls", "--help"],
     ["-q", "ls", "-d", "--", "x"],
+    ["--memory", "1G", "--cpu=50%", "-p", "network", "true"],
+    ["--io-read-bps", "/=1M", "--tasks", "5", "--io-read-bps=/dev/vda=2M", "--timeout", "1m", "--", "true"],
+    ["--profile=strict", "--cpu-weight", "10", "--io-weight", "20", "--memory-high", "1G", "--memory-swap", "0", "x"],
 ]
 
 
@@ -233,3 +236,48 @@ def test_ctrl_c_stops_an_attached_job(server: ServerThread) -> None:
     assert b"stopped by" in err
     (job,) = json.loads(sjob(server, "list", "--json").stdout)
     assert job["state"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--memory", "-5"], b"--memory '-5': not a size"),
+        (["--memory", "0"], b"--memory '0': must be more than zero"),
+        (["--memory", "12Q"], b"--memory '12Q': not a size"),
+        (["--memory", str(2**70)], b"too large"),
+        (["--cpu", "abc"], b"--cpu 'abc': not a CPU amount"),
+        (["--cpu", "0%"], b"--cpu '0%': out of range"),
+        (["--cpu", "1000%"], b"--cpu 1000% is above what policy allows you (400%)"),
+        (["--memory", "64G"], b"--memory 64G is above what policy allows you (8G)"),
+        (["--tasks", "0"], b"--tasks '0': out of range"),
+        (["--tasks", "2^70"], b"--tasks '2^70': not a number of tasks"),
+        (["--timeout", "0"], b"--timeout '0': must be more than zero"),
+        (["--timeout", "5 fortnights"], b"--timeout '5 fortnights': not a duration"),
+        (["--cpu-weight", "10001"], b"--cpu-weight '10001': out of range"),
+        (["--io-read-bps", "10M"], b"--io-read-bps '10M': expected DEVICE=RATE"),
+        (["--io-read-bps", "/nonexistent=10M"], b"--io-read-bps /nonexistent: no such file or directory"),
+        (["--io-read-bps", "/proc=10M"], b"--io-read-bps /proc: not on a block device"),
+        (["--profile", "nope"], b"unknown profile 'nope'"),
+    ],
+)
+def test_bad_limits_are_refused_before_any_unit_exists(server: ServerThread, options: list[str], words: bytes) -> None:
+    result = sjob(server, "run", *options, "--", "true")
+    assert result.returncode == 1, result.stderr
+    assert words in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert server.units.started == []
+
+
+def test_limits_and_profile_reach_the_unit_and_the_record(server: ServerThread) -> None:
+    job_id = sjob(server, "run", "-d", "-q", "--cpu", "20%", "--memory", "512M", "-p", "network", "--", "true")
+    (unit,) = server.units.started
+    assert (unit.get("CPUQuotaPerSecUSec"), unit.get("MemoryMax"), unit.get("PrivateNetwork")) == (
+        200_000,
+        512 << 20,
+        False,
+    )
+    info = json.loads(sjob(server, "status", "--json", job_id.stdout.decode().strip()).stdout)
+    assert (info["profile"], info["limits"]["cpu_percent"], info["limits"]["tasks_max"]) == ("network", 20, 1024)
+    human = sjob(server, "status", job_id.stdout.decode().strip()).stdout.decode()
+    assert "Limits: CPU 20%; memory 512.0M; tasks 1024" in human
+    assert "Sandbox: profile network" in human

@@ -19,7 +19,7 @@ from supervisor.protocol import Job, JobSpec, JobState, Output, Resources, Strea
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
-from .fakes import FakeJobLog, FakeUnits, failed_unit
+from .fakes import FakeJobLog, FakeUnits, failed_unit, shipped_policy
 
 ALICE = Principal(1000, 1000, 10, "alice")
 BOB = Principal(1001, 1001, 11, "bob")
@@ -32,7 +32,12 @@ def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], 
         log = FakeJobLog()
         fake_units = FakeUnits(log, **units)  # type: ignore[arg-type]
         service = JobService(
-            fake_units, log, JobRecords(tmp_path / "jobs.sqlite"), ShimCommand("/opt/sjob/bin/sjob-shim")
+            fake_units,
+            log,
+            JobRecords(tmp_path / "jobs.sqlite"),
+            ShimCommand("/opt/sjob/bin/sjob-shim"),
+            *shipped_policy(),
+            is_block_device=lambda path: path == "/dev/vda",
         )
         try:
             return await asyncio.wait_for(body(service, fake_units, log), 20)
@@ -326,7 +331,7 @@ def test_units_without_records_are_adopted_once(tmp_path: Path) -> None:
         name = "sjob-0badc0de.service"
         units.states[name] = dataclasses.replace(
             failed_unit(name, 0, 0, "success", active="active"),
-            exec_start_argv=("/opt/sjob/bin/sjob-shim", "0badc0de", "--", "/bin/sleep", "60"),
+            exec_start_argv=("/opt/sjob/bin/sjob-shim", "--check=seccomp", "0badc0de", "--", "/bin/sleep", "60"),
             working_directory="/srv",
             exec_main_start_usec=99,
         )

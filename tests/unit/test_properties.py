@@ -2,18 +2,24 @@
 
 from dbus_fast import Variant
 
-from supervisor import properties
+from supervisor import limits, properties
 from supervisor.auth import Principal
-from supervisor.protocol import JobSpec
+from supervisor.protocol import DeviceLimit, JobSpec, Limits
 
-from .fakes import exec_entry
+from .fakes import exec_entry, shipped_policy
 
 ALICE = Principal(uid=1000, gid=1000, pid=4242, user="alice")
 SHIM = properties.ShimCommand("/opt/sjob/bin/sjob-shim")
 
 
-def unit(spec: JobSpec) -> properties.UnitProperties:
-    return properties.job_unit("sjob-1a2b3c4d.service", "1a2b3c4d", spec, ALICE, 1000, 1000, SHIM)
+POLICY, PROFILES = shipped_policy()
+
+
+def unit(spec: JobSpec, profile: str = "strict") -> properties.UnitProperties:
+    job_limits = limits.check(spec.limits, POLICY.limits)
+    return properties.job_unit(
+        "sjob-1a2b3c4d.service", "1a2b3c4d", spec, ALICE, 1000, 1000, SHIM, job_limits, PROFILES.get(profile)
+    )
 
 
 def test_every_property_has_a_signature_that_dbus_accepts() -> None:
@@ -27,12 +33,13 @@ def test_job_runs_as_the_caller_through_the_shim() -> None:
     u = unit(JobSpec(["/bin/echo", "$HOME", "${PATH}", "%h", "50%"], "/home/alice"))
     assert (u.get("User"), u.get("Group")) == ("1000", "1000")
     assert u.get("Type") == "exec"
-    assert u.get("Slice") == "sjob.slice"
+    assert u.get("Slice") == "sjob-u1000.slice"
     assert u.get("NoNewPrivileges") is True
     assert u.get("PrivateTmp") is True
     path, argv, flags = exec_entry(u)
     assert path == SHIM.path
-    assert argv == [SHIM.path, "1a2b3c4d", "--", "/bin/echo", "$HOME", "${PATH}", "%h", "50%"]
+    checks = "--check=no_network,no_new_privileges,seccomp,no_capabilities,read_only_system"
+    assert argv == [SHIM.path, checks, "1a2b3c4d", "--", "/bin/echo", "$HOME", "${PATH}", "%h", "50%"]
     assert flags == ["no-env-expand"]  # $VAR reaches the job literally
     _, report, stop_flags = exec_entry(u, "ExecStopPostEx")
     assert report == [SHIM.path, "--report", "1a2b3c4d", "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
@@ -52,3 +59,37 @@ def test_description_says_who_ran_what_and_stays_short() -> None:
         "sjob 1a2b3c4d by alice (uid 1000): /bin/echo 'hello world'"
     )
     assert len(properties.describe("1a2b3c4d", ALICE, ["x" * 1000])) == properties.DESCRIPTION_MAX
+
+
+def test_profiles_confine_and_only_the_working_directory_is_writable() -> None:
+    strict = unit(JobSpec(["/bin/true"], "/home/alice/work"))
+    assert strict.get("PrivateNetwork") is True
+    assert strict.get("ProtectSystem") == "strict"
+    assert strict.get("CapabilityBoundingSet") == 0
+    assert strict.get("ReadWritePaths") == ["-/home/alice/work"]
+    assert ("SystemCallFilter", (False, ["@privileged"])) in strict.properties  # after the allow list
+    network = unit(JobSpec(["/bin/true"], "/"), profile="network")
+    assert network.get("PrivateNetwork") is False
+    assert network.get("RestrictAddressFamilies") == (True, ["AF_UNIX", "AF_INET", "AF_INET6"])
+    assert "ReadWritePaths" not in dict(network.properties)  # never all of /
+    assert "--check=no_new_privileges,seccomp,no_capabilities,read_only_system" in exec_entry(network)[1]
+
+
+def test_limits_become_properties() -> None:
+    spec = JobSpec(
+        ["/bin/true"],
+        "/",
+        limits=Limits(cpu_percent=20, memory_max=512 << 20, io_read_bps=[DeviceLimit("/dev/vda", 1 << 20)]),
+    )
+    u = unit(spec)
+    assert u.get("CPUQuotaPerSecUSec") == 200_000
+    assert u.get("MemoryMax") == 512 << 20
+    assert u.get("IOReadBandwidthMax") == [("/dev/vda", 1 << 20)]
+    assert u.get("TasksMax") == 1024  # the policy's default
+    for _, signature, value in u.signed():
+        Variant(signature, value)
+    caps = properties.slice_unit(1000, POLICY.limits.per_user)
+    assert caps.name == "sjob-u1000.slice"
+    assert dict(caps.properties) == {"CPUQuotaPerSecUSec": 4_000_000, "MemoryMax": 8 << 30, "TasksMax": 16384}
+    for _, signature, value in caps.signed():
+        Variant(signature, value)

@@ -114,6 +114,8 @@ def test_spec_wire_form_is_what_varlinkctl_users_write() -> None:
         "argv": ["/bin/echo", "hi"],
         "cwd": "/tmp",
         "environment": None,
+        "limits": None,
+        "profile": None,
     }
 
 

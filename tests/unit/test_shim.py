@@ -1,6 +1,7 @@
 """sjob-shim (C) end to end, against a fake journald socket: exact output, separate streams, exit status, and the
 entry layout that supervisor.logformat reads back."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,10 +37,12 @@ def journal(tmp_path: Path) -> Iterator[FakeJournal]:
     fake.close()
 
 
-def run_shim(shim: str, journal: FakeJournal, *argv: str) -> tuple[int, dict[str, bytes]]:
+def run_shim(shim: str, journal: FakeJournal, *argv: str, checks: str = "") -> tuple[int, dict[str, bytes]]:
     """Run the shim as the unit would, pointed at the fake journal; return its status and what each stream got."""
     journal.entries.clear()
-    proc = subprocess.run([shim, "--journal-socket", journal.path, "1a2b3c4d", "--", *argv], timeout=60, check=False)
+    check = [f"--check={checks}"] if checks else []
+    command = [shim, "--journal-socket", journal.path, *check, "1a2b3c4d", "--", *argv]
+    proc = subprocess.run(command, timeout=60, check=False)
     journal.wait_for(logformat.F_EVENT, b"eof")
     streams = {"stdout": b"", "stderr": b""}
     seqs = []
@@ -148,3 +151,34 @@ def test_usage_error(shim: str) -> None:
     result = subprocess.run([shim, "1a2b3c4d", "echo"], capture_output=True, check=False)
     assert result.returncode == 2
     assert b"usage: sjob-shim" in result.stderr
+
+
+def unconfined(check: str) -> bool:
+    """Whether this test process lacks what `check` verifies (it normally does: tests do not run sandboxed)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    devices = [line.split(":")[0].strip() for line in Path("/proc/self/net/dev").read_text().splitlines()[2:]]
+    return {
+        "no_network": devices != ["lo"],
+        "no_new_privileges": status["NoNewPrivs"].strip() == "0",
+        "seccomp": status["Seccomp"].strip() != "2",
+        "no_capabilities": int(status["CapBnd"], 16) != 0,
+        "read_only_system": not os.statvfs("/usr").f_flag & os.ST_RDONLY,
+    }[check]
+
+
+@pytest.mark.parametrize("check", ["no_network", "no_new_privileges", "seccomp", "no_capabilities", "read_only_system"])
+def test_a_sandbox_not_in_force_refuses_the_job(shim: str, journal: FakeJournal, tmp_path: Path, check: str) -> None:
+    if not unconfined(check):
+        pytest.skip(f"this test process already has {check}: the shim cannot be shown to refuse")
+    marker = tmp_path / "ran"
+    status, streams = run_shim(shim, journal, "touch", str(marker), checks=f"{check}")
+    assert status == 125
+    assert not marker.exists()
+    assert streams["stderr"].startswith(b"sjob: refusing to run the job: its sandbox is not in force: ")
+
+
+def test_checks_that_hold_let_the_job_run(shim: str, journal: FakeJournal) -> None:
+    # setpriv (util-linux) gives the shim no_new_privileges, as NoNewPrivileges=yes would.
+    journal.entries.clear()
+    command = [shim, "--journal-socket", journal.path, "--check=no_new_privileges", "1a2b3c4d", "--", "true"]
+    assert subprocess.run(["setpriv", "--no-new-privs", *command], timeout=60, check=False).returncode == 0

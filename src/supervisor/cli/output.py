@@ -3,6 +3,7 @@
 import base64
 import datetime
 import json
+import signal
 import sys
 from collections.abc import Iterable
 from typing import BinaryIO
@@ -24,8 +25,14 @@ class OutputCopier:
         job = None
         for item in items:
             if isinstance(item, Output):
-                self._write(item)
-                self.last_seq = max(self.last_seq, item.seq)
+                # Ctrl-C must not fall between printing an item and remembering that it was printed: after a
+                # Ctrl-C, `sjob run` prints the rest from last_seq on, and would print this item twice.
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    self._write(item)
+                    self.last_seq = max(self.last_seq, item.seq)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
             else:
                 job = item
         if job is None:

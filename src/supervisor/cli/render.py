@@ -7,7 +7,7 @@ import sys
 import time
 
 from supervisor.logformat import signal_name
-from supervisor.protocol import Job, JobState, Resources
+from supervisor.protocol import Job, JobState, Limits, Resources
 
 DOTS = {
     JobState.starting: "◌",
@@ -48,6 +48,8 @@ def status(job: Job) -> str:
         ("Created", timestamp(job.created_usec, now)),
         ("Started", timestamp(job.started_usec, now)),
         ("Ended", timestamp(job.ended_usec, now) + ran_for(job)),
+        ("Limits", limits(job.limits)),
+        ("Sandbox", f"profile {job.profile}" if job.profile else ""),
         ("Used", usage(job.resources)),
         ("Logs", f"sjob logs {job.id}  |  journalctl -u {job.unit}"),
     ]
@@ -58,6 +60,34 @@ def status(job: Job) -> str:
         elif line[1]:
             out.append(f"{line[0]:>11}: {line[1]}")
     return "\n".join(out) + "\n"
+
+
+def limits(given: Limits | None) -> str:
+    if given is None:
+        return ""
+    parts = []
+    if given.cpu_percent is not None:
+        parts.append(f"CPU {given.cpu_percent}%")
+    for name, value in (("memory", given.memory_max), ("memory high", given.memory_high)):
+        if value is not None:
+            parts.append(f"{name} {size(value)}")
+    if given.memory_swap_max is not None:
+        parts.append(f"swap {size(given.memory_swap_max)}")
+    if given.tasks_max is not None:
+        parts.append(f"tasks {given.tasks_max}")
+    if given.timeout_usec is not None:
+        parts.append(f"timeout {duration(given.timeout_usec / 1e6)}")
+    for name, entries in (
+        ("read", given.io_read_bps),
+        ("write", given.io_write_bps),
+    ):
+        parts += [f"{name} {e.device} {size(e.rate)}/s" for e in entries or []]
+    for name, entries in (("read", given.io_read_iops), ("write", given.io_write_iops)):
+        parts += [f"{name} {e.device} {e.rate} IOPS" for e in entries or []]
+    for name, weight in (("CPU weight", given.cpu_weight), ("IO weight", given.io_weight)):
+        if weight is not None:
+            parts.append(f"{name} {weight}")
+    return "; ".join(parts)
 
 
 def usage(resources: Resources | None) -> str:

@@ -6,9 +6,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
 from supervisor.protocol import Job, JobSpec, JobState
 
 if TYPE_CHECKING:
@@ -31,11 +33,17 @@ class RunArgs:
     setenv: list[str] = dataclasses.field(default_factory=list)
     working_directory: str | None = None
     quiet: bool = False
+    profile: str | None = None
+    limits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (option, value), as given
 
 
 def register(app: "typer.Typer") -> None:
     # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
     import typer  # noqa: PLC0415
+
+    def _limit(option: str, metavar: str, text: str) -> typer.models.OptionInfo:
+        info: typer.models.OptionInfo = typer.Option(option, metavar=metavar, help=text, rich_help_panel="Limits")
+        return info
 
     @app.command(
         help=HELP,
@@ -61,10 +69,52 @@ def register(app: "typer.Typer") -> None:
             typer.Option("--working-directory", metavar="DIR", help="Run in DIR instead of the current directory."),
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="With --detach, print only the job id.")] = False,
+        profile: Annotated[
+            str | None,
+            typer.Option(
+                "--profile", "-p", metavar="NAME", help="Sandbox profile (default: strict; network: has one)."
+            ),
+        ] = None,
+        cpu: Annotated[
+            str | None, _limit("--cpu", "50%|2", "CPU time: percent of one CPU, or CPUs (CPUQuota).")
+        ] = None,
+        cpu_weight: Annotated[str | None, _limit("--cpu-weight", "1-10000", "Share of CPU under contention.")] = None,
+        memory: Annotated[
+            str | None, _limit("--memory", "SIZE", "Memory at most (512M, 2G); over it: OOM kill.")
+        ] = None,
+        memory_high: Annotated[str | None, _limit("--memory-high", "SIZE", "Memory above which it is slowed.")] = None,
+        memory_swap: Annotated[str | None, _limit("--memory-swap", "SIZE", "Swap at most.")] = None,
+        io_weight: Annotated[str | None, _limit("--io-weight", "1-10000", "Share of IO under contention.")] = None,
+        io_read_bps: Annotated[list[str] | None, _limit("--io-read-bps", "DEV=RATE", "Read bytes/s (/=10M).")] = None,
+        io_write_bps: Annotated[list[str] | None, _limit("--io-write-bps", "DEV=RATE", "Write bytes/s.")] = None,
+        io_read_iops: Annotated[list[str] | None, _limit("--io-read-iops", "DEV=N", "Read operations/s.")] = None,
+        io_write_iops: Annotated[list[str] | None, _limit("--io-write-iops", "DEV=N", "Write operations/s.")] = None,
+        tasks: Annotated[str | None, _limit("--tasks", "N", "Processes and threads at most.")] = None,
+        timeout: Annotated[str | None, _limit("--timeout", "DURATION", "Stop it after this long (10m, 2h).")] = None,
     ) -> None:
-        raise typer.Exit(run(RunArgs(command, detach, setenv or [], working_directory, quiet)))
+        given: dict[str, str | list[str] | None] = {
+            "--cpu": cpu,
+            "--cpu-weight": cpu_weight,
+            "--memory": memory,
+            "--memory-high": memory_high,
+            "--memory-swap": memory_swap,
+            "--io-weight": io_weight,
+            "--io-read-bps": io_read_bps,
+            "--io-write-bps": io_write_bps,
+            "--io-read-iops": io_read_iops,
+            "--io-write-iops": io_write_iops,
+            "--tasks": tasks,
+            "--timeout": timeout,
+        }
+        limits = [(option, value) for option in LIMIT_OPTIONS for value in _values(given[option])]
+        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits)
+        raise typer.Exit(run(args))
 
     run_command.__name__ = "run"
+
+
+def _values(given: str | list[str] | None) -> list[str]:
+    return [] if given is None else [given] if isinstance(given, str) else given
 
 
 def parse_fast(args: list[str]) -> RunArgs | None:
@@ -76,6 +126,8 @@ def parse_fast(args: list[str]) -> RunArgs | None:
     detach = quiet = False
     setenv: list[str] = []
     workdir: str | None = None
+    profile: str | None = None
+    limits: list[tuple[str, str]] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -88,14 +140,22 @@ def parse_fast(args: list[str]) -> RunArgs | None:
             detach = True
         elif arg in ("-q", "--quiet"):
             quiet = True
-        elif arg in ("-E", "--setenv", "--working-directory"):
+        elif arg in ("-E", "--setenv", "--working-directory", "-p", "--profile", *LIMIT_OPTIONS):
             if i + 1 >= len(args):
                 return None
             i += 1
             if arg == "--working-directory":
                 workdir = args[i]
+            elif arg in ("-p", "--profile"):
+                profile = args[i]
+            elif arg in LIMIT_OPTIONS:
+                limits.append((arg, args[i]))
             else:
                 setenv.append(args[i])
+        elif (option := arg.partition("=")[0]) in LIMIT_OPTIONS and "=" in arg:
+            limits.append((option, arg.partition("=")[2]))
+        elif arg.startswith("--profile="):
+            profile = arg.partition("=")[2]
         elif arg.startswith("--setenv="):
             setenv.append(arg.partition("=")[2])
         elif arg.startswith("--working-directory="):
@@ -108,14 +168,27 @@ def parse_fast(args: list[str]) -> RunArgs | None:
     command = args[i:]
     if not command:
         return None
-    return RunArgs(command, detach, setenv, workdir, quiet)
+    # In the order typer gives them: by option, repeated ones (the IO limits) as given; a repeated scalar is
+    # left to typer, where the last one wins.
+    order = list(LIMIT_OPTIONS)
+    limits.sort(key=lambda pair: order.index(pair[0]))
+    scalars = [option for option, _ in limits if not option.startswith("--io-") or option == "--io-weight"]
+    if len(scalars) != len(set(scalars)):
+        return None
+    return RunArgs(command, detach, setenv, workdir, quiet, profile, limits)
 
 
 def run(args: RunArgs) -> int:
     """Start the job; detached, print its id; attached, copy its output and return its exit status."""
     cwd = os.path.abspath(args.working_directory) if args.working_directory else os.getcwd()
     argv = [resolve_executable(args.command[0], cwd), *args.command[1:]]
-    spec = JobSpec(argv=argv, cwd=cwd, environment=environment(args.setenv))
+    spec = JobSpec(
+        argv=argv,
+        cwd=cwd,
+        environment=environment(args.setenv),
+        limits=build_limits(args.limits),
+        profile=args.profile,
+    )
     with Client() as client:
         # Ctrl-C while the job is being started must not leave it running unseen: hold SIGINT until we know it.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

@@ -1,12 +1,15 @@
 """`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal."""
 
 import sys
+import time
 from typing import TYPE_CHECKING, Annotated
 
 from supervisor.client import Client
 from supervisor.logformat import signal_name
-from supervisor.protocol import Job, parse_job_id, parse_signal
+from supervisor.protocol import parse_job_id, parse_signal
 from supervisor.quantities import parse_duration
+
+STOP_POLL = 0.2  # seconds between looks at a stopping job
 
 if TYPE_CHECKING:
     import typer
@@ -54,9 +57,11 @@ def stop_job(job_id: str, grace: str | None, signal: str | None, *, wait: bool) 
         if not wait:
             sys.stdout.write(f"stopping job {job.id}\n")
             return 0
+        # Poll rather than follow: following would read all the job's output (a fork bomb's error messages can
+        # be a great many) only to skip it.
         final = job
-        for item in client.follow(job_id, streams=[]):  # no output, just the end
-            if isinstance(item, Job):
-                final = item
+        while not final.state.finished:
+            time.sleep(STOP_POLL)
+            final = client.status(job_id)
     sys.stdout.write(f"job {final.id} {render.outcome(final)}\n")
     return 0

@@ -1,0 +1,216 @@
+"""Resource limits: the policy's defaults and ceilings, a request checked against them, and the unit properties
+that enforce the result. Pure: no I/O (device nodes are checked by the daemon, which may stat them).
+
+A request can only tighten: a value above the ceiling is refused with an error that names the option, the value
+and the ceiling (never silently clamped, so a job never runs with limits other than the ones shown). An unset
+value takes the default, and a default above the ceiling is a policy error found at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from supervisor.errors import ErrorCode, SjobError, invalid_argument
+from supervisor.limitforms import DEVICE_KINDS, OPTION_OF, OPTIONS, parse_scalar
+from supervisor.protocol import MAX_TASKS, MAX_WEIGHT, Limits
+
+MAX_DEVICE_LIMITS = 16
+_DEVICE = re.compile(r"/dev/[A-Za-z0-9._/+-]{1,200}")
+
+_SCALARS = ("cpu_percent", "cpu_weight", "memory_max", "memory_high", "memory_swap_max", "io_weight", "tasks_max")
+_DEVICE_FIELDS = ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
+_PROPERTIES = {
+    "cpu_weight": "CPUWeight",
+    "memory_max": "MemoryMax",
+    "memory_high": "MemoryHigh",
+    "memory_swap_max": "MemorySwapMax",
+    "io_weight": "IOWeight",
+    "io_read_bps": "IOReadBandwidthMax",
+    "io_write_bps": "IOWriteBandwidthMax",
+    "io_read_iops": "IOReadIOPSMax",
+    "io_write_iops": "IOWriteIOPSMax",
+    "tasks_max": "TasksMax",
+    "timeout_usec": "RuntimeMaxUSec",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitPolicy:
+    default: Limits = dataclasses.field(default_factory=Limits)
+    maximum: Limits = dataclasses.field(default_factory=Limits)  # an unset field has no ceiling
+    per_user: Limits = dataclasses.field(default_factory=Limits)  # a user's jobs together: cpu, memory, tasks
+
+
+def check(requested: Limits | None, policy: LimitPolicy) -> Limits:
+    """The limits a job runs with: the request, completed by the defaults (or, lacking one, the ceiling); refused
+    where above the ceilings."""
+    requested = requested or Limits()
+    _check_ranges(requested)
+    merged = {
+        f.name: value if (value := getattr(requested, f.name)) is not None else getattr(policy.default, f.name)
+        for f in dataclasses.fields(Limits)
+    }
+    for name in (*_SCALARS, "timeout_usec"):
+        value, ceiling = merged[name], getattr(policy.maximum, name)
+        if ceiling is None:
+            continue
+        if value is None:
+            merged[name] = ceiling  # neither asked for nor defaulted: the most allowed
+        elif value > ceiling:
+            raise SjobError(
+                ErrorCode.PermissionDenied,
+                f"{OPTION_OF[name]} {_show(name, value)} is above what policy allows you ({_show(name, ceiling)})",
+                hint=f"ask for at most {_show(name, ceiling)}, or ask an administrator to raise the ceiling",
+            )
+    return Limits(**merged)
+
+
+def _check_ranges(limits: Limits) -> None:
+    """What a client could send that no CLI would: values out of the kernel's or systemd's range."""
+    ranges = {
+        "cpu_percent": (1, 100 * 1024),
+        "cpu_weight": (1, MAX_WEIGHT),
+        "io_weight": (1, MAX_WEIGHT),
+        "memory_max": (1, 2**63 - 1),
+        "memory_high": (1, 2**63 - 1),
+        "memory_swap_max": (0, 2**63 - 1),
+        "tasks_max": (1, MAX_TASKS),
+        "timeout_usec": (1, 2**63 - 1),
+    }
+    for name, (low, high) in ranges.items():
+        value = getattr(limits, name)
+        if value is not None and not low <= value <= high:
+            raise invalid_argument(f"{OPTION_OF[name]} {value}: out of range", hint=f"give {low} to {high}")
+    for name in _DEVICE_FIELDS:
+        entries = getattr(limits, name) or []
+        if len(entries) > MAX_DEVICE_LIMITS:
+            raise invalid_argument(f"{OPTION_OF[name]}: at most {MAX_DEVICE_LIMITS} devices")
+        for entry in entries:
+            if not _DEVICE.fullmatch(entry.device) or "/../" in entry.device + "/":
+                raise invalid_argument(
+                    f"{OPTION_OF[name]} {entry.device[:60]!r}: not a device node path",
+                    hint="give a block device such as /dev/vda, or a path on it such as /",
+                )
+            if not 1 <= entry.rate <= 2**63 - 1:
+                raise invalid_argument(f"{OPTION_OF[name]} {entry.device}={entry.rate}: out of range")
+
+
+def devices(limits: Limits) -> list[str]:
+    """Every device node the limits name (the daemon checks each is a block device)."""
+    return sorted({e.device for name in _DEVICE_FIELDS for e in getattr(limits, name) or []})
+
+
+def unit_properties(limits: Limits) -> list[tuple[str, object]]:
+    """systemd properties enforcing `limits`."""
+    props: list[tuple[str, object]] = []
+    if limits.cpu_percent is not None:
+        props.append(("CPUQuotaPerSecUSec", limits.cpu_percent * 10_000))
+    for name, prop in _PROPERTIES.items():
+        value = getattr(limits, name)
+        if value is None:
+            continue
+        if name in _DEVICE_FIELDS:
+            props.append((prop, [(e.device, e.rate) for e in value]))
+        else:
+            props.append((prop, value))
+    return props
+
+
+def _show(name: str, value: int) -> str:
+    if name == "cpu_percent":
+        return f"{value}%"
+    if name.startswith("memory"):
+        for unit, size in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+        return str(value)
+    if name == "timeout_usec":
+        return f"{value / 1e6:g}s"
+    return str(value)
+
+
+# --- the policy file ----------------------------------------------------------------------------------------
+
+
+class PolicyError(Exception):
+    """The policy file is wrong; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProfilePolicy:
+    default: str = "strict"
+    allowed: tuple[str, ...] = ("strict", "network")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    limits: LimitPolicy = dataclasses.field(default_factory=LimitPolicy)
+    profiles: ProfilePolicy = dataclasses.field(default_factory=ProfilePolicy)
+
+
+def parse_policy(text: str, path: str) -> Policy:
+    """Read policy.toml: [profiles] default/allowed, [limits.default], [limits.max], [limits.per_user]."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{path}: {e}") from None
+    _known(data, {"defaults", "profiles", "limits"}, path, "")
+    profiles_table = _sub(data, "profiles", path)
+    _known(profiles_table, {"default", "allowed"}, path, "profiles")
+    default_profile = profiles_table.get("default", "strict")
+    allowed = profiles_table.get("allowed", ["strict", "network"])
+    if (
+        not isinstance(default_profile, str)
+        or not isinstance(allowed, list)
+        or not all(isinstance(a, str) for a in allowed)
+    ):
+        raise PolicyError(f"{path}: [profiles] default is a name and allowed a list of names")
+    if default_profile not in allowed:
+        raise PolicyError(f"{path}: [profiles] default {default_profile!r} is not in allowed")
+    limits_table = _sub(data, "limits", path)
+    _known(limits_table, {"default", "max", "per_user"}, path, "limits")
+    policy = LimitPolicy(
+        default=_limits(_sub(limits_table, "default", path), path, "limits.default"),
+        maximum=_limits(_sub(limits_table, "max", path), path, "limits.max"),
+        per_user=_limits(_sub(limits_table, "per_user", path), path, "limits.per_user", _PER_USER_KEYS),
+    )
+    try:
+        check(None, policy)
+    except SjobError as e:
+        raise PolicyError(f"{path}: [limits.default] is above [limits.max]: {e.message}") from None
+    return Policy(policy, ProfilePolicy(default_profile, tuple(allowed)))
+
+
+_POLICY_KEYS = {option.removeprefix("--"): (field, kind) for option, (field, kind) in OPTIONS.items()}
+_PER_USER_KEYS = {"cpu", "memory", "tasks"}
+
+
+def _limits(table: Mapping[str, Any], path: str, where: str, only: set[str] | None = None) -> Limits:
+    keys = only or {key for key, (_, kind) in _POLICY_KEYS.items() if kind not in DEVICE_KINDS}
+    _known(table, keys, path, where)
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        field, kind = _POLICY_KEYS[key]
+        try:
+            values[field] = parse_scalar(kind, str(value), f"{key} =")
+        except SjobError as e:
+            raise PolicyError(f"{path}: [{where}] {e.message}" + (f" ({e.hint})" if e.hint else "")) from None
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+def _sub(data: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise PolicyError(f"{path}: {key} must be a table")
+    return value
+
+
+def _known(table: Mapping[str, Any], keys: set[str], path: str, where: str) -> None:
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        place = f"[{where}] " if where else ""
+        raise PolicyError(f"{path}: {place}unknown key {unknown[0]!r} (known: {', '.join(sorted(keys))})")

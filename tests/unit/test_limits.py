@@ -1,0 +1,109 @@
+"""Policy limits and sandbox profiles: loading (errors name the file and key) and checking requests."""
+
+from pathlib import Path
+
+import pytest
+
+from supervisor import limits
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.limits import PolicyError, parse_policy
+from supervisor.profiles import ProfileError
+from supervisor.profiles import load as load_profiles
+from supervisor.protocol import DeviceLimit, Limits
+
+from .fakes import POLICY_DIR, shipped_policy
+
+POLICY, PROFILES = shipped_policy()
+
+
+def test_shipped_policy_and_profiles_load() -> None:
+    assert POLICY.profiles.default == "strict"
+    assert set(PROFILES.by_name) >= {"strict", "network"}
+    assert "no_network" in PROFILES.get("strict").checks
+    assert "no_network" not in PROFILES.get("network").checks
+
+
+def test_a_request_takes_defaults_and_is_refused_above_a_ceiling() -> None:
+    got = limits.check(Limits(cpu_percent=50), POLICY.limits)
+    assert (got.cpu_percent, got.tasks_max, got.memory_max) == (50, 1024, 2 << 30)
+    assert limits.check(None, POLICY.limits).cpu_percent == 400  # no default: the ceiling
+    with pytest.raises(SjobError) as e:
+        limits.check(Limits(memory_max=9 << 30), POLICY.limits)
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert e.value.message == "--memory 9G is above what policy allows you (8G)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Limits(cpu_weight=0),
+        Limits(tasks_max=-1),
+        Limits(io_read_bps=[DeviceLimit("../etc/passwd", 1)]),
+        Limits(io_read_bps=[DeviceLimit("/dev/../etc/x", 1)]),
+        Limits(io_write_iops=[DeviceLimit("/dev/vda", 0)]),
+        Limits(io_read_bps=[DeviceLimit("/dev/vda", 1)] * 17),
+    ],
+)
+def test_what_no_cli_would_send_is_refused(bad: Limits) -> None:
+    with pytest.raises(SjobError) as e:
+        limits.check(bad, POLICY.limits)
+    assert e.value.code is ErrorCode.InvalidArgument
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[limits.max]\nmemory = '1X'\n", "policy.toml: [limits.max] memory = '1X': not a size"),
+        ("[limits.max]\nmemroy = '1G'\n", "policy.toml: [limits.max] unknown key 'memroy'"),
+        ("[limits.default]\ntasks = 99\n[limits.max]\ntasks = 10\n", "[limits.default] is above [limits.max]"),
+        ("[limits.per_user]\ntimeout = '1h'\n", "[limits.per_user] unknown key 'timeout'"),
+        ("[profiles]\ndefault = 'x'\nallowed = ['strict']\n", "default 'x' is not in allowed"),
+        ("[oops\n", "policy.toml: "),
+        ("surprise = 1\n", "unknown key 'surprise'"),
+    ],
+)
+def test_policy_errors_name_the_file_and_key(text: str, words: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text, "/etc/sjob/policy.toml")
+    assert words in str(e.value)
+
+
+def write_profiles(directory: Path, **files: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (directory / f"{name}.toml").write_text(text)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[unit]\nUser = 'root'\n", "[unit] User is not a property a profile may set"),
+        ("[unit]\nExecStart = '/bin/sh'\n", "[unit] ExecStart is not a property a profile may set"),
+        ("[unit]\nPrivateNetwork = 'yes'\n", "PrivateNetwork = 'yes': expected true or false"),
+        ("[unit]\nCapabilityBoundingSet = ['CAP_SYS_ADMIN']\n", "expected [] (jobs get no capabilities)"),
+        ("[unit]\nRestrictAddressFamilies = ['AF_BOGUS']\n", "address family names"),
+        ("[checks]\nno_network = 'sure'\n", "[checks] no_network: known checks are"),
+        ("extends = 'nothing'\n", "extends = 'nothing' is not a profile"),
+        ("extends = 'bad'\n", "extend each other in a loop"),
+        ("colour = 'red'\n", "unknown key 'colour'"),
+    ],
+)
+def test_profile_errors_name_the_file_and_key(tmp_path: Path, text: str, words: str) -> None:
+    directory = write_profiles(tmp_path / "profiles", bad=text)
+    with pytest.raises(ProfileError) as e:
+        load_profiles([directory])
+    assert "bad.toml" in str(e.value)
+    assert words in str(e.value)
+
+
+def test_a_site_profile_replaces_the_shipped_one_and_may_extend(tmp_path: Path) -> None:
+    site = write_profiles(
+        tmp_path / "site", strict="description = 'ours'\n[unit]\nPrivateNetwork = true\n", quiet="extends = 'network'\n"
+    )
+    profiles = load_profiles([site, POLICY_DIR / "profiles"])
+    assert profiles.get("strict").description == "ours"
+    assert dict(profiles.get("quiet").properties)["PrivateNetwork"] is False
+    with pytest.raises(SjobError) as e:
+        profiles.get("nope")
+    assert "unknown profile 'nope'" in e.value.message
