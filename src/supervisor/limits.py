@@ -21,8 +21,8 @@ from supervisor.protocol import MAX_TASKS, MAX_WEIGHT, Limits
 MAX_DEVICE_LIMITS = 16
 _DEVICE = re.compile(r"/dev/[A-Za-z0-9._/+-]{1,200}")
 
-_SCALARS = ("cpu_percent", "cpu_weight", "memory_max", "memory_high", "memory_swap_max", "io_weight", "tasks_max")
-_DEVICE_FIELDS = ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops")
+_SCALARS = tuple(field for field, kind in OPTIONS.values() if kind not in DEVICE_KINDS)  # timeout_usec too
+_DEVICE_FIELDS = tuple(field for field, kind in OPTIONS.values() if kind in DEVICE_KINDS)
 _PROPERTIES = {
     "cpu_weight": "CPUWeight",
     "memory_max": "MemoryMax",
@@ -54,7 +54,7 @@ def check(requested: Limits | None, policy: LimitPolicy) -> Limits:
         f.name: value if (value := getattr(requested, f.name)) is not None else getattr(policy.default, f.name)
         for f in dataclasses.fields(Limits)
     }
-    for name in (*_SCALARS, "timeout_usec"):
+    for name in _SCALARS:
         value, ceiling = merged[name], getattr(policy.maximum, name)
         if ceiling is None:
             continue

@@ -37,15 +37,8 @@ def user_slice(uid: int) -> str:
 
 def slice_unit(uid: int, per_user: Limits) -> UnitProperties:
     """The user's slice with the policy's caps on all their jobs together (set before each start, so a changed
-    policy applies to the next job)."""
-    props: list[tuple[str, object]] = []
-    if per_user.cpu_percent is not None:
-        props.append(("CPUQuotaPerSecUSec", per_user.cpu_percent * 10_000))
-    if per_user.memory_max is not None:
-        props.append(("MemoryMax", per_user.memory_max))
-    if per_user.tasks_max is not None:
-        props.append(("TasksMax", per_user.tasks_max))
-    return UnitProperties(user_slice(uid), tuple(props))
+    policy applies to the next job). The policy allows only cpu, memory and tasks there."""
+    return UnitProperties(user_slice(uid), tuple(limits_properties(per_user)))
 
 
 DEFAULT_STOP_TIMEOUT_USEC = 90 * 1_000_000  # systemd's DefaultTimeoutStopSec
