@@ -389,9 +389,10 @@ class JobService:
 
     async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
         """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes
-        remain: one round can miss the children a fork bomb makes while it is being killed. Only while systemd
-        waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit report): in between, the
-        unit's own ExecStopPost runs in the same cgroup and must not be killed."""
+            remain, and with forking forbidden first (a fork bomb otherwise outruns the rounds: seen in CI, where a
+        stop took more than 300 s). Only while systemd
+            waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit report): in between, the
+            unit's own ExecStopPost runs in the same cgroup and must not be killed."""
         await asyncio.sleep(grace_usec / 1e6)
         for _ in range(KILL_ROUNDS):
             state = await self._units.unit_state(unit)
@@ -400,6 +401,7 @@ class JobService:
             if state.sub_state in ("stop-sigterm", "final-sigterm"):
                 log.info("%s: grace period over, sending SIGKILL (%s)", unit, state.sub_state)
                 with contextlib.suppress(SjobError):  # it ended meanwhile
+                    await self._units.set_properties(properties.no_new_tasks(unit))
                     await self._units.kill(unit, signal.SIGKILL)
             await asyncio.sleep(KILL_INTERVAL)
 

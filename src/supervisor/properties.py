@@ -35,6 +35,13 @@ def user_slice(uid: int) -> str:
     return f"sjob-u{uid}.slice"
 
 
+def no_new_tasks(unit: str) -> UnitProperties:
+    """TasksMax=1 for a unit being killed: its processes can no longer fork, so a fork bomb cannot outrun the
+    SIGKILL rounds (systemd does the same with pids.max=0 since PR #42388; D-Bus accepts 1 as the least). The
+    unit's ExecStopPost, one process started once the cgroup is empty, still runs."""
+    return UnitProperties(unit, (("TasksMax", 1),))
+
+
 def slice_unit(uid: int, per_user: Limits) -> UnitProperties:
     """The user's slice with the policy's caps on all their jobs together (set before each start, so a changed
     policy applies to the next job). The policy allows only cpu, memory and tasks there."""

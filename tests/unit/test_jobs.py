@@ -14,7 +14,7 @@ from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
-from supervisor.properties import ShimCommand
+from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import Job, JobSpec, JobState, Output, Resources, Stream
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
@@ -257,6 +257,7 @@ def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
         assert units.signalled == []  # SIGTERM came with the stop; SIGKILL waits for the grace period
         _, final = await asyncio.wait_for(collect(service, ALICE, job.id), 10)
         assert units.signalled == [(job.unit, signal.SIGKILL)]
+        assert units.property_sets[-1] == UnitProperties(job.unit, (("TasksMax", 1),))  # no forking while killed
         assert (final.state, final.signal, final.message) == (
             JobState.stopped,
             9,
