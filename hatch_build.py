@@ -17,7 +17,17 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"]
+# -static-pie: the exit report (sjob-shim --report) runs as root with the job's Environment=, which the job's
+# owner chose; a static binary has no dynamic loader for LD_PRELOAD, LD_LIBRARY_PATH or GCONV_PATH to steer.
+CFLAGS = [
+    "-O2",
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-D_FORTIFY_SOURCE=2",
+    "-fstack-protector-strong",
+    "-static-pie",
+]
 
 
 class ShimBuildHook(BuildHookInterface):  # type: ignore[type-arg]

@@ -18,7 +18,7 @@ STATE_DIR=/var/lib/sjob
 BIN_LINK=/usr/local/bin/sjob
 MANIFEST="$PREFIX/install-manifest"
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BUILD_PACKAGES=(gcc pkg-config libsystemd-dev)
+BUILD_PACKAGES=(gcc libc6-dev pkg-config libsystemd-dev)
 PYTHON=python3
 
 WHEELHOUSE=
@@ -56,10 +56,15 @@ uninstall() {
     rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK"
     systemctl daemon-reload
     local added=()
+    local group_added=0
     if [ -f "$MANIFEST" ]; then
         mapfile -t added < <(sed -n 's/^apt: //p' "$MANIFEST")
+        if grep -qx "group: sjob-admin" "$MANIFEST"; then group_added=1; fi
     fi
     rm -rf "$PREFIX" "$CONF_DIR" "$STATE_DIR"
+    if [ "$group_added" -eq 1 ]; then
+        groupdel sjob-admin 2>/dev/null || true
+    fi
     if [ ${#added[@]} -gt 0 ]; then
         say "removing the Debian packages install.sh added: ${added[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "${added[@]}" >/dev/null
@@ -151,6 +156,19 @@ install_files() {
     fi
     install -d -m 0755 "$(dirname "$BIN_LINK")"
     ln -sfn "$PREFIX/bin/sjob" "$BIN_LINK"
+    # Members of sjob-admin may see and stop everyone's jobs and manage tokens (see policy.toml [admins]).
+    if ! getent group sjob-admin >/dev/null; then
+        groupadd --system sjob-admin
+        echo "group: sjob-admin" >>"$PREFIX.apt-added"
+    fi
+    # The key that signs tokens (Ed25519); sjobd would make one at start, but then the first start writes it.
+    install -d -m 0700 "$STATE_DIR"
+    if ! compgen -G "$STATE_DIR/keys/*.pem" >/dev/null; then
+        "$PREFIX/bin/sjobd" --new-key --state-dir "$STATE_DIR" >/dev/null
+    fi
+    "$PREFIX/bin/sjobd" --check-policy --config-dir "$CONF_DIR" >/dev/null ||
+        die "$CONF_DIR/policy.toml is not valid for this sjob (the error is above)" \
+            "fix it, or move it away and run install.sh again to get the shipped default ($SRC/policy/default.toml)"
 }
 
 write_manifest() {
@@ -159,7 +177,7 @@ write_manifest() {
         echo "source: $SRC"
         echo "installed: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         if [ -f "$PREFIX.apt-added" ]; then cat "$PREFIX.apt-added"; fi
-        if [ -f "$MANIFEST" ]; then grep '^apt: ' "$MANIFEST" || true; fi
+        if [ -f "$MANIFEST" ]; then grep -E '^(apt|group): ' "$MANIFEST" || true; fi
     } | awk '!seen[$0]++' >"$MANIFEST.tmp"
     mv -f "$MANIFEST.tmp" "$MANIFEST"
     rm -f "$PREFIX.apt-added"

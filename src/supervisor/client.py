@@ -15,11 +15,13 @@ from typing import Any
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import (
     DEFAULT_SOCKET,
+    IssuedToken,
     Job,
     JobSpec,
     Method,
     Output,
     Stream,
+    TokenInfo,
     error_from_wire,
     from_wire,
     to_wire,
@@ -27,17 +29,43 @@ from supervisor.protocol import (
 
 MAX_REPLY = 64 * 1024 * 1024
 SOCKET_ENV = "SJOB_SOCKET"
+TOKEN_ENV = "SJOB_TOKEN"  # noqa: S105 - a variable name: the token itself is in it
+TOKEN_FILE_ENV = "SJOB_TOKEN_FILE"  # noqa: S105 - names a file holding it (never argv: others can read argv)
 
 
 def socket_path() -> str:
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
+def token_from_environment() -> str | None:
+    """The token to present, from $SJOB_TOKEN or the file named by $SJOB_TOKEN_FILE; None for none."""
+    if token := os.environ.get(TOKEN_ENV, "").strip():
+        return token
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as f:
+            token = f.read(64 * 1024).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SjobError(
+            ErrorCode.InvalidArgument,
+            f"cannot read the token file {path} (from ${TOKEN_FILE_ENV}): {getattr(e, 'strerror', None) or e}",
+            hint=f"point ${TOKEN_FILE_ENV} at the file 'sjob token issue' wrote, or unset it",
+        ) from None
+    if not token:
+        raise SjobError(ErrorCode.InvalidArgument, f"the token file {path} (from ${TOKEN_FILE_ENV}) is empty")
+    return token
+
+
 class Client:
     """One connection to sjobd; calls are made one after another."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, token: str | None = None) -> None:
+        """Connect; with a token (by default the environment's, see `token_from_environment`), act as its
+        principal instead of as the calling user."""
         self.path = path or socket_path()
+        token = token if token is not None else token_from_environment()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.connect(self.path)
@@ -50,6 +78,13 @@ class Client:
                 "install with 'sudo ./install.sh'",
             ) from e
         self._buffer = b""
+        self.principal: str | None = None
+        if token:
+            try:
+                self.principal = str(self.call(Method.Authenticate, {"token": token})["principal"])
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         self._sock.close()
@@ -93,6 +128,23 @@ class Client:
         if not isinstance(jobs, list):
             raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'jobs' is not a list")
         return [from_wire(Job, j) for j in jobs]
+
+    def issue_token(self, subject: str, scope: list[str] | None, ttl_usec: int | None) -> IssuedToken:
+        parameters: dict[str, Any] = {"subject": subject}
+        if scope:
+            parameters["scope"] = scope
+        if ttl_usec is not None:
+            parameters["ttl_usec"] = ttl_usec
+        return from_wire(IssuedToken, self.call(Method.IssueToken, parameters)["issued"])
+
+    def list_tokens(self) -> list[TokenInfo]:
+        tokens = self.call(Method.ListTokens, {})["tokens"]
+        if not isinstance(tokens, list):
+            raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'tokens' is not a list")
+        return [from_wire(TokenInfo, t) for t in tokens]
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        return from_wire(TokenInfo, self.call(Method.RevokeToken, {"id": token_id})["token"])
 
     # --- Varlink -------------------------------------------------------------------------------------------
 

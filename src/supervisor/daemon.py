@@ -3,6 +3,9 @@
 Under systemd, sjobd is socket-activated by sjobd.socket and reports readiness with sd_notify (Type=notify). For
 development it also runs in the foreground on a socket path of its own: `sjobd --socket /tmp/sjob.sock`.
 Jobs do not depend on sjobd: they are systemd units and keep running while it stops or restarts.
+
+SIGHUP (`systemctl reload sjobd`) reads policy.toml and the profiles again: a good policy applies to the requests
+that follow, a bad one is logged and the policy in force stays. `sjobd --new-key` adds a token signing key.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import socket
 import stat
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 from systemd import daemon as sd_daemon
 
+from supervisor.access import Access
+from supervisor.audit import JournalAudit
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
-from supervisor.limits import Policy, PolicyError, parse_policy
+from supervisor.policy import Policy
+from supervisor.policyfile import PolicyError, parse_policy
 from supervisor.profiles import ProfileError, Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import ShimCommand
@@ -32,6 +39,7 @@ from supervisor.protocol import DEFAULT_SOCKET
 from supervisor.records import JobRecords
 from supervisor.server import Server
 from supervisor.systemd import Systemd
+from supervisor.tokens import Keys, TokenStore
 
 log = logging.getLogger("sjobd")
 
@@ -58,6 +66,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="policy.toml and profiles/ of this site, over the shipped ones (default %(default)s)",
     )
     parser.add_argument("--debug", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--new-key",
+        action="store_true",
+        help="create a token signing key in STATE_DIR/keys (it signs new tokens; old keys still verify) and exit",
+    )
+    parser.add_argument(
+        "--check-policy", action="store_true", help="load policy.toml and the profiles, report errors, and exit"
+    )
     return parser.parse_args(argv)
 
 
@@ -82,16 +98,19 @@ def setup_logging(debug: bool) -> None:
 
 
 def listening_socket(path: str | None) -> socket.socket:
-    """The socket systemd passed us, or a new one bound at `path`."""
+    """The socket systemd passed us, or a new one bound at `path`; either way in a directory only we control."""
     if path is None:
         fds = sd_daemon.listen_fds()
         if len(fds) == 1:
-            return socket.socket(fileno=fds[0])
+            sock = socket.socket(fileno=fds[0])
+            check_socket_path(sock.getsockname())
+            return sock
         if fds:
             raise SystemExit(f"sjobd: expected one socket from systemd, got {len(fds)}; check sjobd.socket")
         path = DEFAULT_SOCKET
     directory = Path(path).parent
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    check_socket_path(path)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
@@ -100,6 +119,27 @@ def listening_socket(path: str | None) -> socket.socket:
     os.chmod(path, 0o666)  # noqa: S103 - everyone may connect; who they are is decided by SO_PEERCRED
     sock.listen(128)
     return sock
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse a socket whose path someone else could swap. Every directory from / down must be a real directory
+    (no symlink) owned by root or by us; the socket's own directory must not be writable by group or others,
+    and those above it only if sticky (like /tmp: nobody can rename what is ours). The socket is no symlink."""
+    me = os.geteuid()
+    target = Path(path)
+    for directory in [*reversed(target.parents)]:
+        info = os.lstat(directory)
+        where = f"sjobd: the socket directory {directory}"
+        if stat.S_ISLNK(info.st_mode):
+            raise SystemExit(f"{where} is a symlink; refusing to listen there (use a real directory)")
+        if info.st_uid not in (0, me):
+            raise SystemExit(f"{where} belongs to uid {info.st_uid}; it must belong to root")
+        sticky_above = info.st_mode & stat.S_ISVTX and directory != target.parent
+        if info.st_mode & 0o022 and not sticky_above:
+            raise SystemExit(f"{where} is writable by others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it")
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise SystemExit(f"sjobd: the socket path {path} is a symlink; refusing it")
 
 
 def shim_command() -> ShimCommand:
@@ -125,34 +165,60 @@ def load_policy(config_dir: Path) -> tuple[Policy, Profiles]:
         policy = parse_policy(path.read_text(), str(path))
         profiles = load_profiles([config_dir / "profiles", shipped / "profiles"])
     except (OSError, PolicyError, ProfileError) as e:
-        raise SystemExit(f"sjobd: {e}") from None
-    for name in policy.profiles.allowed:
-        if name not in profiles.by_name:
-            raise SystemExit(f"sjobd: {path}: [profiles] allowed names {name!r}, but there is no such profile")
+        raise PolicyLoadError(f"sjobd: {e}") from None
+    for rule in policy.rules:
+        for name in rule.profiles.allowed:
+            if name not in profiles.by_name:
+                raise PolicyLoadError(
+                    f"sjobd: {path}: rule {rule.name!r} allows the profile {name!r}, but there is no such profile"
+                )
     return policy, profiles
+
+
+class PolicyLoadError(Exception):
+    """policy.toml or a profile is wrong; the message says where."""
+
+
+def reload_policy(config_dir: Path, service: JobService) -> None:
+    try:
+        policy, profiles = load_policy(config_dir)
+    except PolicyLoadError as e:
+        log.error("reload refused, the policy in force stays: %s", e)
+        return
+    service.set_policy(policy, profiles)
+    log.info("policy reloaded from %s", config_dir)
 
 
 async def serve(args: argparse.Namespace) -> int:
     shim = shim_command()
-    policy, profiles = load_policy(Path(args.config_dir))
+    try:
+        policy, profiles = load_policy(Path(args.config_dir))
+    except PolicyLoadError as e:
+        raise SystemExit(str(e)) from None
     sock = listening_socket(args.socket)
     try:
         units = await Systemd.connect()
     except SjobError as e:
         log.error("%s (%s)", e.message, e.hint)
         return 1
-    records = JobRecords(Path(args.state_dir) / "jobs.sqlite")
-    service = JobService(units, Journal(), records, shim, policy, profiles)
+    state = Path(args.state_dir)
+    records = JobRecords(state / "jobs.sqlite")
+    if not any((state / "keys").glob("*.pem")):
+        log.info("created token signing key %s", Keys.create(state / "keys"))
+    tokens = TokenStore(state / "tokens.sqlite")
+    access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens)
+    service = JobService(units, Journal(), records, shim, access, profiles)
     await service.reconcile()
     watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
     sweeper = asyncio.create_task(service.keep_swept(), name="sweep")
-    server = Server(service, sock)
+    server = Server(service, access, sock)
     server.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), service)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs")
     log.info("sjobd ready on %s", sock.getsockname())
     done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
@@ -169,10 +235,27 @@ async def serve(args: argparse.Namespace) -> int:
     await service.close()
     units.close()
     records.close()
+    tokens.close()
     return 1 if failed else 0
+
+
+def _reload(config_dir: Path, service: JobService) -> None:
+    sd_daemon.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=Reloading policy")
+    reload_policy(config_dir, service)
+    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.debug)
+    if args.new_key:
+        print(f"sjobd: new token signing key {Keys.create(Path(args.state_dir) / 'keys')}")
+        return
+    if args.check_policy:
+        try:
+            load_policy(Path(args.config_dir))
+        except PolicyLoadError as e:
+            raise SystemExit(str(e)) from None
+        print(f"sjobd: the policy in {args.config_dir} is valid")
+        return
     sys.exit(asyncio.run(serve(args)))

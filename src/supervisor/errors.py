@@ -21,6 +21,9 @@ class ErrorCode(enum.StrEnum):
     StartFailed = "StartFailed"
     SystemdError = "SystemdError"
     RequestTooLarge = "RequestTooLarge"
+    TooManyJobs = "TooManyJobs"
+    TooManyConnections = "TooManyConnections"
+    RequestTimeout = "RequestTimeout"
     InternalError = "InternalError"
     # Raised only on the client side; never sent over the wire.
     NotConnected = "NotConnected"

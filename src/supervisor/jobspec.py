@@ -20,6 +20,33 @@ MAX_ENV = 256
 MAX_ENV_BYTES = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PROFILE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+# Refused names: the unit's Environment= also reaches its privileged ExecStopPost (the exit report, run as root),
+# and these steer what a root process loads. The shim is linked statically, so none should matter; refusing
+# them keeps it so should that ever change. They are glibc's "unsecure" variables (the ones it drops for setuid
+# programs) and every LD_*; the job can still set them itself (sh -c 'LD_PRELOAD=... cmd').
+_REFUSED_ENV = frozenset(
+    {
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_ARENA_MAX",
+        "MALLOC_ARENA_TEST",
+        "MALLOC_PERTURB_",
+        "MALLOC_TRACE",
+        "MALLOC_TOP_PAD_",
+        "MALLOC_MMAP_MAX_",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    }
+)
 
 
 def validate(spec: JobSpec) -> JobSpec:
@@ -64,6 +91,11 @@ def _validate_environment(environment: list[str]) -> list[str]:
             raise invalid_argument(
                 f"invalid environment entry {entry[:60]!r}",
                 hint="write NAME=VALUE, where NAME is letters, digits and '_' and does not start with a digit",
+            )
+        if name.startswith("LD_") or name in _REFUSED_ENV:
+            raise invalid_argument(
+                f"the environment variable {name} is refused: it steers the dynamic loader or libc",
+                hint=f"set it inside the job instead: sjob run -- env {name}=... COMMAND",
             )
         if "\0" in value:
             raise invalid_argument(f"the value of environment variable {name} contains a NUL byte")

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
-from collections.abc import Mapping
-from typing import Any
 
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
-from supervisor.limitforms import DEVICE_KINDS, OPTION_OF, OPTIONS, parse_scalar
+from supervisor.limitforms import DEVICE_KINDS, OPTION_OF, OPTIONS
 from supervisor.protocol import MAX_TASKS, MAX_WEIGHT, Limits
 
 MAX_DEVICE_LIMITS = 16
@@ -131,86 +128,3 @@ def _show(name: str, value: int) -> str:
     if name == "timeout_usec":
         return f"{value / 1e6:g}s"
     return str(value)
-
-
-# --- the policy file ----------------------------------------------------------------------------------------
-
-
-class PolicyError(Exception):
-    """The policy file is wrong; the message names the file and the key."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProfilePolicy:
-    default: str = "strict"
-    allowed: tuple[str, ...] = ("strict", "network")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Policy:
-    limits: LimitPolicy = dataclasses.field(default_factory=LimitPolicy)
-    profiles: ProfilePolicy = dataclasses.field(default_factory=ProfilePolicy)
-
-
-def parse_policy(text: str, path: str) -> Policy:
-    """Read policy.toml: [profiles] default/allowed, [limits.default], [limits.max], [limits.per_user]."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{path}: {e}") from None
-    _known(data, {"defaults", "profiles", "limits"}, path, "")
-    profiles_table = _sub(data, "profiles", path)
-    _known(profiles_table, {"default", "allowed"}, path, "profiles")
-    default_profile = profiles_table.get("default", "strict")
-    allowed = profiles_table.get("allowed", ["strict", "network"])
-    if (
-        not isinstance(default_profile, str)
-        or not isinstance(allowed, list)
-        or not all(isinstance(a, str) for a in allowed)
-    ):
-        raise PolicyError(f"{path}: [profiles] default is a name and allowed a list of names")
-    if default_profile not in allowed:
-        raise PolicyError(f"{path}: [profiles] default {default_profile!r} is not in allowed")
-    limits_table = _sub(data, "limits", path)
-    _known(limits_table, {"default", "max", "per_user"}, path, "limits")
-    policy = LimitPolicy(
-        default=_limits(_sub(limits_table, "default", path), path, "limits.default"),
-        maximum=_limits(_sub(limits_table, "max", path), path, "limits.max"),
-        per_user=_limits(_sub(limits_table, "per_user", path), path, "limits.per_user", _PER_USER_KEYS),
-    )
-    try:
-        check(None, policy)
-    except SjobError as e:
-        raise PolicyError(f"{path}: [limits.default] is above [limits.max]: {e.message}") from None
-    return Policy(policy, ProfilePolicy(default_profile, tuple(allowed)))
-
-
-_POLICY_KEYS = {option.removeprefix("--"): (field, kind) for option, (field, kind) in OPTIONS.items()}
-_PER_USER_KEYS = {"cpu", "memory", "tasks"}
-
-
-def _limits(table: Mapping[str, Any], path: str, where: str, only: set[str] | None = None) -> Limits:
-    keys = only or {key for key, (_, kind) in _POLICY_KEYS.items() if kind not in DEVICE_KINDS}
-    _known(table, keys, path, where)
-    values: dict[str, object] = {}
-    for key, value in table.items():
-        field, kind = _POLICY_KEYS[key]
-        try:
-            values[field] = parse_scalar(kind, str(value), f"{key} =")
-        except SjobError as e:
-            raise PolicyError(f"{path}: [{where}] {e.message}" + (f" ({e.hint})" if e.hint else "")) from None
-    return Limits(**values)  # type: ignore[arg-type]
-
-
-def _sub(data: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise PolicyError(f"{path}: {key} must be a table")
-    return value
-
-
-def _known(table: Mapping[str, Any], keys: set[str], path: str, where: str) -> None:
-    unknown = sorted(set(table) - keys)
-    if unknown:
-        place = f"[{where}] " if where else ""
-        raise PolicyError(f"{path}: {place}unknown key {unknown[0]!r} (known: {', '.join(sorted(keys))})")

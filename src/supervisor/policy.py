@@ -1,18 +1,118 @@
-"""Who may do what. Pure decisions, no I/O.
+"""Who may do what. Pure decisions, no I/O: every request sjobd serves is decided here, and every decision is
+audited by the caller (`access`).
 
-For now the rule is the one every local user expects: you run jobs as yourself and see only your own; root sees
-everyone's. A job that belongs to someone else is reported exactly like a missing one, so ids leak nothing.
+The model, read from policy.toml by `policyfile`:
+- Rules, tried in order; the first whose `users`, `groups` or `tokens` match the principal applies. It grants
+  actions (run, stop, status, logs, list), sandbox profiles, default and maximum limits, and a cap on concurrent
+  jobs; for token subjects it names the local user their jobs run as. A principal no rule matches may do nothing.
+- Everyone acts on their own jobs only. Another user's job looks exactly like a missing one, except to admins:
+  root and the users and groups of [admins] may see, read and stop everyone's jobs, and issue tokens. A token's
+  bearer is never an admin.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+
 from supervisor.auth import Principal
+from supervisor.limits import LimitPolicy
+from supervisor.protocol import Limits
+
+EVERYONE = "*"
+DEFAULT_MAX_TOKEN_TTL_USEC = 30 * 86400 * 1_000_000
 
 
-def may_view(principal: Principal, owner_uid: int) -> bool:
-    return principal.is_root or principal.uid == owner_uid
+class Action(enum.StrEnum):
+    run = "run"
+    stop = "stop"
+    status = "status"
+    logs = "logs"
+    list = "list"
+    tokens = "tokens"  # issue, list and revoke tokens: admins only, never granted by a rule
+    authenticate = "authenticate"  # present a token (audited; decided by the token's checks)
 
 
-def run_as(principal: Principal) -> tuple[int, int]:
-    """The uid and gid a principal's jobs run as: always the caller's own, whatever the request says."""
-    return principal.uid, principal.gid
+JOB_ACTIONS = frozenset({Action.run, Action.stop, Action.status, Action.logs, Action.list})
+ON_OTHERS_JOBS = frozenset({Action.stop, Action.status, Action.logs})  # what admins may do to anyone's job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProfilePolicy:
+    default: str = "strict"
+    allowed: tuple[str, ...] = ("strict", "network")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    actions: frozenset[Action] = JOB_ACTIONS
+    users: frozenset[str] = frozenset()  # names; "*" is every local user
+    groups: frozenset[str] = frozenset()
+    tokens: frozenset[str] = frozenset()  # token subjects; "*" is every token
+    profiles: ProfilePolicy = dataclasses.field(default_factory=ProfilePolicy)
+    limits: LimitPolicy = dataclasses.field(default_factory=LimitPolicy)
+    max_jobs: int | None = None  # running at once, per user the jobs run as
+    run_as: str | None = None  # for token subjects: the local user; local users always run as themselves
+
+    def matches(self, principal: Principal) -> bool:
+        if principal.token is not None:
+            return bool(self.tokens & {EVERYONE, principal.token.subject})
+        return bool(self.users & {EVERYONE, principal.user} or self.groups & principal.groups)
+
+
+EVERYONE_RULE = Rule("everyone", users=frozenset({EVERYONE}))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...] = (EVERYONE_RULE,)
+    admin_users: frozenset[str] = frozenset()
+    admin_groups: frozenset[str] = frozenset()
+    per_user: Limits = dataclasses.field(default_factory=Limits)  # a user's jobs together: cpu, memory, tasks
+    max_token_ttl_usec: int = DEFAULT_MAX_TOKEN_TTL_USEC
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str
+    rule: Rule | None = None
+    not_owner: bool = False  # denied because the job is someone else's: answer as if it did not exist
+
+
+def rule_for(policy: Policy, principal: Principal) -> Rule | None:
+    return next((rule for rule in policy.rules if rule.matches(principal)), None)
+
+
+def is_admin(policy: Policy, principal: Principal) -> bool:
+    if principal.token is not None:
+        return False
+    return principal.is_root or principal.user in policy.admin_users or bool(policy.admin_groups & principal.groups)
+
+
+def decide(policy: Policy, principal: Principal, action: Action, owner_uid: int | None = None) -> Decision:
+    """May `principal` do `action` (to a job of `owner_uid`, if one is named)?"""
+    admin = is_admin(policy, principal)
+    if action is Action.tokens:
+        if admin:
+            return Decision(True, "admin")
+        return Decision(False, "only root and sjob admins may manage tokens")
+    if owner_uid is not None and owner_uid != principal.uid:
+        if admin and action in ON_OTHERS_JOBS:
+            return Decision(True, "admin, on another user's job")
+        return Decision(False, "the job belongs to another user", not_owner=True)
+    rule = rule_for(policy, principal)
+    if rule is None:
+        if admin and action in ON_OTHERS_JOBS | {Action.list}:
+            return Decision(True, "admin")
+        return Decision(False, f"no policy rule grants {principal.name} anything")
+    granted = rule.actions if principal.token is None else rule.actions & principal.token.scope
+    if action not in granted:
+        why = "the token's scope" if action in rule.actions else f"policy rule {rule.name!r}"
+        return Decision(False, f"{why} does not allow {action.value}", rule)
+    return Decision(True, f"policy rule {rule.name!r}", rule)
+
+
+def may_list_everyone(policy: Policy, principal: Principal) -> bool:
+    return is_admin(policy, principal)

@@ -39,6 +39,10 @@ class Method(enum.StrEnum):
     Stop = f"{INTERFACE}.Stop"
     Status = f"{INTERFACE}.Status"
     List = f"{INTERFACE}.List"
+    Authenticate = f"{INTERFACE}.Authenticate"
+    IssueToken = f"{INTERFACE}.IssueToken"
+    ListTokens = f"{INTERFACE}.ListTokens"
+    RevokeToken = f"{INTERFACE}.RevokeToken"
 
 
 class JobState(enum.StrEnum):
@@ -164,6 +168,26 @@ class Output:
 
     def raw(self) -> bytes:
         return base64.b64decode(self.data, validate=True)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token sjobd issued (never the token itself, which only its issuer ever sees)."""
+
+    id: str  # the token's jti
+    subject: str
+    scope: list[str]
+    issued_by: str
+    issued_usec: int
+    expires_usec: int
+    revoked_usec: int | None = None
+    revoked_by: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str  # the JWT: give it to its bearer, who passes it in SJOB_TOKEN or SJOB_TOKEN_FILE
+    info: TokenInfo
 
 
 class FollowReply(typing.TypedDict, total=False):

@@ -1,21 +1,32 @@
 """sjobd's Varlink server: the io.sjob.Jobs interface on a Unix socket, one principal per connection.
 
-Each accepted connection is identified once, by SO_PEERCRED, and gets its own interface object bound to that
-principal: nothing a client sends can change who it is. Every method maps `SjobError` to the Varlink error
-`io.sjob.Jobs.<code>` with `message` and `hint`; any other exception is a bug, logged with its traceback and
-answered with `InternalError`, and the server carries on. A connection that closes, or half-closes, cancels its
-streaming calls so an abandoned `Follow` does not hold a journal reader open.
+Each accepted connection is identified once, by SO_PEERCRED (uid, gid), SO_PEERGROUPS (supplementary groups) and,
+where the kernel offers it (Linux 6.5), SO_PEERPIDFD, so the pid in the log and audit cannot be a reused one. It gets
+its own interface object bound to that principal: nothing a client sends can change who it is, except a valid
+token (`Authenticate`), which makes the connection that token's principal.
+
+A client cannot stall others: a request must arrive whole within REQUEST_TIMEOUT and within MAX_MESSAGE bytes, and
+one user (by kernel uid) may hold at most MAX_CONNECTIONS_PER_USER connections (MAX_CONNECTIONS in all).
+
+Every method maps `SjobError` to the Varlink error `io.sjob.Jobs.<code>` with `message` and `hint`; any other
+exception is a bug, logged with its traceback and answered with `InternalError`, and the server carries on. A
+connection that closes, or half-closes, cancels its streaming calls so an abandoned `Follow` does not hold a
+journal reader open.
 
 No `from __future__ import annotations`: asyncvarlink derives the interface from runtime annotations.
 """
 
 import asyncio
 import contextlib
+import grp
+import json
 import logging
+import os
 import pwd
 import select
 import socket
 import struct
+import time
 import typing
 from collections.abc import AsyncIterator
 
@@ -33,14 +44,32 @@ from asyncvarlink import (
 from asyncvarlink.serviceinterface import InvalidParameter, VarlinkServiceInterface
 
 import supervisor
+from supervisor.access import Access
+from supervisor.audit import AuditEntry
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.jobs import JobService
-from supervisor.protocol import INTERFACE, FollowReply, Job, JobSpec, Output, Stream, parse_signal
+from supervisor.protocol import (
+    INTERFACE,
+    FollowReply,
+    IssuedToken,
+    Job,
+    JobSpec,
+    Output,
+    Stream,
+    TokenInfo,
+    parse_signal,
+)
+from supervisor.tokens import TokenRecord
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024 * 1024  # a request larger than this is refused and the connection closed
+REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
+MAX_CONNECTIONS_PER_USER = 32
+MAX_CONNECTIONS = 1024
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 HANGUP_CHECK = 1.0  # seconds between checks whether the client of a stream is still there
 
 
@@ -72,9 +101,48 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
 
     errors = tuple(ERRORS.values())
 
-    def __init__(self, service: JobService, principal: Principal) -> None:
+    def __init__(self, service: JobService, access: Access, principal: Principal) -> None:
         self._service = service
+        self._access = access
         self._principal = principal
+
+    @varlinkmethod(return_parameter="principal")
+    def Authenticate(self, token: str) -> str:  # noqa: N802
+        """Act as the principal of `token` (a JWT from `sjob token issue`) for the rest of this connection."""
+        try:
+            self._principal = self._access.authenticate(self._principal, token, time.time_ns() // 1000)
+        except SjobError as e:
+            raise varlink_error(e) from None
+        return str(self._principal)
+
+    @varlinkmethod(return_parameter="issued")
+    def IssueToken(  # noqa: N802
+        self, subject: str, scope: list[str] | None = None, ttl_usec: int | None = None
+    ) -> IssuedToken:
+        """Issue a token for `subject` allowing `scope` (default: all job actions) for `ttl_usec` (admins only)."""
+        try:
+            token, record = self._access.issue_token(
+                self._principal, subject, frozenset(scope) if scope else None, ttl_usec, time.time_ns() // 1000
+            )
+        except SjobError as e:
+            raise varlink_error(e) from None
+        return IssuedToken(token, _token_info(record))
+
+    @varlinkmethod(return_parameter="tokens")
+    def ListTokens(self) -> list[TokenInfo]:  # noqa: N802
+        """Every token issued, newest first (admins only)."""
+        try:
+            return [_token_info(r) for r in self._access.list_tokens(self._principal)]
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    @varlinkmethod(return_parameter="token")
+    def RevokeToken(self, id: str) -> TokenInfo:  # noqa: N802
+        """Revoke a token by its id: it is refused from now on (admins only)."""
+        try:
+            return _token_info(self._access.revoke_token(self._principal, id, time.time_ns() // 1000))
+        except SjobError as e:
+            raise varlink_error(e) from None
 
     @varlinkmethod(return_parameter="job")
     async def Start(self, spec: JobSpec) -> Job:  # noqa: N802 - Varlink method names are CamelCase
@@ -152,6 +220,7 @@ class Connection(VarlinkInterfaceServerProtocol):
         self._streams: set[asyncio.Future[None]] = set()
         self._pending: list[bytes] = []  # the start of a request whose NUL has not arrived yet
         self._pending_size = 0
+        self._deadline: asyncio.TimerHandle | None = None  # when the pending request must be complete
 
     def message_received(self, data: bytes, fds: FileDescriptorArray | None) -> None:
         # Requests are passed on only once complete (NUL-terminated), within MAX_MESSAGE, and valid UTF-8:
@@ -162,10 +231,17 @@ class Connection(VarlinkInterfaceServerProtocol):
             self._pending_size += len(data)
             if self._pending_size > MAX_MESSAGE:
                 self._refuse(ErrorCode.RequestTooLarge, f"request larger than {MAX_MESSAGE} bytes")
+            elif self._deadline is None:
+                self._deadline = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._too_slow)
             return
         complete = b"".join([*self._pending, data[: end + 1]])
         rest = data[end + 1 :]
         self._pending, self._pending_size = ([rest], len(rest)) if rest else ([], 0)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if rest:
+            self._deadline = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._too_slow)
         for request in complete[:-1].split(b"\0"):
             if len(request) > MAX_MESSAGE:
                 self._refuse(ErrorCode.RequestTooLarge, f"request larger than {MAX_MESSAGE} bytes")
@@ -177,9 +253,16 @@ class Connection(VarlinkInterfaceServerProtocol):
                 return
         super().message_received(complete, fds)
 
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(ErrorCode.RequestTimeout, f"request not complete within {REQUEST_TIMEOUT:g}s")
+
     def _refuse(self, code: ErrorCode, message: str) -> None:
         # Never log what a misbehaving peer sent; say what kind of trouble it was.
         log.warning("closing connection of %s: %s", self._principal, message)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self.send_error(varlink_error(SjobError(code, message + "; closing the connection")))
         self._pending, self._pending_size = [], 0
         self.close()
@@ -232,6 +315,8 @@ class Connection(VarlinkInterfaceServerProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_streams()
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
         super().connection_lost(exc)
@@ -256,16 +341,65 @@ def peer_principal(conn: socket.socket) -> Principal:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = str(uid)
-    return Principal(uid=uid, gid=gid, pid=pid, user=name)
+    return Principal(uid=uid, gid=gid, pid=_peer_pid(conn, pid), user=name, groups=_group_names(conn, gid))
+
+
+def _group_names(conn: socket.socket, gid: int) -> frozenset[str]:
+    """The peer's primary and supplementary groups by name (SO_PEERGROUPS, Linux 4.13)."""
+    gids = {gid}
+    with contextlib.suppress(OSError):  # a peer in more than 1024 groups: the primary one only
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        gids.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    names = set()
+    for g in gids:
+        try:
+            names.add(grp.getgrgid(g).gr_name)
+        except KeyError:
+            continue
+    return frozenset(names)
+
+
+def _peer_pid(conn: socket.socket, pid: int) -> int:
+    """The peer's pid through a pidfd (SO_PEERPIDFD, Linux 6.5): -1 if the process is gone, so a pid reused
+    since the connect is never named. Older kernels: SO_PEERCRED's pid as it was at connect()."""
+    try:
+        pidfd = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
+    except OSError:
+        return pid
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(pidfd)
+    return pid
+
+
+def _token_info(record: TokenRecord) -> TokenInfo:
+    return TokenInfo(
+        record.token_id,
+        record.subject,
+        list(record.scope),
+        record.issued_by,
+        record.issued_usec,
+        record.expires_usec,
+        record.revoked_usec,
+        record.revoked_by,
+    )
 
 
 class Server:
     """Accepts connections on a listening Unix socket and serves io.sjob.Jobs on each."""
 
-    def __init__(self, service: JobService, sock: socket.socket) -> None:
+    def __init__(self, service: JobService, access: Access, sock: socket.socket) -> None:
         self._service = service
+        self._access = access
         self._sock = sock
         self._transports: set[VarlinkTransport] = set()
+        self._per_user: dict[int, int] = {}  # kernel uid -> open connections
 
     def start(self) -> None:
         self._sock.setblocking(False)
@@ -302,13 +436,39 @@ class Server:
             log.error("cannot identify a peer: %s", e)
             conn.close()
             return
+        held = self._per_user.get(principal.uid, 0)
+        if held >= MAX_CONNECTIONS_PER_USER or len(self._transports) >= MAX_CONNECTIONS:
+            self._turn_away(conn, principal, held)
+            return
+        self._per_user[principal.uid] = held + 1
         conn.setblocking(False)
         registry = VarlinkInterfaceRegistry()
-        registry.register_interface(JobsInterface(self._service, principal))
+        registry.register_interface(JobsInterface(self._service, self._access, principal))
         registry.register_interface(
             VarlinkServiceInterface("sjob", "sjobd", supervisor.__version__, "https://github.com/sjob/sjob", registry)
         )
         protocol = Connection(registry, principal, conn.fileno())
         transport = VarlinkTransport(asyncio.get_running_loop(), conn, conn, protocol)
         self._transports.add(transport)
-        transport.closed_future.add_done_callback(lambda _: self._transports.discard(transport))
+        transport.closed_future.add_done_callback(lambda _: self._closed(transport, principal.uid))
+
+    def _closed(self, transport: VarlinkTransport, uid: int) -> None:
+        self._transports.discard(transport)
+        if (left := self._per_user.get(uid, 1) - 1) > 0:
+            self._per_user[uid] = left
+        else:
+            self._per_user.pop(uid, None)
+
+    def _turn_away(self, conn: socket.socket, principal: Principal, held: int) -> None:
+        """Refuse a connection over the caps: one error reply (if the socket takes it at once), then close."""
+        if held >= MAX_CONNECTIONS_PER_USER:
+            message = f"{principal.user} already has {held} connections to sjobd, the most allowed"
+        else:
+            message = f"sjobd already serves {len(self._transports)} connections, the most it allows"
+        self._access.audit(AuditEntry(principal, "connect", False, message))
+        error = SjobError(ErrorCode.TooManyConnections, message, hint="close some (e.g. idle 'sjob logs -f')")
+        reply = {"error": f"{INTERFACE}.{error.code.value}", "parameters": {"message": message, "hint": error.hint}}
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(json.dumps(reply).encode() + b"\0")
+        conn.close()

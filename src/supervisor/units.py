@@ -81,25 +81,27 @@ class Outcome:
 
 def outcome_of_exit(record: ExitRecord, stopped_by: str | None = None) -> Outcome:
     """Interpret the exit record written by the unit's ExecStopPost; `stopped_by` names who asked for a stop."""
-    sig = record.signal
-    if stopped_by is not None:
-        state = JobState.stopped
-        message = f"stopped by {stopped_by}" + (f" (killed by signal {signal_name(sig)})" if sig == KILL else "")
-        return Outcome(state, record.result, record.status, sig, message)
-    if record.result == "success" and sig is not None:
-        # systemd counts death by SIGTERM, SIGINT, SIGHUP or SIGPIPE as a clean end (systemctl stop, kill -TERM):
-        # the job was stopped, not finished, and never "exit 0".
-        return Outcome(JobState.stopped, record.result, None, sig, f"stopped by signal {signal_name(sig)}")
-    state = JobState.exited if record.result == "success" else JobState.failed
-    return Outcome(state, record.result, record.status, sig, describe(record.result, record.status, sig))
+    return _outcome(record.result, record.status, record.signal, stopped_by)
 
 
-def outcome_of_unit(unit: UnitState) -> Outcome:
-    """Interpret a finished unit's properties (used when a unit fails before its main process runs)."""
+def outcome_of_unit(unit: UnitState, stopped_by: str | None = None) -> Outcome:
+    """Interpret a finished unit's properties: for a unit that failed before its main process ran, or one whose
+    ExecStopPost (the exit record) systemd could not run."""
     status = unit.exec_main_status if unit.exec_main_code == CLD_EXITED else None
     sig = unit.exec_main_status if unit.exec_main_code in (CLD_KILLED, CLD_DUMPED) else None
-    state = JobState.exited if unit.result == "success" else JobState.failed
-    return Outcome(state, unit.result, status, sig, describe(unit.result, status, sig))
+    return _outcome(unit.result, status, sig, stopped_by)
+
+
+def _outcome(result: str, status: int | None, sig: int | None, stopped_by: str | None) -> Outcome:
+    if stopped_by is not None:
+        message = f"stopped by {stopped_by}" + (f" (killed by signal {signal_name(sig)})" if sig == KILL else "")
+        return Outcome(JobState.stopped, result, status, sig, message)
+    if result == "success" and sig is not None:
+        # systemd counts death by SIGTERM, SIGINT, SIGHUP or SIGPIPE as a clean end (systemctl stop, kill -TERM):
+        # the job was stopped, not finished, and never "exit 0".
+        return Outcome(JobState.stopped, result, None, sig, f"stopped by signal {signal_name(sig)}")
+    state = JobState.exited if result == "success" else JobState.failed
+    return Outcome(state, result, status, sig, describe(result, status, sig))
 
 
 def describe(result: str, status: int | None, sig: int | None) -> str | None:

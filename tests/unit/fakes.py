@@ -17,8 +17,11 @@ import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from supervisor.limits import Policy, parse_policy
+from supervisor.access import Access
+from supervisor.audit import AuditEntry
 from supervisor.logformat import ExitRecord, OutputRecord, Record
+from supervisor.policy import Policy
+from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import UnitProperties
@@ -171,3 +174,17 @@ def shipped_policy() -> tuple[Policy, Profiles]:
     """The policy and profiles sjob ships (policy/), as sjobd loads them."""
     policy = parse_policy((POLICY_DIR / "default.toml").read_text(), "policy/default.toml")
     return policy, load_profiles([POLICY_DIR / "profiles"])
+
+
+class FakeAudit:
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    def record(self, entry: AuditEntry) -> None:
+        self.entries.append(entry)
+
+
+def shipped_access(audit: FakeAudit | None = None, **kw: typing.Any) -> tuple[Access, Profiles]:
+    """An Access over the shipped policy (auditing into `audit`), and the shipped profiles."""
+    policy, profiles = shipped_policy()
+    return Access(policy, audit or FakeAudit(), **kw), profiles

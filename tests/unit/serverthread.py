@@ -14,14 +14,16 @@ from supervisor.properties import ShimCommand
 from supervisor.records import JobRecords
 from supervisor.server import Server
 
-from .fakes import FakeJobLog, FakeUnits, shipped_policy
+from .fakes import FakeAudit, FakeJobLog, FakeUnits, shipped_access
 
 
 class ServerThread:
-    def __init__(self, directory: Path, **units: Any) -> None:
+    def __init__(self, directory: Path, access: dict[str, Any] | None = None, **units: Any) -> None:
         self.socket = str(directory / "sjob.sock")
         self.db = directory / "jobs.sqlite"
         self._units_args = units
+        self._access_args = access or {}
+        self.audit = FakeAudit()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -39,10 +41,11 @@ class ServerThread:
         self.log = FakeJobLog()
         self.units = FakeUnits(self.log, **self._units_args)
         records = JobRecords(self.db)
+        self.access, profiles = shipped_access(self.audit, **self._access_args)
         self.service = JobService(
-            self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"), *shipped_policy()
+            self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"), self.access, profiles
         )
-        self.server = Server(self.service, listening_socket(self.socket))
+        self.server = Server(self.service, self.access, listening_socket(self.socket))
         self.server.start()
         self._stop = asyncio.Event()
         watcher = asyncio.create_task(self.service.watch_exits())

@@ -19,7 +19,7 @@ from supervisor.protocol import Job, JobSpec, JobState, Output, Resources, Strea
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
-from .fakes import FakeJobLog, FakeUnits, failed_unit, shipped_policy
+from .fakes import FakeJobLog, FakeUnits, failed_unit, shipped_access
 
 ALICE = Principal(1000, 1000, 10, "alice")
 BOB = Principal(1001, 1001, 11, "bob")
@@ -36,7 +36,7 @@ def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], 
             log,
             JobRecords(tmp_path / "jobs.sqlite"),
             ShimCommand("/opt/sjob/bin/sjob-shim"),
-            *shipped_policy(),
+            *shipped_access(),
             is_block_device=lambda path: path == "/dev/vda",
         )
         try:
@@ -169,6 +169,28 @@ def test_a_unit_that_vanishes_without_an_exit_is_unknown(tmp_path: Path, monkeyp
         assert final.state is JobState.unknown
         assert final.message is not None
         assert "vanished" in final.message
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_a_unit_that_failed_without_an_exit_record_is_settled_from_its_properties(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd could not spawn the ExecStopPost that writes the exit record (a full TasksMax): the unit is failed
+    # with result "resources", and the job must not stay "running" for ever.
+    monkeypatch.setattr(jobs, "VANISHED_GRACE_USEC", 0)
+
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "sleep 60"], "/"))
+        failed = failed_unit(job.unit, CLD_KILLED, signal.SIGTERM, "resources")
+        units.states[job.unit] = dataclasses.replace(failed, active_state="active", sub_state="running")
+        await service.stop(ALICE, job.id)
+        units.states[job.unit] = failed
+        final = await service.status(ALICE, job.id)
+        assert (final.state, final.result, final.signal) == (JobState.stopped, "resources", signal.SIGTERM)
+        assert final.message == "stopped by alice"
+        await asyncio.sleep(0.05)
+        assert units.reset == [job.unit]  # and collected
 
     scenario(body, tmp_path, run_commands=False)
 

@@ -29,6 +29,11 @@ def test_valid_spec_is_normalised() -> None:
         (JobSpec(["echo"], "/", ["=1"]), "NAME=VALUE"),
         (JobSpec(["echo"], "/", ["A=\0"]), "NUL"),
         (JobSpec(["echo"], "/", ["A=1"] * 300), "environment"),
+        (JobSpec(["echo"], "/", ["A\nB=1"]), "NAME=VALUE"),
+        (JobSpec(["echo"], "/", ["LD_PRELOAD=/home/alice/evil.so"]), "LD_PRELOAD is refused"),
+        (JobSpec(["echo"], "/", ["LD_LIBRARY_PATH=/tmp"]), "dynamic loader"),
+        (JobSpec(["echo"], "/", ["GCONV_PATH=/tmp"]), "GCONV_PATH is refused"),
+        (JobSpec(["echo"], "/", ["GLIBC_TUNABLES=x"]), "inside the job"),
     ],
 )
 def test_invalid_specs(spec: JobSpec, words: str) -> None:

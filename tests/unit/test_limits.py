@@ -6,7 +6,7 @@ import pytest
 
 from supervisor import limits
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.limits import PolicyError, parse_policy
+from supervisor.policyfile import PolicyError, parse_policy
 from supervisor.profiles import ProfileError
 from supervisor.profiles import load as load_profiles
 from supervisor.protocol import DeviceLimit, Limits
@@ -17,18 +17,18 @@ POLICY, PROFILES = shipped_policy()
 
 
 def test_shipped_policy_and_profiles_load() -> None:
-    assert POLICY.profiles.default == "strict"
+    assert POLICY.rules[0].profiles.default == "strict"
     assert set(PROFILES.by_name) >= {"strict", "network"}
     assert "no_network" in PROFILES.get("strict").checks
     assert "no_network" not in PROFILES.get("network").checks
 
 
 def test_a_request_takes_defaults_and_is_refused_above_a_ceiling() -> None:
-    got = limits.check(Limits(cpu_percent=50), POLICY.limits)
+    got = limits.check(Limits(cpu_percent=50), POLICY.rules[0].limits)
     assert (got.cpu_percent, got.tasks_max, got.memory_max) == (50, 1024, 2 << 30)
-    assert limits.check(None, POLICY.limits).cpu_percent == 400  # no default: the ceiling
+    assert limits.check(None, POLICY.rules[0].limits).cpu_percent == 400  # no default: the ceiling
     with pytest.raises(SjobError) as e:
-        limits.check(Limits(memory_max=9 << 30), POLICY.limits)
+        limits.check(Limits(memory_max=9 << 30), POLICY.rules[0].limits)
     assert e.value.code is ErrorCode.PermissionDenied
     assert e.value.message == "--memory 9G is above what policy allows you (8G)"
 
@@ -46,7 +46,7 @@ def test_a_request_takes_defaults_and_is_refused_above_a_ceiling() -> None:
 )
 def test_what_no_cli_would_send_is_refused(bad: Limits) -> None:
     with pytest.raises(SjobError) as e:
-        limits.check(bad, POLICY.limits)
+        limits.check(bad, POLICY.rules[0].limits)
     assert e.value.code is ErrorCode.InvalidArgument
 
 

@@ -16,7 +16,7 @@ POLICY, PROFILES = shipped_policy()
 
 
 def unit(spec: JobSpec, profile: str = "strict") -> properties.UnitProperties:
-    job_limits = limits.check(spec.limits, POLICY.limits)
+    job_limits = limits.check(spec.limits, POLICY.rules[0].limits)
     return properties.job_unit(
         "sjob-1a2b3c4d.service", "1a2b3c4d", spec, ALICE, 1000, 1000, SHIM, job_limits, PROFILES.get(profile)
     )
@@ -88,7 +88,7 @@ def test_limits_become_properties() -> None:
     assert u.get("TasksMax") == 1024  # the policy's default
     for _, signature, value in u.signed():
         Variant(signature, value)
-    caps = properties.slice_unit(1000, POLICY.limits.per_user)
+    caps = properties.slice_unit(1000, POLICY.per_user)
     assert caps.name == "sjob-u1000.slice"
     assert dict(caps.properties) == {"CPUQuotaPerSecUSec": 4_000_000, "MemoryMax": 8 << 30, "TasksMax": 16384}
     for _, signature, value in caps.signed():

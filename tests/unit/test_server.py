@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import server as server_module
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import INTERFACE, Job, JobSpec, JobState, Method, Output
@@ -182,3 +183,55 @@ def test_a_follower_that_goes_away_releases_its_reader(public_dir: Path) -> None
         assert server.call(lambda: server.log.open_readers) == 0
     finally:
         server.stop()
+
+
+def read_reply(sock: socket.socket) -> dict[str, object]:
+    data = b""
+    while not data.endswith(b"\0"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    reply = json.loads(data.rstrip(b"\0"))
+    assert isinstance(reply, dict)
+    return reply
+
+
+def test_connections_are_capped_per_user_and_others_carry_on(server: ServerThread) -> None:
+    held = []
+    try:
+        for _ in range(server_module.MAX_CONNECTIONS_PER_USER):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(server.socket)
+            held.append(sock)
+        with Client(server.socket) as client, pytest.raises(SjobError) as e:
+            client.list_jobs()
+        assert e.value.code is ErrorCode.TooManyConnections
+        assert "connections to sjobd, the most allowed" in e.value.message
+        assert (server.audit.entries[-1].action, server.audit.entries[-1].allowed) == ("connect", False)
+        held.pop().close()
+        time.sleep(0.2)
+        with Client(server.socket) as client:
+            assert client.list_jobs() == []
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_request_that_trickles_in_is_cut_off(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT", 0.5)
+    with socket.socket(socket.AF_UNIX) as slow:
+        slow.connect(server.socket)
+        started = time.monotonic()
+        for byte in b'{"method": "io.sjob.Jobs.List"':
+            try:
+                slow.send(bytes([byte]))
+            except BrokenPipeError:  # cut off: what we want
+                break
+            time.sleep(0.05)
+        assert time.monotonic() - started < 1.4
+        reply = read_reply(slow)
+        assert reply["error"] == f"{INTERFACE}.RequestTimeout"
+        assert slow.recv(10) == b""  # and closed
+    with Client(server.socket) as client:  # the server carries on
+        assert client.list_jobs() == []

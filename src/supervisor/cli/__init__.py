@@ -31,7 +31,7 @@ def build_app() -> typer.Typer:
     import typer  # noqa: PLC0415 - the fast path of `sjob run` never needs it
 
     from supervisor.cli import list as list_verb  # noqa: PLC0415
-    from supervisor.cli import logs, run, status, stop  # noqa: PLC0415
+    from supervisor.cli import logs, run, status, stop, token  # noqa: PLC0415
 
     app = typer.Typer(
         name="sjob",
@@ -41,7 +41,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for verb in (run, stop, status, logs, list_verb):
+    for verb in (run, stop, status, logs, list_verb, token):
         verb.register(app)
     return app
 

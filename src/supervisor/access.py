@@ -1,0 +1,182 @@
+"""Access control, in one place: every request's decision is taken here (by `policy.decide`), audited here, and
+turned into the error the client sees. Token authentication and token management live here too.
+
+Refusals say what was refused and why, except for someone else's job, which is refused exactly like a missing
+one (`NoSuchJob`), so job ids leak nothing; the audit entry tells the truth.
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Callable
+from typing import Protocol
+
+from supervisor import policy as decisions
+from supervisor.audit import AuditEntry
+from supervisor.auth import Principal, TokenIdentity
+from supervisor.errors import ErrorCode, SjobError, no_such_job
+from supervisor.policy import JOB_ACTIONS, Action, Decision, Policy, Rule
+from supervisor.tokens import Keys, TokenError, TokenRecord, TokenStore, issue, verify
+
+DEFAULT_TOKEN_TTL_USEC = 86400 * 1_000_000
+
+
+class AuditSink(Protocol):
+    def record(self, entry: AuditEntry) -> None: ...
+
+
+def lookup_user(name: str) -> tuple[int, int] | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+class Access:
+    def __init__(
+        self,
+        policy: Policy,
+        audit: AuditSink,
+        keys: Keys | None = None,
+        tokens: TokenStore | None = None,
+        lookup: Callable[[str], tuple[int, int] | None] = lookup_user,
+    ) -> None:
+        self.policy = policy
+        self._audit = audit
+        self._keys = keys
+        self._tokens = tokens
+        self._lookup = lookup
+
+    # --- jobs ----------------------------------------------------------------------------------------------
+
+    def authorize(
+        self, principal: Principal, action: Action, *, job_id: str | None = None, owner_uid: int | None = None
+    ) -> Decision:
+        """Allow (and audit) or raise (and audit) for `action`, on the job `job_id` of `owner_uid` if given."""
+        decision = decisions.decide(self.policy, principal, action, owner_uid)
+        self._audit.record(AuditEntry(principal, action.value, decision.allowed, decision.reason, job_id))
+        if decision.allowed:
+            return decision
+        if decision.not_owner and job_id is not None:
+            raise no_such_job(job_id)
+        raise SjobError(
+            ErrorCode.PermissionDenied,
+            f"{principal.name} may not {action.value}: {decision.reason}",
+            hint="ask an administrator to grant it in /etc/sjob/policy.toml",
+        )
+
+    def decide(self, principal: Principal, action: Action) -> Decision:
+        """The decision, not yet audited: for `run`, which has more to check (see `allow` and `refuse`)."""
+        return decisions.decide(self.policy, principal, action)
+
+    def allow(self, principal: Principal, action: Action, reason: str, job_id: str | None = None) -> None:
+        self._audit.record(AuditEntry(principal, action.value, True, reason, job_id))
+
+    def refuse(self, principal: Principal, action: Action, error: SjobError, job_id: str | None = None) -> SjobError:
+        """Audit a refusal found after `decide` (a ceiling, a profile, the job cap); returns the error to raise."""
+        self._audit.record(AuditEntry(principal, action.value, False, error.message, job_id))
+        return error
+
+    def rule(self, principal: Principal) -> Rule | None:
+        return decisions.rule_for(self.policy, principal)
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Record a decision taken elsewhere (the server's connection caps)."""
+        self._audit.record(entry)
+
+    def is_admin(self, principal: Principal) -> bool:
+        return decisions.is_admin(self.policy, principal)
+
+    # --- tokens --------------------------------------------------------------------------------------------
+
+    def authenticate(self, peer: Principal, token: str, now_usec: int) -> Principal:
+        """The principal a token stands for, connected from `peer`; raises PermissionDenied (audited) if refused."""
+        try:
+            if peer.token is not None:
+                raise TokenError("this connection has already presented a token")
+            claims = verify(self._need_keys(), token, self.policy.max_token_ttl_usec, now_usec)
+            record = self._need_store().get(claims.token_id)
+            if record is None:
+                raise TokenError(f"token {claims.token_id} was not issued by this sjobd")
+            if record.revoked_usec is not None:
+                raise TokenError(f"token {claims.token_id} was revoked by {record.revoked_by}")
+            identity = TokenIdentity(claims.subject, claims.token_id, claims.scope)
+            probe = Principal(-1, -1, peer.pid, claims.subject, token=identity)
+            rule = decisions.rule_for(self.policy, probe)
+            if rule is None or rule.run_as is None:
+                raise TokenError(f"no policy rule is for token subject {claims.subject!r}")
+            ids = self._lookup(rule.run_as)
+            if ids is None:
+                raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}, who does not exist")
+            if ids[0] == 0:
+                raise TokenError(f"policy rule {rule.name!r} maps tokens to root; token jobs never run as root")
+        except TokenError as e:
+            self._audit.record(AuditEntry(peer, Action.authenticate.value, False, str(e)))
+            raise SjobError(
+                ErrorCode.PermissionDenied,
+                f"token refused: {e}",
+                hint="ask an sjob administrator for a new token ('sjob token issue')",
+            ) from None
+        principal = Principal(ids[0], ids[1], peer.pid, rule.run_as, token=identity)
+        self._audit.record(
+            AuditEntry(principal, Action.authenticate.value, True, f"token from {peer}, policy rule {rule.name!r}")
+        )
+        return principal
+
+    def issue_token(
+        self, principal: Principal, subject: str, scope: frozenset[str] | None, ttl_usec: int | None, now_usec: int
+    ) -> tuple[str, TokenRecord]:
+        self.authorize(principal, Action.tokens)
+        ttl = ttl_usec if ttl_usec is not None else min(DEFAULT_TOKEN_TTL_USEC, self.policy.max_token_ttl_usec)
+        try:
+            if not 0 < ttl <= self.policy.max_token_ttl_usec:
+                raise TokenError(
+                    f"ttl must be more than 0 and at most {self.policy.max_token_ttl_usec // 1_000_000}s"
+                    " ([tokens] max_ttl in policy.toml)"
+                )
+            token, claims = issue(self._need_keys(), subject, scope or JOB_ACTIONS, ttl, now_usec)
+        except TokenError as e:
+            raise self.refuse(principal, Action.tokens, SjobError(ErrorCode.InvalidArgument, str(e))) from None
+        record = TokenRecord(
+            claims.token_id,
+            subject,
+            tuple(sorted(claims.scope)),
+            principal.name,
+            claims.issued_usec,
+            claims.expires_usec,
+        )
+        self._need_store().add(record)
+        self._audit.record(
+            AuditEntry(principal, "issue-token", True, f"for subject {subject!r}", token_id=claims.token_id)
+        )
+        return token, record
+
+    def list_tokens(self, principal: Principal) -> list[TokenRecord]:
+        self.authorize(principal, Action.tokens)
+        return self._store().list()
+
+    def revoke_token(self, principal: Principal, token_id: str, now_usec: int) -> TokenRecord:
+        self.authorize(principal, Action.tokens)
+        record = self._store().revoke(token_id[:64], principal.name, now_usec)
+        if record is None:
+            raise SjobError(
+                ErrorCode.InvalidArgument, f"no token with id {token_id[:64]!r}", hint="see 'sjob token list'"
+            )
+        self._audit.record(AuditEntry(principal, "revoke-token", True, "revoked", token_id=record.token_id))
+        return record
+
+    def _store(self) -> TokenStore:
+        if self._tokens is None:
+            raise SjobError(ErrorCode.InvalidArgument, "tokens are not set up in this sjobd")
+        return self._tokens
+
+    def _need_keys(self) -> Keys:
+        if self._keys is None:
+            raise TokenError("tokens are not set up in this sjobd")
+        return self._keys
+
+    def _need_store(self) -> TokenStore:
+        if self._tokens is None:
+            raise TokenError("tokens are not set up in this sjobd")
+        return self._tokens

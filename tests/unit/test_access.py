@@ -1,0 +1,274 @@
+"""Policy rules, decisions, tokens and their audit: pure, with a fake audit sink and keys in a temp directory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from supervisor import policy
+from supervisor.access import Access
+from supervisor.auth import Principal, TokenIdentity
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.policy import Action
+from supervisor.policyfile import PolicyError, parse_policy
+from supervisor.tokens import ALGORITHM, AUDIENCE, ISSUER, Keys, TokenStore
+
+from .fakes import POLICY_DIR, FakeAudit
+
+ALICE = Principal(1000, 1000, 10, "alice", frozenset({"alice"}))
+BOB = Principal(1001, 1001, 11, "bob", frozenset({"bob"}))
+ADMIN = Principal(1002, 1002, 12, "carol", frozenset({"carol", "sjob-admin"}))
+ROOT = Principal(0, 0, 1, "root", frozenset({"root"}))
+SHIPPED = (POLICY_DIR / "default.toml").read_text()
+CI_RULE = """
+[[rules]]
+name = "ci"
+tokens = ["ci-runner"]
+run_as = "ci"
+actions = ["run", "status", "logs"]
+max_jobs = 2
+[rules.profiles]
+allowed = ["strict"]
+[rules.limits.default]
+memory = "512M"
+[rules.limits.max]
+memory = "1G"
+"""
+
+
+def load(extra: str = "") -> policy.Policy:
+    return parse_policy(SHIPPED + extra, "/etc/sjob/policy.toml")
+
+
+def test_shipped_policy_grants_local_users_their_own_jobs_and_admins_everyones() -> None:
+    p = load()
+    assert policy.decide(p, ALICE, Action.run).allowed
+    assert policy.decide(p, ALICE, Action.status, owner_uid=ALICE.uid).allowed
+    refused = policy.decide(p, ALICE, Action.stop, owner_uid=BOB.uid)
+    assert (refused.allowed, refused.not_owner) == (False, True)
+    for who in (ADMIN, ROOT):
+        for action in (Action.status, Action.logs, Action.stop):
+            assert policy.decide(p, who, action, owner_uid=BOB.uid).allowed
+        assert policy.decide(p, who, Action.tokens).allowed
+    assert not policy.decide(p, ALICE, Action.tokens).allowed
+
+
+def test_deny_by_default_and_first_matching_rule_wins() -> None:
+    text = SHIPPED.replace('users = ["*"]', 'users = ["alice"]')
+    p = parse_policy(text, "policy.toml")
+    assert policy.decide(p, ALICE, Action.run).allowed
+    decision = policy.decide(p, BOB, Action.run)
+    assert not decision.allowed
+    assert "no policy rule grants bob anything" in decision.reason
+    narrow = parse_policy(
+        text.replace(
+            "\n[[rules]]\n", '\n[[rules]]\nname = "readonly"\ngroups = ["bob"]\nactions = ["status"]\n\n[[rules]]\n', 1
+        ),
+        "policy.toml",
+    )
+    assert not policy.decide(narrow, BOB, Action.run).allowed
+    assert policy.decide(narrow, BOB, Action.status).allowed
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ('[[rules]]\nname = "x"\n', "matches nobody"),
+        ('[[rules]]\nusers = ["a"]\n', "has no name"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nrun_as = "bob"\n', "local users always run jobs as themselves"),
+        ('[[rules]]\nname = "x"\ntokens = ["t"]\n', "run_as must name the local user"),
+        ('[[rules]]\nname = "x"\ntokens = ["t"]\nrun_as = "root"\n', "never run as root"),
+        ('[[rules]]\nname = "x"\ntokens = ["t"]\nusers = ["a"]\nrun_as = "ci"\n', "mixes tokens"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nactions = ["run", "tokens"]\n', "actions must be a list of"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nmax_jobs = -1\n', "max_jobs"),
+        ('[[rules]]\nname = "x"\nusers = ["a b"]\n', "not a valid name"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nsurprise = 1\n', "[rules 'x'] unknown key 'surprise'"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\n[rules.limits.max]\nmemory = "1X"\n', "rules 'x'.limits.max"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\n[rules.limits.max]\ntasks = 10\n', "is above"),
+        ('[[rules]]\nname = "local users"\nusers = ["a"]\n', "two [[rules]] are named 'local users'"),
+    ],
+)
+def test_policy_rule_errors_name_the_file_and_rule(extra: str, words: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        load("\n" + extra)
+    assert "/etc/sjob/policy.toml" in str(e.value)
+    assert words in str(e.value)
+
+
+def test_a_policy_without_rules_is_refused_with_what_to_add() -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_policy("[profiles]\ndefault = 'strict'\n", "p.toml")
+    assert "no [[rules]]" in str(e.value)
+
+
+def test_rules_override_limits_and_profiles_key_by_key() -> None:
+    p = load(CI_RULE)
+    ci = next(r for r in p.rules if r.name == "ci")
+    assert ci.profiles.allowed == ("strict",)
+    assert ci.limits.maximum.memory_max == 1 << 30
+    assert ci.limits.maximum.tasks_max == 16384  # inherited
+    assert ci.limits.default.memory_max == 512 << 20
+    with pytest.raises(PolicyError) as e:  # lowering the ceiling below the inherited default (2G) alone
+        load(CI_RULE.replace('[rules.limits.default]\nmemory = "512M"\n', ""))
+    assert "[rules 'ci'.default] is above [rules 'ci'.max]" in str(e.value)
+
+
+# --- tokens ----------------------------------------------------------------------------------------------------
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, extra: str = CI_RULE) -> None:
+        Keys.create(tmp_path / "keys")
+        self.keys = Keys(tmp_path / "keys")
+        self.store = TokenStore(tmp_path / "tokens.sqlite")
+        self.audit = FakeAudit()
+        self.users = {"ci": (1500, 1500), "rootish": (0, 0)}
+        self.access = Access(load(extra), self.audit, self.keys, self.store, self.users.get)
+
+    def issue(self) -> str:
+        token, _ = self.access.issue_token(ROOT, "ci-runner", None, None, now())
+        return token
+
+    def kid(self) -> str:
+        assert self.keys.signing_kid is not None
+        return self.keys.signing_kid
+
+    def forge(self, payload: dict[str, object], **header: object) -> str:
+        """A token signed with the real key but claims of our choosing."""
+        key = serialization.load_pem_private_key((self.keys.directory / f"{self.kid()}.pem").read_bytes(), None)
+        return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"kid": self.kid(), **header})  # type: ignore[arg-type]
+
+
+def now() -> int:
+    return time.time_ns() // 1000
+
+
+def claims(**over: object) -> dict[str, object]:
+    t = int(time.time())
+    base: dict[str, object] = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ci-runner", "jti": "x", "iat": t, "exp": t + 60}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(secret: bytes, header: dict[str, object], payload: dict[str, object]) -> str:
+    """The classic confusion attack: HMAC keyed with the verifier's public key."""
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def test_a_token_runs_as_its_mapped_user_with_its_scope(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    principal = s.access.authenticate(ALICE, s.issue(), now())
+    assert (principal.uid, principal.gid, principal.user, principal.name) == (1500, 1500, "ci", "token:ci-runner")
+    assert principal.token is not None
+    assert not principal.is_root
+    assert s.access.authorize(principal, Action.run).allowed
+    with pytest.raises(SjobError):
+        s.access.authorize(principal, Action.stop)  # not in the rule's actions
+    with pytest.raises(SjobError):
+        s.access.authorize(principal, Action.tokens)  # a token's bearer is never an admin
+    entry = s.audit.entries[-4]  # authenticate, then run, stop and tokens
+    assert (entry.action, entry.allowed) == ("authenticate", True)
+    assert entry.fields()["SJOB_PRINCIPAL"] == "token:ci-runner"
+    assert entry.fields()["SJOB_TOKEN_ID"] == principal.token.token_id
+
+
+def test_only_admins_issue_tokens_and_ttl_is_capped(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    with pytest.raises(SjobError) as e:
+        s.access.issue_token(ALICE, "ci-runner", None, None, now())
+    assert e.value.code is ErrorCode.PermissionDenied
+    with pytest.raises(SjobError) as e:
+        s.access.issue_token(ADMIN, "ci-runner", None, 31 * 86400 * 1_000_000, now())
+    assert "at most 2592000s" in e.value.message
+    with pytest.raises(SjobError):
+        s.access.issue_token(ADMIN, "ci-runner", frozenset({"tokens"}), None, now())
+
+
+def test_revoked_and_unknown_tokens_are_refused(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    token, record = s.access.issue_token(ROOT, "ci-runner", None, None, now())
+    s.access.revoke_token(ADMIN, record.token_id, now())
+    with pytest.raises(SjobError) as e:
+        s.access.authenticate(ALICE, token, now())
+    assert "revoked by carol" in e.value.message
+    assert [t.revoked_by for t in s.access.list_tokens(ROOT)] == ["carol"]
+
+
+@pytest.mark.parametrize(
+    ("attack", "words"),
+    [
+        ("alg-none", "algorithm 'none' refused"),
+        ("hs256-with-public-key", "algorithm 'HS256' refused"),
+        ("expired", "expired"),
+        ("no-exp", "lacks the 'exp' claim"),
+        ("far-future-exp", "exceeds the maximum"),
+        ("wrong-aud", "not for sjobd"),
+        ("wrong-iss", "not issued by sjobd"),
+        ("unknown-kid", "unknown key id"),
+        ("no-jti", "lacks the 'jti' claim"),
+        ("unissued-jti", "was not issued by this sjobd"),
+        ("tampered", "signature does not verify"),
+        ("huge", "longer than 8192 bytes"),
+        ("garbage", "not a token"),
+        ("unmapped-subject", "no policy rule is for token subject 'stranger'"),
+    ],
+)
+def test_token_attacks_are_refused_with_a_reason_and_an_audit_entry(tmp_path: Path, attack: str, words: str) -> None:
+    s = Setup(tmp_path)
+    t = int(time.time())
+    public = s.keys.public(s.kid())
+    assert public is not None
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    real = s.issue()
+    unsigned = f"{b64(json.dumps({'alg': 'none', 'kid': s.kid()}).encode())}.{b64(json.dumps(claims()).encode())}."
+    tokens = {
+        "alg-none": unsigned,
+        "hs256-with-public-key": hs256(pem, {"alg": "HS256", "kid": s.kid()}, claims()),
+        "expired": s.forge(claims(iat=t - 7200, exp=t - 3600)),
+        "no-exp": s.forge(claims(exp=None)),
+        "far-future-exp": s.forge(claims(exp=t + 365 * 86400)),
+        "wrong-aud": s.forge(claims(aud="someone-else")),
+        "wrong-iss": s.forge(claims(iss="mallory")),
+        "unknown-kid": s.forge(claims(), kid="20990101000000-deadbeef"),
+        "no-jti": s.forge(claims(jti=None)),
+        "unissued-jti": s.forge(claims(jti="f" * 32)),
+        "tampered": real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB"),
+        "huge": "a" * 1_000_000,
+        "garbage": "\x00\xff not a jwt",
+        "unmapped-subject": s.forge(claims(sub="stranger", jti=s.store.list()[0].token_id)),
+    }
+    with pytest.raises(SjobError) as e:
+        s.access.authenticate(ALICE, tokens[attack], now())
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert words in e.value.message
+    entry = s.audit.entries[-1]
+    assert (entry.action, entry.allowed, entry.principal) == ("authenticate", False, ALICE)
+    assert words in entry.reason
+    assert tokens[attack][:100] not in json.dumps(entry.fields())  # the token is never logged
+
+
+def test_audit_entries_carry_the_fields_journalctl_filters_on() -> None:
+    audit = FakeAudit()
+    access = Access(load(), audit)
+    with pytest.raises(SjobError) as e:
+        access.authorize(ALICE, Action.stop, job_id="abcd1234", owner_uid=BOB.uid)
+    assert e.value.code is ErrorCode.NoSuchJob  # someone else's job looks missing...
+    fields = audit.entries[-1].fields()
+    assert fields["SJOB_JOB_ID"] == "abcd1234"  # ...but the audit tells the truth
+    assert (fields["SJOB_ACTION"], fields["SJOB_DECISION"], fields["SJOB_PRINCIPAL"]) == ("stop", "denied", "alice")
+    assert fields["SJOB_REASON"] == "the job belongs to another user"
+    token = Principal(1500, 1500, 9, "ci", token=TokenIdentity("ci-runner", "jti1", frozenset({"run"})))
+    assert access.authorize(ADMIN, Action.status, job_id="abcd1234", owner_uid=token.uid).allowed
