@@ -19,7 +19,7 @@ def register(app: "typer.Typer") -> None:
     def list_jobs(
         as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as a JSON array.")] = False,
         running: Annotated[bool, typer.Option("--running", help="Only jobs that have not ended.")] = False,
-        everyone: Annotated[bool, typer.Option("--all", help="Every user's jobs (root only).")] = False,
+        everyone: Annotated[bool, typer.Option("--all", help="Every user's jobs (root and sjob admins).")] = False,
     ) -> None:
         """List your jobs, newest first, with their state, age and command."""
         show(as_json, running=running, everyone=everyone)
