@@ -8,6 +8,7 @@ one (`NoSuchJob`), so job ids leak nothing; the audit entry tells the truth.
 from __future__ import annotations
 
 import pwd
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -19,6 +20,10 @@ from supervisor.policy import JOB_ACTIONS, Action, Decision, Policy, Rule
 from supervisor.tokens import Keys, TokenError, TokenRecord, TokenStore, issue, verify
 
 DEFAULT_TOKEN_TTL_USEC = 86400 * 1_000_000
+# An allowed decision repeated by the same process (`sjob stop` polling status, a follower reconnecting) is
+# recorded once per this many seconds, so polling does not flood the journal; refusals are always recorded.
+REPEAT_WINDOW = 60.0
+_MAX_REMEMBERED = 4096
 
 
 class AuditSink(Protocol):
@@ -47,6 +52,7 @@ class Access:
         self._keys = keys
         self._tokens = tokens
         self._lookup = lookup
+        self._recent: dict[tuple[str, int, str, str | None], float] = {}  # allowed decision -> when recorded
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
@@ -55,7 +61,8 @@ class Access:
     ) -> Decision:
         """Allow (and audit) or raise (and audit) for `action`, on the job `job_id` of `owner_uid` if given."""
         decision = decisions.decide(self.policy, principal, action, owner_uid)
-        self._audit.record(AuditEntry(principal, action.value, decision.allowed, decision.reason, job_id))
+        if not (decision.allowed and self._repeated(principal, action, job_id)):
+            self._audit.record(AuditEntry(principal, action.value, decision.allowed, decision.reason, job_id))
         if decision.allowed:
             return decision
         if decision.not_owner and job_id is not None:
@@ -65,6 +72,18 @@ class Access:
             f"{principal.name} may not {action.value}: {decision.reason}",
             hint="ask an administrator to grant it in /etc/sjob/policy.toml",
         )
+
+    def _repeated(self, principal: Principal, action: Action, job_id: str | None) -> bool:
+        now = time.monotonic()
+        key = (principal.name, principal.pid, action.value, job_id)
+        if now - self._recent.get(key, -REPEAT_WINDOW) < REPEAT_WINDOW:
+            return True
+        if len(self._recent) >= _MAX_REMEMBERED:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < REPEAT_WINDOW}
+            if len(self._recent) >= _MAX_REMEMBERED:
+                self._recent.clear()
+        self._recent[key] = now
+        return False
 
     def decide(self, principal: Principal, action: Action) -> Decision:
         """The decision, not yet audited: for `run`, which has more to check (see `allow` and `refuse`)."""

@@ -151,7 +151,7 @@ class UnitProperties:
 
 def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
     """The unit's Description=: who ran what, short enough for `systemctl status`."""
-    text = f"sjob {job_id} by {principal.user} (uid {principal.uid}): {shlex.join(argv)}"
+    text = f"sjob {job_id} by {principal.name} (uid {principal.uid}): {shlex.join(argv)}"
     return text if len(text) <= DESCRIPTION_MAX else text[: DESCRIPTION_MAX - 1] + "…"
 
 

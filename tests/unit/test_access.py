@@ -272,3 +272,14 @@ def test_audit_entries_carry_the_fields_journalctl_filters_on() -> None:
     assert fields["SJOB_REASON"] == "the job belongs to another user"
     token = Principal(1500, 1500, 9, "ci", token=TokenIdentity("ci-runner", "jti1", frozenset({"run"})))
     assert access.authorize(ADMIN, Action.status, job_id="abcd1234", owner_uid=token.uid).allowed
+
+
+def test_repeated_allowed_decisions_are_recorded_once_refusals_always() -> None:
+    audit = FakeAudit()
+    access = Access(load(), audit)
+    for _ in range(5):  # `sjob stop` polling status
+        access.authorize(ALICE, Action.status, job_id="abcd1234", owner_uid=ALICE.uid)
+    for _ in range(3):
+        with pytest.raises(SjobError):
+            access.authorize(BOB, Action.status, job_id="abcd1234", owner_uid=ALICE.uid)
+    assert [(e.principal, e.allowed) for e in audit.entries] == [(ALICE, True)] + [(BOB, False)] * 3
