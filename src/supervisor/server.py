@@ -347,8 +347,10 @@ def peer_principal(conn: socket.socket) -> Principal:
 def _group_names(conn: socket.socket, gid: int) -> frozenset[str]:
     """The peer's primary and supplementary groups by name (SO_PEERGROUPS, Linux 4.13)."""
     gids = {gid}
-    with contextlib.suppress(OSError):  # a peer in more than 1024 groups: the primary one only
-        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+    # Python caps getsockopt's buffer at 1024 bytes: 256 groups. A peer in more gets ERANGE, and is matched by its
+    # primary group only (policy rules by group then miss; rules by user name still apply).
+    with contextlib.suppress(OSError):
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         gids.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
     names = set()
     for g in gids:

@@ -1,9 +1,12 @@
 """sjobd's Varlink server on a real socket: typed calls, identity by SO_PEERCRED, limits and errors."""
 
+import grp
 import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -235,3 +238,21 @@ def test_a_request_that_trickles_in_is_cut_off(server: ServerThread, monkeypatch
         assert slow.recv(10) == b""  # and closed
     with Client(server.socket) as client:  # the server carries on
         assert client.list_jobs() == []
+
+
+def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
+    # SO_PEERGROUPS through Python's getsockopt (whose buffer is capped at 1024 bytes): a peer's supplementary
+    # groups are what admin rules by group match on.
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(public_dir / "peer.sock"))
+        listener.listen()
+        code = (
+            f"import os, socket, time; os.setgroups([0, {NOBODY}]); c = socket.socket(socket.AF_UNIX); "
+            f"c.connect({str(public_dir / 'peer.sock')!r}); time.sleep(1)"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code])
+        conn, _ = listener.accept()
+        with conn:
+            principal = server_module.peer_principal(conn)
+        child.wait()
+    assert grp.getgrgid(NOBODY).gr_name in principal.groups
