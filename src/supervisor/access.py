@@ -16,7 +16,7 @@ from supervisor import policy as decisions
 from supervisor.audit import AuditEntry
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError, no_such_job
-from supervisor.policy import JOB_ACTIONS, Action, Decision, Policy, Rule
+from supervisor.policy import JOB_ACTIONS, Action, Decision, Policy
 from supervisor.tokens import Keys, TokenError, TokenRecord, TokenStore, issue, verify
 
 DEFAULT_TOKEN_TTL_USEC = 86400 * 1_000_000
@@ -96,9 +96,6 @@ class Access:
         """Audit a refusal found after `decide` (a ceiling, a profile, the job cap); returns the error to raise."""
         self._audit.record(AuditEntry(principal, action.value, False, error.message, job_id))
         return error
-
-    def rule(self, principal: Principal) -> Rule | None:
-        return decisions.rule_for(self.policy, principal)
 
     def audit(self, entry: AuditEntry) -> None:
         """Record a decision taken elsewhere (the server's connection caps)."""

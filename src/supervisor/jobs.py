@@ -468,6 +468,12 @@ class JobService:
             await asyncio.sleep(COLLECT_INTERVAL)
         log.warning("%s did not settle; leaving it to systemd", unit)
 
+    def _record_may_still_come(self, job: Job) -> bool:
+        """Whether the job's exit record may yet arrive: for VANISHED_GRACE_USEC after its unit was first seen
+        ended (or gone) without one."""
+        first_seen = self._vanished.setdefault(job.id, now_usec())
+        return now_usec() - first_seen < VANISHED_GRACE_USEC
+
     async def _refresh(self, job: Job) -> Job:
         """Bring an unfinished job's record up to date with the journal and systemd."""
         current = self._records.get(job.id)
@@ -477,12 +483,11 @@ class JobService:
         if (found := self._journal.find_exit(job.id)) is not None:
             return self._record_exit(job.id, found) or job
         state = await self._units.unit_state(job.unit)
-        if state is not None and state.exists and state.active_state in ("failed", "inactive"):
+        if state is not None and state.exists and state.finished:
             # Settled, yet no exit record: systemd could not run the ExecStopPost that writes it (seen in CI: "Failed
             # to spawn 'stop-post' task: Resource temporarily unavailable" when a fork bomb filled the cgroup's
             # TasksMax). The unit's own properties tell how it ended; give a late record its chance first.
-            first_seen = self._vanished.setdefault(job.id, now_usec())
-            if now_usec() - first_seen < VANISHED_GRACE_USEC:
+            if self._record_may_still_come(job):
                 return job
             log.warning("%s has no exit record; its result comes from systemd's unit properties", job.unit)
             finished = self._finish(job, outcome_of_unit(state, job.stopped_by), now_usec())
@@ -494,8 +499,7 @@ class JobService:
                 job = dataclasses.replace(job, state=JobState.running, started_usec=state.exec_main_start_usec)
                 self._records.update(job)
             return job
-        first_seen = self._vanished.setdefault(job.id, now_usec())
-        if now_usec() - first_seen < VANISHED_GRACE_USEC:
+        if self._record_may_still_come(job):
             return job
         return self._finish(
             job,

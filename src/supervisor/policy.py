@@ -112,7 +112,3 @@ def decide(policy: Policy, principal: Principal, action: Action, owner_uid: int 
         why = "the token's scope" if action in rule.actions else f"policy rule {rule.name!r}"
         return Decision(False, f"{why} does not allow {action.value}", rule)
     return Decision(True, f"policy rule {rule.name!r}", rule)
-
-
-def may_list_everyone(policy: Policy, principal: Principal) -> bool:
-    return is_admin(policy, principal)
