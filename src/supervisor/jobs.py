@@ -83,7 +83,7 @@ class RecordStore(Protocol):
     def update(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
     def list_jobs(self, uid: int | None = None, limit: int = 1000) -> list[Job]: ...
-    def unfinished(self) -> list[Job]: ...
+    def unfinished(self, uid: int | None = None) -> list[Job]: ...
 
 
 def is_block_device(path: str) -> bool:
@@ -143,7 +143,7 @@ class JobService:
                         f"{device} is not a block device",
                         hint="name a disk such as /dev/vda, or a path on it such as /",
                     )
-            running = sum(1 for j in self._records.unfinished() if j.uid == uid)
+            running = len(self._records.unfinished(uid))
             if rule.max_jobs is not None and running >= rule.max_jobs:
                 raise SjobError(
                     ErrorCode.TooManyJobs,
@@ -432,20 +432,25 @@ class JobService:
 
     async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
         """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes
-            remain, and with forking forbidden first (a fork bomb otherwise outruns the rounds: seen in CI, where a
-        stop took more than 300 s). Only while systemd
-            waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit report): in between, the
-            unit's own ExecStopPost runs in the same cgroup and must not be killed."""
+        remain. Only while systemd waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit
+        report): in between, the unit's own ExecStopPost runs in the same cgroup and must not be killed.
+
+        The first SIGKILL comes before anything else changes, so the job ends by that signal and is reported so.
+        Forking is forbidden only after it (TasksMax=1), then the kill repeats: a fork bomb would otherwise outrun
+        the rounds (seen in CI: a stop took more than 300 s). Forbidding it first is a race seen in CI too: a
+        shell whose fork then fails exits by itself ("exit 2"), and its end is no longer the SIGKILL."""
         await asyncio.sleep(grace_usec / 1e6)
-        for _ in range(KILL_ROUNDS):
+        for round_ in range(KILL_ROUNDS):
             state = await self._units.unit_state(unit)
             if state is None or state.active_state != "deactivating":
                 return
             if state.sub_state in ("stop-sigterm", "final-sigterm"):
                 log.info("%s: grace period over, sending SIGKILL (%s)", unit, state.sub_state)
                 with contextlib.suppress(SjobError):  # it ended meanwhile
-                    await self._units.set_properties(properties.no_new_tasks(unit))
                     await self._units.kill(unit, signal.SIGKILL)
+                    if round_ == 0:
+                        await self._units.set_properties(properties.no_new_tasks(unit))
+                        await self._units.kill(unit, signal.SIGKILL)
             await asyncio.sleep(KILL_INTERVAL)
 
     async def _collect(self, unit: str) -> None:

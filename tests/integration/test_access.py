@@ -4,6 +4,7 @@ hardening."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -205,6 +206,13 @@ def issue(tmp: Path, *args: str) -> tuple[Path, str]:
     return path, token_id.group(1).decode()
 
 
+def token_claims(token_file: Path) -> dict[str, Any]:
+    """The claims of a token, unverified (the test only reads its exp)."""
+    payload = token_file.read_text().strip().split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
 @pytest.fixture
 def token_dir() -> Iterator[Path]:
     path = Path("/srv/sjob-tests") / f"tokens-{os.urandom(4).hex()}"
@@ -234,9 +242,12 @@ def test_a_token_runs_jobs_as_its_mapped_user_until_revoked(alice: User, ci_user
 
 @pytest.mark.usefixtures("token_policy")
 def test_a_token_expires(alice: User, token_dir: Path) -> None:
-    token_file, _ = issue(token_dir, "--ttl", "2s")
+    # Long enough for a first use in a slow VM (CI once took more than 2 s from issue to use), then wait for the
+    # token's own exp: verification allows no leeway.
+    token_file, _ = issue(token_dir, "--ttl", "20s")
+    exp = token_claims(token_file)["exp"]
     assert with_token(token_file, "run", "--", "true", user=alice).returncode == 0
-    time.sleep(3)
+    time.sleep(max(0.0, exp + 1 - time.time()))
     refused = with_token(token_file, "run", "--", "true", user=alice)
     assert refused.returncode != 0
     assert b"token refused: token has expired" in refused.stderr

@@ -85,9 +85,11 @@ class FakeUnits:
     signalled: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     processes: dict[str, list[asyncio.subprocess.Process]] = dataclasses.field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    calls: list[str] = dataclasses.field(default_factory=list)  # set_properties and kill, in order
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
+        self.calls.append("set " + " ".join(f"{k}={v}" for k, v in unit.properties))
 
     async def start_transient(self, unit: UnitProperties) -> str:
         self.started.append(unit)
@@ -144,6 +146,7 @@ class FakeUnits:
 
     async def kill(self, name: str, signo: int) -> None:
         self.signalled.append((name, signo))
+        self.calls.append(f"kill {signal.Signals(signo).name}")
         self._signal_all(name, signo)
 
     def _signal_all(self, name: str, signo: int) -> None:
