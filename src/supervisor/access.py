@@ -111,8 +111,9 @@ class Access:
         try:
             if peer.token is not None:
                 raise TokenError("this connection has already presented a token")
-            claims = verify(self._need_keys(), token, self.policy.max_token_ttl_usec, now_usec)
-            record = self._need_store().get(claims.token_id)
+            keys, store = self._token_setup()
+            claims = verify(keys, token, self.policy.max_token_ttl_usec, now_usec)
+            record = store.get(claims.token_id)
             if record is None:
                 raise TokenError(f"token {claims.token_id} was not issued by this sjobd")
             if record.revoked_usec is not None:
@@ -144,6 +145,7 @@ class Access:
         self, principal: Principal, subject: str, scope: frozenset[str] | None, ttl_usec: int | None, now_usec: int
     ) -> tuple[str, TokenRecord]:
         self.authorize(principal, Action.tokens)
+        keys, store = self._token_setup(principal)
         ttl = ttl_usec if ttl_usec is not None else min(DEFAULT_TOKEN_TTL_USEC, self.policy.max_token_ttl_usec)
         try:
             if not 0 < ttl <= self.policy.max_token_ttl_usec:
@@ -151,7 +153,7 @@ class Access:
                     f"ttl must be more than 0 and at most {self.policy.max_token_ttl_usec // 1_000_000}s"
                     " ([tokens] max_ttl in policy.toml)"
                 )
-            token, claims = issue(self._need_keys(), subject, scope or JOB_ACTIONS, ttl, now_usec)
+            token, claims = issue(keys, subject, scope or JOB_ACTIONS, ttl, now_usec)
         except TokenError as e:
             raise self.refuse(principal, Action.tokens, SjobError(ErrorCode.InvalidArgument, str(e))) from None
         record = TokenRecord(
@@ -162,7 +164,7 @@ class Access:
             claims.issued_usec,
             claims.expires_usec,
         )
-        self._need_store().add(record)
+        store.add(record)
         self._audit.record(
             AuditEntry(principal, "issue-token", True, f"for subject {subject!r}", token_id=claims.token_id)
         )
@@ -170,11 +172,11 @@ class Access:
 
     def list_tokens(self, principal: Principal) -> list[TokenRecord]:
         self.authorize(principal, Action.tokens)
-        return self._store().list()
+        return self._token_setup(principal)[1].list()
 
     def revoke_token(self, principal: Principal, token_id: str, now_usec: int) -> TokenRecord:
         self.authorize(principal, Action.tokens)
-        record = self._store().revoke(token_id[:64], principal.name, now_usec)
+        record = self._token_setup(principal)[1].revoke(token_id[:64], principal.name, now_usec)
         if record is None:
             raise SjobError(
                 ErrorCode.InvalidArgument, f"no token with id {token_id[:64]!r}", hint="see 'sjob token list'"
@@ -182,17 +184,13 @@ class Access:
         self._audit.record(AuditEntry(principal, "revoke-token", True, "revoked", token_id=record.token_id))
         return record
 
-    def _store(self) -> TokenStore:
-        if self._tokens is None:
-            raise SjobError(ErrorCode.InvalidArgument, "tokens are not set up in this sjobd")
-        return self._tokens
-
-    def _need_keys(self) -> Keys:
-        if self._keys is None:
-            raise TokenError("tokens are not set up in this sjobd")
-        return self._keys
-
-    def _need_store(self) -> TokenStore:
-        if self._tokens is None:
-            raise TokenError("tokens are not set up in this sjobd")
-        return self._tokens
+    def _token_setup(self, principal: Principal | None = None) -> tuple[Keys, TokenStore]:
+        """The signing keys and the token store. Without them, a TokenError (for authenticate, which refuses and
+        audits it), or with `principal` the refusal of that admin's token request."""
+        if self._keys is not None and self._tokens is not None:
+            return self._keys, self._tokens
+        problem = "tokens are not set up in this sjobd"
+        if principal is None:
+            raise TokenError(problem)
+        hint = "create a signing key with 'sjobd --new-key' (install.sh does) and restart sjobd"
+        raise self.refuse(principal, Action.tokens, SjobError(ErrorCode.InvalidArgument, problem, hint=hint))

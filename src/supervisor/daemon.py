@@ -179,6 +179,14 @@ class PolicyLoadError(Exception):
     """policy.toml or a profile is wrong; the message says where."""
 
 
+def policy_or_exit(config_dir: Path) -> tuple[Policy, Profiles]:
+    """load_policy for starting up (and --check-policy): a wrong policy ends sjobd with the message."""
+    try:
+        return load_policy(config_dir)
+    except PolicyLoadError as e:
+        raise SystemExit(str(e)) from None
+
+
 def reload_policy(config_dir: Path, service: JobService) -> None:
     try:
         policy, profiles = load_policy(config_dir)
@@ -191,10 +199,7 @@ def reload_policy(config_dir: Path, service: JobService) -> None:
 
 async def serve(args: argparse.Namespace) -> int:
     shim = shim_command()
-    try:
-        policy, profiles = load_policy(Path(args.config_dir))
-    except PolicyLoadError as e:
-        raise SystemExit(str(e)) from None
+    policy, profiles = policy_or_exit(Path(args.config_dir))
     sock = listening_socket(args.socket)
     try:
         units = await Systemd.connect()
@@ -252,10 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"sjobd: new token signing key {Keys.create(Path(args.state_dir) / 'keys')}")
         return
     if args.check_policy:
-        try:
-            load_policy(Path(args.config_dir))
-        except PolicyLoadError as e:
-            raise SystemExit(str(e)) from None
+        policy_or_exit(Path(args.config_dir))
         print(f"sjobd: the policy in {args.config_dir} is valid")
         return
     sys.exit(asyncio.run(serve(args)))

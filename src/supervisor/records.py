@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sqlite3
 from pathlib import Path
 
 from supervisor.protocol import Job, JobState, Limits, Resources, from_wire, to_wire
+from supervisor.statedb import open_state_db
 
 SCHEMA_VERSION = 3
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
@@ -52,12 +51,7 @@ class JobRecords:
     """The store of all jobs sjobd has started."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_state_db(path)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer sjobd (schema {version} > {SCHEMA_VERSION})")
@@ -94,11 +88,14 @@ class JobRecords:
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
 
-    def unfinished(self) -> list[Job]:
-        states = [s.value for s in JobState if not s.finished]
-        marks = ", ".join("?" * len(states))
-        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({marks})", states)  # noqa: S608
-        return [_job(row) for row in rows]
+    def unfinished(self, uid: int | None = None) -> list[Job]:
+        """Jobs not yet ended; only `uid`'s when given."""
+        args: list[object] = [s.value for s in JobState if not s.finished]
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({', '.join('?' * len(args))})"  # noqa: S608
+        if uid is not None:
+            query += " AND uid = ?"
+            args.append(uid)
+        return [_job(row) for row in self._db.execute(query, args)]
 
 
 def _row(job: Job) -> list[object]:

@@ -16,7 +16,6 @@ import datetime
 import os
 import re
 import secrets
-import sqlite3
 from pathlib import Path
 
 import jwt
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from supervisor.policy import JOB_ACTIONS
+from supervisor.statedb import open_state_db
 
 ALGORITHM = "EdDSA"
 ISSUER = "sjobd"
@@ -176,10 +176,7 @@ class TokenStore:
     """Every token sjobd issued, and which are revoked: tokens.sqlite in the state directory."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state_db(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, subject TEXT NOT NULL, scope TEXT NOT NULL,"
             " issued_by TEXT NOT NULL, issued_usec INTEGER NOT NULL, expires_usec INTEGER NOT NULL,"

@@ -207,6 +207,26 @@ def test_revoked_and_unknown_tokens_are_refused(tmp_path: Path) -> None:
     assert [t.revoked_by for t in s.access.list_tokens(ROOT)] == ["carol"]
 
 
+def test_without_a_signing_key_token_requests_are_refused_and_audited() -> None:
+    audit = FakeAudit()
+    access = Access(load(CI_RULE), audit)  # no keys, no token store: sjobd started without them
+    with pytest.raises(SjobError) as e:
+        access.authenticate(ALICE, "x.y.z", now())
+    assert (e.value.code, "tokens are not set up" in e.value.message) == (ErrorCode.PermissionDenied, True)
+    for request in (
+        lambda: access.issue_token(ROOT, "ci-runner", None, None, now()),
+        lambda: access.list_tokens(ROOT),
+        lambda: access.revoke_token(ROOT, "0" * 32, now()),
+    ):
+        with pytest.raises(SjobError) as e:
+            request()
+        assert (e.value.code, e.value.message) == (ErrorCode.InvalidArgument, "tokens are not set up in this sjobd")
+        assert "sjobd --new-key" in (e.value.hint or "")
+    assert [(x.action, x.allowed) for x in audit.entries if not x.allowed] == [("authenticate", False)] + [
+        ("tokens", False)
+    ] * 3
+
+
 @pytest.mark.parametrize(
     ("attack", "words"),
     [

@@ -24,6 +24,7 @@ LAYERS = {
     "units": 1,
     "policyfile": 1,
     "audit": 1,
+    "statedb": 1,
     "tokens": 2,
     "access": 2,
     "systemd": 2,

@@ -25,6 +25,7 @@ def test_round_trip_and_listing(tmp_path: Path) -> None:
     assert [j.id for j in records.list_jobs()] == ["00000002", "00000001", "00000000"]
     assert [j.id for j in records.list_jobs(uid=1000)] == ["00000002", "00000000"]
     assert {j.id for j in records.unfinished()} == {"00000001", "00000002"}
+    assert [j.id for j in records.unfinished(1000)] == ["00000002"]
     records.close()
     reopened = JobRecords(tmp_path / "state" / "jobs.sqlite")
     assert reopened.get("00000000") == finished
