@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <linux/sockios.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -419,6 +420,37 @@ static int only_loopback(void) {
     return ok;
 }
 
+/* Whether the CPUs this process may run on are exactly LIST: CPU numbers and ranges joined by '+' ("0-3+6"), as
+ * AllowedCPUs= asks. A cpuset the kernel cannot apply would otherwise leave the job on every CPU. */
+static int cpus_are(const char *list) {
+    enum { MAX_CPUS = 8192 };
+    size_t size = CPU_ALLOC_SIZE(MAX_CPUS);
+    cpu_set_t *want = CPU_ALLOC(MAX_CPUS), *have = CPU_ALLOC(MAX_CPUS);
+    int ok = want && have && sched_getaffinity(0, size, have) == 0;
+    if (ok) {
+        CPU_ZERO_S(size, want);
+    }
+    for (const char *p = list; ok && *p;) {
+        char *end;
+        unsigned long first = strtoul(p, &end, 10), last = first;
+        ok = end != p;
+        if (ok && *end == '-') {
+            p = end + 1;
+            last = strtoul(p, &end, 10);
+            ok = end != p;
+        }
+        ok = ok && first <= last && last < MAX_CPUS && (*end == '+' || *end == '\0');
+        for (unsigned long cpu = first; ok && cpu <= last; cpu++) {
+            CPU_SET_S(cpu, size, want);
+        }
+        p = *end == '+' ? end + 1 : end;
+    }
+    ok = ok && CPU_EQUAL_S(size, want, have);
+    CPU_FREE(want);
+    CPU_FREE(have);
+    return ok;
+}
+
 /* Each check in the comma-separated list; 0 if all hold, else the name of the profile setting not in force. */
 static const char *failed_check(const char *list) {
     char buf[512];
@@ -439,6 +471,8 @@ static const char *failed_check(const char *list) {
         } else if (strcmp(check, "read_only_system") == 0) {
             struct statvfs usr;
             failed = statvfs("/usr", &usr) == 0 && (usr.f_flag & ST_RDONLY) ? NULL : "ProtectSystem= (/usr writable)";
+        } else if (strncmp(check, "cpus=", 5) == 0) {
+            failed = cpus_are(check + 5) ? NULL : "AllowedCPUs= (the job could run on other CPUs)";
         } else {
             failed = "an unknown check (sjob-shim is older than sjobd?)";
         }

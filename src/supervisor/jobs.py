@@ -33,6 +33,7 @@ from supervisor.policy import Action, Policy, ProfilePolicy
 from supervisor.profiles import Profile, Profiles
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import (
+    MAX_CPUS,
     UNIT_PREFIX,
     UNIT_SUFFIX,
     Job,
@@ -44,6 +45,7 @@ from supervisor.protocol import (
     parse_job_id,
     unit_for,
 )
+from supervisor.quantities import format_cpu_list, parse_cpu_list
 from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,12 @@ def is_block_device(path: str) -> bool:
     return path.startswith("/dev/") and "/" not in name and os.path.isdir(f"/sys/class/block/{name}")
 
 
+def online_cpus() -> frozenset[int]:
+    """The CPUs the kernel has online (a cpuset naming only others would leave a job unconfined)."""
+    with open("/sys/devices/system/cpu/online") as f:
+        return frozenset(parse_cpu_list(f.read(), "/sys/devices/system/cpu/online", MAX_CPUS))
+
+
 def now_usec() -> int:
     return time.time_ns() // 1000
 
@@ -106,11 +114,13 @@ class JobService:
         access: Access,
         profiles: Profiles,
         is_block_device: Callable[[str], bool] = is_block_device,
+        online_cpus: Callable[[], frozenset[int]] = online_cpus,
     ) -> None:
         self._units = units
         self._access = access
         self._profiles = profiles
         self._is_block_device = is_block_device
+        self._online_cpus = online_cpus
         self._journal = journal
         self._records = records
         self._shim = shim
@@ -143,6 +153,11 @@ class JobService:
                         f"{device} is not a block device",
                         hint="name a disk such as /dev/vda, or a path on it such as /",
                     )
+            if job_limits.allowed_cpus is not None and (offline := set(job_limits.allowed_cpus) - self._online_cpus()):
+                raise invalid_argument(
+                    f"--allowed-cpus: this machine has no CPU {format_cpu_list(sorted(offline))} online",
+                    hint=f"its CPUs are {format_cpu_list(sorted(self._online_cpus()))}",
+                )
             running = len(self._records.unfinished(uid))
             if rule.max_jobs is not None and running >= rule.max_jobs:
                 raise SjobError(

@@ -2,13 +2,14 @@
 of options and one strict parser per kind, shared by the CLI and the daemon's policy loader."""
 
 from supervisor.errors import invalid_argument
-from supervisor.protocol import MAX_TASKS, MAX_WEIGHT
-from supervisor.quantities import parse_cpu, parse_duration, parse_integer, parse_size
+from supervisor.protocol import MAX_CPUS, MAX_TASKS, MAX_WEIGHT
+from supervisor.quantities import parse_cpu, parse_cpu_list, parse_duration, parse_integer, parse_size
 
 # option -> (Limits field, kind). The policy file's key is the option without "--".
 OPTIONS = {
     "--cpu": ("cpu_percent", "cpu"),
     "--cpu-weight": ("cpu_weight", "weight"),
+    "--allowed-cpus": ("allowed_cpus", "cpus"),
     "--memory": ("memory_max", "size"),
     "--memory-high": ("memory_high", "size"),
     "--memory-swap": ("memory_swap_max", "size-or-zero"),
@@ -24,8 +25,10 @@ OPTION_OF = {field: option for option, (field, _) in OPTIONS.items()}
 DEVICE_KINDS = ("bytes", "operations")  # DEVICE=RATE options, which may be repeated
 
 
-def parse_scalar(kind: str, text: str, option: str) -> int:
-    """The value of a limit that is one number (all but the DEVICE=RATE ones), strictly."""
+def parse_scalar(kind: str, text: str, option: str) -> int | list[int]:
+    """The value of a limit given once (all but the DEVICE=RATE ones), strictly: a number, or a list of CPUs."""
+    if kind == "cpus":
+        return parse_cpu_list(text, option, MAX_CPUS)
     if kind == "cpu":
         return parse_cpu(text, option)
     if kind in ("size", "size-or-zero"):

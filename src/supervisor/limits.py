@@ -13,12 +13,13 @@ import re
 
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.limitforms import DEVICE_KINDS, OPTION_OF, OPTIONS
-from supervisor.protocol import MAX_TASKS, MAX_WEIGHT, Limits
+from supervisor.protocol import MAX_CPUS, MAX_TASKS, MAX_WEIGHT, Limits
+from supervisor.quantities import format_cpu_list
 
 MAX_DEVICE_LIMITS = 16
 _DEVICE = re.compile(r"/dev/[A-Za-z0-9._/+-]{1,200}")
 
-_SCALARS = tuple(field for field, kind in OPTIONS.values() if kind not in DEVICE_KINDS)  # timeout_usec too
+_SCALARS = tuple(field for field, kind in OPTIONS.values() if kind not in (*DEVICE_KINDS, "cpus"))  # timeout too
 _DEVICE_FIELDS = tuple(field for field, kind in OPTIONS.values() if kind in DEVICE_KINDS)
 _PROPERTIES = {
     "cpu_weight": "CPUWeight",
@@ -63,6 +64,17 @@ def check(requested: Limits | None, policy: LimitPolicy) -> Limits:
                 f"{OPTION_OF[name]} {_show(name, value)} is above what policy allows you ({_show(name, ceiling)})",
                 hint=f"ask for at most {_show(name, ceiling)}, or ask an administrator to raise the ceiling",
             )
+    cpus, allowed = merged["allowed_cpus"], policy.maximum.allowed_cpus
+    if allowed is not None:
+        if cpus is None:
+            merged["allowed_cpus"] = allowed
+        elif not set(cpus) <= set(allowed):
+            raise SjobError(
+                ErrorCode.PermissionDenied,
+                f"--allowed-cpus {format_cpu_list(cpus)} includes CPUs policy does not allow you"
+                f" ({format_cpu_list(sorted(set(cpus) - set(allowed)))})",
+                hint=f"choose among CPUs {format_cpu_list(allowed)}, or ask an administrator",
+            )
     return Limits(**merged)
 
 
@@ -82,6 +94,10 @@ def _check_ranges(limits: Limits) -> None:
         value = getattr(limits, name)
         if value is not None and not low <= value <= high:
             raise invalid_argument(f"{OPTION_OF[name]} {value}: out of range", hint=f"give {low} to {high}")
+    if limits.allowed_cpus is not None and (
+        not 0 < len(limits.allowed_cpus) <= MAX_CPUS or not all(0 <= c < MAX_CPUS for c in limits.allowed_cpus)
+    ):
+        raise invalid_argument("--allowed-cpus: out of range", hint=f"give CPU numbers from 0 to {MAX_CPUS - 1}")
     for name in _DEVICE_FIELDS:
         entries = getattr(limits, name) or []
         if len(entries) > MAX_DEVICE_LIMITS:
@@ -106,6 +122,8 @@ def unit_properties(limits: Limits) -> list[tuple[str, object]]:
     props: list[tuple[str, object]] = []
     if limits.cpu_percent is not None:
         props.append(("CPUQuotaPerSecUSec", limits.cpu_percent * 10_000))
+    if limits.allowed_cpus is not None:
+        props.append(("AllowedCPUs", cpu_mask(limits.allowed_cpus)))
     for name, prop in _PROPERTIES.items():
         value = getattr(limits, name)
         if value is None:
@@ -115,6 +133,14 @@ def unit_properties(limits: Limits) -> list[tuple[str, object]]:
         else:
             props.append((prop, value))
     return props
+
+
+def cpu_mask(cpus: list[int]) -> bytes:
+    """AllowedCPUs= on D-Bus ("ay"): a bit mask, CPU n is bit n % 8 of byte n // 8."""
+    mask = bytearray(max(cpus) // 8 + 1)
+    for cpu in cpus:
+        mask[cpu // 8] |= 1 << (cpu % 8)
+    return bytes(mask)
 
 
 def _show(name: str, value: int) -> str:

@@ -26,6 +26,7 @@ from supervisor.auth import Principal
 from supervisor.limits import unit_properties as limits_properties
 from supervisor.profiles import Profile
 from supervisor.protocol import JobSpec, Limits
+from supervisor.quantities import format_cpu_list
 
 SLICE = "sjob.slice"
 
@@ -76,6 +77,7 @@ SIGNATURES: dict[str, str] = {
     # limits (dbus-cgroup.c, dbus-service.c)
     "CPUQuotaPerSecUSec": "t",
     "CPUWeight": "t",
+    "AllowedCPUs": "ay",
     "MemoryMax": "t",
     "MemoryHigh": "t",
     "MemorySwapMax": "t",
@@ -155,6 +157,16 @@ def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
     return text if len(text) <= DESCRIPTION_MAX else text[: DESCRIPTION_MAX - 1] + "…"
 
 
+def checks(profile: Profile, limits: Limits) -> list[str]:
+    """What sjob-shim verifies from inside the unit before it runs the job: the profile's sandbox, and the CPUs
+    the job may use (the kernel can leave a cpuset it cannot apply unenforced). Comma-separated on its command
+    line, so the CPU list joins its ranges with '+'."""
+    found = list(profile.checks)
+    if limits.allowed_cpus is not None:
+        found.append("cpus=" + format_cpu_list(limits.allowed_cpus).replace(",", "+"))
+    return found
+
+
 def job_unit(
     unit: str,
     job_id: str,
@@ -172,7 +184,7 @@ def job_unit(
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv)),
         ("Type", "exec"),
-        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv, profile.checks), ["no-env-expand"])]),
+        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv, checks(profile, limits)), ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
         ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure"])]),
         ("User", str(uid)),

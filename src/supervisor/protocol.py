@@ -67,6 +67,7 @@ class Stream(enum.StrEnum):
 
 MAX_WEIGHT = 10000  # CPUWeight=, IOWeight=
 MAX_TASKS = 4_194_304  # TasksMax=: the kernel's limit on pids
+MAX_CPUS = 8192  # AllowedCPUs=: the kernel's largest NR_CPUS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Limits:
 
     cpu_percent: int | None = None  # CPUQuota=, percent of one CPU (200 = two CPUs)
     cpu_weight: int | None = None  # CPUWeight=, 1..10000
+    allowed_cpus: list[int] | None = None  # AllowedCPUs=, the CPU numbers the job may run on
     memory_max: int | None = None  # MemoryMax=, bytes: above it the job is OOM-killed
     memory_high: int | None = None  # MemoryHigh=, bytes: above it the job is throttled and reclaimed
     memory_swap_max: int | None = None  # MemorySwapMax=, bytes

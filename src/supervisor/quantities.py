@@ -78,6 +78,41 @@ def parse_cpu(text: str, option: str) -> int:
     return round(percent)
 
 
+_CPU_ITEM = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+
+
+def parse_cpu_list(text: str, option: str, limit: int) -> list[int]:
+    """'0-3,6' -> [0, 1, 2, 3, 6]: CPU numbers below `limit`, as systemd's AllowedCPUs= and the kernel's lists."""
+    cpus: set[int] = set()
+    for item in text.strip().split(","):
+        match = _CPU_ITEM.fullmatch(item.strip())
+        if match is None:
+            raise invalid_argument(
+                f"{option} {text[:30]!r}: not a list of CPUs",
+                hint="write CPU numbers and ranges separated by commas: 0, 0-3, 0-3,6 ('nproc --all' counts them)",
+            )
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if first > last or last >= limit:
+            raise invalid_argument(
+                f"{option} {text[:30]!r}: {item.strip()} is not a range of CPU numbers",
+                hint=f"a range runs from low to high, CPUs are numbered from 0 (below {limit})",
+            )
+        cpus.update(range(first, last + 1))
+    return sorted(cpus)
+
+
+def format_cpu_list(cpus: list[int]) -> str:
+    """[0, 1, 2, 3, 6] -> '0-3,6'."""
+    runs: list[list[int]] = []
+    for cpu in sorted(set(cpus)):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def parse_integer(text: str, option: str, low: int, high: int, what: str = "a whole number") -> int:
     """A plain decimal integer in [low, high]."""
     text = text.strip()

@@ -47,6 +47,17 @@ def test_cpu_quota_holds_a_busy_loop_near_it() -> None:
         sjob("stop", "--grace", "0", job_id)
 
 
+def test_allowed_cpus_pin_the_job() -> None:
+    # The scheduler's own mask for the job's processes, as the kernel applies the unit's cpuset (the VM has 2 CPUs).
+    assert os.cpu_count() == 2
+    for cpus, allowed in (("1", b"1"), ("0-1", b"0-1")):
+        result = sjob(
+            "run", "--allowed-cpus", cpus, "--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status; nproc"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"Cpus_allowed_list:\t" + allowed + b"\n" + str(len(cpus.split("-"))).encode() + b"\n"
+
+
 def test_fork_bomb_stops_at_the_tasks_limit_and_stop_cleans_up() -> None:
     # Its "can't fork" complaints go to /dev/null: thousands of them a second would otherwise all be journal
     # entries (sjob switches journald's rate limit off for jobs), which is a test of journald, not of TasksMax.
@@ -197,7 +208,15 @@ def test_jobs_run_in_their_users_slice(alice: User) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [["--cpu", "1000%"], ["--memory", "-1"], ["--tasks", "0"], ["--profile", "nope"], ["--io-read-bps", "/nope=1M"]],
+    [
+        ["--cpu", "1000%"],
+        ["--memory", "-1"],
+        ["--tasks", "0"],
+        ["--profile", "nope"],
+        ["--io-read-bps", "/nope=1M"],
+        ["--allowed-cpus", "2"],
+        ["--allowed-cpus", "1-0"],
+    ],
 )
 def test_bad_limits_create_no_unit(options: list[str]) -> None:
     before = sjob_units()

@@ -124,6 +124,8 @@ FAST_PATH_CORPUS = [
     ["--memory", "1G", "--cpu=50%", "-p", "network", "true"],
     ["--io-read-bps", "/=1M", "--tasks", "5", "--io-read-bps=/dev/vda=2M", "--timeout", "1m", "--", "true"],
     ["--profile=strict", "--cpu-weight", "10", "--io-weight", "20", "--memory-high", "1G", "--memory-swap", "0", "x"],
+    ["--allowed-cpus", "0", "--cpu", "1", "true"],
+    ["--allowed-cpus=0-1,3", "x"],
 ]
 
 
@@ -258,6 +260,9 @@ def test_ctrl_c_stops_an_attached_job(server: ServerThread) -> None:
         (["--io-read-bps", "/nonexistent=10M"], b"--io-read-bps /nonexistent: no such file or directory"),
         (["--io-read-bps", "/proc=10M"], b"--io-read-bps /proc: not on a block device"),
         (["--profile", "nope"], b"unknown profile 'nope'"),
+        (["--allowed-cpus", "x"], b"--allowed-cpus 'x': not a list of CPUs"),
+        (["--allowed-cpus", "1-0"], b"--allowed-cpus '1-0': 1-0 is not a range of CPU numbers"),
+        (["--allowed-cpus", "4000"], b"--allowed-cpus: this machine has no CPU 4000 online"),
     ],
 )
 def test_bad_limits_are_refused_before_any_unit_exists(server: ServerThread, options: list[str], words: bytes) -> None:
@@ -269,7 +274,22 @@ def test_bad_limits_are_refused_before_any_unit_exists(server: ServerThread, opt
 
 
 def test_limits_and_profile_reach_the_unit_and_the_record(server: ServerThread) -> None:
-    job_id = sjob(server, "run", "-d", "-q", "--cpu", "20%", "--memory", "512M", "-p", "network", "--", "true")
+    job_id = sjob(
+        server,
+        "run",
+        "-d",
+        "-q",
+        "--cpu",
+        "20%",
+        "--memory",
+        "512M",
+        "--allowed-cpus",
+        "0",
+        "-p",
+        "network",
+        "--",
+        "true",
+    )
     (unit,) = server.units.started
     assert (unit.get("CPUQuotaPerSecUSec"), unit.get("MemoryMax"), unit.get("PrivateNetwork")) == (
         200_000,
@@ -279,5 +299,5 @@ def test_limits_and_profile_reach_the_unit_and_the_record(server: ServerThread) 
     info = json.loads(sjob(server, "status", "--json", job_id.stdout.decode().strip()).stdout)
     assert (info["profile"], info["limits"]["cpu_percent"], info["limits"]["tasks_max"]) == ("network", 20, 1024)
     human = sjob(server, "status", job_id.stdout.decode().strip()).stdout.decode()
-    assert "Limits: CPU 20%; memory 512.0M; tasks 1024" in human
+    assert "Limits: CPU 20%; on CPUs 0; memory 512.0M; tasks 1024" in human
     assert "Sandbox: profile network" in human

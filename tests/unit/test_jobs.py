@@ -15,11 +15,11 @@ from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
-from supervisor.protocol import Job, JobSpec, JobState, Output, Resources, Stream
+from supervisor.protocol import Job, JobSpec, JobState, Limits, Output, Resources, Stream
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
-from .fakes import FakeJobLog, FakeUnits, failed_unit, shipped_access
+from .fakes import FakeJobLog, FakeUnits, exec_entry, failed_unit, shipped_access
 
 ALICE = Principal(1000, 1000, 10, "alice")
 BOB = Principal(1001, 1001, 11, "bob")
@@ -38,6 +38,7 @@ def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], 
             ShimCommand("/opt/sjob/bin/sjob-shim"),
             *shipped_access(),
             is_block_device=lambda path: path == "/dev/vda",
+            online_cpus=lambda: frozenset({0, 1}),
         )
         try:
             return await asyncio.wait_for(body(service, fake_units, log), 20)
@@ -202,6 +203,26 @@ def test_invalid_spec_creates_no_unit(tmp_path: Path) -> None:
         assert e.value.code is ErrorCode.InvalidArgument
         assert units.started == []
         assert service.list_jobs(ALICE) == []
+
+    scenario(body, tmp_path)
+
+
+def test_allowed_cpus_must_be_online_and_are_checked_inside_the_unit(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        with pytest.raises(SjobError) as e:
+            await service.start(ALICE, JobSpec(["/bin/true"], "/", limits=Limits(allowed_cpus=[1, 2, 3])))
+        assert (e.value.code, e.value.message) == (
+            ErrorCode.InvalidArgument,
+            "--allowed-cpus: this machine has no CPU 2-3 online",
+        )
+        assert e.value.hint == "its CPUs are 0-1"
+        assert units.started == []
+        job = await service.start(ALICE, JobSpec(["/bin/true"], "/", limits=Limits(allowed_cpus=[1])))
+        (unit,) = units.started
+        assert unit.get("AllowedCPUs") == b"\x02"
+        assert exec_entry(unit)[1][1].endswith(",cpus=1")  # the shim's --check=...: it refuses other CPUs
+        assert job.limits is not None
+        assert job.limits.allowed_cpus == [1]
 
     scenario(body, tmp_path)
 

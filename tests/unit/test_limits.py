@@ -107,3 +107,23 @@ def test_a_site_profile_replaces_the_shipped_one_and_may_extend(tmp_path: Path) 
     with pytest.raises(SjobError) as e:
         profiles.get("nope")
     assert "unknown profile 'nope'" in e.value.message
+
+
+def test_allowed_cpus_within_the_policy_set_become_a_cpu_mask() -> None:
+    policy = parse_policy("[[rules]]\nname = 'all'\nusers = ['*']\n[limits.max]\nallowed-cpus = '0-3,8'\n", "p.toml")
+    ceiling = policy.rules[0].limits
+    assert limits.check(None, ceiling).allowed_cpus == [0, 1, 2, 3, 8]  # not asked for: the most allowed
+    got = limits.check(Limits(allowed_cpus=[1, 8]), ceiling)
+    assert ("AllowedCPUs", bytes([0b10, 0b1])) in limits.unit_properties(got)
+    with pytest.raises(SjobError) as e:
+        limits.check(Limits(allowed_cpus=[3, 4, 5]), ceiling)
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert e.value.message == "--allowed-cpus 3-5 includes CPUs policy does not allow you (4-5)"
+    assert e.value.hint == "choose among CPUs 0-3,8, or ask an administrator"
+    for bad in ([], [-1], [8192]):
+        with pytest.raises(SjobError) as e:
+            limits.check(Limits(allowed_cpus=bad), ceiling)
+        assert e.value.code is ErrorCode.InvalidArgument
+    with pytest.raises(PolicyError) as p:
+        parse_policy("[[rules]]\nname = 'all'\nusers = ['*']\n[limits.max]\nallowed-cpus = '0-x'\n", "p.toml")
+    assert "allowed-cpus = '0-x': not a list of CPUs" in str(p.value)

@@ -3,7 +3,7 @@
 import pytest
 
 from supervisor.errors import SjobError
-from supervisor.quantities import parse_duration
+from supervisor.quantities import format_cpu_list, parse_cpu_list, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -29,4 +29,35 @@ def test_bad_durations_say_what_is_accepted(text: str) -> None:
     with pytest.raises(SjobError) as e:
         parse_duration(text, "--grace")
     assert e.value.message.startswith("--grace")
+    assert e.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus", "shown"),
+    [("0", [0], "0"), ("0-3,6", [0, 1, 2, 3, 6], "0-3,6"), (" 3,1,2 ", [1, 2, 3], "1-3"), ("5-5,0", [0, 5], "0,5")],
+)
+def test_cpu_lists(text: str, cpus: list[int], shown: str) -> None:
+    assert parse_cpu_list(text, "--allowed-cpus", 8192) == cpus
+    assert format_cpu_list(cpus) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "not a list of CPUs"),
+        ("a", "not a list of CPUs"),
+        ("-1", "not a list of CPUs"),
+        ("0,", "not a list of CPUs"),
+        ("0-", "not a list of CPUs"),
+        ("0..3", "not a list of CPUs"),
+        ("3-1", "3-1 is not a range of CPU numbers"),
+        ("8192", "8192 is not a range of CPU numbers"),
+        ("9" * 40, "not a list of CPUs"),
+    ],
+)
+def test_bad_cpu_lists_say_what_is_accepted(text: str, words: str) -> None:
+    with pytest.raises(SjobError) as e:
+        parse_cpu_list(text, "--allowed-cpus", 8192)
+    assert e.value.message.startswith("--allowed-cpus ")
+    assert words in e.value.message
     assert e.value.hint

@@ -182,3 +182,15 @@ def test_checks_that_hold_let_the_job_run(shim: str, journal: FakeJournal) -> No
     journal.entries.clear()
     command = [shim, "--journal-socket", journal.path, "--check=no_new_privileges", "1a2b3c4d", "--", "true"]
     assert subprocess.run(["setpriv", "--no-new-privs", *command], timeout=60, check=False).returncode == 0
+
+
+def test_the_cpus_check_compares_the_cpus_the_job_may_use(shim: str, journal: FakeJournal) -> None:
+    mine = sorted(os.sched_getaffinity(0))
+    assert run_shim(shim, journal, "true", checks="cpus=" + "+".join(str(c) for c in mine))[0] == 0
+    if mine == list(range(mine[0], mine[-1] + 1)):
+        assert run_shim(shim, journal, "true", checks=f"cpus={mine[0]}-{mine[-1]}")[0] == 0
+    other = f"{mine[-1] + 1}"  # a CPU this process may not use: as if the cpuset were not applied
+    status, streams = run_shim(shim, journal, "true", checks=f"cpus={other}")
+    assert status == 125
+    assert b"AllowedCPUs= (the job could run on other CPUs) is not in effect" in streams["stderr"]
+    assert run_shim(shim, journal, "true", checks="cpus=0-x")[0] == 125  # malformed: refused, never ignored

@@ -8,6 +8,7 @@ import time
 
 from supervisor.logformat import signal_name
 from supervisor.protocol import Job, JobState, Limits, Resources
+from supervisor.quantities import format_cpu_list
 
 DOTS = {
     JobState.starting: "◌",
@@ -68,6 +69,8 @@ def limits(given: Limits | None) -> str:
     parts = []
     if given.cpu_percent is not None:
         parts.append(f"CPU {given.cpu_percent}%")
+    if given.allowed_cpus is not None:
+        parts.append(f"on CPUs {format_cpu_list(given.allowed_cpus)}")
     for name, value in (("memory", given.memory_max), ("memory high", given.memory_high)):
         if value is not None:
             parts.append(f"{name} {size(value)}")

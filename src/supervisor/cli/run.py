@@ -79,6 +79,9 @@ def register(app: "typer.Typer") -> None:
             str | None, _limit("--cpu", "50%|2", "CPU time: percent of one CPU, or CPUs (CPUQuota).")
         ] = None,
         cpu_weight: Annotated[str | None, _limit("--cpu-weight", "1-10000", "Share of CPU under contention.")] = None,
+        allowed_cpus: Annotated[
+            str | None, _limit("--allowed-cpus", "LIST", "Run only on these CPUs (0-3,6; AllowedCPUs).")
+        ] = None,
         memory: Annotated[
             str | None, _limit("--memory", "SIZE", "Memory at most (512M, 2G); over it: OOM kill.")
         ] = None,
@@ -95,6 +98,7 @@ def register(app: "typer.Typer") -> None:
         given: dict[str, str | list[str] | None] = {
             "--cpu": cpu,
             "--cpu-weight": cpu_weight,
+            "--allowed-cpus": allowed_cpus,
             "--memory": memory,
             "--memory-high": memory_high,
             "--memory-swap": memory_swap,
