@@ -36,10 +36,10 @@ from supervisor.protocol import (
     MAX_CPUS,
     UNIT_PREFIX,
     UNIT_SUFFIX,
+    Chunk,
     Job,
     JobSpec,
     JobState,
-    Output,
     Resources,
     Stream,
     parse_job_id,
@@ -205,7 +205,7 @@ class JobService:
         wait: bool = True,
         streams: Collection[Stream] | None = None,
         after_seq: int = 0,
-    ) -> AsyncGenerator[Output | Job]:
+    ) -> AsyncGenerator[Chunk | Job]:
         """The job's output from the very start (or after record `after_seq`), then the job: as it ended, or,
         without `wait`, as it is once the output written so far has been sent. For a finished job this is a
         replay. `streams` selects the output."""
@@ -215,7 +215,7 @@ class JobService:
         async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=live):
             if isinstance(record, OutputRecord):
                 if record.seq > after_seq and (streams is None or record.stream in streams):
-                    yield Output.of(Stream(record.stream), record.data, record.when_usec, record.seq)
+                    yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
             elif isinstance(record, ExitRecord):
                 yield self._record_exit(job.id, record) or job
                 return

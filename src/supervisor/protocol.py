@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import re
 import signal
+import struct
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ _UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service)?")
 class Method(enum.StrEnum):
     Start = f"{INTERFACE}.Start"
     Follow = f"{INTERFACE}.Follow"
+    FollowPipe = f"{INTERFACE}.FollowPipe"
     Stop = f"{INTERFACE}.Stop"
     Status = f"{INTERFACE}.Status"
     List = f"{INTERFACE}.List"
@@ -165,11 +167,46 @@ class Output:
     seq: int = 0  # its place in the job's output, both streams counted together from 1
 
     @classmethod
-    def of(cls, stream: Stream, data: bytes, usec: int = 0, seq: int = 0) -> "Output":
-        return cls(stream, base64.b64encode(data).decode("ascii"), usec, seq)
+    def of(cls, chunk: "Chunk") -> "Output":
+        return cls(chunk.stream, base64.b64encode(chunk.data).decode("ascii"), chunk.usec, chunk.seq)
 
-    def raw(self) -> bytes:
-        return base64.b64decode(self.data, validate=True)
+    def chunk(self) -> "Chunk":
+        return Chunk(self.stream, base64.b64decode(self.data, validate=True), self.usec, self.seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of output as bytes: what an Output carries in base64, and a FollowPipe frame carries as it is."""
+
+    stream: Stream
+    data: bytes
+    usec: int = 0
+    seq: int = 0
+
+
+# FollowPipe's frames: a header, then `length` bytes of output. Stream 1 is stdout, 2 stderr.
+FRAME = struct.Struct("<BIQQ")  # stream, length, seq, usec
+FRAME_STREAMS = {Stream.stdout: 1, Stream.stderr: 2}
+MAX_FRAME_DATA = 1 << 24
+
+
+def frame(chunk: Chunk) -> bytes:
+    return FRAME.pack(FRAME_STREAMS[chunk.stream], len(chunk.data), chunk.seq, chunk.usec) + chunk.data
+
+
+def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk, int] | None:
+    """The chunk framed at `offset` and the offset after it, or None if the buffer does not hold all of it yet;
+    a malformed header raises ProtocolError."""
+    if len(buffer) - offset < FRAME.size:
+        return None
+    code, length, seq, usec = FRAME.unpack_from(buffer, offset)
+    if code not in (1, 2) or length > MAX_FRAME_DATA:
+        raise SjobError(ErrorCode.ProtocolError, f"sjobd sent a malformed output frame (stream {code}, {length} bytes)")
+    start = offset + FRAME.size
+    if len(buffer) - start < length:
+        return None
+    stream = Stream.stdout if code == 1 else Stream.stderr
+    return Chunk(stream, bytes(buffer[start : start + length]), usec, seq), start + length
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

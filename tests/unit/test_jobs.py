@@ -15,7 +15,7 @@ from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
-from supervisor.protocol import Job, JobSpec, JobState, Limits, Output, Resources, Stream
+from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources, Stream
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
@@ -55,8 +55,8 @@ async def collect(service: JobService, principal: Principal, job_id: str) -> tup
     streams = {"stdout": b"", "stderr": b""}
     final = None
     async for item in service.follow(principal, job_id):
-        if isinstance(item, Output):
-            streams[item.stream.value] += item.raw()
+        if isinstance(item, Chunk):
+            streams[item.stream.value] += item.data
         else:
             final = item
     assert final is not None
@@ -347,15 +347,15 @@ def test_log_selection_and_resumption(tmp_path: Path) -> None:
         running = [i async for i in service.follow(ALICE, job.id, wait=False)]
         assert isinstance(running[-1], Job)
         assert running[-1].state is JobState.running
-        assert [(o.stream.value, o.raw(), o.seq, o.usec) for o in running if isinstance(o, Output)] == [
+        assert [(o.stream.value, o.data, o.seq, o.usec) for o in running if isinstance(o, Chunk)] == [
             ("stdout", b"a\n", 1, 1001),
             ("stderr", b"b\n", 2, 1002),
             ("stdout", b"c", 3, 1003),
         ]
         only_err = [i async for i in service.follow(ALICE, job.id, wait=False, streams=[Stream.stderr])]
-        assert [o.raw() for o in only_err if isinstance(o, Output)] == [b"b\n"]
+        assert [o.data for o in only_err if isinstance(o, Chunk)] == [b"b\n"]
         after = [i async for i in service.follow(ALICE, job.id, wait=False, after_seq=2)]
-        assert [o.raw() for o in after if isinstance(o, Output)] == [b"c"]
+        assert [o.data for o in after if isinstance(o, Chunk)] == [b"c"]
 
     scenario(body, tmp_path, run_commands=False)
 

@@ -8,15 +8,20 @@ from hypothesis import strategies as st
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import (
+    FRAME,
+    MAX_FRAME_DATA,
+    Chunk,
     Job,
     JobSpec,
     JobState,
     Output,
     Stream,
     error_from_wire,
+    frame,
     from_wire,
     parse_job_id,
     to_wire,
+    unframe,
     unit_for,
 )
 
@@ -104,9 +109,20 @@ def test_malformed_replies_are_protocol_errors(mangle) -> None:  # type: ignore[
     assert e.value.code is ErrorCode.ProtocolError
 
 
-@given(st.binary(max_size=4096), st.sampled_from(Stream))
-def test_output_is_binary_safe(data: bytes, stream: Stream) -> None:
-    assert from_wire(Output, to_wire(Output.of(stream, data))).raw() == data
+@given(st.binary(max_size=4096), st.sampled_from(Stream), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1))
+def test_output_is_binary_safe_as_json_and_as_frames(data: bytes, stream: Stream, seq: int, usec: int) -> None:
+    chunk = Chunk(stream, data, usec, seq)
+    assert from_wire(Output, to_wire(Output.of(chunk))).chunk() == chunk
+    framed = b"x" + frame(chunk) + frame(chunk)[:-1]
+    assert unframe(framed, 1) == (chunk, 1 + FRAME.size + len(data))
+    assert unframe(framed, 1 + FRAME.size + len(data)) is None  # not all there yet
+
+
+def test_a_malformed_frame_is_a_protocol_error() -> None:
+    for header in (FRAME.pack(3, 1, 1, 1), FRAME.pack(1, MAX_FRAME_DATA + 1, 1, 1)):
+        with pytest.raises(SjobError) as e:
+            unframe(header, 0)
+        assert e.value.code is ErrorCode.ProtocolError
 
 
 def test_spec_wire_form_is_what_varlinkctl_users_write() -> None:

@@ -12,13 +12,15 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
 from supervisor import server as server_module
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.protocol import INTERFACE, Job, JobSpec, JobState, Method, Output
+from supervisor.logformat import OutputRecord
+from supervisor.protocol import FRAME, INTERFACE, Chunk, Job, JobSpec, JobState, Method, Stream, unframe
 from supervisor.server import MAX_MESSAGE
 
 from .serverthread import ServerThread
@@ -45,11 +47,11 @@ def server(public_dir: Path) -> Iterator[ServerThread]:
 def follow_all(client: Client, job_id: str) -> tuple[bytes, bytes, Job]:
     out, err, final = b"", b"", None
     for item in client.follow(job_id):
-        if isinstance(item, Output):
+        if isinstance(item, Chunk):
             if item.stream.value == "stdout":
-                out += item.raw()
+                out += item.data
             else:
-                err += item.raw()
+                err += item.data
         else:
             final = item
     assert final is not None
@@ -184,6 +186,35 @@ def test_a_follower_that_goes_away_releases_its_reader(public_dir: Path) -> None
         while server.call(lambda: server.log.open_readers) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.call(lambda: server.log.open_readers) == 0
+    finally:
+        server.stop()
+
+
+def test_a_pipe_follower_that_closes_its_pipe_gets_a_last_reply_and_releases_its_reader(
+    public_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = ServerThread(public_dir, run_commands=False)
+    try:
+        with Client(server.socket) as client:
+            job = client.start(JobSpec(["/bin/sleep", "60"], "/"))
+        server.call(lambda: server.log.add(job.id, OutputRecord(1, "stdout", b"first\n")))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(server.socket)
+            call = {"method": Method.FollowPipe, "parameters": {"id": job.id}, "more": True}
+            s.sendall(json.dumps(call).encode() + b"\0")
+            data, fds, _, _ = socket.recv_fds(s, 65536, 4)
+            assert json.loads(data.rstrip(b"\0")) == {"parameters": {"pipe": 0}, "continues": True}
+            (pipe,) = fds
+            with os.fdopen(pipe, "rb") as f:
+                assert unframe(f.read(FRAME.size + 6), 0) == (Chunk(Stream.stdout, b"first\n", ANY, 1), FRAME.size + 6)
+            for seq in range(2, 5):  # the server finds the pipe closed when it writes again
+                server.call(lambda seq=seq: server.log.add(job.id, OutputRecord(seq, "stdout", b"more\n")))
+            assert read_reply(s) == {}  # the last reply, with no job: the call is over
+        deadline = time.monotonic() + 5
+        while server.call(lambda: server.log.open_readers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.call(lambda: server.log.open_readers) == 0
+        assert "internal error" not in caplog.text
     finally:
         server.stop()
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.protocol import Job, Output, Stream
+from supervisor.protocol import Chunk, Job, Stream
 
 
 class OutputCopier:
@@ -20,11 +20,11 @@ class OutputCopier:
         self.last_seq = 0
         self._sinks: dict[Stream, BinaryIO] = {Stream.stdout: sys.stdout.buffer, Stream.stderr: sys.stderr.buffer}
 
-    def copy(self, items: Iterable[Output | Job]) -> Job:
+    def copy(self, items: Iterable[Chunk | Job]) -> Job:
         """Copy until the stream of items ends; return the job it ended with."""
         job = None
         for item in items:
-            if isinstance(item, Output):
+            if isinstance(item, Chunk):
                 # Ctrl-C must not fall between printing an item and remembering that it was printed: after a
                 # Ctrl-C, `sjob run` prints the rest from last_seq on, and would print this item twice.
                 held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -39,10 +39,10 @@ class OutputCopier:
             raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output without saying how the job stands")
         return job
 
-    def _write(self, item: Output) -> None:
-        data = item.raw()
+    def _write(self, item: Chunk) -> None:
+        data = item.data
         if self.as_json:
-            line = json.dumps(json_entry(item, data), ensure_ascii=False) + "\n"
+            line = json.dumps(json_entry(item), ensure_ascii=False) + "\n"
             sys.stdout.buffer.write(line.encode())
             sys.stdout.buffer.flush()
             return
@@ -51,10 +51,11 @@ class OutputCopier:
         sink.flush()
 
 
-def json_entry(item: Output, data: bytes) -> dict[str, object]:
+def json_entry(item: Chunk) -> dict[str, object]:
     """One record as JSON: text where the bytes are UTF-8, base64 where they are not (like journalctl's arrays)."""
     stamp = datetime.datetime.fromtimestamp(item.usec / 1e6, tz=datetime.UTC).isoformat(timespec="microseconds")
     entry: dict[str, object] = {"timestamp": stamp, "usec": item.usec, "seq": item.seq, "stream": item.stream.value}
+    data = item.data
     try:
         entry["text"] = data.decode("utf-8")
     except UnicodeDecodeError:
