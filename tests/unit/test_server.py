@@ -19,7 +19,7 @@ import pytest
 from supervisor import server as server_module
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.logformat import OutputRecord
+from supervisor.logformat import ExitRecord, OutputRecord
 from supervisor.protocol import FRAME, INTERFACE, Chunk, Job, JobSpec, JobState, Method, Stream, unframe
 from supervisor.server import MAX_MESSAGE
 
@@ -215,6 +215,30 @@ def test_a_pipe_follower_that_closes_its_pipe_gets_a_last_reply_and_releases_its
             time.sleep(0.01)
         assert server.call(lambda: server.log.open_readers) == 0
         assert "internal error" not in caplog.text
+    finally:
+        server.stop()
+
+
+def test_more_output_than_the_pipe_holds_arrives_whole_and_in_order(public_dir: Path) -> None:
+    server = ServerThread(public_dir, run_commands=False)
+    try:
+        with Client(server.socket) as client:
+            job = client.start(JobSpec(["/bin/true"], "/"))
+        pieces = [(("stdout", "stderr")[i % 2], os.urandom(65536)) for i in range(96)]  # 6 MiB: the pipe holds 1
+
+        def write() -> None:
+            for seq, (stream, data) in enumerate(pieces, 1):
+                server.log.add(job.id, OutputRecord(seq, stream, data))
+            server.log.add(job.id, ExitRecord("success", "exited", 0))
+
+        server.call(write)
+        with Client(server.socket) as client:
+            items = list(client.follow(job.id))
+        chunks = [i for i in items if isinstance(i, Chunk)]
+        assert [(c.stream.value, c.data) for c in chunks] == pieces
+        assert [c.seq for c in chunks] == list(range(1, 97))
+        assert isinstance(items[-1], Job)
+        assert items[-1].state is JobState.exited
     finally:
         server.stop()
 
