@@ -154,6 +154,35 @@ def test_fast_path_leaves_the_rest_to_typer(args: list[str]) -> None:
     assert run.parse_fast(args) is None
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["1a2b3c4d"], ["-f", "x"], ["x", "--stdout"], ["--json", "-f", "x", "--stderr"], ["x", "--follow", "--json"]],
+    ids=" ".join,
+)
+def test_fast_path_parses_logs_exactly_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.cli import build_app, logs  # noqa: PLC0415
+
+    seen: list[logs.LogsArgs] = []
+
+    def fake_show_logs(parsed: logs.LogsArgs) -> int:
+        seen.append(parsed)
+        return 0
+
+    monkeypatch.setattr(logs, "show_logs", fake_show_logs)
+    monkeypatch.setattr(sys, "argv", ["sjob", "logs", *args])
+    with pytest.raises(SystemExit) as exit_:
+        build_app()()
+    assert exit_.value.code == 0
+    assert logs.parse_fast(args) == seen[0]
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], [], ["a", "b"], ["-fx"], ["--", "x"], ["--jsn", "x"]])
+def test_logs_fast_path_leaves_the_rest_to_typer(args: list[str]) -> None:
+    from supervisor.cli import logs  # noqa: PLC0415
+
+    assert logs.parse_fast(args) is None
+
+
 def wait_for_job(server: ServerThread) -> str:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
