@@ -129,22 +129,30 @@ FAST_PATH_CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("args", FAST_PATH_CORPUS, ids=" ".join)
-def test_fast_path_parses_run_exactly_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from supervisor.cli import build_app, run  # noqa: PLC0415
+def what_typer_passes(monkeypatch: pytest.MonkeyPatch, module: object, function: str, argv: list[str]) -> object:
+    """The one argument typer's command for `sjob ARGV` passes to `module.function` (replaced for the test)."""
+    from supervisor.cli import build_app  # noqa: PLC0415
 
-    seen: list[run.RunArgs] = []
+    seen: list[object] = []
 
-    def fake_run(parsed: run.RunArgs) -> int:
+    def fake(parsed: object) -> int:
         seen.append(parsed)
         return 0
 
-    monkeypatch.setattr(run, "run", fake_run)
-    monkeypatch.setattr(sys, "argv", ["sjob", "run", *args])
+    monkeypatch.setattr(module, function, fake)
+    monkeypatch.setattr(sys, "argv", ["sjob", *argv])
     with pytest.raises(SystemExit) as exit_:
         build_app()()
     assert exit_.value.code == 0
-    assert run.parse_fast(args) == seen[0]
+    (parsed,) = seen
+    return parsed
+
+
+@pytest.mark.parametrize("args", FAST_PATH_CORPUS, ids=" ".join)
+def test_fast_path_parses_run_exactly_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.cli import run  # noqa: PLC0415
+
+    assert run.parse_fast(args) == what_typer_passes(monkeypatch, run, "run", ["run", *args])
 
 
 @pytest.mark.parametrize("args", [["-h"], ["--help"], ["-dq", "true"], ["--detatch", "true"], [], ["-E"], ["-d"]])
@@ -160,20 +168,9 @@ def test_fast_path_leaves_the_rest_to_typer(args: list[str]) -> None:
     ids=" ".join,
 )
 def test_fast_path_parses_logs_exactly_as_typer_does(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from supervisor.cli import build_app, logs  # noqa: PLC0415
+    from supervisor.cli import logs  # noqa: PLC0415
 
-    seen: list[logs.LogsArgs] = []
-
-    def fake_show_logs(parsed: logs.LogsArgs) -> int:
-        seen.append(parsed)
-        return 0
-
-    monkeypatch.setattr(logs, "show_logs", fake_show_logs)
-    monkeypatch.setattr(sys, "argv", ["sjob", "logs", *args])
-    with pytest.raises(SystemExit) as exit_:
-        build_app()()
-    assert exit_.value.code == 0
-    assert logs.parse_fast(args) == seen[0]
+    assert logs.parse_fast(args) == what_typer_passes(monkeypatch, logs, "show_logs", ["logs", *args])
 
 
 @pytest.mark.parametrize("args", [["-h"], ["--help"], [], ["a", "b"], ["-fx"], ["--", "x"], ["--jsn", "x"]])

@@ -47,14 +47,19 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    from supervisor.cli import logs, run  # noqa: PLC0415
-
     try:
         args = sys.argv[1:]
-        if args[:1] == ["run"] and (fast := run.parse_fast(args[1:])) is not None:
-            sys.exit(run.run(fast))
-        if args[:1] == ["logs"] and (fast_logs := logs.parse_fast(args[1:])) is not None:
-            sys.exit(logs.show_logs(fast_logs))
+        # Each fast path imports only its own verb: `sjob logs` has no use for run's limit parsing.
+        if args[:1] == ["run"]:
+            from supervisor.cli import run  # noqa: PLC0415
+
+            if (fast := run.parse_fast(args[1:])) is not None:
+                sys.exit(run.run(fast))
+        elif args[:1] == ["logs"]:
+            from supervisor.cli import logs  # noqa: PLC0415
+
+            if (fast_logs := logs.parse_fast(args[1:])) is not None:
+                sys.exit(logs.show_logs(fast_logs))
         build_app()()
     except SjobError as e:
         sys.exit(die(e))
