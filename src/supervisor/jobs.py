@@ -153,11 +153,13 @@ class JobService:
                         f"{device} is not a block device",
                         hint="name a disk such as /dev/vda, or a path on it such as /",
                     )
-            if job_limits.allowed_cpus is not None and (offline := set(job_limits.allowed_cpus) - self._online_cpus()):
-                raise invalid_argument(
-                    f"--allowed-cpus: this machine has no CPU {format_cpu_list(sorted(offline))} online",
-                    hint=f"its CPUs are {format_cpu_list(sorted(self._online_cpus()))}",
-                )
+            if job_limits.allowed_cpus is not None:
+                online = self._online_cpus()
+                if offline := set(job_limits.allowed_cpus) - online:
+                    raise invalid_argument(
+                        f"--allowed-cpus: this machine has no CPU {format_cpu_list(sorted(offline))} online",
+                        hint=f"its CPUs are {format_cpu_list(sorted(online))}",
+                    )
             running = len(self._records.unfinished(uid))
             if rule.max_jobs is not None and running >= rule.max_jobs:
                 raise SjobError(
