@@ -10,6 +10,7 @@ import dataclasses
 import posixpath
 import re
 
+from supervisor import unitfile
 from supervisor.errors import invalid_argument
 from supervisor.protocol import JobSpec
 
@@ -47,6 +48,43 @@ _REFUSED_ENV = frozenset(
         "TZDIR",
     }
 )
+# Names systemd itself sets for a service's processes (systemd.exec(5), "Environment Variables in Spawned
+# Processes"): Environment= overrides them, and the privileged ExecStopPost reads ${SERVICE_RESULT} ${EXIT_CODE}
+# ${EXIT_STATUS} from them, so a request setting them would write the job's recorded result (issue E:
+# `-E SERVICE_RESULT=success` turned a timeout into a success). Names systemd derives from User= (HOME, USER,
+# PATH, ...) describe only the caller's own session and stay allowed, as with systemd-run -E. SJOB_* is sjob's.
+_SYSTEMD_ENV = frozenset(
+    {
+        "SERVICE_RESULT",
+        "EXIT_CODE",
+        "EXIT_STATUS",
+        "MAINPID",
+        "MANAGERPID",
+        "INVOCATION_ID",
+        "SYSTEMD_EXEC_PID",
+        "NOTIFY_SOCKET",
+        "JOURNAL_STREAM",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_PID",
+        "WATCHDOG_USEC",
+        "PIDFILE",
+        "FDSTORE",
+        "LOG_NAMESPACE",
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CACHE_DIRECTORY",
+        "LOGS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "CREDENTIALS_DIRECTORY",
+        "MEMORY_PRESSURE_WATCH",
+        "MEMORY_PRESSURE_WRITE",
+    }
+)
+_SYSTEMD_ENV_PREFIXES = ("MONITOR_", "TRIGGER_", "SJOB_")
 
 
 def validate(spec: JobSpec) -> JobSpec:
@@ -64,25 +102,37 @@ def _validate_argv(argv: list[str]) -> list[str]:
         raise invalid_argument("the command is empty", hint="give the command after '--': sjob run -- CMD ARGS...")
     if len(argv) > MAX_ARGS:
         raise invalid_argument(f"the command has {len(argv)} arguments; at most {MAX_ARGS} are accepted")
-    if sum(len(a.encode()) + 1 for a in argv) > MAX_ARGV_BYTES:
+    if sum(len(a.encode(errors="surrogatepass")) + 1 for a in argv) > MAX_ARGV_BYTES:
         raise invalid_argument(f"the command line is longer than {MAX_ARGV_BYTES} bytes")
     for i, arg in enumerate(argv):
+        _check_text(arg, f"argument {i} of the command")
         if "\0" in arg:
             raise invalid_argument(f"argument {i} of the command contains a NUL byte")
     return list(argv)
 
 
 def _validate_cwd(cwd: str) -> str:
+    _check_text(cwd, "the working directory")
     if not cwd.startswith("/") or "\0" in cwd or len(cwd) > MAX_PATH:
         raise invalid_argument(
-            f"the working directory {cwd[:100]!r} is not an absolute path",
+            f"the working directory '{unitfile.escape(cwd[:100])}' is not an absolute path",
             hint="pass a path starting with '/'",
         )
-    return posixpath.normpath(cwd)
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); systemd would simplify it to "/".
+    cwd = "/" + posixpath.normpath(cwd).lstrip("/")
+    # The working directory becomes WorkingDirectory= and ReadWritePaths= of the unit: it must read back the same.
+    if (problem := unitfile.problem(cwd, unitfile.Kind.word)) is not None:
+        raise invalid_argument(
+            f"the working directory '{unitfile.escape(cwd[:100])}' has {problem}, which systemd cannot keep in a"
+            " unit file",
+            hint="run the job from a directory whose path has no control characters, backslashes or double quotes"
+            " (sjob run --working-directory DIR)",
+        )
+    return cwd
 
 
 def _validate_environment(environment: list[str]) -> list[str]:
-    if len(environment) > MAX_ENV or sum(len(e.encode()) for e in environment) > MAX_ENV_BYTES:
+    if len(environment) > MAX_ENV or sum(len(e.encode(errors="surrogatepass")) for e in environment) > MAX_ENV_BYTES:
         raise invalid_argument(f"too much environment: at most {MAX_ENV} entries and {MAX_ENV_BYTES} bytes")
     seen: dict[str, str] = {}
     for entry in environment:
@@ -97,7 +147,22 @@ def _validate_environment(environment: list[str]) -> list[str]:
                 f"the environment variable {name} is refused: it steers the dynamic loader or libc",
                 hint=f"set it inside the job instead: sjob run -- env {name}=... COMMAND",
             )
+        if name in _SYSTEMD_ENV or name.startswith(_SYSTEMD_ENV_PREFIXES):
+            raise invalid_argument(
+                f"the environment variable {name} is refused: systemd or sjob sets it for the job's unit, and the"
+                " job's recorded result is read from such variables",
+                hint=f"use another name, or set it inside the job: sjob run -- env {name}=... COMMAND",
+            )
+        _check_text(value, f"the value of environment variable {name}")
         if "\0" in value:
             raise invalid_argument(f"the value of environment variable {name} contains a NUL byte")
         seen[name] = value  # the last assignment wins, as in a shell
     return [f"{name}={value}" for name, value in seen.items()]
+
+
+def _check_text(text: str, what: str) -> None:
+    """JSON can carry lone surrogates (\\ud800), which are no text: D-Bus, systemd and the journal need UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise invalid_argument(f"{what} is not valid Unicode (it holds a lone surrogate)") from None

@@ -14,6 +14,10 @@ Why these choices:
 - ExecStopPostEx with `privileged`: the exit report (`sjob-shim --report`) runs as root so its journal entry
   (_UID=0) cannot be forged by the job; `ignore-failure`, so that a failing report cannot fail a successful job.
 - LogRateLimitIntervalUSec=0: journald's per-unit rate limit would otherwise drop a fast writer's output.
+- Every string is checked against how systemd writes it into the transient unit file (`unitfile`), here, where
+  the properties are made, whatever their source (request, profile, policy): a value systemd would read back as
+  something else after a daemon-reload is refused, never sent. Description= is made printable; the request's own
+  fields are refused earlier with their names (jobspec).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import dataclasses
 import shlex
 from collections.abc import Sequence
 
+from supervisor import unitfile
 from supervisor.auth import Principal
+from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
 from supervisor.profiles import Profile
 from supervisor.protocol import JobSpec, Limits
@@ -118,6 +124,9 @@ SIGNATURES: dict[str, str] = {
     "SystemCallArchitectures": "as",
     "SyslogLevelPrefix": "b",
 }
+# The properties systemd C-escapes and quotes when it writes the unit file (exec_command_append_...,
+# unit_concat_strv(..., UNIT_ESCAPE_C)): any string survives there. Every other string is checked (unitfile).
+ESCAPED_BY_SYSTEMD = frozenset({"ExecStartEx", "ExecStopPostEx", "Environment"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +152,11 @@ class UnitProperties:
     name: str
     properties: tuple[tuple[str, object], ...]
 
+    def __post_init__(self) -> None:
+        for key, value in self.properties:
+            if key not in ESCAPED_BY_SYSTEMD:
+                _check_unit_file_value(key, value, unitfile.Kind.line)
+
     def signed(self) -> list[tuple[str, str, object]]:
         """(name, D-Bus signature, value) triples; an unknown property name is a bug and raises KeyError."""
         return [(key, SIGNATURES[key], value) for key, value in self.properties]
@@ -151,10 +165,28 @@ class UnitProperties:
         return dict(self.properties)[key]
 
 
+def _check_unit_file_value(key: str, value: object, kind: unitfile.Kind) -> None:
+    """Refuse a value systemd would not read back from the unit file as it was sent. A bug if a request reaches
+    it: jobspec refuses such requests with a better message; this is the one place that holds for every source."""
+    if isinstance(value, str):
+        if (problem := unitfile.problem(value, kind)) is not None:
+            raise invalid_argument(
+                f"{key}= '{unitfile.escape(value[:80])}' cannot be written into a unit file safely: it has {problem}"
+            )
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_unit_file_value(key, item, unitfile.Kind.word)
+
+
 def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
-    """The unit's Description=: who ran what, short enough for `systemctl status`."""
-    text = f"sjob {job_id} by {principal.name} (uid {principal.uid}): {shlex.join(argv)}"
-    return text if len(text) <= DESCRIPTION_MAX else text[: DESCRIPTION_MAX - 1] + "…"
+    """The unit's Description=: who ran what, short enough for `systemctl status`, and printable: it is written into
+    the unit file as it is, so a newline in an argument would start a setting of its own (see unitfile)."""
+    text = unitfile.escape(f"sjob {job_id} by {principal.name} (uid {principal.uid}): {shlex.join(argv)}")
+    if len(text) > DESCRIPTION_MAX:
+        text = text[: DESCRIPTION_MAX - 1] + "…"
+    # shlex.join quotes an argument that ends in a backslash, and escape() doubles it; should that ever change, a
+    # final backslash would join the unit file's next line.
+    return text if unitfile.problem(text, unitfile.Kind.line) is None else text.rstrip(" \\") + "…"
 
 
 def checks(profile: Profile, limits: Limits) -> list[str]:

@@ -14,6 +14,7 @@ LAYERS = {
     "quantities": 0,
     "protocol": 0,
     "logformat": 0,
+    "unitfile": 0,
     "auth": 1,
     "policy": 1,
     "limits": 1,
