@@ -62,6 +62,8 @@ SWEEP_INTERVAL = 60.0
 MAX_GRACE_USEC = properties.DEFAULT_STOP_TIMEOUT_USEC
 KILL_ROUNDS = 120
 KILL_INTERVAL = 0.5
+WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
+WATCH_RETRY_MAX = 30.0
 
 
 class UnitManager(Protocol):
@@ -126,6 +128,9 @@ class JobService:
         self._shim = shim
         self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
         self._background: set[asyncio.Task[None]] = set()
+        # unit -> (when its grace period ends, on the loop's clock; the task that SIGKILLs it then): at most one per
+        # unit, however often it is stopped, so repeated Stop calls cannot pile up tasks in sjobd.
+        self._grace: dict[str, tuple[float, asyncio.Task[None]]] = {}
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -264,7 +269,7 @@ class JobService:
         log.info("%s: stopped by %s", job.unit, principal)
         await self._units.stop(job.unit)
         if grace_usec is not None and grace_usec < MAX_GRACE_USEC:
-            self._in_background(self._kill_after_grace(job.unit, grace_usec))
+            self._kill_later(job.unit, grace_usec)
         return job
 
     def list_jobs(self, principal: Principal, *, everyone: bool = False, running: bool = False) -> list[Job]:
@@ -286,13 +291,25 @@ class JobService:
     # --- background ----------------------------------------------------------------------------------------
 
     async def watch_exits(self) -> None:
-        """Record every job's end as journald reports it; runs until cancelled."""
-        unfinished = self._records.unfinished()
-        since = min((j.created_usec for j in unfinished), default=now_usec())
-        async for job_id, record in self._journal.exits(since):
-            job = self._record_exit(job_id, record)
-            if job is not None:
-                self._collect_later(job.unit)
+        """Record every job's end as journald reports it; runs until cancelled.
+
+        A journal that cannot be read (EMFILE while many followers hold readers, a journal file being rotated away)
+        must not end the watcher, nor sjobd: it starts again from the oldest unfinished job after a pause, and
+        recording an exit twice changes nothing. The sweep covers the pause."""
+        delay = WATCH_RETRY_MIN
+        while True:
+            unfinished = self._records.unfinished()
+            since = min((j.created_usec for j in unfinished), default=now_usec())
+            try:
+                async for job_id, record in self._journal.exits(since):
+                    delay = WATCH_RETRY_MIN
+                    job = self._record_exit(job_id, record)
+                    if job is not None:
+                        self._collect_later(job.unit)
+            except OSError as e:
+                log.error("reading job exits from the journal failed (%s); again in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY_MAX)
 
     async def reconcile(self) -> None:
         """At startup: adopt jobs systemd runs that have no record (the records were lost), and settle the records
@@ -446,6 +463,25 @@ class JobService:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _kill_later(self, unit: str, grace_usec: int) -> None:
+        """SIGKILL `unit` once `grace_usec` is over; a stop that asks for a shorter grace than the one pending
+        replaces it, a longer or equal one changes nothing (the earliest deadline wins, as with systemd's own)."""
+        deadline = asyncio.get_running_loop().time() + grace_usec / 1e6
+        pending = self._grace.get(unit)
+        if pending is not None and not pending[1].done():
+            if pending[0] <= deadline:
+                return
+            pending[1].cancel()
+        task = asyncio.create_task(self._kill_after_grace(unit, grace_usec))
+        self._grace[unit] = (deadline, task)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda done: self._forget_grace(unit, done))
+
+    def _forget_grace(self, unit: str, task: asyncio.Task[None]) -> None:
+        if (pending := self._grace.get(unit)) is not None and pending[1] is task:
+            del self._grace[unit]
 
     async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
         """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes

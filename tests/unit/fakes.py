@@ -34,6 +34,7 @@ class FakeJobLog:
         self.exit_queue: asyncio.Queue[tuple[str, ExitRecord]] = asyncio.Queue()
         self.changed = asyncio.Event()
         self.open_readers = 0
+        self.exit_failures = 0  # exits() fails this many times first, as a journal sjobd cannot open would
 
     def add(self, job_id: str, record: Record) -> None:
         if isinstance(record, OutputRecord | ExitRecord) and not record.when_usec:
@@ -65,6 +66,9 @@ class FakeJobLog:
             self.open_readers -= 1
 
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
+        if self.exit_failures:
+            self.exit_failures -= 1
+            raise OSError(24, "Too many open files")
         while True:
             yield await self.exit_queue.get()
 

@@ -312,6 +312,43 @@ def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
     scenario(body, tmp_path)
 
 
+def test_repeated_stops_keep_one_grace_period_and_the_shortest_wins(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
+        while not log.records.get(job.id):
+            await asyncio.sleep(0.02)
+        before = len(asyncio.all_tasks())
+        for _ in range(50):  # a client hammering Stop must not make sjobd hold a task per call
+            await service.stop(ALICE, job.id, grace_usec=60_000_000)
+        assert len(asyncio.all_tasks()) == before + 1
+        await service.stop(ALICE, job.id, grace_usec=200_000)  # a shorter grace replaces the pending one
+        await asyncio.sleep(0)  # the replaced one takes its cancellation
+        assert len(asyncio.all_tasks()) == before + 1
+        _, final = await asyncio.wait_for(collect(service, ALICE, job.id), 10)
+        assert final.signal == 9
+        assert units.calls.count("kill SIGKILL") == 2  # one grace period's rounds, not two
+
+    scenario(body, tmp_path)
+
+
+def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "WATCH_RETRY_MIN", 0.01)
+
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        log.exit_failures = 3  # EMFILE three times in a row
+        watcher = asyncio.create_task(service.watch_exits())
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.add(job.id, ExitRecord("success", "exited", 0))
+        # Only the watcher records it: list_jobs reads the records as they are (status would ask the journal).
+        while service.list_jobs(ALICE)[0].state is not JobState.exited:
+            await asyncio.sleep(0.02)
+        assert log.exit_failures == 0
+        assert not watcher.done()
+        watcher.cancel()
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
     async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
