@@ -1,7 +1,7 @@
 /* sjob-shim: the first process of every sjob job.
  *
  *   sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]
- *   sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS
+ *   sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]
  *
  * sjobd starts each job as ExecStart=sjob-shim ... in sjob-<id>.service. The shim
  *  1. makes one pipe for stdout and one for stderr,
@@ -15,8 +15,12 @@
  *  4. points its own stdout/stderr at the pipes and exec()s COMMAND, so the job itself is the unit's main process
  *     and systemd sees its real exit status and signals.
  *
- * In the second form it is the unit's privileged ExecStopPost=: systemd passes ${SERVICE_RESULT}, ${EXIT_CODE} and
- * ${EXIT_STATUS}, and the shim records them as the job's exit entry. Running as root, its entry has _UID=0, which
+ * In the second form it is the unit's privileged ExecStopPost=: it reads $SERVICE_RESULT, $EXIT_CODE and
+ * $EXIT_STATUS, which systemd sets for it, and records them as the job's exit entry. From the environment, not as
+ * "${SERVICE_RESULT}" arguments: systemd writes those into the transient unit file as "$${SERVICE_RESULT}", so after
+ * a daemon-reload the report got the literal text (found by tests/integration/test_unit_file.py). sjobd refuses
+ * requests that set these names (jobspec.py), so only systemd sets them. The three-argument form is what units
+ * started by an older sjobd still run. Running as root, its entry has _UID=0, which
  * a job cannot forge; written to the journal, it outlives the unit and does not depend on sjobd running.
  *
  * The entry layout is defined in src/supervisor/logformat.py, which reads it back; the unit tests run this program
@@ -491,6 +495,10 @@ int main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "--report") == 0) {
         return report(argv[2], argv[3], argv[4], argv[5]);
     }
+    if (argc == 3 && strcmp(argv[1], "--report") == 0) {
+        const char *result = getenv("SERVICE_RESULT"), *code = getenv("EXIT_CODE"), *status = getenv("EXIT_STATUS");
+        return report(argv[2], result ? result : "", code ? code : "", status ? status : "");
+    }
     const char *checks = NULL;
     if (argc > 1 && strncmp(argv[1], "--check=", 8) == 0) {
         checks = argv[1] + 8;
@@ -499,7 +507,7 @@ int main(int argc, char **argv) {
     }
     if (argc < 4 || strcmp(argv[2], "--") != 0) {
         fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]\n"
-                        "       sjob-shim [--journal-socket PATH] --report JOB_ID RESULT EXIT_CODE EXIT_STATUS\n");
+                        "       sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]\n");
         return 2;
     }
     const char *job_id = argv[1];

@@ -49,8 +49,8 @@ _REFUSED_ENV = frozenset(
     }
 )
 # Names systemd itself sets for a service's processes (systemd.exec(5), "Environment Variables in Spawned
-# Processes"): Environment= overrides them, and the privileged ExecStopPost reads ${SERVICE_RESULT} ${EXIT_CODE}
-# ${EXIT_STATUS} from them, so a request setting them would write the job's recorded result (issue E:
+# Processes"): Environment= overrides them, and the privileged ExecStopPost reads SERVICE_RESULT, EXIT_CODE and
+# EXIT_STATUS from them, so a request setting them would write the job's recorded result (issue E:
 # `-E SERVICE_RESULT=success` turned a timeout into a success). Names systemd derives from User= (HOME, USER,
 # PATH, ...) describe only the caller's own session and stay allowed, as with systemd-run -E. SJOB_* is sjob's.
 _SYSTEMD_ENV = frozenset(

@@ -12,7 +12,9 @@ Why these choices:
   not expand `%` specifiers in any property set over D-Bus (systemd PR #7444; measured on 252 and 257), so
   arguments and Environment= values are passed as they are.
 - ExecStopPostEx with `privileged`: the exit report (`sjob-shim --report`) runs as root so its journal entry
-  (_UID=0) cannot be forged by the job; `ignore-failure`, so that a failing report cannot fail a successful job.
+  (_UID=0) cannot be forged by the job; `ignore-failure`, so that a failing report cannot fail a successful job;
+  `no-env-expand` and no `${SERVICE_RESULT}` arguments: it reads systemd's variables from its environment, since
+  systemd writes `${X}` into the unit file as `$${X}` and a daemon-reload then broke every running job's report.
 - LogRateLimitIntervalUSec=0: journald's per-unit rate limit would otherwise drop a fast writer's output.
 - Every string is checked against how systemd writes it into the transient unit file (`unitfile`), here, where
   the properties are made, whatever their source (request, profile, policy): a value systemd would read back as
@@ -141,8 +143,10 @@ class ShimCommand:
         return [self.path, *check, job_id, "--", *command]
 
     def report_argv(self, job_id: str) -> list[str]:
-        """The ExecStopPost= that records how the job ended; systemd fills in each ${...} as one argument."""
-        return [self.path, "--report", job_id, "${SERVICE_RESULT}", "${EXIT_CODE}", "${EXIT_STATUS}"]
+        """The ExecStopPost= that records how the job ended. It reads SERVICE_RESULT, EXIT_CODE and EXIT_STATUS from
+        its environment: written as ${...} arguments, systemd's unit file turns them into $${...} on the next
+        daemon-reload (sjob-shim.c)."""
+        return [self.path, "--report", job_id]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,7 +222,7 @@ def job_unit(
         ("Type", "exec"),
         ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv, checks(profile, limits)), ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
-        ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure"])]),
+        ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure", "no-env-expand"])]),
         ("User", str(uid)),
         ("Group", str(gid)),
         ("WorkingDirectory", spec.cwd),

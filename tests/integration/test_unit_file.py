@@ -151,3 +151,14 @@ def test_the_environment_cannot_rewrite_the_recorded_result(alice: User) -> None
     job_id = detach("sleep", "60", user=alice, options=("--timeout", "2s", "-E", "TERM=dumb"))
     ended = wait_finished(job_id, alice)
     assert (ended["state"], ended["result"]) == ("failed", "timeout")
+
+
+def test_a_daemon_reload_while_a_job_runs_keeps_its_recorded_result(alice: User) -> None:
+    """Found by the reload tests above: systemd wrote the report's "${SERVICE_RESULT}" arguments into the unit file
+    as "$${SERVICE_RESULT}", so after a reload every running job's exit report was the literal text."""
+    job_id = detach("sh", "-c", "sleep 3; exit 3", user=alice)
+    daemon_reload()
+    ended = wait_finished(job_id, alice)
+    assert (ended["state"], ended["result"], ended["exit_status"]) == ("failed", "exit-code", 3)
+    exits = run("journalctl", "-o", "json", f"SJOB_JOB_ID={job_id}", "SJOB_EVENT=exit", "_UID=0").stdout.splitlines()
+    assert [json.loads(e)["SJOB_RESULT"] for e in exits] == ["exit-code"]

@@ -138,8 +138,16 @@ def test_forwarder_outlives_a_sigterm_to_drain_what_was_written(shim: str, journ
         (["exit-code", "", ""], ExitRecord("exit-code", "", None)),  # the main process never ran
     ],
 )
-def test_exit_report(shim: str, journal: FakeJournal, args: list[str], expected: ExitRecord) -> None:
-    result = subprocess.run([shim, "--journal-socket", journal.path, "--report", "1a2b3c4d", *args], check=False)
+@pytest.mark.parametrize("form", ["environment", "arguments"])
+def test_exit_report(shim: str, journal: FakeJournal, args: list[str], expected: ExitRecord, form: str) -> None:
+    # sjobd's units pass systemd's values in the environment; units started by an older sjobd, as arguments.
+    argv = [shim, "--journal-socket", journal.path, "--report", "1a2b3c4d"]
+    env = {"PATH": "/usr/bin:/bin"}
+    if form == "arguments":
+        argv += args
+    else:
+        env.update(zip(("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS"), args, strict=True))
+    result = subprocess.run(argv, env=env, check=False)
     assert result.returncode == 0
     journal.wait_for(logformat.F_EVENT, b"exit")
     (fields,) = journal.entries
