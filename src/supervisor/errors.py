@@ -24,6 +24,9 @@ class ErrorCode(enum.StrEnum):
     TooManyJobs = "TooManyJobs"
     TooManyConnections = "TooManyConnections"
     RequestTimeout = "RequestTimeout"
+    StorageError = (
+        "StorageError"  # sjobd cannot write its records (a full disk): the request is refused, sjobd serves on
+    )
     InternalError = "InternalError"
     # Raised only on the client side; never sent over the wire.
     NotConnected = "NotConnected"

@@ -29,7 +29,7 @@ from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
-from supervisor.policy import Action, Policy, ProfilePolicy
+from supervisor.policy import Action, Policy, ProfilePolicy, Retention
 from supervisor.profiles import Profile, Profiles
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import (
@@ -83,11 +83,12 @@ class JobLog(Protocol):
 
 
 class RecordStore(Protocol):
-    def insert(self, job: Job) -> None: ...
+    def insert(self, job: Job, retention: Retention | None = None) -> None: ...
     def update(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
     def list_jobs(self, uid: int | None = None, limit: int = 1000) -> list[Job]: ...
     def unfinished(self, uid: int | None = None) -> list[Job]: ...
+    def prune(self, retention: Retention, now_usec: int) -> int: ...
 
 
 def is_block_device(path: str) -> bool:
@@ -188,8 +189,11 @@ class JobService:
             profile=profile.name,
         )
         job = dataclasses.replace(job, unit=unit_for(job.id))
+        try:
+            self._records.insert(job, self._access.policy.retention)
+        except SjobError as e:  # a full disk: refused before any unit exists
+            raise self._access.refuse(principal, Action.run, e) from None
         self._access.allow(principal, Action.run, f"{decision.reason}, profile {profile.name}", job.id)
-        self._records.insert(job)
         unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile)
         log.info("starting %s for %s: %s", job.unit, principal, job.argv)
         try:
@@ -303,7 +307,11 @@ class JobService:
             try:
                 async for job_id, record in self._journal.exits(since):
                     delay = WATCH_RETRY_MIN
-                    job = self._record_exit(job_id, record)
+                    try:
+                        job = self._record_exit(job_id, record)
+                    except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
+                        log.error("cannot record the end of job %s: %s", job_id, e.message)
+                        continue
                     if job is not None:
                         self._collect_later(job.unit)
             except OSError as e:
@@ -322,9 +330,17 @@ class JobService:
         await self.sweep()
 
     async def sweep(self) -> None:
-        """Bring every unfinished record up to date (exits missed, units vanished)."""
+        """Bring every unfinished record up to date (exits missed, units vanished); drop records past retention."""
+        try:
+            if pruned := self._records.prune(self._access.policy.retention, now_usec()):
+                log.info("dropped %d job records past their retention", pruned)
+        except SjobError as e:
+            log.error("%s", e.message)
         for job in self._records.unfinished():
-            await self._refresh(job)
+            try:
+                await self._refresh(job)
+            except SjobError as e:  # one job's trouble (a full disk, systemd busy) must not stop the others' sweep
+                log.warning("cannot bring job %s up to date: %s", job.id, e.message)
 
     async def keep_swept(self) -> None:
         """Sweep now and then, for as long as sjobd runs: a safety net under the exit watcher."""

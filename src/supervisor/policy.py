@@ -65,12 +65,23 @@ EVERYONE_RULE = Rule("everyone", users=frozenset({EVERYONE}))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Retention:
+    """How long records of finished jobs are kept ([records] in policy.toml), so /var/lib/sjob cannot grow without
+    bound: at most `per_user` of each user's (the newest), none ended longer than `max_age_usec` ago. Records of
+    jobs that have not ended are always kept. The output stays in journald, under journald's own retention."""
+
+    max_age_usec: int = 90 * 86400 * 1_000_000
+    per_user: int = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = (EVERYONE_RULE,)
     admin_users: frozenset[str] = frozenset()
     admin_groups: frozenset[str] = frozenset()
     per_user: Limits = dataclasses.field(default_factory=Limits)  # a user's jobs together: cpu, memory, tasks
     max_token_ttl_usec: int = DEFAULT_MAX_TOKEN_TTL_USEC
+    retention: Retention = dataclasses.field(default_factory=Retention)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

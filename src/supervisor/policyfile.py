@@ -7,6 +7,7 @@
     [limits.per_user]          all of one user's running jobs together: cpu, memory, tasks
     [admins]                   users, groups: may see, read and stop everyone's jobs and manage tokens
     [tokens]                   max_ttl: the longest a token may live
+    [records]                  keep, keep_per_user: how long and how many finished jobs' records are kept
     [[rules]]                  name; users | groups | tokens; actions; max_jobs; run_as (tokens);
                                [rules.profiles]; [rules.limits.default]; [rules.limits.max]
 """
@@ -22,7 +23,16 @@ from typing import Any
 from supervisor.errors import SjobError
 from supervisor.limitforms import DEVICE_KINDS, OPTIONS, parse_scalar
 from supervisor.limits import LimitPolicy, check
-from supervisor.policy import DEFAULT_MAX_TOKEN_TTL_USEC, EVERYONE, JOB_ACTIONS, Action, Policy, ProfilePolicy, Rule
+from supervisor.policy import (
+    DEFAULT_MAX_TOKEN_TTL_USEC,
+    EVERYONE,
+    JOB_ACTIONS,
+    Action,
+    Policy,
+    ProfilePolicy,
+    Retention,
+    Rule,
+)
 from supervisor.protocol import Limits
 from supervisor.quantities import parse_duration
 
@@ -31,6 +41,7 @@ _PER_USER_KEYS = {"cpu", "memory", "tasks"}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 _RULE_KEYS = {"name", "users", "groups", "tokens", "actions", "max_jobs", "run_as", "profiles", "limits"}
 MAX_JOBS_CEILING = 100_000
+MAX_KEEP_PER_USER = 1_000_000
 
 
 class PolicyError(Exception):
@@ -42,7 +53,7 @@ def parse_policy(text: str, path: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{path}: {e}") from None
-    _known(data, {"profiles", "limits", "admins", "tokens", "rules"}, path, "")
+    _known(data, {"profiles", "limits", "admins", "tokens", "records", "rules"}, path, "")
     base_profiles = _profiles(_sub(data, "profiles", path), path, "profiles", ProfilePolicy())
     limits_table = _sub(data, "limits", path)
     _known(limits_table, {"default", "max", "per_user"}, path, "limits")
@@ -60,6 +71,8 @@ def parse_policy(text: str, path: str) -> Policy:
     max_ttl = DEFAULT_MAX_TOKEN_TTL_USEC
     if "max_ttl" in tokens:
         max_ttl = _duration(tokens["max_ttl"], path, "[tokens] max_ttl")
+
+    retention = _retention(_sub(data, "records", path), path)
 
     rules_list = data.get("rules")
     if rules_list is None:
@@ -79,7 +92,21 @@ def parse_policy(text: str, path: str) -> Policy:
         admin_groups=frozenset(_names(admins, "groups", path, "admins")),
         per_user=per_user,
         max_token_ttl_usec=max_ttl,
+        retention=retention,
     )
+
+
+def _retention(table: Mapping[str, Any], path: str) -> Retention:
+    _known(table, {"keep", "keep_per_user"}, path, "records")
+    retention = Retention()
+    if "keep" in table:
+        retention = dataclasses.replace(retention, max_age_usec=_duration(table["keep"], path, "[records] keep"))
+    if "keep_per_user" in table:
+        count = table["keep_per_user"]
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_KEEP_PER_USER:
+            raise PolicyError(f"{path}: [records] keep_per_user must be a whole number from 1 to {MAX_KEEP_PER_USER}")
+        retention = dataclasses.replace(retention, per_user=count)
+    return retention
 
 
 def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePolicy, base: LimitPolicy) -> Rule:

@@ -3,19 +3,30 @@
 A record is written before the unit is started and updated when the job starts and ends, so a job is never
 running without a record. SQLite in WAL mode gives atomic updates that survive sjobd being killed at any point;
 the calls are short and run on the event loop.
+
+Records of finished jobs are pruned by the policy's retention ([records]): a user's oldest beyond their count as
+each new job is inserted, and by age at every sweep, so the database stays bounded. A write that fails (a full
+disk) is a StorageError: a start is refused before any unit exists, and sjobd keeps serving; a job's end that
+could not be written is written again by the next sweep, from the journal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.policy import Retention
 from supervisor.protocol import Job, JobState, Limits, Resources, from_wire, to_wire
 from supervisor.statedb import open_state_db
 
 SCHEMA_VERSION = 3
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
+_FINISHED = tuple(s.value for s in JobState if s.finished)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -51,6 +62,7 @@ class JobRecords:
     """The store of all jobs sjobd has started."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._db = open_state_db(path)
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -60,18 +72,60 @@ class JobRecords:
         else:
             for step in range(version, SCHEMA_VERSION):
                 self._db.executescript(f"BEGIN; {_MIGRATIONS[step]} COMMIT;")
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:  # only then: sjobd must start, read-only, on a full disk
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
 
-    def insert(self, job: Job) -> None:
+    def insert(self, job: Job, retention: Retention | None = None) -> None:
+        """Record a new job; with `retention`, drop the owner's oldest finished records beyond its count."""
+        finished = ", ".join("?" * len(_FINISHED))
         placeholders = ", ".join("?" * len(_COLUMNS))
-        self._db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))  # noqa: S608
+        with self._writing():
+            self._db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))  # noqa: S608
+            if retention is not None:
+                self._db.execute(
+                    f"DELETE FROM jobs WHERE uid = ? AND state IN ({finished}) AND id NOT IN"  # noqa: S608
+                    f" (SELECT id FROM jobs WHERE uid = ? AND state IN ({finished})"
+                    " ORDER BY created_usec DESC LIMIT ?)",
+                    [job.uid, *_FINISHED, job.uid, *_FINISHED, retention.per_user],
+                )
 
     def update(self, job: Job) -> None:
         assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-        self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*_row(job)[1:], job.id])  # noqa: S608
+        with self._writing():
+            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*_row(job)[1:], job.id])  # noqa: S608
+
+    def prune(self, retention: Retention, now_usec: int) -> int:
+        """Drop the records of jobs that ended more than the retention's age ago; how many were dropped."""
+        with self._writing():
+            cursor = self._db.execute(
+                f"DELETE FROM jobs WHERE state IN ({', '.join('?' * len(_FINISHED))}) AND ended_usec < ?",  # noqa: S608
+                [*_FINISHED, now_usec - retention.max_age_usec],
+            )
+        return cursor.rowcount
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction, all of it or nothing (the connection is in autocommit mode otherwise)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            # SQLITE_FULL ("database or disk is full"), SQLITE_IOERR, SQLITE_READONLY: what a full or failing disk
+            # gives. Reads go on working, so sjobd still answers status and list.
+            raise SjobError(
+                ErrorCode.StorageError,
+                f"sjobd cannot write its job records in {self._path}: {e}",
+                hint=f"free space on the file system of {self._path.parent} (df -h {self._path.parent})",
+            ) from None
 
     def get(self, job_id: str) -> Job | None:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", [job_id]).fetchone()  # noqa: S608

@@ -349,6 +349,20 @@ def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monk
     scenario(body, tmp_path, run_commands=False)
 
 
+def test_a_full_disk_refuses_a_start_before_any_unit_and_sjobd_serves_on(tmp_path: Path) -> None:
+    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+        first = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        db = service._records._db  # type: ignore[attr-defined]
+        db.execute("PRAGMA max_page_count = " + str(db.execute("PRAGMA page_count").fetchone()[0]))
+        with pytest.raises(SjobError) as e:
+            await service.start(ALICE, JobSpec(["/bin/echo", "x" * 100_000], "/"))
+        assert e.value.code is ErrorCode.StorageError
+        assert len(units.started) == 1
+        assert (await service.status(ALICE, first.id)).id == first.id  # reads still answer
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
     async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.policy import Retention
 from supervisor.protocol import Job, JobState
 from supervisor.records import JobRecords
 
@@ -39,3 +41,34 @@ def test_refuses_a_database_from_the_future(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer sjobd"):
         JobRecords(tmp_path / "jobs.sqlite")
+
+
+def test_retention_keeps_each_user_s_newest_finished_and_every_unfinished(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    keep = Retention(max_age_usec=1000, per_user=3)
+    running = job("000000aa", 1000, created=0)
+    records.insert(running, keep)
+    for i in range(1, 8):
+        ended = dataclasses.replace(job(f"0000000{i}", 1000, created=i), state=JobState.exited, ended_usec=i)
+        records.insert(ended, keep)
+        records.insert(job(f"1000000{i}", 1001, created=i), keep)  # another user's, unfinished: never dropped
+    # The three newest finished of uid 1000, and the running one, however old.
+    assert [j.id for j in records.list_jobs(uid=1000)] == ["00000007", "00000006", "00000005", "000000aa"]
+    assert len(records.list_jobs(uid=1001)) == 7
+    assert records.prune(keep, now_usec=1006) == 1  # 00000005 ended at 5 < 1006 - 1000; 6 and 7 stay
+    assert [j.id for j in records.list_jobs(uid=1000)] == ["00000007", "00000006", "000000aa"]
+
+
+def test_a_full_disk_is_a_storage_error_and_reads_go_on(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    records.insert(job("00000001", 1000, created=1))
+    # SQLite's own cap on the file's size gives exactly the SQLITE_FULL a full file system gives.
+    records._db.execute("PRAGMA max_page_count = " + str(records._db.execute("PRAGMA page_count").fetchone()[0]))
+    big = dataclasses.replace(job("00000002", 1000, created=2), argv=["x" * 100_000])  # more than a free page
+    with pytest.raises(SjobError) as e:
+        records.insert(big)
+    assert e.value.code is ErrorCode.StorageError
+    assert "database or disk is full" in e.value.message
+    assert "df -h" in (e.value.hint or "")
+    assert records.get("00000001") is not None
+    assert not records._db.in_transaction  # rolled back: the next write can succeed once there is room
