@@ -57,6 +57,13 @@ def transient_file(unit: str) -> str:
     return Path("/run/systemd/transient", unit).read_text()
 
 
+def sections_and_stops(unit: str) -> tuple[list[str], list[str]]:
+    """The unit file's section headers, and its ExecStop=/ExecStopPost= lines: what an injection would add."""
+    lines = transient_file(unit).splitlines()
+    headers = [line for line in lines if line.strip().startswith("[")]
+    return headers, [line for line in lines if line.startswith(("ExecStop=", "ExecStopPost="))]
+
+
 def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
     """The attack of the issue: on the old code this argument wrote `ExecStop=+/bin/sh ...` into the unit file,
     and after a reload stopping the job ran it as root."""
@@ -69,7 +76,10 @@ def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
     daemon_reload()
     assert unit_settings(unit) == before
     assert before["ExecStop"] == []
-    assert transient_file(unit).count("[Service]") == 1
+    assert sections_and_stops(unit) == (
+        ["[Unit]", "[Service]"],
+        ["ExecStopPost=", f'ExecStopPost=-:+"/opt/sjob/bin/sjob-shim" "--report" "{job_id}"'],
+    )
     assert before["ExecStart"][0][-1] == evil  # the argument still reaches the command exactly
     assert "\n" not in before["Description"]
     assert sjob("stop", job_id, user=alice).returncode == 0
@@ -115,7 +125,9 @@ def test_hostile_requests_read_back_exactly_after_a_reload(alice: User, shared_d
         assert after["Environment"] == env
         assert after["ExecStop"] == []
         assert after["User"] == str(alice.uid)
-        assert transient_file(unit).count("[Service]") == 1, transient_file(unit)
+        headers, stops = sections_and_stops(unit)
+        assert headers == ["[Unit]", "[Service]"], transient_file(unit)
+        assert len(stops) == 2, transient_file(unit)  # "ExecStopPost=" and the report
     for unit, *_ in started:
         run("systemctl", "stop", "--no-block", unit)
 
