@@ -18,6 +18,7 @@ No `from __future__ import annotations`: asyncvarlink derives the interface from
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import grp
 import json
@@ -25,6 +26,7 @@ import logging
 import os
 import pwd
 import select
+import signal
 import socket
 import struct
 import time
@@ -51,6 +53,7 @@ from supervisor.audit import AuditEntry
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.jobs import JobService
+from supervisor.peercgroup import inside_job
 from supervisor.protocol import (
     INTERFACE,
     Chunk,
@@ -404,15 +407,30 @@ class Connection(VarlinkInterfaceServerProtocol):
             )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peer:
+    """What the kernel says about the process at the other end of a connection."""
+
+    principal: Principal
+    cgroup: str | None  # its /proc/PID/cgroup, or None if that could not be read for sure (it counts as a job's)
+    in_passwd: bool  # whether its uid has a passwd entry
+
+
 def peer_principal(conn: socket.socket) -> Principal:
     """The kernel's word on who is at the other end of `conn`."""
+    return identify(conn).principal
+
+
+def identify(conn: socket.socket) -> Peer:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     try:
-        name = pwd.getpwuid(uid).pw_name
+        name, in_passwd = pwd.getpwuid(uid).pw_name, True
     except KeyError:
-        name = str(uid)
-    return Principal(uid=uid, gid=gid, pid=_peer_pid(conn, pid), user=name, groups=_group_names(conn, gid))
+        name, in_passwd = str(uid), False
+    pid, cgroup = _peer_process(conn, pid)
+    principal = Principal(uid=uid, gid=gid, pid=pid, user=name, groups=_group_names(conn, gid))
+    return Peer(principal, cgroup, in_passwd)
 
 
 def _group_names(conn: socket.socket, gid: int) -> frozenset[str]:
@@ -432,23 +450,46 @@ def _group_names(conn: socket.socket, gid: int) -> frozenset[str]:
     return frozenset(names)
 
 
-def _peer_pid(conn: socket.socket, pid: int) -> int:
-    """The peer's pid through a pidfd (SO_PEERPIDFD, Linux 6.5): -1 if the process is gone, so a pid reused
-    since the connect is never named. Older kernels: SO_PEERCRED's pid as it was at connect()."""
+def read_cgroup(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+        return f.read(65536)
+
+
+def _peer_process(conn: socket.socket, pid: int) -> tuple[int, str | None]:
+    """The peer's pid and cgroup. Through a pidfd (SO_PEERPIDFD, Linux 6.5) the pid is -1 if the process is gone,
+    so a pid reused since the connect is never named, and the cgroup counts only if the pidfd's process is still
+    alive after /proc/PID/cgroup was read (so the file was that process's). Older kernels: SO_PEERCRED's pid as
+    it was at connect(), and its cgroup file as it is now. Either way, None for a cgroup that cannot be read: the
+    caller fails closed."""
     try:
         pidfd = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
     except OSError:
-        return pid
+        return pid, _cgroup_of(pid)
     try:
-        with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
+        pid = -1
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
             for line in f:
                 if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
+                    pid = int(line.split()[1])
+        if pid <= 0:
+            return -1, None
+        cgroup = _cgroup_of(pid)
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except OSError:
+            return -1, None  # gone (and its pid free for reuse) before we knew the file was its
+        return pid, cgroup
     finally:
         os.close(pidfd)
-    return pid
+
+
+def _cgroup_of(pid: int) -> str | None:
+    if pid <= 0:  # 0: the peer is in a pid namespace we cannot see into
+        return None
+    try:
+        return read_cgroup(pid)
+    except OSError:
+        return None
 
 
 def _token_info(record: TokenRecord) -> TokenInfo:
@@ -504,14 +545,23 @@ class Server:
             log.error("accept failed: %s", e)
             return
         try:
-            principal = peer_principal(conn)
+            peer = identify(conn)
         except OSError as e:
             log.error("cannot identify a peer: %s", e)
             conn.close()
             return
+        principal = peer.principal
+        if (refusal := refuse_peer(peer)) is not None:
+            self._turn_away(conn, principal, refusal)
+            return
         held = self._per_user.get(principal.uid, 0)
         if held >= MAX_CONNECTIONS_PER_USER or len(self._transports) >= MAX_CONNECTIONS:
-            self._turn_away(conn, principal, held)
+            if held >= MAX_CONNECTIONS_PER_USER:
+                message = f"{principal.user} already has {held} connections to sjobd, the most allowed"
+            else:
+                message = f"sjobd already serves {len(self._transports)} connections, the most it allows"
+            hint = "close some (e.g. idle 'sjob logs -f')"
+            self._turn_away(conn, principal, SjobError(ErrorCode.TooManyConnections, message, hint=hint))
             return
         self._per_user[principal.uid] = held + 1
         conn.setblocking(False)
@@ -532,16 +582,39 @@ class Server:
         else:
             self._per_user.pop(uid, None)
 
-    def _turn_away(self, conn: socket.socket, principal: Principal, held: int) -> None:
-        """Refuse a connection over the caps: one error reply (if the socket takes it at once), then close."""
-        if held >= MAX_CONNECTIONS_PER_USER:
-            message = f"{principal.user} already has {held} connections to sjobd, the most allowed"
-        else:
-            message = f"sjobd already serves {len(self._transports)} connections, the most it allows"
-        self._access.audit(AuditEntry(principal, "connect", False, message))
-        error = SjobError(ErrorCode.TooManyConnections, message, hint="close some (e.g. idle 'sjob logs -f')")
-        reply = {"error": f"{INTERFACE}.{error.code.value}", "parameters": {"message": message, "hint": error.hint}}
+    def _turn_away(self, conn: socket.socket, principal: Principal, error: SjobError) -> None:
+        """Refuse a connection: audit it, one error reply (if the socket takes it at once), then close."""
+        self._access.audit(AuditEntry(principal, "connect", False, error.message))
+        reply = {
+            "error": f"{INTERFACE}.{error.code.value}",
+            "parameters": {"message": error.message, "hint": error.hint},
+        }
         with contextlib.suppress(OSError):
             conn.setblocking(False)
             conn.send(json.dumps(reply).encode() + b"\0")
         conn.close()
+
+
+def refuse_peer(peer: Peer) -> SjobError | None:
+    """Why a peer may not talk to sjobd at all, if it may not (issue E.3).
+
+    A process inside a job (sjob.slice) is refused: otherwise a job without network could ask for one with network,
+    an admin's job would act with its owner's admin groups, and a token's job would run under the local users'
+    rule instead of its token's. A uid without a passwd entry (a subordinate uid of a user namespace) is nobody
+    policy can name, so it gets nothing rather than a set of caps of its own."""
+    if peer.cgroup is None or inside_job(peer.cgroup):
+        why = "requests from inside an sjob job are refused"
+        if peer.cgroup is None:
+            why += " (and this caller's cgroup could not be read, so it counts as one)"
+        return SjobError(
+            ErrorCode.PermissionDenied,
+            why,
+            hint="a job may not start, list or stop jobs; run sjob from outside sjob.slice (a login session, CI)",
+        )
+    if not peer.in_passwd:
+        return SjobError(
+            ErrorCode.PermissionDenied,
+            f"uid {peer.principal.uid} has no passwd entry; sjobd serves only users the system knows",
+            hint="run sjob as a local user (not as a subordinate uid of a user namespace)",
+        )
+    return None

@@ -311,3 +311,49 @@ def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
             principal = server_module.peer_principal(conn)
         child.wait()
     assert grp.getgrgid(NOBODY).gr_name in principal.groups
+
+
+@pytest.mark.parametrize(
+    "cgroup",
+    ["0::/sjob.slice/sjob-1a2b3c4d.service\n", "0::/sjob.slice/sjob-u1000.slice/sjob-1a2b3c4d.service\n"],
+)
+def test_requests_from_inside_a_job_are_refused_and_audited(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, cgroup: str
+) -> None:
+    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: cgroup)
+    with Client(server.socket) as client, pytest.raises(SjobError) as e:
+        client.list_jobs()
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert e.value.message == "requests from inside an sjob job are refused"
+    assert e.value.hint
+    last = server.audit.entries[-1]
+    assert (last.action, last.allowed, last.reason) == ("connect", False, e.value.message)
+
+
+def test_a_caller_whose_cgroup_cannot_be_read_is_refused(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(pid: int) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(server_module, "read_cgroup", unreadable)
+    with Client(server.socket) as client, pytest.raises(SjobError) as e:
+        client.list_jobs()
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert "could not be read" in e.value.message
+
+
+def test_a_uid_without_passwd_entry_is_refused(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(uid: int) -> object:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(server_module.pwd, "getpwuid", missing)
+    with Client(server.socket) as client, pytest.raises(SjobError) as e:
+        client.list_jobs()
+    assert e.value.code is ErrorCode.PermissionDenied
+    assert "has no passwd entry" in e.value.message
+    assert (server.audit.entries[-1].action, server.audit.entries[-1].allowed) == ("connect", False)
+
+
+def test_a_caller_outside_sjob_slice_is_served(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: "0::/user.slice/user-1000.slice/session-1.scope\n")
+    with Client(server.socket) as client:
+        assert client.list_jobs() == []
