@@ -78,6 +78,14 @@ def _string_list(key: str, value: object) -> list[tuple[str, object]]:
     return [(key, _strings(value))]
 
 
+def _paths(key: str, value: object) -> list[tuple[str, object]]:
+    paths = _strings(value)
+    for path in paths:
+        if not path.removeprefix("-").startswith("/") or "\n" in path:
+            raise TypeError('a list of absolute paths, each optionally prefixed with "-" (ignored if missing)')
+    return [(key, paths)]
+
+
 def _syscalls(allow: bool) -> Callable[[str, object], list[tuple[str, object]]]:
     def convert(key: str, value: object) -> list[tuple[str, object]]:
         names = _strings(value)
@@ -142,6 +150,7 @@ _CONVERTERS: dict[str, Callable[[str, object], list[tuple[str, object]]]] = {
     "ProtectClock": _bool,
     "ProtectHostname": _bool,
     "ProtectProc": _string("invisible", "noaccess", "ptraceable"),
+    "InaccessiblePaths": _paths,
     "KeyringMode": _string("private"),
     "RemoveIPC": _bool,
     "NoNewPrivileges": _bool,

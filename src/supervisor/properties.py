@@ -98,6 +98,7 @@ SIGNATURES: dict[str, str] = {
     "RuntimeMaxUSec": "t",
     # sandbox (dbus-execute.c, dbus-cgroup.c); profiles.py decides which a profile may set
     "ReadWritePaths": "as",
+    "InaccessiblePaths": "as",
     "PrivateNetwork": "b",
     "RestrictAddressFamilies": "(bas)",
     "IPAddressDeny": "a(iayu)",
