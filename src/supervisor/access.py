@@ -16,7 +16,7 @@ from supervisor import policy as decisions
 from supervisor.audit import AuditEntry
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError, no_such_job
-from supervisor.policy import JOB_ACTIONS, Action, Decision, Policy
+from supervisor.policy import JOB_ACTIONS, Action, Decision, Owner, Policy
 from supervisor.tokens import Keys, TokenError, TokenRecord, TokenStore, issue, verify
 
 DEFAULT_TOKEN_TTL_USEC = 86400 * 1_000_000
@@ -57,10 +57,10 @@ class Access:
     # --- jobs ----------------------------------------------------------------------------------------------
 
     def authorize(
-        self, principal: Principal, action: Action, *, job_id: str | None = None, owner_uid: int | None = None
+        self, principal: Principal, action: Action, *, job_id: str | None = None, owner: Owner | None = None
     ) -> Decision:
-        """Allow (and audit) or raise (and audit) for `action`, on the job `job_id` of `owner_uid` if given."""
-        decision = decisions.decide(self.policy, principal, action, owner_uid)
+        """Allow (and audit) or raise (and audit) for `action`, on the job `job_id` of `owner` if given."""
+        decision = decisions.decide(self.policy, principal, action, owner)
         if not (decision.allowed and self._repeated(principal, action, job_id)):
             self._audit.record(AuditEntry(principal, action.value, decision.allowed, decision.reason, job_id))
         if decision.allowed:

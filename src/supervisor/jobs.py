@@ -29,7 +29,7 @@ from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
-from supervisor.policy import Action, Policy, ProfilePolicy, Retention
+from supervisor.policy import Action, Owner, Policy, ProfilePolicy, Retention, owns
 from supervisor.profiles import Profile, Profiles
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import (
@@ -290,6 +290,8 @@ class JobService:
                 ),
             )
         jobs = self._records.list_jobs(None if everyone else principal.uid)
+        if not everyone:  # a token sees only its subject's jobs, not all of its run_as user's
+            jobs = [j for j in jobs if owns(principal, Owner(j.uid, j.user))]
         return [j for j in jobs if not j.state.finished] if running else jobs
 
     # --- background ----------------------------------------------------------------------------------------
@@ -386,7 +388,7 @@ class JobService:
         job = self._records.get(job_id)
         if job is None:
             raise self._access.refuse(principal, action, no_such_job(job_id), job_id)
-        self._access.authorize(principal, action, job_id=job_id, owner_uid=job.uid)
+        self._access.authorize(principal, action, job_id=job_id, owner=Owner(job.uid, job.user))
         return job
 
     async def _start_failed(self, job: Job, result: str) -> Job:

@@ -7,7 +7,9 @@ The model, read from policy.toml by `policyfile`:
   jobs; for token subjects it names the local user their jobs run as. A principal no rule matches may do nothing.
 - Everyone acts on their own jobs only. Another user's job looks exactly like a missing one, except to admins:
   root and the users and groups of [admins] may see, read and stop everyone's jobs, and issue tokens. A token's
-  bearer is never an admin.
+  bearer is never an admin. A token's own jobs are those its subject started: two subjects mapped to one
+  `run_as` user do not see each other's (issue E.3). A local user's own jobs are those that run as their uid,
+  their tokens' included: those processes are theirs already (they may signal and trace them).
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ class Policy:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose a job is: the uid it runs as, and the principal that started it (`alice`, or `token:ci-runner`)."""
+
+    uid: int
+    principal: str
+
+
+def owns(principal: Principal, owner: Owner) -> bool:
+    if principal.token is not None:
+        return owner.principal == principal.name
+    return owner.uid == principal.uid
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     reason: str
@@ -102,14 +118,14 @@ def is_admin(policy: Policy, principal: Principal) -> bool:
     return principal.is_root or principal.user in policy.admin_users or bool(policy.admin_groups & principal.groups)
 
 
-def decide(policy: Policy, principal: Principal, action: Action, owner_uid: int | None = None) -> Decision:
-    """May `principal` do `action` (to a job of `owner_uid`, if one is named)?"""
+def decide(policy: Policy, principal: Principal, action: Action, owner: Owner | None = None) -> Decision:
+    """May `principal` do `action` (to a job of `owner`, if one is named)?"""
     admin = is_admin(policy, principal)
     if action is Action.tokens:
         if admin:
             return Decision(True, "admin")
         return Decision(False, "only root and sjob admins may manage tokens")
-    if owner_uid is not None and owner_uid != principal.uid:
+    if owner is not None and not owns(principal, owner):
         if admin and action in ON_OTHERS_JOBS:
             return Decision(True, "admin, on another user's job")
         return Decision(False, "the job belongs to another user", not_owner=True)

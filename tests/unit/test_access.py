@@ -17,7 +17,7 @@ from supervisor import policy
 from supervisor.access import Access
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.policy import Action
+from supervisor.policy import Action, Owner
 from supervisor.policyfile import PolicyError, parse_policy
 from supervisor.tokens import ALGORITHM, AUDIENCE, ISSUER, Keys, TokenStore
 
@@ -51,12 +51,12 @@ def load(extra: str = "") -> policy.Policy:
 def test_shipped_policy_grants_local_users_their_own_jobs_and_admins_everyones() -> None:
     p = load()
     assert policy.decide(p, ALICE, Action.run).allowed
-    assert policy.decide(p, ALICE, Action.status, owner_uid=ALICE.uid).allowed
-    refused = policy.decide(p, ALICE, Action.stop, owner_uid=BOB.uid)
+    assert policy.decide(p, ALICE, Action.status, owner=Owner(ALICE.uid, ALICE.name)).allowed
+    refused = policy.decide(p, ALICE, Action.stop, owner=Owner(BOB.uid, BOB.name))
     assert (refused.allowed, refused.not_owner) == (False, True)
     for who in (ADMIN, ROOT):
         for action in (Action.status, Action.logs, Action.stop):
-            assert policy.decide(p, who, action, owner_uid=BOB.uid).allowed
+            assert policy.decide(p, who, action, owner=Owner(BOB.uid, BOB.name)).allowed
         assert policy.decide(p, who, Action.tokens).allowed
     assert not policy.decide(p, ALICE, Action.tokens).allowed
 
@@ -284,22 +284,45 @@ def test_audit_entries_carry_the_fields_journalctl_filters_on() -> None:
     audit = FakeAudit()
     access = Access(load(), audit)
     with pytest.raises(SjobError) as e:
-        access.authorize(ALICE, Action.stop, job_id="abcd1234", owner_uid=BOB.uid)
+        access.authorize(ALICE, Action.stop, job_id="abcd1234", owner=Owner(BOB.uid, BOB.name))
     assert e.value.code is ErrorCode.NoSuchJob  # someone else's job looks missing...
     fields = audit.entries[-1].fields()
     assert fields["SJOB_JOB_ID"] == "abcd1234"  # ...but the audit tells the truth
     assert (fields["SJOB_ACTION"], fields["SJOB_DECISION"], fields["SJOB_PRINCIPAL"]) == ("stop", "denied", "alice")
     assert fields["SJOB_REASON"] == "the job belongs to another user"
     token = Principal(1500, 1500, 9, "ci", token=TokenIdentity("ci-runner", "jti1", frozenset({"run"})))
-    assert access.authorize(ADMIN, Action.status, job_id="abcd1234", owner_uid=token.uid).allowed
+    assert access.authorize(ADMIN, Action.status, job_id="abcd1234", owner=Owner(token.uid, token.name)).allowed
 
 
 def test_repeated_allowed_decisions_are_recorded_once_refusals_always() -> None:
     audit = FakeAudit()
     access = Access(load(), audit)
     for _ in range(5):  # `sjob stop` polling status
-        access.authorize(ALICE, Action.status, job_id="abcd1234", owner_uid=ALICE.uid)
+        access.authorize(ALICE, Action.status, job_id="abcd1234", owner=Owner(ALICE.uid, ALICE.name))
     for _ in range(3):
         with pytest.raises(SjobError):
-            access.authorize(BOB, Action.status, job_id="abcd1234", owner_uid=ALICE.uid)
+            access.authorize(BOB, Action.status, job_id="abcd1234", owner=Owner(ALICE.uid, ALICE.name))
     assert [(e.principal, e.allowed) for e in audit.entries] == [(ALICE, True)] + [(BOB, False)] * 3
+
+
+def _token(subject: str, uid: int = 1500) -> Principal:
+    return Principal(uid, uid, 9, "ci", token=TokenIdentity(subject, f"jti-{subject}", frozenset(policy.JOB_ACTIONS)))
+
+
+@pytest.mark.parametrize(
+    ("who", "owner", "sees"),
+    [
+        (_token("ci-a"), Owner(1500, "token:ci-a"), True),
+        (_token("ci-a"), Owner(1500, "token:ci-b"), False),  # same run_as user, another subject
+        (_token("ci-a"), Owner(1500, "ci"), False),  # the run_as user's own job
+        (Principal(1500, 1500, 9, "ci"), Owner(1500, "token:ci-a"), True),  # the user sees their tokens' jobs
+        (ALICE, Owner(BOB.uid, "bob"), False),
+        (ALICE, Owner(ALICE.uid, "alice"), True),
+    ],
+)
+def test_a_job_is_its_starters_and_a_token_sees_only_its_subjects(who: Principal, owner: Owner, sees: bool) -> None:
+    p = load(CI_RULE.replace('"ci-runner"', '"ci-a", "ci-b"'))
+    decision = policy.decide(p, who, Action.status, owner)
+    assert decision.allowed is sees
+    if not sees:
+        assert decision.not_owner

@@ -3,6 +3,7 @@
 import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -345,7 +346,7 @@ def test_a_uid_without_passwd_entry_is_refused(server: ServerThread, monkeypatch
     def missing(uid: int) -> object:
         raise KeyError(uid)
 
-    monkeypatch.setattr(server_module.pwd, "getpwuid", missing)
+    monkeypatch.setattr(pwd, "getpwuid", missing)
     with Client(server.socket) as client, pytest.raises(SjobError) as e:
         client.list_jobs()
     assert e.value.code is ErrorCode.PermissionDenied
