@@ -7,6 +7,9 @@ one (`NoSuchJob`), so job ids leak nothing; the audit entry tells the truth.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
+import os
 import pwd
 import time
 from collections.abc import Callable
@@ -17,6 +20,7 @@ from supervisor.audit import AuditEntry
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.policy import JOB_ACTIONS, Action, Decision, Owner, Policy
+from supervisor.policyfile import PolicyError
 from supervisor.tokens import Keys, TokenError, TokenRecord, TokenStore, issue, verify
 
 DEFAULT_TOKEN_TTL_USEC = 86400 * 1_000_000
@@ -30,12 +34,60 @@ class AuditSink(Protocol):
     def record(self, entry: AuditEntry) -> None: ...
 
 
-def lookup_user(name: str) -> tuple[int, int] | None:
+LOGIN_DEFS = "/etc/login.defs"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Account:
+    """A local user as passwd and group say now: what a token's run_as names."""
+
+    uid: int
+    gid: int
+    groups: frozenset[str]  # names of the primary and supplementary groups
+
+
+def lookup_user(name: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         return None
-    return entry.pw_uid, entry.pw_gid
+    names = set()
+    for gid in os.getgrouplist(name, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return Account(entry.pw_uid, entry.pw_gid, frozenset(names))
+
+
+def read_uid_min(path: str = LOGIN_DEFS) -> int:
+    """login.defs' UID_MIN: where login users start (system users are below). 1000 if it does not say."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "UID_MIN" and fields[1].isdigit():
+                    return int(fields[1])
+    except OSError:
+        pass
+    return decisions.FIRST_LOGIN_UID
+
+
+def check_run_as(
+    policy: Policy, path: str, lookup: Callable[[str], Account | None] = lookup_user, uid_min: int | None = None
+) -> None:
+    """Refuse, at load, a policy whose token rules run jobs as a system user or a privileged one (issue E.3).
+    A run_as user that does not exist yet is not refused here: authentication refuses it until it does."""
+    first = read_uid_min() if uid_min is None else uid_min
+    for rule in policy.rules:
+        if rule.run_as is None or (account := lookup(rule.run_as)) is None:
+            continue
+        problem = decisions.run_as_problem(policy, rule, account.uid, account.groups, first)
+        if problem is not None:
+            raise PolicyError(
+                f"{path}: [rules {rule.name!r}] run_as = {rule.run_as!r}: {problem}; token jobs run as an"
+                " unprivileged login user (set allow_privileged_run_as = true in that rule if this is meant)"
+            )
 
 
 class Access:
@@ -45,13 +97,15 @@ class Access:
         audit: AuditSink,
         keys: Keys | None = None,
         tokens: TokenStore | None = None,
-        lookup: Callable[[str], tuple[int, int] | None] = lookup_user,
+        lookup: Callable[[str], Account | None] = lookup_user,
+        uid_min: int = decisions.FIRST_LOGIN_UID,
     ) -> None:
         self.policy = policy
         self._audit = audit
         self._keys = keys
         self._tokens = tokens
         self._lookup = lookup
+        self.uid_min = uid_min
         self._recent: dict[tuple[str, int, str, str | None], float] = {}  # allowed decision -> when recorded
 
     # --- jobs ----------------------------------------------------------------------------------------------
@@ -123,11 +177,13 @@ class Access:
             rule = decisions.rule_for(self.policy, probe)
             if rule is None or rule.run_as is None:
                 raise TokenError(f"no policy rule is for token subject {claims.subject!r}")
-            ids = self._lookup(rule.run_as)
-            if ids is None:
+            account = self._lookup(rule.run_as)
+            if account is None:
                 raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}, who does not exist")
-            if ids[0] == 0:
-                raise TokenError(f"policy rule {rule.name!r} maps tokens to root; token jobs never run as root")
+            # Again at each use: the user may have joined a group (or changed uid) since the policy was loaded.
+            problem = decisions.run_as_problem(self.policy, rule, account.uid, account.groups, self.uid_min)
+            if problem is not None:
+                raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}: {problem}")
         except TokenError as e:
             self._audit.record(AuditEntry(peer, Action.authenticate.value, False, str(e)))
             raise SjobError(
@@ -135,7 +191,7 @@ class Access:
                 f"token refused: {e}",
                 hint="ask an sjob administrator for a new token ('sjob token issue')",
             ) from None
-        principal = Principal(ids[0], ids[1], peer.pid, rule.run_as, token=identity)
+        principal = Principal(account.uid, account.gid, peer.pid, rule.run_as, token=identity)
         self._audit.record(
             AuditEntry(principal, Action.authenticate.value, True, f"token from {peer}, policy rule {rule.name!r}")
         )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from systemd import daemon as sd_daemon
 
-from supervisor.access import Access
+from supervisor.access import Access, check_run_as, read_uid_min
 from supervisor.audit import JournalAudit
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
@@ -163,6 +163,7 @@ def load_policy(config_dir: Path) -> tuple[Policy, Profiles]:
         path = shipped / "default.toml"
     try:
         policy = parse_policy(path.read_text(), str(path))
+        check_run_as(policy, str(path))  # reads passwd and group: policy.py stays pure
         profiles = load_profiles([config_dir / "profiles", shipped / "profiles"])
     except (OSError, PolicyError, ProfileError) as e:
         raise PolicyLoadError(f"sjobd: {e}") from None
@@ -211,7 +212,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not any((state / "keys").glob("*.pem")):
         log.info("created token signing key %s", Keys.create(state / "keys"))
     tokens = TokenStore(state / "tokens.sqlite")
-    access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens)
+    access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens, uid_min=read_uid_min())
     service = JobService(units, Journal(), records, shim, access, profiles)
     await service.reconcile()
     watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")

@@ -56,11 +56,21 @@ class Rule:
     limits: LimitPolicy = dataclasses.field(default_factory=LimitPolicy)
     max_jobs: int | None = None  # running at once, per user the jobs run as
     run_as: str | None = None  # for token subjects: the local user; local users always run as themselves
+    allow_privileged_run_as: bool = False  # run_as may be a system user or in a privileged group (never root)
 
     def matches(self, principal: Principal) -> bool:
         if principal.token is not None:
             return bool(self.tokens & {EVERYONE, principal.token.subject})
         return bool(self.users & {EVERYONE, principal.user} or self.groups & principal.groups)
+
+
+# A token's run_as user in one of these groups would hand the token's bearer that group's powers (sudo, reading
+# every log, the docker socket, raw disks, sjob admin); besides these, the policy's [admins] groups count.
+PRIVILEGED_GROUPS = frozenset(
+    {"root", "sudo", "adm", "wheel", "sjob-admin", "docker", "lxd", "disk", "shadow", "systemd-journal"}
+)
+FIRST_LOGIN_UID = 1000  # login.defs' UID_MIN, unless sjobd read another
+NOBODY_UID = 65534
 
 
 EVERYONE_RULE = Rule("everyone", users=frozenset({EVERYONE}))
@@ -139,3 +149,23 @@ def decide(policy: Policy, principal: Principal, action: Action, owner: Owner | 
         why = "the token's scope" if action in rule.actions else f"policy rule {rule.name!r}"
         return Decision(False, f"{why} does not allow {action.value}", rule)
     return Decision(True, f"policy rule {rule.name!r}", rule)
+
+
+def run_as_problem(
+    policy: Policy, rule: Rule, uid: int, groups: frozenset[str], uid_min: int = FIRST_LOGIN_UID
+) -> str | None:
+    """Why the token rule `rule` may not run jobs as its run_as user (of `uid`, in `groups`), or None.
+
+    Checked when the policy is loaded and again at each authentication, since groups change after a load."""
+    if uid == 0:
+        return "token jobs never run as root"
+    if rule.allow_privileged_run_as:
+        return None
+    if uid < uid_min or uid == NOBODY_UID:
+        return f"uid {uid} is a system user (login users start at {uid_min})"
+    if rule.run_as in policy.admin_users:
+        return "it is an sjob admin ([admins] users)"
+    privileged = groups & (PRIVILEGED_GROUPS | policy.admin_groups)
+    if privileged:
+        return f"it is in the privileged group{'s' if len(privileged) > 1 else ''} {', '.join(sorted(privileged))}"
+    return None

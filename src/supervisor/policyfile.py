@@ -9,6 +9,7 @@
     [tokens]                   max_ttl: the longest a token may live
     [records]                  keep, keep_per_user: how long and how many finished jobs' records are kept
     [[rules]]                  name; users | groups | tokens; actions; max_jobs; run_as (tokens);
+                               allow_privileged_run_as (tokens: run_as may be a system user or in a privileged group);
                                [rules.profiles]; [rules.limits.default]; [rules.limits.max]
 """
 
@@ -39,7 +40,18 @@ from supervisor.quantities import parse_duration
 _POLICY_KEYS = {option.removeprefix("--"): (field, kind) for option, (field, kind) in OPTIONS.items()}
 _PER_USER_KEYS = {"cpu", "memory", "tasks"}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
-_RULE_KEYS = {"name", "users", "groups", "tokens", "actions", "max_jobs", "run_as", "profiles", "limits"}
+_RULE_KEYS = {
+    "name",
+    "users",
+    "groups",
+    "tokens",
+    "actions",
+    "max_jobs",
+    "run_as",
+    "allow_privileged_run_as",
+    "profiles",
+    "limits",
+}
 MAX_JOBS_CEILING = 100_000
 MAX_KEEP_PER_USER = 1_000_000
 
@@ -130,6 +142,9 @@ def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePo
             raise PolicyError(f"{path}: [{where}] run_as = {run_as!r}: token jobs never run as root")
     elif run_as not in (None, "caller"):
         raise PolicyError(f"{path}: [{where}] run_as: local users always run jobs as themselves; leave it out")
+    privileged = table.get("allow_privileged_run_as", False)
+    if not isinstance(privileged, bool) or (privileged and not tokens):
+        raise PolicyError(f"{path}: [{where}] allow_privileged_run_as must be true or false, and only with tokens")
     actions_value = table.get("actions", sorted(JOB_ACTIONS))
     if not isinstance(actions_value, list) or not all(a in JOB_ACTIONS for a in actions_value):
         raise PolicyError(
@@ -159,6 +174,7 @@ def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePo
         limits=limits,
         max_jobs=max_jobs,
         run_as=run_as if tokens else None,
+        allow_privileged_run_as=privileged,
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from supervisor import policy
-from supervisor.access import Access
+from supervisor.access import Access, Account, check_run_as, read_uid_min
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Action, Owner
@@ -130,7 +130,12 @@ class Setup:
         self.keys = Keys(tmp_path / "keys")
         self.store = TokenStore(tmp_path / "tokens.sqlite")
         self.audit = FakeAudit()
-        self.users = {"ci": (1500, 1500), "rootish": (0, 0)}
+        self.users = {
+            "ci": Account(1500, 1500, frozenset({"ci"})),
+            "rootish": Account(0, 0, frozenset({"root"})),
+            "sysuser": Account(999, 999, frozenset({"sysuser"})),
+            "sudoer": Account(1600, 1600, frozenset({"sudoer", "sudo"})),
+        }
         self.access = Access(load(extra), self.audit, self.keys, self.store, self.users.get)
 
     def issue(self) -> str:
@@ -326,3 +331,49 @@ def test_a_job_is_its_starters_and_a_token_sees_only_its_subjects(who: Principal
     assert decision.allowed is sees
     if not sees:
         assert decision.not_owner
+
+
+@pytest.mark.parametrize(
+    ("run_as", "words"),
+    [
+        ("sysuser", "uid 999 is a system user"),
+        ("sudoer", "privileged group sudo"),
+        ("rootish", "never run as root"),
+    ],
+)
+def test_token_jobs_never_run_as_a_privileged_user(tmp_path: Path, run_as: str, words: str) -> None:
+    s = Setup(tmp_path, CI_RULE.replace('run_as = "ci"', f'run_as = "{run_as}"'))
+    with pytest.raises(PolicyError) as e:  # at load...
+        check_run_as(s.access.policy, "/etc/sjob/policy.toml", s.users.get, 1000)
+    assert "/etc/sjob/policy.toml: [rules 'ci'] run_as" in str(e.value)
+    assert words in str(e.value)
+    with pytest.raises(SjobError) as refused:  # ...and at each use, as groups change after a load
+        s.access.authenticate(ALICE, s.issue(), now())
+    assert words in refused.value.message
+    assert (s.audit.entries[-1].action, s.audit.entries[-1].allowed) == ("authenticate", False)
+
+
+def test_a_privileged_run_as_needs_the_rule_to_say_so(tmp_path: Path) -> None:
+    rule = CI_RULE.replace('run_as = "ci"', 'run_as = "sudoer"\nallow_privileged_run_as = true')
+    s = Setup(tmp_path, rule)
+    check_run_as(s.access.policy, "/etc/sjob/policy.toml", s.users.get, 1000)
+    assert s.access.authenticate(ALICE, s.issue(), now()).uid == 1600
+    s.users["sudoer"] = Account(0, 0, frozenset())  # root stays refused whatever the rule says
+    with pytest.raises(SjobError, match="never run as root"):
+        s.access.authenticate(ALICE, s.issue(), now())
+    with pytest.raises(PolicyError, match="only with tokens"):
+        load('[[rules]]\nname = "x"\nusers = ["bob"]\nallow_privileged_run_as = true\n')
+
+
+def test_an_admin_group_of_the_policy_counts_as_privileged(tmp_path: Path) -> None:
+    s = Setup(tmp_path, CI_RULE)
+    s.users["ci"] = Account(1500, 1500, frozenset({"ci", "sjob-admin"}))
+    with pytest.raises(PolicyError, match="privileged group sjob-admin"):
+        check_run_as(s.access.policy, "p.toml", s.users.get, 1000)
+
+
+def test_uid_min_comes_from_login_defs(tmp_path: Path) -> None:
+    defs = tmp_path / "login.defs"
+    defs.write_text("# comment\nUID_MIN\t\t 2000\nUID_MAX 60000\n")
+    assert read_uid_min(str(defs)) == 2000
+    assert read_uid_min(str(tmp_path / "missing")) == 1000

@@ -17,6 +17,7 @@ LAYERS = {
     "unitfile": 0,
     "auth": 1,
     "policy": 1,
+    "peercgroup": 1,
     "limits": 1,
     "limitforms": 0,
     "profiles": 1,
