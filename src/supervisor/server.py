@@ -26,7 +26,6 @@ import logging
 import os
 import pwd
 import select
-import signal
 import socket
 import struct
 import time
@@ -474,10 +473,12 @@ def _peer_process(conn: socket.socket, pid: int) -> tuple[int, str | None]:
         if pid <= 0:
             return -1, None
         cgroup = _cgroup_of(pid)
-        try:
-            signal.pidfd_send_signal(pidfd, 0)
-        except OSError:
-            return -1, None  # gone (and its pid free for reuse) before we knew the file was its
+        # A pidfd polls readable once its process has exited (no permission needed, unlike a signal 0, which
+        # sjobd without CAP_KILL may not send to other users): then the pid may already name another process.
+        alive = select.poll()
+        alive.register(pidfd, select.POLLIN)
+        if alive.poll(0):
+            return -1, None
         return pid, cgroup
     finally:
         os.close(pidfd)
