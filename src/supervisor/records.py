@@ -79,7 +79,8 @@ class JobRecords:
         self._db.close()
 
     def insert(self, job: Job, retention: Retention | None = None) -> None:
-        """Record a new job; with `retention`, drop the owner's oldest finished records beyond its count."""
+        """Record a new job; with `retention`, drop the owner's oldest finished records so that, this one counted,
+        no more than its count remain once this one has ended too."""
         finished = ", ".join("?" * len(_FINISHED))
         placeholders = ", ".join("?" * len(_COLUMNS))
         with self._writing():
@@ -89,7 +90,7 @@ class JobRecords:
                     f"DELETE FROM jobs WHERE uid = ? AND state IN ({finished}) AND id NOT IN"  # noqa: S608
                     f" (SELECT id FROM jobs WHERE uid = ? AND state IN ({finished})"
                     " ORDER BY created_usec DESC LIMIT ?)",
-                    [job.uid, *_FINISHED, job.uid, *_FINISHED, retention.per_user],
+                    [job.uid, *_FINISHED, job.uid, *_FINISHED, retention.per_user - 1],
                 )
 
     def update(self, job: Job) -> None:

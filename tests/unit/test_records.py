@@ -49,8 +49,9 @@ def test_retention_keeps_each_user_s_newest_finished_and_every_unfinished(tmp_pa
     running = job("000000aa", 1000, created=0)
     records.insert(running, keep)
     for i in range(1, 8):
-        ended = dataclasses.replace(job(f"0000000{i}", 1000, created=i), state=JobState.exited, ended_usec=i)
-        records.insert(ended, keep)
+        started = job(f"0000000{i}", 1000, created=i)
+        records.insert(started, keep)
+        records.update(dataclasses.replace(started, state=JobState.exited, ended_usec=i))
         records.insert(job(f"1000000{i}", 1001, created=i), keep)  # another user's, unfinished: never dropped
     # The three newest finished of uid 1000, and the running one, however old.
     assert [j.id for j in records.list_jobs(uid=1000)] == ["00000007", "00000006", "00000005", "000000aa"]
