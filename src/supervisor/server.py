@@ -77,6 +77,7 @@ MAX_CONNECTIONS = 1024
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 PIPE_SIZE = 1 << 20  # FollowPipe's pipe buffer: fewer wake-ups for a fast reader (best effort)
+ACCEPT_RETRY = 1.0  # seconds without accepting after accept() failed for want of resources (EMFILE)
 HANGUP_CHECK = 1.0  # seconds between checks whether the client of a stream is still there
 
 
@@ -520,6 +521,10 @@ class Server:
         self._sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self._sock, self._accept)
 
+    def _resume_accepting(self) -> None:
+        if self._sock.fileno() >= 0:  # not closed by a shutdown meanwhile
+            asyncio.get_running_loop().add_reader(self._sock, self._accept)
+
     def stop_accepting(self) -> None:
         asyncio.get_running_loop().remove_reader(self._sock)
 
@@ -542,8 +547,15 @@ class Server:
             conn, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as e:  # e.g. EMFILE: log and keep serving the connections we have
-            log.error("accept failed: %s", e)
+        except OSError as e:
+            # EMFILE and the like: the pending connection stays in the backlog, so the socket stays readable and
+            # this callback would run again at once, forever (a busy loop that starves every client). Stop
+            # listening for ACCEPT_RETRY seconds, as asyncio's own servers do, and keep serving the connections
+            # we have.
+            log.error("accept failed: %s; accepting again in %.0fs", e, ACCEPT_RETRY)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._sock)
+            loop.call_later(ACCEPT_RETRY, self._resume_accepting)
             return
         try:
             peer = identify(conn)
