@@ -209,6 +209,23 @@ static void journal_drain(void) {
     sleep_ms(20);
 }
 
+/* The first entry, sent before the command runs: sjobd takes its _PID (the kernel's word, SCM_CREDENTIALS) as the
+ * forwarder's and accepts as output only entries from that pid, so no process of the job, which shares the unit,
+ * can add output or move the sequence on (issue E: a forged SJOB_SEQ=999999 hid all later output). */
+static void announce(const char *job_id, const char *ident) {
+    char message[96];
+    snprintf(message, sizeof(message), "sjob: job %s starts; its output follows", job_id);
+    struct entry e = {.n = 0};
+    add_str(&e, "MESSAGE", message);
+    add_str(&e, "PRIORITY", "7");
+    add_str(&e, "SYSLOG_IDENTIFIER", ident);
+    add_str(&e, "SJOB_JOB_ID", job_id);
+    add_str(&e, "SJOB_EVENT", "start");
+    /* No drain: the forwarder lives on, so journald attributes this one. Datagrams queue on journald's socket in
+     * the order they were sent, so anything the command sends once it runs comes after this. */
+    journal_send(&e);
+}
+
 static void forward(const char *job_id, const char *ident, int out_fd, int err_fd) {
     static char buf[READ_SIZE];
     struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
@@ -515,9 +532,10 @@ int main(int argc, char **argv) {
     const char *slash = strrchr(command[0], '/');
     const char *ident = slash && slash[1] ? slash + 1 : command[0];
 
-    int out[2], err[2];
+    int out[2], err[2], ready[2];
     make_pipe(out);
     make_pipe(err);
+    make_pipe(ready);
 
     pid_t child = fork();
     if (child < 0) {
@@ -537,7 +555,13 @@ int main(int argc, char **argv) {
                     signal(sig, SIG_IGN);
                 }
             }
+            close(ready[0]);
             journal_connect();
+            announce(job_id, ident);
+            if (write(ready[1], "", 1) != 1) {
+                _exit(5);
+            }
+            close(ready[1]);
             forward(job_id, ident, out[0], err[0]);
             _exit(0);
         }
@@ -546,7 +570,13 @@ int main(int argc, char **argv) {
     int status = 0;
     while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    close(ready[1]);
+    char byte;
+    ssize_t got;
+    while ((got = read(ready[0], &byte, 1)) < 0 && errno == EINTR) {
+    }
+    close(ready[0]);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got != 1) {
         dprintf(2, "sjob-shim: could not start the output forwarder\n");
         return EXIT_CANNOT_EXECUTE;
     }

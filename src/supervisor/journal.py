@@ -4,9 +4,12 @@ Readers are opened LOCAL_ONLY: a job running as uid 1000 has its entries in user
 persistent, which a SYSTEM_ONLY reader would never see. `data_threshold = 0` because sd_journal otherwise hands
 back at most 64 KiB of a field, and an output record can be that large.
 
-Entries are matched by SJOB_JOB_ID (an indexed field) and then vetted by `logformat.accepts`: only entries from
-the job's own unit (or lacking unit metadata, see sjob-shim.c) and from the job's owner count as output, and only
-entries written by root count as the job's exit.
+Entries are matched by SJOB_JOB_ID (an indexed field) and then vetted by `logformat.RecordFilter`: only entries
+from the job's own unit count, output only from its forwarder's pid, the exit only from root.
+
+A job's records are read one at a time and handed on as they are read, never collected: a 60 MB job must not
+make sjobd hold 60 MB per reader (issue E). Every READ_BATCH records the reader lets the event loop run, so one
+fast reader of a large job cannot keep sjobd from answering everyone else.
 
 sd_journal calls do a little blocking file I/O on mmap'd files; they are short and run on the event loop.
 """
@@ -24,6 +27,7 @@ from systemd import journal
 
 from supervisor import logformat
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
+from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX
 
 R = typing.TypeVar("R", bound=Record)
 log = logging.getLogger(__name__)
@@ -33,6 +37,7 @@ GAP_RETRIES = 12  # rereads before missing records are given up on (about 10 s w
 GAP_DELAY = 0.05
 POLL_MIN = 0.01  # seconds
 POLL_MAX = 0.1
+READ_BATCH = 64  # records (up to 64 KiB each) between turns given to the event loop
 
 
 def _open_reader() -> journal.Reader:
@@ -75,8 +80,10 @@ class _JobReader:
     """
 
     def __init__(self, job_id: str, unit: str, owner_uid: int) -> None:
-        self.job_id, self.unit, self.owner_uid = job_id, unit, owner_uid
+        self.job_id = job_id
+        self.filter = logformat.RecordFilter(unit, owner_uid)  # kept across reopens: it knows the forwarder's pid
         self.cursor: str | None = None  # of the last record delivered
+        self.gap = False  # whether a missing record stopped the last read()
         self.expected = 1  # the SJOB_SEQ of the next output record
         self.gaps = 0
         self.reader = self._open()
@@ -101,28 +108,29 @@ class _JobReader:
     def close(self) -> None:
         self.reader.close()
 
-    def available(self) -> tuple[list[Record], bool]:
-        """The records readable now, and whether a gap stopped the reading."""
-        records: list[Record] = []
+    def read(self) -> Iterator[Record]:
+        """The records readable now, one at a time; `gap` tells afterwards whether a missing record stopped it."""
+        self.gap = False
         reader = self.reader
         while reader._next():
             fields = _fields(reader)
             record = logformat.parse_record(fields)
-            if record is None or not logformat.accepts(fields, record, self.unit, self.owner_uid):
+            if record is None or not self.filter.admits(fields, record):
                 continue
             if isinstance(record, OutputRecord):
                 if record.seq < self.expected:
                     continue  # read again after a reopen
                 if record.seq > self.expected and not self._give_up(record.seq):
-                    return records, True
+                    self.gap = True
+                    return
                 self.expected = record.seq + 1
             elif (
                 isinstance(record, EofRecord) and record.records >= self.expected and not self._give_up(record.records)
             ):
-                return records, True
+                self.gap = True
+                return
             self.cursor = reader._get_cursor()
-            records.append(_stamped(record, reader))
-        return records, False
+            yield _stamped(record, reader)
 
     def _give_up(self, seq: int) -> bool:
         self.gaps += 1
@@ -160,12 +168,13 @@ class Journal:
             while True:
                 with _watching(job.reader) as changed:
                     while True:
-                        records, gap = job.available()
-                        for record in records:
+                        for count, record in enumerate(job.read(), 1):
                             poll = POLL_MIN
                             last_tick = loop.time()
                             yield record
-                        if gap:
+                            if count % READ_BATCH == 0:
+                                await asyncio.sleep(0)
+                        if job.gap:
                             break
                         if not follow:
                             return
@@ -207,7 +216,9 @@ class Journal:
                             record = logformat.parse_record(fields)
                             job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
                             cursor = reader._get_cursor()
-                            if isinstance(record, ExitRecord) and job_id:
+                            # Root's, and from the job's own unit: its ExecStopPost (a root job elsewhere is not).
+                            unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}".encode()
+                            if isinstance(record, ExitRecord) and job_id and fields.get("_SYSTEMD_UNIT") == unit:
                                 yield job_id, _stamped(record, reader)
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
                         with contextlib.suppress(TimeoutError):
@@ -221,7 +232,10 @@ class Journal:
         """The job's exit record if journald has one."""
         reader = _open_reader()
         try:
-            reader.add_match(f"{logformat.F_JOB_ID}={job_id}", f"{logformat.F_EVENT}=exit", "_UID=0")
+            unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}"
+            reader.add_match(
+                f"{logformat.F_JOB_ID}={job_id}", f"{logformat.F_EVENT}=exit", "_UID=0", f"_SYSTEMD_UNIT={unit}"
+            )
             reader.seek_tail()
             if reader._previous():
                 record = logformat.parse_record(_fields(reader))

@@ -11,6 +11,9 @@ The final newline is left out of MESSAGE so that `journalctl -u sjob-<id>.servic
 that did not end in a newline carries SJOB_PARTIAL=1. Concatenating `MESSAGE + ("" if partial else "\\n")` over a
 stream's records in SJOB_SEQ order gives back exactly the bytes the job wrote.
 
+Before the command runs, the shim's forwarder writes a `start` entry (SJOB_EVENT=start): its _PID, which the
+kernel vouches for, is the only sender whose output records count for the job (see RecordFilter).
+
 When both pipes reach end-of-file the shim writes an `eof` entry (SJOB_EVENT=eof, SJOB_RECORDS=<count>) so a
 reader can tell that it has every record. After the unit's processes are gone, a privileged ExecStopPost= writes
 an `exit` entry with systemd's SERVICE_RESULT, EXIT_CODE and EXIT_STATUS: the job's durable result, readable even
@@ -43,8 +46,14 @@ F_TASKS_PEAK = "SJOB_TASKS_PEAK"
 
 
 class Event(enum.StrEnum):
+    start = "start"
     eof = "eof"
     exit = "exit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartRecord:
+    """The forwarder's first entry, written before the command runs."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,7 +86,7 @@ class ExitRecord:
         return self.exit_status if self.exit_code == "exited" else None
 
 
-Record = OutputRecord | EofRecord | ExitRecord
+Record = StartRecord | OutputRecord | EofRecord | ExitRecord
 
 
 def parse_record(fields: dict[str, bytes]) -> Record | None:
@@ -87,6 +96,8 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
     """
     event = fields.get(F_EVENT)
     if event is not None:
+        if event == b"start":
+            return StartRecord()
         if event == b"eof":
             records = _int(fields.get(F_RECORDS))
             return EofRecord(records) if records is not None else None
@@ -102,20 +113,41 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
     return OutputRecord(seq, stream.decode(), data)
 
 
-def accepts(fields: dict[str, bytes], record: Record, unit: str, owner_uid: int) -> bool:
-    """Whether an entry may speak for the job: anyone can write SJOB_* fields, but not _UID or _SYSTEMD_UNIT.
+@dataclasses.dataclass(slots=True)
+class RecordFilter:
+    """Which journal entries may speak for one job. Anyone can write SJOB_* fields; only the kernel-vouched
+    _SYSTEMD_UNIT, _UID and _PID (journald takes them from the sender's socket credentials and cgroup) decide.
 
-    Output and eof must come from the job's owner (or root) and from the job's unit; an entry without
-    _SYSTEMD_UNIT is accepted from the owner, because journald loses a sender's unit when the sender exits
-    before its datagram is read. The exit record must come from root (the privileged ExecStopPost).
+    - Every record must come from the job's own unit: a process of the owner outside it (a shell, another job)
+      cannot add output or end the job. (journald attributes a sender's unit only while the sender lives; the
+      shim waits for journald to have read its last entries before it exits, sjob-shim.c journal_drain.)
+    - The exit record must also come from root: the unit's privileged ExecStopPost.
+    - Output and eof must come from the forwarder: the pid of the job's start record, which the forwarder writes
+      before the command runs, so nothing in the job precedes it. The job's own processes share the unit and the
+      uid, but not that pid: they cannot add output, nor move the reader on with a forged SJOB_SEQ.
+    - Jobs started before there were start records (an older sjob) have none: their output is taken from the unit.
+
+    Stateful: it learns the forwarder's pid from the start record, so use one filter per reading of a job.
     """
-    sender_unit = fields.get("_SYSTEMD_UNIT")
-    if sender_unit is not None and sender_unit != unit.encode():
-        return False
-    uid = fields.get("_UID")
-    if isinstance(record, ExitRecord):
-        return uid == b"0"
-    return uid in (b"0", str(owner_uid).encode())
+
+    unit: str
+    owner_uid: int
+    forwarder_pid: bytes | None = None
+
+    def admits(self, fields: dict[str, bytes], record: Record) -> bool:
+        if fields.get("_SYSTEMD_UNIT") != self.unit.encode():
+            return False
+        uid = fields.get("_UID")
+        if isinstance(record, ExitRecord):
+            return uid == b"0"
+        if uid != str(self.owner_uid).encode():
+            return False
+        if isinstance(record, StartRecord):
+            if self.forwarder_pid is not None:
+                return False  # one forwarder per job: a second start is the job's forgery
+            self.forwarder_pid = fields.get("_PID")
+            return True
+        return self.forwarder_pid is None or fields.get("_PID") == self.forwarder_pid
 
 
 def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:

@@ -36,6 +36,7 @@ class FakeJournal:
         self.path = str(directory / "journal.socket")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # as journald: the sender's pid and uid
         self.sock.settimeout(0.1)
         self.entries: list[dict[str, bytes]] = []
         self._stop = False
@@ -46,15 +47,21 @@ class FakeJournal:
         fds = array.array("i")
         while not self._stop:
             try:
-                data, ancdata, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(fds.itemsize))
+                data, ancdata, _, _ = self.sock.recvmsg(
+                    1 << 20, socket.CMSG_SPACE(fds.itemsize) + socket.CMSG_SPACE(struct.calcsize("3i"))
+                )
             except TimeoutError:
                 continue
+            trusted: dict[str, bytes] = {}
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     (fd,) = array.array("i", cdata[: fds.itemsize])
                     with os.fdopen(fd, "rb") as f:
                         data = f.read()
-            self.entries.append(decode(data))
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid, uid, _ = struct.unpack("3i", cdata[: struct.calcsize("3i")])
+                    trusted = {"_PID": str(pid).encode(), "_UID": str(uid).encode()}
+            self.entries.append({**decode(data), **trusted})
 
     def wait_for(self, field: str, value: bytes, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

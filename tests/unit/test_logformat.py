@@ -78,14 +78,28 @@ def test_foreign_or_malformed_entries_are_ignored(fields: dict[str, bytes]) -> N
     assert logformat.parse_record(fields) is None
 
 
-def test_only_the_owner_and_the_unit_speak_for_a_job() -> None:
-    out = OutputRecord(1, "stdout", b"x\n")
+def test_only_the_unit_and_its_forwarder_speak_for_a_job() -> None:
+    out, start = OutputRecord(1, "stdout", b"x\n"), logformat.StartRecord()
     unit = "sjob-1a2b3c4d.service"
-    assert logformat.accepts(entry([], uid=1000), out, unit, 1000)
-    assert logformat.accepts(entry([], uid=1000, unit=None), out, unit, 1000)  # sender gone before journald read it
-    assert not logformat.accepts(entry([], uid=1001), out, unit, 1000)  # another user forging output
-    assert not logformat.accepts(entry([], uid=1000, unit="session-1.scope"), out, unit, 1000)  # outside the unit
-    assert not logformat.accepts(entry([], uid=1000, unit="sjob-ffffffff.service"), out, unit, 1000)
+
+    def sent(uid: int = 1000, pid: int = 77, unit: str | None = unit) -> dict[str, bytes]:
+        return {**entry([], uid=uid, unit=unit), "_PID": str(pid).encode()}
+
+    legacy = logformat.RecordFilter(unit, 1000)  # a job of an older sjob: no start record
+    assert legacy.admits(sent(), out)
+    assert not legacy.admits(sent(unit=None), out)  # unattributed: could be anyone of the owner's
+    assert not legacy.admits(sent(uid=1001), out)  # another user forging output
+    assert not legacy.admits(sent(unit="session-1.scope"), out)  # the owner, outside the unit
+    assert not legacy.admits(sent(unit="sjob-ffffffff.service"), out)  # another job of the owner's
+
+    trusted = logformat.RecordFilter(unit, 1000)
+    assert trusted.admits(sent(pid=77), start)
+    assert trusted.admits(sent(pid=77), out)
+    assert not trusted.admits(sent(pid=78), out)  # the job itself, in the unit as its owner, but not the forwarder
+    assert not trusted.admits(sent(pid=78), start)  # nor can it start again
+
     exit_record = ExitRecord("success", "exited", 0)
-    assert logformat.accepts(entry([], uid=0), exit_record, unit, 1000)
-    assert not logformat.accepts(entry([], uid=1000), exit_record, unit, 1000)  # a job cannot forge its own end
+    assert trusted.admits(sent(uid=0, pid=90), exit_record)  # the privileged ExecStopPost
+    assert not trusted.admits(sent(uid=1000, pid=77), exit_record)  # a job cannot forge its own end
+    assert not trusted.admits(sent(uid=0, unit="sjob-ffffffff.service"), exit_record)  # nor root's job another's
+    assert not trusted.admits(sent(uid=0, unit=None), exit_record)

@@ -155,6 +155,35 @@ def test_exit_report(shim: str, journal: FakeJournal, args: list[str], expected:
     assert fields[logformat.F_JOB_ID] == b"1a2b3c4d"
 
 
+def test_the_forwarder_announces_itself_before_the_command_runs(shim: str, journal: FakeJournal) -> None:
+    """Only entries from the start record's _PID count as output (logformat.RecordFilter); the command itself,
+    which can write to journald too, forges an output record with a huge SJOB_SEQ and a second start."""
+    forge = (
+        "import socket, sys\n"
+        "def field(k, v): return k.encode() + b'\\n' + len(v).to_bytes(8, 'little') + v + b'\\n'\n"
+        "for event in (b'start', None):\n"
+        "    e = field('SJOB_JOB_ID', b'1a2b3c4d') + (field('SJOB_EVENT', event) if event else\n"
+        "        field('MESSAGE', b'forged') + field('SJOB_STREAM', b'stdout') + field('SJOB_SEQ', b'999999'))\n"
+        "    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(e, sys.argv[1])\n"
+        "print('real', flush=True)\n"
+    )
+    journal.entries.clear()
+    command = [shim, "--journal-socket", journal.path, "1a2b3c4d", "--", sys.executable, "-c", forge, journal.path]
+    assert subprocess.run(command, timeout=60, check=False).returncode == 0
+    journal.wait_for(logformat.F_EVENT, b"eof")
+    assert journal.entries[0][logformat.F_EVENT] == b"start"
+    unit = "sjob-1a2b3c4d.service"
+    trusted = logformat.RecordFilter(unit, os.getuid())
+    admitted = []
+    for fields in journal.entries:
+        record = logformat.parse_record(fields)
+        assert record is not None
+        if trusted.admits({**fields, "_SYSTEMD_UNIT": unit.encode()}, record):  # all of it is "in the unit" here
+            admitted.append(record)
+    assert [type(r).__name__ for r in admitted] == ["StartRecord", "OutputRecord", "EofRecord"]
+    assert admitted[1] == OutputRecord(1, "stdout", b"real\n")
+
+
 def test_usage_error(shim: str) -> None:
     result = subprocess.run([shim, "1a2b3c4d", "echo"], capture_output=True, check=False)
     assert result.returncode == 2
