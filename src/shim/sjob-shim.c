@@ -1,6 +1,6 @@
 /* sjob-shim: the first process of every sjob job.
  *
- *   sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]
+ *   sjob-shim [--journal-socket PATH] [--check=CHECK,...] [--output-max=BYTES:stop|drop] JOB_ID -- COMMAND [ARG...]
  *   sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]
  *
  * sjobd starts each job as ExecStart=sjob-shim ... in sjob-<id>.service. The shim
@@ -30,6 +30,13 @@
  * for the job's whole life, charged to its MemoryMax and TasksMax. A Python shim cost ~1.7 s per job in the test
  * VM and ~9 MB of the job's memory; this one costs a few milliseconds and ~100 KB.
  *
+ * With --output-max the forwarder enforces the job's output quota (policy [output], issue E: one job must not rotate
+ * everyone else's output and the audit trail out of journald): the record that crosses it is cut at the quota, a
+ * line on the job's stderr says so, a `quota` entry records it for sjobd, and then either the job is stopped
+ * (SIGTERM to its main process through a pidfd taken before the command ran, so never a reused pid; systemd's
+ * KillMode=control-group takes the rest) or everything after it is read and dropped. Either way the pipes are
+ * drained, so the job never blocks on a full pipe, and the eof entry counts the dropped bytes.
+ *
  * The forwarder ignores SIGTERM and every other signal it can: when the job ends, systemd sends SIGTERM to what is
  * left in the cgroup and the forwarder must still drain what the job wrote; and signals for the job (systemctl kill)
  * must not end it. It exits at end-of-file on both pipes, once journald has
@@ -53,6 +60,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -226,14 +234,60 @@ static void announce(const char *job_id, const char *ident) {
     journal_send(&e);
 }
 
-static void forward(const char *job_id, const char *ident, int out_fd, int err_fd) {
+struct quota {
+    unsigned long long max; /* 0: none */
+    int stop;               /* stop the job when it is exceeded; else drop the rest */
+    int main_pidfd;         /* the job's main process (the shim before it became the command) */
+};
+
+static void send_output(const char *job_id, const char *ident, int stream, const char *data, size_t size,
+                        unsigned long long seq) {
+    static const char *names[2] = {"stdout", "stderr"};
+    static const char *priorities[2] = {"6", "3"}; /* info and err, as journalctl -p knows them */
+    char seq_text[32];
+    snprintf(seq_text, sizeof(seq_text), "%llu", seq);
+    /* The final newline is not part of MESSAGE, so journalctl shows ordinary lines; SJOB_PARTIAL=1 marks a
+     * record that did not end in one. */
+    int newline = size > 0 && data[size - 1] == '\n';
+    struct entry e = {.n = 0};
+    add(&e, "MESSAGE", data, size - (newline ? 1 : 0));
+    add_str(&e, "PRIORITY", priorities[stream]);
+    add_str(&e, "SYSLOG_IDENTIFIER", ident);
+    add_str(&e, "SJOB_JOB_ID", job_id);
+    add_str(&e, "SJOB_STREAM", names[stream]);
+    add_str(&e, "SJOB_SEQ", seq_text);
+    if (!newline) {
+        add_str(&e, "SJOB_PARTIAL", "1");
+    }
+    journal_send(&e);
+}
+
+static void quota_exceeded(const char *job_id, const char *ident, const struct quota *q, unsigned long long seq) {
+    char notice[200], max[32];
+    snprintf(notice, sizeof(notice), "\nsjob: the job's output reached its quota of %llu bytes; %s\n", q->max,
+             q->stop ? "the job is stopped" : "the rest of its output is dropped");
+    send_output(job_id, ident, 1, notice, strlen(notice), seq);
+    snprintf(max, sizeof(max), "%llu", q->max);
+    struct entry e = {.n = 0};
+    add_str(&e, "MESSAGE", notice + 1);
+    add_str(&e, "PRIORITY", "4");
+    add_str(&e, "SYSLOG_IDENTIFIER", ident);
+    add_str(&e, "SJOB_JOB_ID", job_id);
+    add_str(&e, "SJOB_EVENT", "quota");
+    add_str(&e, "SJOB_QUOTA", max);
+    add_str(&e, "SJOB_ON_EXCEED", q->stop ? "stop" : "drop");
+    journal_send(&e);
+    if (q->stop && q->main_pidfd >= 0) {
+        syscall(SYS_pidfd_send_signal, q->main_pidfd, SIGTERM, NULL, 0);
+    }
+}
+
+static void forward(const char *job_id, const char *ident, int out_fd, int err_fd, const struct quota *q) {
     static char buf[READ_SIZE];
     struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    const char *names[2] = {"stdout", "stderr"};
-    const char *priorities[2] = {"6", "3"}; /* info and err, as journalctl -p knows them */
     unsigned long long sizes[2] = {0, 0};
-    unsigned long long seq = 0;
-    int open_fds = 2;
+    unsigned long long seq = 0, sent = 0, dropped = 0;
+    int open_fds = 2, over = 0;
 
     while (open_fds > 0) {
         if (poll(fds, 2, -1) < 0) {
@@ -259,31 +313,32 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
                 open_fds--;
                 continue;
             }
-            seq++;
             sizes[i] += (unsigned long long)r;
-            char seq_text[32];
-            snprintf(seq_text, sizeof(seq_text), "%llu", seq);
-            /* The final newline is not part of MESSAGE, so journalctl shows ordinary lines; SJOB_PARTIAL=1 marks a
-             * record that did not end in one. */
-            int newline = buf[r - 1] == '\n';
-            struct entry e = {.n = 0};
-            add(&e, "MESSAGE", buf, (size_t)r - (newline ? 1 : 0));
-            add_str(&e, "PRIORITY", priorities[i]);
-            add_str(&e, "SYSLOG_IDENTIFIER", ident);
-            add_str(&e, "SJOB_JOB_ID", job_id);
-            add_str(&e, "SJOB_STREAM", names[i]);
-            add_str(&e, "SJOB_SEQ", seq_text);
-            if (!newline) {
-                add_str(&e, "SJOB_PARTIAL", "1");
+            if (over) {
+                dropped += (unsigned long long)r;
+                continue;
             }
-            journal_send(&e);
+            size_t send = (size_t)r;
+            if (q->max && sent + send > q->max) {
+                send = (size_t)(q->max - sent);
+                dropped += (unsigned long long)r - send;
+                over = 1;
+            }
+            sent += send;
+            if (send > 0) {
+                send_output(job_id, ident, i, buf, send, ++seq);
+            }
+            if (over) {
+                quota_exceeded(job_id, ident, q, ++seq);
+            }
         }
     }
 
-    char message[160], records[32];
-    snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes)", sizes[0],
-             sizes[1]);
+    char message[200], records[32], dropped_text[32];
+    snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes, %llu dropped)",
+             sizes[0], sizes[1], dropped);
     snprintf(records, sizeof(records), "%llu", seq);
+    snprintf(dropped_text, sizeof(dropped_text), "%llu", dropped);
     struct entry e = {.n = 0};
     add_str(&e, "MESSAGE", message);
     add_str(&e, "PRIORITY", "7");
@@ -291,6 +346,7 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
     add_str(&e, "SJOB_JOB_ID", job_id);
     add_str(&e, "SJOB_EVENT", "eof");
     add_str(&e, "SJOB_RECORDS", records);
+    add_str(&e, "SJOB_DROPPED", dropped_text);
     journal_send(&e);
     journal_drain();
 }
@@ -517,13 +573,25 @@ int main(int argc, char **argv) {
         return report(argv[2], result ? result : "", code ? code : "", status ? status : "");
     }
     const char *checks = NULL;
-    if (argc > 1 && strncmp(argv[1], "--check=", 8) == 0) {
-        checks = argv[1] + 8;
-        argc--;
-        argv++;
+    struct quota quota = {.max = 0, .stop = 0, .main_pidfd = -1};
+    for (; argc > 1 && strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--") != 0; argc--, argv++) {
+        if (strncmp(argv[1], "--check=", 8) == 0) {
+            checks = argv[1] + 8;
+        } else if (strncmp(argv[1], "--output-max=", 13) == 0) {
+            char *end;
+            quota.max = strtoull(argv[1] + 13, &end, 10);
+            if (quota.max == 0 || (strcmp(end, ":stop") != 0 && strcmp(end, ":drop") != 0)) {
+                fprintf(stderr, "sjob-shim: bad %s\n", argv[1]);
+                return 2;
+            }
+            quota.stop = strcmp(end, ":stop") == 0;
+        } else {
+            break;
+        }
     }
     if (argc < 4 || strcmp(argv[2], "--") != 0) {
-        fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] JOB_ID -- COMMAND [ARG...]\n"
+        fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] [--output-max=BYTES:stop|drop] "
+                        "JOB_ID -- COMMAND [ARG...]\n"
                         "       sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]\n");
         return 2;
     }
@@ -532,6 +600,10 @@ int main(int argc, char **argv) {
     const char *slash = strrchr(command[0], '/');
     const char *ident = slash && slash[1] ? slash + 1 : command[0];
 
+    if (quota.max && quota.stop) {
+        /* Taken now, while this process is what becomes the job's main process: a pidfd never names another. */
+        quota.main_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    }
     int out[2], err[2], ready[2];
     make_pipe(out);
     make_pipe(err);
@@ -562,7 +634,7 @@ int main(int argc, char **argv) {
                 _exit(5);
             }
             close(ready[1]);
-            forward(job_id, ident, out[0], err[0]);
+            forward(job_id, ident, out[0], err[0], &quota);
             _exit(0);
         }
         _exit(forwarder < 0 ? 1 : 0);
@@ -576,6 +648,9 @@ int main(int argc, char **argv) {
     while ((got = read(ready[0], &byte, 1)) < 0 && errno == EINTR) {
     }
     close(ready[0]);
+    if (quota.main_pidfd >= 0) {
+        close(quota.main_pidfd);
+    }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got != 1) {
         dprintf(2, "sjob-shim: could not start the output forwarder\n");
         return EXIT_CANNOT_EXECUTE;

@@ -28,7 +28,7 @@ from supervisor import jobspec, limits, properties
 from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record
 from supervisor.policy import Action, Owner, Policy, ProfilePolicy, Retention, owns
 from supervisor.profiles import Profile, Profiles
 from supervisor.properties import ShimCommand, UnitProperties
@@ -46,7 +46,15 @@ from supervisor.protocol import (
     unit_for,
 )
 from supervisor.quantities import format_cpu_list, parse_cpu_list
-from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit, setup_failure_hint
+from supervisor.units import (
+    CLD_EXITED,
+    Outcome,
+    UnitState,
+    outcome_of_exit,
+    outcome_of_unit,
+    over_quota,
+    setup_failure_hint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,7 @@ class JobLog(Protocol):
     def job_records(self, job_id: str, unit: str, owner_uid: int, *, follow: bool) -> AsyncIterator[Record | None]: ...
     def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]: ...
     def find_exit(self, job_id: str) -> ExitRecord | None: ...
+    def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None: ...
 
 
 class RecordStore(Protocol):
@@ -194,7 +203,8 @@ class JobService:
         except SjobError as e:  # a full disk: refused before any unit exists
             raise self._access.refuse(principal, Action.run, e) from None
         self._access.allow(principal, Action.run, f"{decision.reason}, profile {profile.name}", job.id)
-        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile)
+        output = self._access.policy.output
+        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile, output)
         log.info("starting %s for %s: %s", job.unit, principal, job.argv)
         try:
             await self._units.set_properties(properties.slice_unit(uid, self._access.policy.per_user))
@@ -432,6 +442,8 @@ class JobService:
         if job is None:
             return None
         outcome = outcome_of_exit(record, job.stopped_by)
+        if (quota := self._journal.find_quota(job.id, job.unit, job.uid)) is not None:
+            outcome = over_quota(outcome, quota)
         if job.state.finished and (job.state, job.result, job.exit_status, job.signal, job.resources) == (
             outcome.state,
             outcome.result,

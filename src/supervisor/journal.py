@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from systemd import journal
 
 from supervisor import logformat
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record
 from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX
 
 R = typing.TypeVar("R", bound=Record)
@@ -227,6 +227,24 @@ class Journal:
                         state = reader.process()
             finally:
                 reader.close()
+
+    def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None:
+        """The job's quota record, if its forwarder wrote one (vetted like output: the start record names it)."""
+        reader = _open_reader()
+        try:
+            reader.add_match(f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}")
+            reader.add_match(f"{logformat.F_EVENT}={logformat.Event.start.value}")
+            reader.add_match(f"{logformat.F_EVENT}={logformat.Event.quota.value}")
+            reader.seek_head()
+            trusted = logformat.RecordFilter(unit, owner_uid)
+            while reader._next():
+                fields = _fields(reader)
+                record = logformat.parse_record(fields)
+                if record is not None and trusted.admits(fields, record) and isinstance(record, QuotaRecord):
+                    return record
+            return None
+        finally:
+            reader.close()
 
     def find_exit(self, job_id: str) -> ExitRecord | None:
         """The job's exit record if journald has one."""

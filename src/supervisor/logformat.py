@@ -43,10 +43,13 @@ F_MEMORY_PEAK = "SJOB_MEMORY_PEAK"
 F_IO_READ_BYTES = "SJOB_IO_READ_BYTES"
 F_IO_WRITE_BYTES = "SJOB_IO_WRITE_BYTES"
 F_TASKS_PEAK = "SJOB_TASKS_PEAK"
+F_QUOTA = "SJOB_QUOTA"
+F_ON_EXCEED = "SJOB_ON_EXCEED"
 
 
 class Event(enum.StrEnum):
     start = "start"
+    quota = "quota"
     eof = "eof"
     exit = "exit"
 
@@ -86,7 +89,15 @@ class ExitRecord:
         return self.exit_status if self.exit_code == "exited" else None
 
 
-Record = StartRecord | OutputRecord | EofRecord | ExitRecord
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuotaRecord:
+    """The forwarder's word that the job's output reached the policy's quota ([output]) and what it did then."""
+
+    max_bytes: int
+    on_exceed: str  # "stop" or "drop"
+
+
+Record = StartRecord | OutputRecord | QuotaRecord | EofRecord | ExitRecord
 
 
 def parse_record(fields: dict[str, bytes]) -> Record | None:
@@ -98,6 +109,10 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
     if event is not None:
         if event == b"start":
             return StartRecord()
+        if event == b"quota":
+            quota = _int(fields.get(F_QUOTA))
+            action = fields.get(F_ON_EXCEED)
+            return QuotaRecord(quota, action.decode()) if quota is not None and action in (b"stop", b"drop") else None
         if event == b"eof":
             records = _int(fields.get(F_RECORDS))
             return EofRecord(records) if records is not None else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 
 from supervisor.auth import Principal
 from supervisor.limits import LimitPolicy
@@ -87,6 +88,16 @@ class Retention:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OutputQuota:
+    """How much output one job may put into journald ([output] in policy.toml), enforced by its forwarder: beyond
+    `max_bytes` the job is stopped (`stop`) or the rest is dropped (`drop`). One job must not be able to rotate
+    everyone else's output and the audit trail out of the journal."""
+
+    max_bytes: int = 1 << 30
+    on_exceed: typing.Literal["stop", "drop"] = "stop"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = (EVERYONE_RULE,)
     admin_users: frozenset[str] = frozenset()
@@ -94,6 +105,7 @@ class Policy:
     per_user: Limits = dataclasses.field(default_factory=Limits)  # a user's jobs together: cpu, memory, tasks
     max_token_ttl_usec: int = DEFAULT_MAX_TOKEN_TTL_USEC
     retention: Retention = dataclasses.field(default_factory=Retention)
+    output: OutputQuota = dataclasses.field(default_factory=OutputQuota)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

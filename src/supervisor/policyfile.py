@@ -8,6 +8,7 @@
     [admins]                   users, groups: may see, read and stop everyone's jobs and manage tokens
     [tokens]                   max_ttl: the longest a token may live
     [records]                  keep, keep_per_user: how long and how many finished jobs' records are kept
+    [output]                   max, on_exceed: how much output one job may write, and what happens beyond
     [[rules]]                  name; users | groups | tokens; actions; max_jobs; run_as (tokens);
                                allow_privileged_run_as (tokens: run_as may be a system user or in a privileged group);
                                [rules.profiles]; [rules.limits.default]; [rules.limits.max]
@@ -29,13 +30,14 @@ from supervisor.policy import (
     EVERYONE,
     JOB_ACTIONS,
     Action,
+    OutputQuota,
     Policy,
     ProfilePolicy,
     Retention,
     Rule,
 )
 from supervisor.protocol import Limits
-from supervisor.quantities import parse_duration
+from supervisor.quantities import parse_duration, parse_size
 
 _POLICY_KEYS = {option.removeprefix("--"): (field, kind) for option, (field, kind) in OPTIONS.items()}
 _PER_USER_KEYS = {"cpu", "memory", "tasks"}
@@ -65,7 +67,7 @@ def parse_policy(text: str, path: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{path}: {e}") from None
-    _known(data, {"profiles", "limits", "admins", "tokens", "records", "rules"}, path, "")
+    _known(data, {"profiles", "limits", "admins", "tokens", "records", "output", "rules"}, path, "")
     base_profiles = _profiles(_sub(data, "profiles", path), path, "profiles", ProfilePolicy())
     limits_table = _sub(data, "limits", path)
     _known(limits_table, {"default", "max", "per_user"}, path, "limits")
@@ -85,6 +87,7 @@ def parse_policy(text: str, path: str) -> Policy:
         max_ttl = _duration(tokens["max_ttl"], path, "[tokens] max_ttl")
 
     retention = _retention(_sub(data, "records", path), path)
+    output = _output(_sub(data, "output", path), path)
 
     rules_list = data.get("rules")
     if rules_list is None:
@@ -105,7 +108,22 @@ def parse_policy(text: str, path: str) -> Policy:
         per_user=per_user,
         max_token_ttl_usec=max_ttl,
         retention=retention,
+        output=output,
     )
+
+
+def _output(table: Mapping[str, Any], path: str) -> OutputQuota:
+    _known(table, {"max", "on_exceed"}, path, "output")
+    quota = OutputQuota()
+    if "max" in table:
+        try:
+            quota = dataclasses.replace(quota, max_bytes=parse_size(str(table["max"]), "[output] max ="))
+        except SjobError as e:
+            raise PolicyError(f"{path}: {e.message}") from None
+    on_exceed = table.get("on_exceed", quota.on_exceed)
+    if on_exceed not in ("stop", "drop"):
+        raise PolicyError(f'{path}: [output] on_exceed must be "stop" or "drop"')
+    return dataclasses.replace(quota, on_exceed=on_exceed)
 
 
 def _retention(table: Mapping[str, Any], path: str) -> Retention:

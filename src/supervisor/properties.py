@@ -32,6 +32,7 @@ from supervisor import unitfile
 from supervisor.auth import Principal
 from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
+from supervisor.policy import OutputQuota
 from supervisor.profiles import Profile
 from supervisor.protocol import JobSpec, Limits
 from supervisor.quantities import format_cpu_list
@@ -138,10 +139,15 @@ class ShimCommand:
 
     path: str
 
-    def argv(self, job_id: str, command: Sequence[str], checks: Sequence[str] = ()) -> list[str]:
-        """The shim runs `command` after verifying `checks` (profiles.CHECKS) from inside the unit."""
-        check = [f"--check={','.join(checks)}"] if checks else []
-        return [self.path, *check, job_id, "--", *command]
+    def argv(
+        self, job_id: str, command: Sequence[str], checks: Sequence[str] = (), output: OutputQuota | None = None
+    ) -> list[str]:
+        """The shim runs `command` after verifying `checks` (profiles.CHECKS) from inside the unit, and its
+        forwarder holds the job to the `output` quota."""
+        options = [f"--check={','.join(checks)}"] if checks else []
+        if output is not None:
+            options.append(f"--output-max={output.max_bytes}:{output.on_exceed}")
+        return [self.path, *options, job_id, "--", *command]
 
     def report_argv(self, job_id: str) -> list[str]:
         """The ExecStopPost= that records how the job ended. It reads SERVICE_RESULT, EXIT_CODE and EXIT_STATUS from
@@ -214,6 +220,7 @@ def job_unit(
     shim: ShimCommand,
     limits: Limits,
     profile: Profile,
+    output: OutputQuota | None = None,
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
     against the policy (limits.check)."""
@@ -221,7 +228,10 @@ def job_unit(
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv)),
         ("Type", "exec"),
-        ("ExecStartEx", [(shim.path, shim.argv(job_id, spec.argv, checks(profile, limits)), ["no-env-expand"])]),
+        (
+            "ExecStartEx",
+            [(shim.path, shim.argv(job_id, spec.argv, checks(profile, limits), output), ["no-env-expand"])],
+        ),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
         ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure", "no-env-expand"])]),
         ("User", str(uid)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from supervisor.logformat import ExitRecord, signal_name
+from supervisor.logformat import ExitRecord, QuotaRecord, signal_name
 from supervisor.protocol import JobState
 
 # siginfo si_code values systemd reports in ExecMainCode (see waitid(2)).
@@ -114,6 +114,16 @@ def describe(result: str, status: int | None, sig: int | None) -> str | None:
     if status is not None and status in SETUP_FAILURES:
         return f"{SETUP_FAILURES[status]} (systemd exit status {status})"
     return None
+
+
+def over_quota(outcome: Outcome, quota: QuotaRecord) -> Outcome:
+    """The outcome of a job whose output reached the policy's quota: the message says so, whatever else it says."""
+    size = f"{quota.max_bytes / 1024**3:g} GiB" if quota.max_bytes >= 1024**3 else f"{quota.max_bytes} bytes"
+    if quota.on_exceed == "stop":
+        why = f"stopped by sjob: its output reached the quota of {size} ([output] in policy.toml)"
+    else:
+        why = f"output beyond the quota of {size} was dropped ([output] in policy.toml)"
+    return dataclasses.replace(outcome, message=f"{why}; {outcome.message}" if outcome.message else why)
 
 
 def setup_failure_hint(status: int | None, cwd: str, unit: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from supervisor.access import Access
 from supervisor.audit import AuditEntry
-from supervisor.logformat import ExitRecord, OutputRecord, Record
+from supervisor.logformat import ExitRecord, OutputRecord, QuotaRecord, Record
 from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
@@ -71,6 +71,9 @@ class FakeJobLog:
             raise OSError(24, "Too many open files")
         while True:
             yield await self.exit_queue.get()
+
+    def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None:
+        return next((r for r in self.records.get(job_id, []) if isinstance(r, QuotaRecord)), None)
 
     def find_exit(self, job_id: str) -> ExitRecord | None:
         return next((r for r in self.records.get(job_id, []) if isinstance(r, ExitRecord)), None)

@@ -18,6 +18,7 @@ POLICY, PROFILES = shipped_policy()
 
 def test_shipped_policy_and_profiles_load() -> None:
     assert (POLICY.retention.max_age_usec, POLICY.retention.per_user) == (90 * 86400 * 10**6, 1000)
+    assert (POLICY.output.max_bytes, POLICY.output.on_exceed) == (1 << 30, "stop")
     assert POLICY.rules[0].profiles.default == "strict"
     assert set(PROFILES.by_name) >= {"strict", "network"}
     assert "no_network" in PROFILES.get("strict").checks
@@ -64,6 +65,8 @@ def test_what_no_cli_would_send_is_refused(bad: Limits) -> None:
         ("[records]\nkeep = 'forever'\n", "[records] keep"),
         ("[records]\nkeep_per_user = 0\n", "keep_per_user must be a whole number"),
         ("[records]\nkept = 3\n", "[records] unknown key 'kept'"),
+        ("[output]\nmax = 'lots'\n", "[output] max = 'lots'"),
+        ("[output]\non_exceed = 'truncate'\n", 'on_exceed must be "stop" or "drop"'),
     ],
 )
 def test_policy_errors_name_the_file_and_key(text: str, words: str) -> None:

@@ -3,8 +3,10 @@ entry layout that supervisor.logformat reads back."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,26 +164,67 @@ def test_the_forwarder_announces_itself_before_the_command_runs(shim: str, journ
         "import socket, sys\n"
         "def field(k, v): return k.encode() + b'\\n' + len(v).to_bytes(8, 'little') + v + b'\\n'\n"
         "for event in (b'start', None):\n"
-        "    e = field('SJOB_JOB_ID', b'1a2b3c4d') + (field('SJOB_EVENT', event) if event else\n"
+        "    e = field('SJOB_JOB_ID', b'5a5a5a5a') + (field('SJOB_EVENT', event) if event else\n"
         "        field('MESSAGE', b'forged') + field('SJOB_STREAM', b'stdout') + field('SJOB_SEQ', b'999999'))\n"
         "    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(e, sys.argv[1])\n"
         "print('real', flush=True)\n"
     )
     journal.entries.clear()
-    command = [shim, "--journal-socket", journal.path, "1a2b3c4d", "--", sys.executable, "-c", forge, journal.path]
+    command = [shim, "--journal-socket", journal.path, "5a5a5a5a", "--", sys.executable, "-c", forge, journal.path]
     assert subprocess.run(command, timeout=60, check=False).returncode == 0
     journal.wait_for(logformat.F_EVENT, b"eof")
-    assert journal.entries[0][logformat.F_EVENT] == b"start"
-    unit = "sjob-1a2b3c4d.service"
+    entries = [e for e in journal.entries if e.get(logformat.F_JOB_ID) == b"5a5a5a5a"]  # not a lingering test's
+    assert entries[0][logformat.F_EVENT] == b"start"
+    unit = "sjob-5a5a5a5a.service"
     trusted = logformat.RecordFilter(unit, os.getuid())
     admitted = []
-    for fields in journal.entries:
+    for fields in entries:
         record = logformat.parse_record(fields)
         assert record is not None
         if trusted.admits({**fields, "_SYSTEMD_UNIT": unit.encode()}, record):  # all of it is "in the unit" here
             admitted.append(record)
-    assert [type(r).__name__ for r in admitted] == ["StartRecord", "OutputRecord", "EofRecord"]
+    assert [type(r).__name__ for r in admitted] == ["StartRecord", "OutputRecord", "EofRecord"], admitted
     assert admitted[1] == OutputRecord(1, "stdout", b"real\n")
+
+
+def quota_run(shim: str, journal: FakeJournal, quota: str, script: str) -> tuple[int, float, list[dict[str, bytes]]]:
+    journal.entries.clear()
+    started = time.monotonic()
+    command = [shim, "--journal-socket", journal.path, f"--output-max={quota}", "1a2b3c4d", "--", "/bin/sh", "-c"]
+    status = subprocess.run([*command, script], timeout=60, check=False).returncode
+    took = time.monotonic() - started
+    journal.wait_for(logformat.F_EVENT, b"eof")
+    return status, took, list(journal.entries)
+
+
+def streams_of(entries: list[dict[str, bytes]]) -> dict[str, bytes]:
+    streams = {"stdout": b"", "stderr": b""}
+    for fields in entries:
+        if isinstance(record := logformat.parse_record(fields), OutputRecord):
+            streams[record.stream] += record.data
+    return streams
+
+
+def test_output_beyond_the_quota_is_dropped_and_counted(shim: str, journal: FakeJournal) -> None:
+    status, _, entries = quota_run(shim, journal, "1000:drop", "head -c 5000 /dev/zero; echo done >&2")
+    assert status == 0  # dropping does not stop the job
+    streams = streams_of(entries)
+    assert streams["stdout"] == b"\0" * 1000
+    assert b"reached its quota of 1000 bytes; the rest of its output is dropped" in streams["stderr"]
+    assert b"done" not in streams["stderr"]
+    quotas = [logformat.parse_record(e) for e in entries if e.get(logformat.F_EVENT) == b"quota"]
+    assert quotas == [logformat.QuotaRecord(1000, "drop")]
+    (eof,) = [e for e in entries if e.get(logformat.F_EVENT) == b"eof"]
+    assert eof["SJOB_DROPPED"] == b"4005"  # the rest of stdout and "done\n"
+
+
+def test_output_beyond_the_quota_stops_the_job(shim: str, journal: FakeJournal) -> None:
+    status, took, entries = quota_run(shim, journal, "1000:stop", "head -c 5000 /dev/zero; exec sleep 20")
+    assert status == -signal.SIGTERM  # the job's main process, through the pidfd the shim took
+    assert took < 15
+    streams = streams_of(entries)
+    assert streams["stdout"] == b"\0" * 1000
+    assert b"the job is stopped" in streams["stderr"]
 
 
 def test_usage_error(shim: str) -> None:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from supervisor.logformat import ExitRecord
+from supervisor import units
+from supervisor.logformat import ExitRecord, QuotaRecord
 from supervisor.protocol import JobState
 from supervisor.units import CLD_EXITED, CLD_KILLED, UnitState, outcome_of_exit, outcome_of_unit
 
@@ -42,3 +43,13 @@ def test_outcome_of_unit() -> None:
     assert "working directory" in chdir.message
     killed = outcome_of_unit(unit_state(CLD_KILLED, 9, "signal"))
     assert (killed.signal, killed.exit_status) == (9, None)
+
+
+def test_a_job_over_its_output_quota_says_so() -> None:
+    stopped = units.outcome_of_exit(ExitRecord("success", "killed", 15), None)
+    quota = units.over_quota(stopped, QuotaRecord(1 << 30, "stop"))
+    assert quota.message == (
+        "stopped by sjob: its output reached the quota of 1 GiB ([output] in policy.toml); stopped by signal SIGTERM"
+    )
+    dropped = units.over_quota(units.outcome_of_exit(ExitRecord("success", "exited", 0), None), QuotaRecord(10, "drop"))
+    assert dropped.message == "output beyond the quota of 10 bytes was dropped ([output] in policy.toml)"
