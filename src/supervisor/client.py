@@ -193,6 +193,13 @@ class Client:
         try:
             self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\0")
         except OSError as e:
+            # sjobd refuses some connections at once (too many, from inside a job): it sends why and closes, and
+            # our request then meets a closed socket. The refusal is still ours to read, and says more.
+            try:
+                self._receive()
+            except SjobError as refusal:
+                if refusal.code is not ErrorCode.NotConnected:
+                    raise refusal from e
             raise self._lost(e) from e
 
     def _receive(self) -> dict[str, Any]:
