@@ -3,12 +3,15 @@ only its own privileged ExecStopPost for its end; reading a large job's output d
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .conftest import User, run, sjob, wait_until
+from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture
 from .test_skeleton import detach, status, wait_finished
 
 # Writes one native-protocol journald entry with the fields given as NAME=VALUE arguments, as any process may.
@@ -112,3 +115,25 @@ def test_four_readers_of_a_60mb_job_do_not_make_sjobd_hold_it(alice: User, bob: 
     assert peak[0] - before < 32 * 1024 * 1024, (before, peak[0])
     # The target is 1 s; the VM runs 5-10x slower than native (sjob's start alone is ~0.4 s there).
     assert answered < 3.0, answered
+
+
+def test_a_job_over_its_output_quota_is_told_and_stopped_or_cut(alice: User, policy_edit: Any) -> None:  # noqa: F811
+    text = POLICY.read_text()
+    assert 'max = "1G"\non_exceed = "stop"' in text
+    policy_edit(text.replace('max = "1G"\non_exceed = "stop"', 'max = "64K"\non_exceed = "stop"'))
+    stopped = sjob("run", "--", "sh", "-c", "yes 0123456789 | head -c 10000000; sleep 60; echo never", user=alice,
+                   timeout=60)  # fmt: skip
+    assert stopped.returncode != 0
+    assert len(stopped.stdout) == 64 * 1024
+    assert b"reached its quota of 65536 bytes; the job is stopped" in stopped.stderr
+    job_id = json.loads(sjob("list", "--json", user=alice).stdout)[0]["id"]
+    ended = status(job_id, alice)
+    assert ended["message"].startswith("stopped by sjob: its output reached the quota of 65536 bytes"), ended
+
+    policy_edit(text.replace('max = "1G"\non_exceed = "stop"', 'max = "64K"\non_exceed = "drop"'))
+    dropped = sjob("run", "--", "sh", "-c", "yes 0123456789 | head -c 1000000; echo done", user=alice)
+    assert dropped.returncode == 0  # the job ran to its end
+    assert len(dropped.stdout) == 64 * 1024
+    assert b"the rest of its output is dropped" in dropped.stderr
+    job_id = json.loads(sjob("list", "--json", user=alice).stdout)[0]["id"]
+    assert "was dropped" in status(job_id, alice)["message"]
