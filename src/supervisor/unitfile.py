@@ -43,13 +43,15 @@ def problem(value: str, kind: Kind) -> str | None:
     return None
 
 
-def escape(text: str) -> str:
+def escape(text: str, *, backslashes: bool = True) -> str:
     """`text` with every non-printable character and backslash written as a Python/C escape (`\\n`, `\\x1b`,
-    `\\u2028`): printable, on one line, and unambiguous."""
+    `\\u2028`): printable, on one line, and unambiguous. Without `backslashes`, backslashes stay as they are:
+    still safe to print on a terminal (no character left can move the cursor or start an escape sequence), for
+    text that may already hold escapes (sjob's CLI prints sjobd's messages so)."""
     out: list[str] = []
     for char in text:
         if char == "\\":
-            out.append("\\\\")
+            out.append("\\\\" if backslashes else char)
         elif char.isprintable():
             out.append(char)
         elif char in _SHORT:

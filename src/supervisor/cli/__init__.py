@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.unitfile import escape
 
 if TYPE_CHECKING:
     import typer
@@ -21,9 +22,10 @@ EXIT_CODES = {ErrorCode.ExecutableNotFound: 127, ErrorCode.NotConnected: 69}  # 
 
 
 def die(error: SjobError) -> int:
-    sys.stderr.write(f"sjob: {error.message}\n")
+    # Messages can quote what a request held (a path, an argument): never let them drive the terminal.
+    sys.stderr.write(f"sjob: {escape(error.message, backslashes=False)}\n")
     if error.hint:
-        sys.stderr.write(f"hint: {error.hint}\n")
+        sys.stderr.write(f"hint: {escape(error.hint, backslashes=False)}\n")
     return EXIT_CODES.get(error.code, 1)
 
 

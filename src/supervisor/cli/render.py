@@ -9,6 +9,7 @@ import time
 from supervisor.logformat import signal_name
 from supervisor.protocol import Job, JobState, Limits, Resources
 from supervisor.quantities import format_cpu_list
+from supervisor.unitfile import escape
 
 DOTS = {
     JobState.starting: "◌",
@@ -37,14 +38,20 @@ def outcome(job: Job) -> str:
     return job.state.value
 
 
+def command(argv: list[str]) -> str:
+    """A job's command line to print: shell-quoted, and with control characters escaped (`\x1b`), so that an
+    argument cannot move the cursor, retitle the terminal or hide the rest of the line (issue E)."""
+    return escape(shlex.join(argv), backslashes=False)
+
+
 def status(job: Job) -> str:
     now = time.time()
     lines = [
-        f"{DOTS[job.state]} {job.id} - {shlex.join(job.argv)}",
+        f"{DOTS[job.state]} {job.id} - {command(job.argv)}",
         ("State", outcome(job)),
-        ("Why", job.message),
-        ("Owner", f"{job.user} (uid {job.uid})"),
-        ("Directory", job.cwd),
+        ("Why", escape(job.message or "", backslashes=False)),
+        ("Owner", escape(f"{job.user} (uid {job.uid})", backslashes=False)),
+        ("Directory", escape(job.cwd, backslashes=False)),
         ("Unit", job.unit),
         ("Created", timestamp(job.created_usec, now)),
         ("Started", timestamp(job.started_usec, now)),
@@ -167,7 +174,7 @@ def job_table(jobs: list[Job]) -> None:
             job.id,
             Text(outcome(job), style=STYLES[job.state]),
             age(now - job.created_usec / 1e6),
-            Text(job.user),
-            Text(shlex.join(job.argv)),
+            Text(escape(job.user, backslashes=False)),
+            Text(command(job.argv)),
         )
     console.print(table, highlight=False)

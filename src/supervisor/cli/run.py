@@ -12,6 +12,7 @@ from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
 from supervisor.protocol import Job, JobSpec, JobState
+from supervisor.unitfile import escape
 
 if TYPE_CHECKING:
     import typer
@@ -237,7 +238,7 @@ def interrupted(job: Job, copier: OutputCopier) -> int:
 def report_abnormal_end(job: Job) -> None:
     # A plain exit status speaks for itself, as in a shell; anything else deserves a word.
     if job.state is JobState.unknown or job.signal is not None or (job.message and job.exit_status is None):
-        sys.stderr.write(f"sjob: job {job.id} {job.message or job.state.value}\n")
+        sys.stderr.write(f"sjob: job {job.id} {escape(job.message or job.state.value, backslashes=False)}\n")
 
 
 def resolve_executable(name: str, cwd: str) -> str:
