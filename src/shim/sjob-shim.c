@@ -220,15 +220,20 @@ static void journal_drain(void) {
 /* The first entry, sent before the command runs: sjobd takes its _PID (the kernel's word, SCM_CREDENTIALS) as the
  * forwarder's and accepts as output only entries from that pid, so no process of the job, which shares the unit,
  * can add output or move the sequence on (issue E: a forged SJOB_SEQ=999999 hid all later output). */
+static void event_entry(struct entry *e, const char *event, const char *message, const char *priority,
+                        const char *job_id, const char *ident) {
+    add_str(e, "MESSAGE", message);
+    add_str(e, "PRIORITY", priority);
+    add_str(e, "SYSLOG_IDENTIFIER", ident);
+    add_str(e, "SJOB_JOB_ID", job_id);
+    add_str(e, "SJOB_EVENT", event);
+}
+
 static void announce(const char *job_id, const char *ident) {
     char message[96];
     snprintf(message, sizeof(message), "sjob: job %s starts; its output follows", job_id);
     struct entry e = {.n = 0};
-    add_str(&e, "MESSAGE", message);
-    add_str(&e, "PRIORITY", "7");
-    add_str(&e, "SYSLOG_IDENTIFIER", ident);
-    add_str(&e, "SJOB_JOB_ID", job_id);
-    add_str(&e, "SJOB_EVENT", "start");
+    event_entry(&e, "start", message, "7", job_id, ident);
     /* No drain: the forwarder lives on, so journald attributes this one. Datagrams queue on journald's socket in
      * the order they were sent, so anything the command sends once it runs comes after this. */
     journal_send(&e);
@@ -269,11 +274,7 @@ static void quota_exceeded(const char *job_id, const char *ident, const struct q
     send_output(job_id, ident, 1, notice, strlen(notice), seq);
     snprintf(max, sizeof(max), "%llu", q->max);
     struct entry e = {.n = 0};
-    add_str(&e, "MESSAGE", notice + 1);
-    add_str(&e, "PRIORITY", "4");
-    add_str(&e, "SYSLOG_IDENTIFIER", ident);
-    add_str(&e, "SJOB_JOB_ID", job_id);
-    add_str(&e, "SJOB_EVENT", "quota");
+    event_entry(&e, "quota", notice + 1, "4", job_id, ident);
     add_str(&e, "SJOB_QUOTA", max);
     add_str(&e, "SJOB_ON_EXCEED", q->stop ? "stop" : "drop");
     journal_send(&e);
@@ -340,11 +341,7 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
     snprintf(records, sizeof(records), "%llu", seq);
     snprintf(dropped_text, sizeof(dropped_text), "%llu", dropped);
     struct entry e = {.n = 0};
-    add_str(&e, "MESSAGE", message);
-    add_str(&e, "PRIORITY", "7");
-    add_str(&e, "SYSLOG_IDENTIFIER", ident);
-    add_str(&e, "SJOB_JOB_ID", job_id);
-    add_str(&e, "SJOB_EVENT", "eof");
+    event_entry(&e, "eof", message, "7", job_id, ident);
     add_str(&e, "SJOB_RECORDS", records);
     add_str(&e, "SJOB_DROPPED", dropped_text);
     journal_send(&e);
@@ -421,11 +418,7 @@ static int report(const char *job_id, const char *result, const char *code, cons
         values[4] = cgroup_number(dir, "pids.peak", NULL, 0);
     }
     struct entry e = {.n = 0};
-    add_str(&e, "MESSAGE", message);
-    add_str(&e, "PRIORITY", "6");
-    add_str(&e, "SYSLOG_IDENTIFIER", "sjob");
-    add_str(&e, "SJOB_JOB_ID", job_id);
-    add_str(&e, "SJOB_EVENT", "exit");
+    event_entry(&e, "exit", message, "6", job_id, "sjob");
     add_str(&e, "SJOB_RESULT", result);
     add_str(&e, "SJOB_EXIT_CODE", code);
     add_str(&e, "SJOB_EXIT_STATUS", status);
