@@ -19,6 +19,7 @@ No `from __future__ import annotations`: asyncvarlink derives the interface from
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import grp
 import json
@@ -463,8 +464,12 @@ def _peer_process(conn: socket.socket, pid: int) -> tuple[int, str | None]:
     caller fails closed."""
     try:
         pidfd = struct.unpack("i", conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
-    except OSError:
-        return pid, _cgroup_of(pid)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:  # a kernel without SO_PEERPIDFD: the pid as it was at connect()
+            return pid, _cgroup_of(pid)
+        # Any other error (kernels 6.5 to 6.15 answer EINVAL once the peer has been reaped) means the peer is gone
+        # and its pid may name another process by now: falling back would read that one's cgroup (review of E.3).
+        return -1, None
     try:
         pid = -1
         with contextlib.suppress(OSError, ValueError), open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:

@@ -2,11 +2,12 @@
 
 import asyncio
 import errno
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from supervisor.server import Server
+from supervisor.server import Server, _peer_process
 
 
 class ExhaustedSocket(socket.socket):
@@ -38,3 +39,23 @@ def test_emfile_pauses_accepting_instead_of_spinning(tmp_path: Path) -> None:
         listener.close()
 
     asyncio.run(main())
+
+
+class PeerSocket:
+    """What _peer_process asks of a connection: SO_PEERPIDFD, answering as a kernel would."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        raise OSError(self.error, os.strerror(self.error))
+
+
+def test_a_peer_gone_before_accept_is_not_judged_by_a_reused_pid() -> None:
+    # Linux 6.5-6.15 answer EINVAL for a reaped peer: its pid may be another process's now, so no cgroup at all.
+    assert _peer_process(PeerSocket(errno.EINVAL), os.getpid()) == (-1, None)  # type: ignore[arg-type]
+    assert _peer_process(PeerSocket(errno.ESRCH), os.getpid()) == (-1, None)  # type: ignore[arg-type]
+    # A kernel without SO_PEERPIDFD: the pid from SO_PEERCRED, as before.
+    pid, cgroup = _peer_process(PeerSocket(errno.ENOPROTOOPT), os.getpid())  # type: ignore[arg-type]
+    assert pid == os.getpid()
+    assert cgroup is not None
