@@ -1,8 +1,8 @@
 """The one place that reads journald, through systemd-python's sd_journal binding.
 
 Readers are opened LOCAL_ONLY: a job running as uid 1000 has its entries in user-1000.journal when the journal is
-persistent, which a SYSTEM_ONLY reader would never see. `data_threshold = 0` because sd_journal otherwise hands
-back at most 64 KiB of a field, and an output record can be that large.
+persistent, which a SYSTEM_ONLY reader would never see. `data_threshold` is FIELD_MAX because sd_journal otherwise
+hands back at most 64 KiB of a field, and an output record can be that large.
 
 Entries are matched by SJOB_JOB_ID (an indexed field) and then vetted by `logformat.RecordFilter`: only entries
 from the job's own unit count, output only from its forwarder's pid, the exit only from root.
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from systemd import journal
 
 from supervisor import logformat
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord
 from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX
 
 R = typing.TypeVar("R", bound=Record)
@@ -37,12 +37,15 @@ GAP_RETRIES = 12  # rereads before missing records are given up on (about 10 s w
 GAP_DELAY = 0.05
 POLL_MIN = 0.01  # seconds
 POLL_MAX = 0.1
-READ_BATCH = 64  # records (up to 64 KiB each) between turns given to the event loop
+READ_BATCH = 64  # entries examined (records up to 64 KiB each) between turns given to the event loop
+# The largest field read whole: an output record's MESSAGE is at most one 64 KiB read (sjob-shim.c READ_SIZE).
+# Beyond it sd_journal truncates, so an entry someone planted with a huge field costs no more than that.
+FIELD_MAX = 128 * 1024
 
 
 def _open_reader() -> journal.Reader:
     reader = journal.Reader(flags=journal.LOCAL_ONLY)
-    reader.data_threshold = 0
+    reader.data_threshold = FIELD_MAX
     return reader
 
 
@@ -90,7 +93,10 @@ class _JobReader:
 
     def _open(self) -> journal.Reader:
         reader = _open_reader()
-        reader.add_match(f"{logformat.F_JOB_ID}={self.job_id}")
+        # _SYSTEMD_UNIT too, in the match, not only in the filter: journald indexes it and takes it from the
+        # kernel, so entries others planted with this job's id are never even loaded (review of E: a flood of
+        # large planted entries, each decoded and then refused, stalled the loop).
+        reader.add_match(f"{logformat.F_JOB_ID}={self.job_id}", f"_SYSTEMD_UNIT={self.filter.unit}")
         if self.cursor is None:
             reader.seek_head()
         else:
@@ -108,11 +114,17 @@ class _JobReader:
     def close(self) -> None:
         self.reader.close()
 
-    def read(self) -> Iterator[Record]:
-        """The records readable now, one at a time; `gap` tells afterwards whether a missing record stopped it."""
+    def read(self) -> Iterator[Record | None]:
+        """The records readable now, one at a time; `gap` tells afterwards whether a missing record stopped it.
+        Every READ_BATCH entries examined, accepted or not, it yields None, so that entries the job forged inside
+        its own unit cannot keep the caller from giving the event loop its turn."""
         self.gap = False
         reader = self.reader
+        examined = 0
         while reader._next():
+            examined += 1
+            if examined % READ_BATCH == 0:
+                yield None
             fields = _fields(reader)
             record = logformat.parse_record(fields)
             if record is None or not self.filter.admits(fields, record):
@@ -168,12 +180,13 @@ class Journal:
             while True:
                 with _watching(job.reader) as changed:
                     while True:
-                        for count, record in enumerate(job.read(), 1):
+                        for record in job.read():
+                            if record is None:
+                                await asyncio.sleep(0)
+                                continue
                             poll = POLL_MIN
                             last_tick = loop.time()
                             yield record
-                            if count % READ_BATCH == 0:
-                                await asyncio.sleep(0)
                         if job.gap:
                             break
                         if not follow:
@@ -229,19 +242,22 @@ class Journal:
                 reader.close()
 
     def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None:
-        """The job's quota record, if its forwarder wrote one (vetted like output: the start record names it)."""
+        """The job's quota record, if its forwarder wrote one: the forwarder is the pid of the job's first start
+        record, and only quota entries from that pid are looked at (both matches are indexed, so entries the
+        job forged cost nothing here)."""
         reader = _open_reader()
         try:
-            reader.add_match(f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}")
-            reader.add_match(f"{logformat.F_EVENT}={logformat.Event.start.value}")
-            reader.add_match(f"{logformat.F_EVENT}={logformat.Event.quota.value}")
+            match = (f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}", f"_UID={owner_uid}")
+            reader.add_match(*match, f"{logformat.F_EVENT}={logformat.Event.start.value}")
             reader.seek_head()
-            trusted = logformat.RecordFilter(unit, owner_uid)
-            while reader._next():
-                fields = _fields(reader)
-                record = logformat.parse_record(fields)
-                if record is not None and trusted.admits(fields, record) and isinstance(record, QuotaRecord):
-                    return record
+            if not reader._next() or not isinstance(logformat.parse_record(start := _fields(reader)), StartRecord):
+                return None
+            reader.flush_matches()
+            pid = start.get("_PID", b"").decode("ascii", "replace")
+            reader.add_match(*match, f"{logformat.F_EVENT}={logformat.Event.quota.value}", f"_PID={pid}")
+            reader.seek_head()
+            if reader._next() and isinstance(record := logformat.parse_record(_fields(reader)), QuotaRecord):
+                return record
             return None
         finally:
             reader.close()
