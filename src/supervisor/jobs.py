@@ -442,8 +442,6 @@ class JobService:
         if job is None:
             return None
         outcome = outcome_of_exit(record, job.stopped_by)
-        if (quota := self._journal.find_quota(job.id, job.unit, job.uid)) is not None:
-            outcome = over_quota(outcome, quota)
         if job.state.finished and (job.state, job.result, job.exit_status, job.signal, job.resources) == (
             outcome.state,
             outcome.result,
@@ -452,6 +450,10 @@ class JobService:
             record.resources,
         ):
             return job
+        # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
+        # reaches this method from the watcher, every follower and the sweep. It changes only the message.
+        if (quota := self._journal.find_quota(job.id, job.unit, job.uid)) is not None:
+            outcome = over_quota(outcome, quota)
         return self._finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
 
     async def _main_exited(self, job: Job) -> Job | None:
