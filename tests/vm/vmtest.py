@@ -89,6 +89,7 @@ PACKAGES = (
     "gcc", "libc6-dev", "pkg-config", "libsystemd-dev",                    # systemd-python
     "ca-certificates", "netbase", "procps", "util-linux", "bsdutils",      # basics (logger)
     "iproute2", "kmod", "passwd", "login", "sudo", "less", "curl", "strace",
+    "man-db", "bash-completion", "openssh-server", "openssh-client",       # sjob's man page, completion, -H
 )
 # fmt: on
 IMAGE_SIZE = 8 << 30  # sparse; the qcow2 only stores what is used

@@ -66,7 +66,7 @@ ls "$root$wheels"
 
 log "test venv /opt/sjob-test"
 in_root python3 -m venv /opt/sjob-test
-in_root /opt/sjob-test/bin/pip install --no-index --find-links "$wheels" pytest pytest-timeout hypothesis
+in_root /opt/sjob-test/bin/pip install --no-index --find-links "$wheels" pytest pytest-timeout pytest-xdist hypothesis pexpect
 in_root /opt/sjob-test/bin/pytest --version
 
 log "slirp DNS (after pip: until now the host's resolv.conf was needed)"
