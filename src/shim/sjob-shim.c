@@ -33,8 +33,9 @@
  * With --output-max the forwarder enforces the job's output quota (policy [output], issue E: one job must not rotate
  * everyone else's output and the audit trail out of journald): the record that crosses it is cut at the quota, a
  * line on the job's stderr says so, a `quota` entry records it for sjobd, and then either the job is stopped
- * (SIGTERM to its main process through a pidfd taken before the command ran, so never a reused pid; systemd's
- * KillMode=control-group takes the rest) or everything after it is read and dropped. Either way the pipes are
+ * (SIGTERM to its main process through a pidfd taken before the command ran, so never a reused pid, and SIGKILL
+ * 10 s later if it is still there; systemd's KillMode=control-group takes the rest) or everything after it is read
+ * and dropped. Each record counts as at least MIN_RECORD_COST bytes. Either way the pipes are
  * drained, so the job never blocks on a full pipe, and the eof entry counts the dropped bytes.
  *
  * The forwarder ignores SIGTERM and every other signal it can: when the job ends, systemd sends SIGTERM to what is
@@ -239,6 +240,12 @@ static void announce(const char *job_id, const char *ident) {
     journal_send(&e);
 }
 
+/* What one record costs journald at least, whatever its size: an entry object, its SJOB_SEQ and MESSAGE data
+ * objects, their hash-table and entry-array items. Charged against the quota instead of smaller sizes, so a job
+ * writing one byte at a time cannot put a billion entries into the journal under a 1 GiB quota (review of E.4). */
+#define MIN_RECORD_COST 256
+#define QUOTA_STOP_GRACE_MS 10000 /* from the SIGTERM of a quota "stop" to the SIGKILL */
+
 struct quota {
     unsigned long long max; /* 0: none */
     int stop;               /* stop the job when it is exceeded; else drop the rest */
@@ -283,19 +290,52 @@ static void quota_exceeded(const char *job_id, const char *ident, const struct q
     }
 }
 
+/* Milliseconds on the monotonic clock. */
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A quota "stop" is a SIGTERM the job may ignore (review of E.4): if its main process is still there once the grace
+ * period is over, SIGKILL it; its exit makes systemd stop the unit and KillMode=control-group take the rest. Waits
+ * on the pidfd, which polls readable once the process has exited. */
+static void kill_after_grace(const struct quota *q, long long deadline_ms) {
+    struct pollfd main_exited = {.fd = q->main_pidfd, .events = POLLIN};
+    for (;;) {
+        long long left = deadline_ms - now_ms();
+        int r = poll(&main_exited, 1, left > 0 ? (int)left : 0);
+        if (r > 0 || (r < 0 && errno != EINTR)) {
+            return;
+        }
+        if (r == 0) {
+            syscall(SYS_pidfd_send_signal, q->main_pidfd, SIGKILL, NULL, 0);
+            return;
+        }
+    }
+}
+
 static void forward(const char *job_id, const char *ident, int out_fd, int err_fd, const struct quota *q) {
     static char buf[READ_SIZE];
     struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
     unsigned long long sizes[2] = {0, 0};
     unsigned long long seq = 0, sent = 0, dropped = 0;
     int open_fds = 2, over = 0;
+    long long kill_at = -1; /* when a job stopped for its quota gets SIGKILL if it is still there */
 
     while (open_fds > 0) {
-        if (poll(fds, 2, -1) < 0) {
+        int timeout = kill_at < 0 ? -1 : (int)(kill_at > now_ms() ? kill_at - now_ms() : 0);
+        int ready = poll(fds, 2, timeout);
+        if (ready < 0) {
             if (errno == EINTR) {
                 continue;
             }
             _exit(4);
+        }
+        if (ready == 0) {
+            kill_after_grace(q, kill_at);
+            kill_at = -1;
+            continue;
         }
         for (int i = 0; i < 2; i++) {
             if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
@@ -320,19 +360,28 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
                 continue;
             }
             size_t send = (size_t)r;
-            if (q->max && sent + send > q->max) {
-                send = (size_t)(q->max - sent);
+            unsigned long long cost = send < MIN_RECORD_COST ? MIN_RECORD_COST : send;
+            if (q->max && sent + cost > q->max) {
+                unsigned long long room = q->max - sent;
+                send = send > room ? (size_t)room : send;
                 dropped += (unsigned long long)r - send;
+                cost = room;
                 over = 1;
             }
-            sent += send;
+            sent += cost;
             if (send > 0) {
                 send_output(job_id, ident, i, buf, send, ++seq);
             }
             if (over) {
                 quota_exceeded(job_id, ident, q, ++seq);
+                if (q->stop && q->main_pidfd >= 0) {
+                    kill_at = now_ms() + QUOTA_STOP_GRACE_MS;
+                }
             }
         }
+    }
+    if (kill_at >= 0) {
+        kill_after_grace(q, kill_at); /* the job closed its output but may still run */
     }
 
     char message[200], records[32], dropped_text[32];
@@ -521,6 +570,60 @@ static int cpus_are(const char *list) {
     return ok;
 }
 
+/* Landlock (Linux 5.13+), declared here because the build host's <linux/landlock.h> may predate the fields used. */
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+#define LL_CREATE_RULESET_VERSION (1U << 0)
+#define LL_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
+#define LL_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0) /* ABI 6, Linux 6.12 */
+#define LL_SCOPE_SIGNAL (1ULL << 1)               /* ABI 6, Linux 6.12 */
+struct ll_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net; /* ABI 4 */
+    uint64_t scoped;             /* ABI 6 */
+};
+
+/* Put this process, and so the job, into a Landlock domain of its own (issue E.3, the review's HIGH finding).
+ * A job runs as its owner, so without this it may open /proc/PID/root, cwd, fd/N, environ and mem of any of its
+ * owner's processes outside the unit (ProtectProc= hides only other users' processes): /proc/PID/root is that
+ * process's whole file system, writable home and /run/user (the session bus, the user's systemd) included, past
+ * every ProtectHome=, InaccessiblePaths= and PrivateTmp= of the job. Landlock allows ptrace access, which is what
+ * the kernel asks for each of those, only into the caller's own domain or a nested one: to the job, everything
+ * outside the unit's job (the forwarder included, forked before this) is out of reach. From ABI 6 (Linux 6.12) the
+ * domain also keeps the job from signalling processes outside it and from connecting to abstract Unix sockets
+ * made outside it. The ruleset handles one file system right no rule grants, making block devices, which no job
+ * may do anyway (no CAP_MKNOD): creating a ruleset needs at least one handled right before ABI 6. Fails closed. */
+static const char *isolate_processes(void) {
+    long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
+    if (abi < 1) {
+        switch (errno) {
+        case EOPNOTSUPP:
+            return "Landlock (disabled: add landlock to the kernel's lsm= list)";
+        case ENOSYS:
+            return "Landlock (the kernel has none; Linux 5.13 or later has it)";
+        default: /* EPERM: a SystemCallFilter= without landlock_create_ruleset and landlock_restrict_self */
+            return "Landlock (its system calls are forbidden: allow landlock_create_ruleset and "
+                   "landlock_restrict_self in SystemCallFilter=)";
+        }
+    }
+    struct ll_ruleset_attr attr = {.handled_access_fs = LL_ACCESS_FS_MAKE_BLOCK};
+    if (abi >= 6) {
+        attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL;
+    }
+    /* The whole struct: older kernels accept a larger one as long as the fields they do not know are zero. */
+    int ruleset = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0);
+    if (ruleset < 0) {
+        return "Landlock (creating a ruleset failed)";
+    }
+    int failed = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || syscall(SYS_landlock_restrict_self, ruleset, 0) < 0;
+    close(ruleset);
+    return failed ? "Landlock (restricting the job failed)" : NULL;
+}
+
 /* Each check in the comma-separated list; 0 if all hold, else the name of the profile setting not in force. */
 static const char *failed_check(const char *list) {
     char buf[512];
@@ -541,6 +644,8 @@ static const char *failed_check(const char *list) {
         } else if (strcmp(check, "read_only_system") == 0) {
             struct statvfs usr;
             failed = statvfs("/usr", &usr) == 0 && (usr.f_flag & ST_RDONLY) ? NULL : "ProtectSystem= (/usr writable)";
+        } else if (strcmp(check, "isolate_processes") == 0) {
+            failed = isolate_processes();
         } else if (strncmp(check, "cpus=", 5) == 0) {
             failed = cpus_are(check + 5) ? NULL : "AllowedCPUs= (the job could run on other CPUs)";
         } else {

@@ -22,7 +22,7 @@ from pathlib import Path
 from supervisor.errors import ErrorCode, SjobError
 
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
-CHECKS = ("no_network", "no_new_privileges", "seccomp", "no_capabilities", "read_only_system")
+CHECKS = ("no_network", "no_new_privileges", "seccomp", "no_capabilities", "read_only_system", "isolate_processes")
 
 
 class ProfileError(Exception):

@@ -38,7 +38,7 @@ def test_job_runs_as_the_caller_through_the_shim() -> None:
     assert u.get("PrivateTmp") is True
     path, argv, flags = exec_entry(u)
     assert path == SHIM.path
-    checks = "--check=no_network,no_new_privileges,seccomp,no_capabilities,read_only_system"
+    checks = "--check=no_network,no_new_privileges,seccomp,no_capabilities,read_only_system,isolate_processes"
     assert argv == [SHIM.path, checks, "1a2b3c4d", "--", "/bin/echo", "$HOME", "${PATH}", "%h", "50%"]
     assert flags == ["no-env-expand"]  # $VAR reaches the job literally
     _, report, stop_flags = exec_entry(u, "ExecStopPostEx")
@@ -74,7 +74,8 @@ def test_profiles_confine_and_only_the_working_directory_is_writable() -> None:
     assert network.get("PrivateNetwork") is False
     assert network.get("RestrictAddressFamilies") == (True, ["AF_UNIX", "AF_INET", "AF_INET6"])
     assert "ReadWritePaths" not in dict(network.properties)  # never all of /
-    assert "--check=no_new_privileges,seccomp,no_capabilities,read_only_system" in exec_entry(network)[1]
+    checks = "--check=no_new_privileges,seccomp,no_capabilities,read_only_system,isolate_processes"
+    assert checks in exec_entry(network)[1]
 
 
 def test_limits_become_properties() -> None:

@@ -1,6 +1,7 @@
 """sjob-shim (C) end to end, against a fake journald socket: exact output, separate streams, exit status, and the
 entry layout that supervisor.logformat reads back."""
 
+import ctypes
 import os
 import shutil
 import signal
@@ -276,3 +277,60 @@ def test_the_cpus_check_compares_the_cpus_the_job_may_use(shim: str, journal: Fa
     assert status == 125
     assert b"AllowedCPUs= (the job could run on other CPUs) is not in effect" in streams["stderr"]
     assert run_shim(shim, journal, "true", checks="cpus=0-x")[0] == 125  # malformed: refused, never ignored
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 without Landlock (landlock_create_ruleset with the version flag)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return max(0, int(libc.syscall(444, None, 0, 1)))
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock; the VM suite shows it there")
+def test_isolated_jobs_cannot_reach_their_owners_other_processes(shim: str, journal: FakeJournal) -> None:
+    """The review's HIGH finding of E.3: a job runs as its owner, so through /proc/PID/root of any other process of
+    the owner it reached that process's file system past its own sandbox. This test process stands for the owner's
+    process outside the unit (the shim runs as the same user); root's CAP_SYS_PTRACE does not help the job either."""
+    me = os.getpid()
+    script = (
+        f"ls /proc/{me}/root/ >/dev/null && echo root; readlink /proc/{me}/cwd >/dev/null && echo cwd;"
+        f"readlink /proc/{me}/exe >/dev/null && echo exe; ls /proc/self/root/ >/dev/null && echo self"
+    )
+    assert run_shim(shim, journal, "/bin/sh", "-c", script)[1]["stdout"] == b"root\ncwd\nexe\nself\n"
+    status, streams = run_shim(shim, journal, "/bin/sh", "-c", script, checks="isolate_processes")
+    assert status == 0
+    assert streams["stdout"] == b"self\n", streams  # its own processes, yes; anything outside its domain, no
+    assert b"Permission denied" in streams["stderr"]
+
+
+@pytest.mark.skipif(landlock_abi() < 6, reason="signal scoping needs Landlock ABI 6 (Linux 6.12)")
+def test_isolated_jobs_cannot_signal_processes_outside_them(shim: str, journal: FakeJournal) -> None:
+    outside = subprocess.Popen(["sleep", "60"])
+    try:
+        script = f"kill -0 {outside.pid} && echo reached; sleep 0 & kill -0 $! && echo own"
+        status, streams = run_shim(shim, journal, "/bin/sh", "-c", script, checks="isolate_processes")
+        assert (status, streams["stdout"]) == (0, b"own\n"), streams
+    finally:
+        outside.kill()
+        outside.wait()
+
+
+def test_each_record_costs_the_quota_at_least_256_bytes(shim: str, journal: FakeJournal) -> None:
+    """A journal entry costs journald a few hundred bytes whatever it holds: without a least cost, a job writing a
+    byte at a time put a billion entries into the journal under a 1 GiB quota."""
+    script = "i=0; while [ $i -lt 200 ]; do printf x; sleep 0.02; i=$((i+1)); done"
+    status, _, entries = quota_run(shim, journal, "2560:drop", script)
+    assert status == 0
+    records = [r for e in entries if isinstance(r := logformat.parse_record(e), OutputRecord)]
+    stdout = [r for r in records if r.stream == "stdout"]
+    assert len(stdout) <= 10, stdout  # 10 records of 256 bytes' cost fill 2560 bytes
+    assert [logformat.parse_record(e) for e in entries if e.get(logformat.F_EVENT) == b"quota"] == [
+        logformat.QuotaRecord(2560, "drop")
+    ]
+
+
+def test_a_job_that_ignores_the_quotas_sigterm_gets_sigkill(shim: str, journal: FakeJournal) -> None:
+    """A quota "stop" is first a SIGTERM, which a job may ignore; 10 s later it is a SIGKILL (review of E.4)."""
+    script = "trap '' TERM; head -c 5000 /dev/zero; exec 1>&- 2>&-; while :; do sleep 1; done"
+    status, took, _ = quota_run(shim, journal, "1000:stop", script)
+    assert status == -signal.SIGKILL
+    assert 9 < took < 30
