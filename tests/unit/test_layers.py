@@ -32,6 +32,7 @@ LAYERS = {
     "systemd": 2,
     "journal": 2,
     "records": 2,
+    "backends": 3,
     "jobs": 3,
     "server": 4,
     "daemon": 4,
