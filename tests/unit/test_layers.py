@@ -33,6 +33,8 @@ LAYERS = {
     "journal": 2,
     "records": 2,
     "backends": 3,
+    "ledger": 3,
+    "reaper": 3,
     "jobs": 3,
     "server": 4,
     "daemon": 4,
@@ -79,7 +81,17 @@ def loaded_by(code: str) -> set[str]:
     return set(ast.literal_eval(out.strip().splitlines()[-1]))
 
 
-DAEMON_ONLY = {"asyncio", "dbus_fast", "systemd", "asyncvarlink", "supervisor.jobs", "supervisor.server", "sqlite3"}
+DAEMON_ONLY = {
+    "asyncio",
+    "dbus_fast",
+    "systemd",
+    "asyncvarlink",
+    "supervisor.jobs",
+    "supervisor.reaper",
+    "supervisor.ledger",
+    "supervisor.server",
+    "sqlite3",
+}
 
 
 def test_the_cli_does_not_load_daemon_libraries() -> None:
