@@ -32,6 +32,7 @@ LAYERS = {
     "systemd": 2,
     "journal": 2,
     "records": 2,
+    "peer": 2,
     "backends": 3,
     "ledger": 3,
     "reaper": 3,

@@ -17,6 +17,7 @@ from unittest.mock import ANY
 
 import pytest
 
+from supervisor import peer
 from supervisor import server as server_module
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
@@ -309,7 +310,7 @@ def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
         child = subprocess.Popen([sys.executable, "-c", code])
         conn, _ = listener.accept()
         with conn:
-            principal = server_module.peer_principal(conn)
+            principal = peer.identify(conn).principal
         child.wait()
     assert grp.getgrgid(NOBODY).gr_name in principal.groups
 
@@ -321,7 +322,7 @@ def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
 def test_requests_from_inside_a_job_are_refused_and_audited(
     server: ServerThread, monkeypatch: pytest.MonkeyPatch, cgroup: str
 ) -> None:
-    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: cgroup)
+    monkeypatch.setattr(peer, "read_cgroup", lambda pid: cgroup)
     with Client(server.socket) as client, pytest.raises(SjobError) as e:
         client.list_jobs()
     assert e.value.code is ErrorCode.PermissionDenied
@@ -335,7 +336,7 @@ def test_a_caller_whose_cgroup_cannot_be_read_is_refused(server: ServerThread, m
     def unreadable(pid: int) -> str:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(server_module, "read_cgroup", unreadable)
+    monkeypatch.setattr(peer, "read_cgroup", unreadable)
     with Client(server.socket) as client, pytest.raises(SjobError) as e:
         client.list_jobs()
     assert e.value.code is ErrorCode.PermissionDenied
@@ -355,6 +356,6 @@ def test_a_uid_without_passwd_entry_is_refused(server: ServerThread, monkeypatch
 
 
 def test_a_caller_outside_sjob_slice_is_served(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: "0::/user.slice/user-1000.slice/session-1.scope\n")
+    monkeypatch.setattr(peer, "read_cgroup", lambda pid: "0::/user.slice/user-1000.slice/session-1.scope\n")
     with Client(server.socket) as client:
         assert client.list_jobs() == []
