@@ -6,12 +6,12 @@ from pathlib import Path
 
 from asyncvarlink.interface import varlinksignature
 
+from supervisor.interface import JobsInterface
 from supervisor.protocol import Method
-from supervisor.server import JobsInterface
 
 DESCRIPTION = Path(__file__).with_name("io.sjob.Jobs.varlink")
 REGENERATE = (
-    "if the interface is meant to change: .venv/bin/python -c 'import sys; from supervisor.server import"
+    "if the interface is meant to change: .venv/bin/python -c 'import sys; from supervisor.interface import"
     f" JobsInterface; sys.stdout.write(JobsInterface.render_interface_description())' > {DESCRIPTION}"
 )
 

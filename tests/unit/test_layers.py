@@ -37,6 +37,8 @@ LAYERS = {
     "ledger": 3,
     "reaper": 3,
     "jobs": 3,
+    "interface": 4,
+    "connection": 4,
     "server": 4,
     "daemon": 4,
     "client": 4,
@@ -90,6 +92,8 @@ DAEMON_ONLY = {
     "supervisor.jobs",
     "supervisor.reaper",
     "supervisor.ledger",
+    "supervisor.interface",
+    "supervisor.connection",
     "supervisor.server",
     "sqlite3",
 }

@@ -17,13 +17,13 @@ from unittest.mock import ANY
 
 import pytest
 
-from supervisor import peer
+from supervisor import connection, peer
 from supervisor import server as server_module
 from supervisor.client import Client
+from supervisor.connection import MAX_MESSAGE
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.logformat import ExitRecord, OutputRecord
 from supervisor.protocol import FRAME, INTERFACE, Chunk, Job, JobSpec, JobState, Method, Stream, unframe
-from supervisor.server import MAX_MESSAGE
 
 from .serverthread import ServerThread
 
@@ -279,7 +279,7 @@ def test_connections_are_capped_per_user_and_others_carry_on(server: ServerThrea
 
 
 def test_a_request_that_trickles_in_is_cut_off(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(connection, "REQUEST_TIMEOUT", 0.5)
     with socket.socket(socket.AF_UNIX) as slow:
         slow.connect(server.socket)
         started = time.monotonic()
