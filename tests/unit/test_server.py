@@ -83,6 +83,28 @@ def test_introspection(server: ServerThread) -> None:
         assert needle in description
 
 
+@pytest.mark.parametrize(
+    ("method", "parameters", "code"),
+    [
+        (Method.ListTokens, {}, ErrorCode.InvalidArgument),  # a plain method (this server has no signing key)
+        (Method.Authenticate, {"token": "x.y.z"}, ErrorCode.PermissionDenied),
+        (Method.Status, {"id": "0badc0de"}, ErrorCode.NoSuchJob),  # a coroutine
+        (Method.Stop, {"id": "0badc0de", "signal": "NOSUCH"}, ErrorCode.InvalidArgument),
+        (Method.Follow, {"id": "0badc0de"}, ErrorCode.NoSuchJob),  # async generators
+        (Method.FollowPipe, {"id": "0badc0de"}, ErrorCode.NoSuchJob),
+    ],
+)
+def test_every_kind_of_method_answers_an_sjob_error_by_its_name(
+    server: ServerThread, method: Method, parameters: dict[str, object], code: ErrorCode
+) -> None:
+    streaming = method in (Method.Follow, Method.FollowPipe)
+    with Client(server.socket) as client:
+        with pytest.raises(SjobError) as e:
+            list(client.call_more(method, parameters)) if streaming else client.call(method, parameters)
+        assert e.value.code is code
+        assert client.list_jobs() == []  # the connection serves on
+
+
 def test_requests_are_closed(server: ServerThread) -> None:
     with Client(server.socket) as client:
         spec = {"argv": ["/bin/true"], "cwd": "/", "user": "root"}
