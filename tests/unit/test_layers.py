@@ -78,6 +78,17 @@ def test_imports_point_downward(name: str, path: Path) -> None:
             assert LAYERS[imported] <= LAYERS[name], f"{path.name} (layer {LAYERS[name]}) imports {imported}"
 
 
+# Orchestration reaches systemd, journald and the job records only through the Protocols of `backends`, so host
+# tests can put fakes behind them; sjobd's wiring (daemon) is what hands it the real adapters.
+ORCHESTRATION = {"backends", "ledger", "reaper", "jobs"}
+ADAPTERS = {"systemd", "journal", "records", "statedb"}
+
+
+@pytest.mark.parametrize("name", sorted(ORCHESTRATION))
+def test_orchestration_uses_no_adapter_directly(name: str) -> None:
+    assert imports_of(PACKAGE / f"{name}.py") & ADAPTERS == set()
+
+
 def loaded_by(code: str) -> set[str]:
     prog = f"import sys; {code}; print(repr(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True).stdout
