@@ -30,12 +30,14 @@ from supervisor.audit import JournalAudit
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
+from supervisor.ledger import Ledger
 from supervisor.policy import Policy
 from supervisor.policyfile import PolicyError, parse_policy
 from supervisor.profiles import ProfileError, Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import ShimCommand
 from supervisor.protocol import DEFAULT_SOCKET
+from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.server import Server
 from supervisor.systemd import Systemd
@@ -213,10 +215,13 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("created token signing key %s", Keys.create(state / "keys"))
     tokens = TokenStore(state / "tokens.sqlite")
     access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens, uid_min=read_uid_min())
-    service = JobService(units, Journal(), records, shim, access, profiles)
-    await service.reconcile()
-    watcher = asyncio.create_task(service.watch_exits(), name="watch-exits")
-    sweeper = asyncio.create_task(service.keep_swept(), name="sweep")
+    journal = Journal()
+    ledger = Ledger(records, journal)
+    reaper = Reaper(units, journal, records, ledger, lambda: access.policy.retention)
+    service = JobService(units, journal, records, ledger, reaper, shim, access, profiles)
+    await reaper.reconcile()
+    watcher = asyncio.create_task(reaper.watch_exits(), name="watch-exits")
+    sweeper = asyncio.create_task(reaper.keep_swept(), name="sweep")
     server = Server(service, access, sock)
     server.start()
 
@@ -238,7 +243,7 @@ async def serve(args: argparse.Namespace) -> int:
     watcher.cancel()
     sweeper.cancel()
     await asyncio.gather(watcher, sweeper, return_exceptions=True)
-    await service.close()
+    await reaper.close()
     units.close()
     records.close()
     tokens.close()

@@ -1,4 +1,4 @@
-"""Hand-written fakes behind the Protocols of supervisor.jobs, for host tests without systemd or journald.
+"""Hand-written fakes behind the Protocols of supervisor.backends, for host tests without systemd or journald.
 
 `FakeUnits` "starts" a unit by running its command locally (as the test user) and feeding its output and exit
 into a `FakeJobLog`, the way the shim and ExecStopPost feed journald; `start_result` and `states` let a test script

@@ -1,5 +1,5 @@
 """A real sjobd server (supervisor.server.Server) on a temp socket, in a thread of its own, with the fakes of
-`fakes` behind JobService. Tests talk to it with the real client or the real CLI."""
+`fakes` behind JobService and its reaper. Tests talk to it with the real client or the real CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 
 from supervisor.daemon import listening_socket
 from supervisor.jobs import JobService
+from supervisor.ledger import Ledger
 from supervisor.properties import ShimCommand
+from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.server import Server
 
@@ -42,13 +44,14 @@ class ServerThread:
         self.units = FakeUnits(self.log, **self._units_args)
         records = JobRecords(self.db)
         self.access, profiles = shipped_access(self.audit, **self._access_args)
-        self.service = JobService(
-            self.units, self.log, records, ShimCommand("/opt/sjob/bin/sjob-shim"), self.access, profiles
-        )
+        ledger = Ledger(records, self.log)
+        reaper = Reaper(self.units, self.log, records, ledger, lambda: self.access.policy.retention)
+        shim = ShimCommand("/opt/sjob/bin/sjob-shim")
+        self.service = JobService(self.units, self.log, records, ledger, reaper, shim, self.access, profiles)
         self.server = Server(self.service, self.access, listening_socket(self.socket))
         self.server.start()
         self._stop = asyncio.Event()
-        watcher = asyncio.create_task(self.service.watch_exits())
+        watcher = asyncio.create_task(reaper.watch_exits())
         self._ready.set()
         await self._stop.wait()
         await self.server.close(2)
@@ -56,7 +59,7 @@ class ServerThread:
         for task in list(self.units.tasks):
             task.cancel()
         await asyncio.gather(watcher, *self.units.tasks, return_exceptions=True)
-        await self.service.close()
+        await reaper.close()
         records.close()
 
     def call(self, fn: Any) -> Any:

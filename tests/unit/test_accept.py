@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from supervisor.server import Server, _peer_process
+from supervisor.peer import _peer_process
+from supervisor.server import Server
 
 
 class ExhaustedSocket(socket.socket):

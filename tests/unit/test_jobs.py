@@ -1,4 +1,4 @@
-"""JobService with fakes behind its Protocols: start, follow, status, failures, and recording exits."""
+"""JobService and its reaper with fakes behind their Protocols: start, follow, status, failures, and recording exits."""
 
 import asyncio
 import dataclasses
@@ -9,13 +9,16 @@ from typing import TypeVar
 
 import pytest
 
-from supervisor import jobs
+from supervisor import ledger as ledger_module
+from supervisor import reaper as reaper_module
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
+from supervisor.ledger import Ledger
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
 from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources, Stream
+from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
@@ -27,23 +30,32 @@ ROOT = Principal(0, 0, 1, "root")
 T = TypeVar("T")
 
 
-def scenario(body: Callable[[JobService, FakeUnits, FakeJobLog], Awaitable[T]], tmp_path: Path, **units: object) -> T:
+def scenario(
+    body: Callable[[JobService, Reaper, FakeUnits, FakeJobLog], Awaitable[T]], tmp_path: Path, **units: object
+) -> T:
     async def main() -> T:
         log = FakeJobLog()
         fake_units = FakeUnits(log, **units)  # type: ignore[arg-type]
+        records = JobRecords(tmp_path / "jobs.sqlite")
+        access, profiles = shipped_access()
+        ledger = Ledger(records, log)
+        reaper = Reaper(fake_units, log, records, ledger, lambda: access.policy.retention)
         service = JobService(
             fake_units,
             log,
-            JobRecords(tmp_path / "jobs.sqlite"),
+            records,
+            ledger,
+            reaper,
             ShimCommand("/opt/sjob/bin/sjob-shim"),
-            *shipped_access(),
+            access,
+            profiles,
             is_block_device=lambda path: path == "/dev/vda",
             online_cpus=lambda: frozenset({0, 1}),
         )
         try:
-            return await asyncio.wait_for(body(service, fake_units, log), 20)
+            return await asyncio.wait_for(body(service, reaper, fake_units, log), 20)
         finally:
-            await service.close()
+            await reaper.close()
             for task in list(fake_units.tasks):
                 task.cancel()
             await asyncio.gather(*fake_units.tasks, return_exceptions=True)
@@ -64,7 +76,7 @@ async def collect(service: JobService, principal: Principal, job_id: str) -> tup
 
 
 def test_run_follow_and_status(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], str(tmp_path)))
         assert job.state is JobState.running
         assert (job.uid, job.user) == (1000, "alice")
@@ -81,7 +93,7 @@ def test_run_follow_and_status(tmp_path: Path) -> None:
 
 
 def test_other_users_jobs_look_missing(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
         for call in (service.status(BOB, job.id), collect(service, BOB, job.id)):
             with pytest.raises(SjobError) as e:
@@ -101,9 +113,9 @@ def test_other_users_jobs_look_missing(tmp_path: Path) -> None:
 
 
 def test_start_failure_explains_and_collects_the_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "COLLECT_INTERVAL", 0.01)
+    monkeypatch.setattr(reaper_module, "COLLECT_INTERVAL", 0.01)
 
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         unit_name = "sjob-{}.service"
 
         async def deactivating_then_failed(unit: object) -> str:
@@ -139,10 +151,10 @@ def test_start_failure_explains_and_collects_the_unit(tmp_path: Path, monkeypatc
 
 
 def test_exit_watcher_records_exits_and_resets_failed_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "COLLECT_INTERVAL", 0.01)
+    monkeypatch.setattr(reaper_module, "COLLECT_INTERVAL", 0.01)
 
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
-        watcher = asyncio.create_task(service.watch_exits())
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        watcher = asyncio.create_task(reaper.watch_exits())
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         units.states[job.unit] = failed_unit(job.unit, 2, 9, "signal")
         log.add(job.id, ExitRecord("signal", "killed", 9, when_usec=123))
@@ -160,9 +172,9 @@ def test_exit_watcher_records_exits_and_resets_failed_units(tmp_path: Path, monk
 
 
 def test_a_unit_that_vanishes_without_an_exit_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "VANISHED_GRACE_USEC", 0)
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 0)
 
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         log.add(job.id, OutputRecord(1, "stdout", b"partial"))
         streams, final = await collect(service, ALICE, job.id)
@@ -179,9 +191,9 @@ def test_a_unit_that_failed_without_an_exit_record_is_settled_from_its_propertie
 ) -> None:
     # systemd could not spawn the ExecStopPost that writes the exit record (a full TasksMax): the unit is failed
     # with result "resources", and the job must not stay "running" for ever.
-    monkeypatch.setattr(jobs, "VANISHED_GRACE_USEC", 0)
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 0)
 
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "sleep 60"], "/"))
         failed = failed_unit(job.unit, CLD_KILLED, signal.SIGTERM, "resources")
         units.states[job.unit] = dataclasses.replace(failed, active_state="active", sub_state="running")
@@ -197,7 +209,7 @@ def test_a_unit_that_failed_without_an_exit_record_is_settled_from_its_propertie
 
 
 def test_invalid_spec_creates_no_unit(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         with pytest.raises(SjobError) as e:
             await service.start(ALICE, JobSpec([], "/"))
         assert e.value.code is ErrorCode.InvalidArgument
@@ -208,7 +220,7 @@ def test_invalid_spec_creates_no_unit(tmp_path: Path) -> None:
 
 
 def test_allowed_cpus_must_be_online_and_are_checked_inside_the_unit(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         with pytest.raises(SjobError) as e:
             await service.start(ALICE, JobSpec(["/bin/true"], "/", limits=Limits(allowed_cpus=[1, 2, 3])))
         assert (e.value.code, e.value.message) == (
@@ -228,7 +240,7 @@ def test_allowed_cpus_must_be_online_and_are_checked_inside_the_unit(tmp_path: P
 
 
 def test_job_ids_are_unique_and_well_formed(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         started = [await service.start(ALICE, JobSpec(["/bin/true"], "/")) for _ in range(20)]
         assert len({j.id for j in started}) == 20
         assert all(j.unit == f"sjob-{j.id}.service" and len(j.id) == 8 for j in started)
@@ -238,7 +250,7 @@ def test_job_ids_are_unique_and_well_formed(tmp_path: Path) -> None:
 
 
 def test_follow_ends_when_output_is_complete_and_the_command_exited(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/echo", "hi"], "/"))
         log.add(job.id, OutputRecord(1, "stdout", b"hi\n"))
         log.add(job.id, EofRecord(1))
@@ -263,7 +275,7 @@ def test_follow_ends_when_output_is_complete_and_the_command_exited(tmp_path: Pa
 
 
 def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         log.add(job.id, EofRecord(0))
         units.states[job.unit] = failed_unit(job.unit, CLD_KILLED, 9, "signal", active="deactivating")
@@ -275,7 +287,7 @@ def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: 
 
 
 def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         await asyncio.sleep(0.2)  # let the fake start the process
         stopping = await service.stop(ALICE, job.id, grace_usec=5_000_000)
@@ -292,7 +304,7 @@ def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
 
 
 def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
         while not log.records.get(job.id):  # the trap is set once the job has written
             await asyncio.sleep(0.02)
@@ -313,7 +325,7 @@ def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
 
 
 def test_repeated_stops_keep_one_grace_period_and_the_shortest_wins(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
         while not log.records.get(job.id):
             await asyncio.sleep(0.02)
@@ -332,11 +344,11 @@ def test_repeated_stops_keep_one_grace_period_and_the_shortest_wins(tmp_path: Pa
 
 
 def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "WATCH_RETRY_MIN", 0.01)
+    monkeypatch.setattr(reaper_module, "WATCH_RETRY_MIN", 0.01)
 
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         log.exit_failures = 3  # EMFILE three times in a row
-        watcher = asyncio.create_task(service.watch_exits())
+        watcher = asyncio.create_task(reaper.watch_exits())
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         log.add(job.id, ExitRecord("success", "exited", 0))
         # Only the watcher records it: list_jobs reads the records as they are (status would ask the journal).
@@ -350,7 +362,7 @@ def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monk
 
 
 def test_a_full_disk_refuses_a_start_before_any_unit_and_sjobd_serves_on(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         first = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         db = service._records._db  # type: ignore[attr-defined]
         db.execute("PRAGMA max_page_count = " + str(db.execute("PRAGMA page_count").fetchone()[0]))
@@ -364,7 +376,7 @@ def test_a_full_disk_refuses_a_start_before_any_unit_and_sjobd_serves_on(tmp_pat
 
 
 def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
         await service.stop(ALICE, job.id, signo=10)
         assert (units.signalled, units.stopped) == ([(job.unit, 10)], [])
@@ -381,7 +393,7 @@ def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
 
 
 def test_killed_by_sigterm_is_never_exit_0(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "kill -TERM $$"], "/"))
         _, final = await collect(service, ALICE, job.id)
         assert (final.state, final.exit_status, final.signal) == (JobState.stopped, None, 15)
@@ -391,7 +403,7 @@ def test_killed_by_sigterm_is_never_exit_0(tmp_path: Path) -> None:
 
 
 def test_log_selection_and_resumption(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
         for seq, (stream, data) in enumerate([("stdout", b"a\n"), ("stderr", b"b\n"), ("stdout", b"c")], 1):
             log.add(job.id, OutputRecord(seq, stream, data, when_usec=1000 + seq))
@@ -412,7 +424,7 @@ def test_log_selection_and_resumption(tmp_path: Path) -> None:
 
 
 def test_resources_from_the_exit_record(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
         used = Resources(cpu_usec=1500, memory_peak_bytes=4096, io_read_bytes=0, io_write_bytes=10, tasks_peak=None)
         log.add(job.id, ExitRecord("success", "exited", 0, when_usec=7, resources=used))
@@ -424,7 +436,7 @@ def test_resources_from_the_exit_record(tmp_path: Path) -> None:
 
 
 def test_units_without_records_are_adopted_once(tmp_path: Path) -> None:
-    async def body(service: JobService, units: FakeUnits, log: FakeJobLog) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         name = "sjob-0badc0de.service"
         units.states[name] = dataclasses.replace(
             failed_unit(name, 0, 0, "success", active="active"),
@@ -433,8 +445,8 @@ def test_units_without_records_are_adopted_once(tmp_path: Path) -> None:
             exec_main_start_usec=99,
         )
         units.states["sjob-not-ours.service"] = failed_unit("sjob-not-ours.service", 0, 0, "success")
-        await service.reconcile()
-        await service.reconcile()
+        await reaper.reconcile()
+        await reaper.reconcile()
         (adopted,) = service.list_jobs(ROOT, everyone=True)
         assert (adopted.id, adopted.argv, adopted.cwd, adopted.uid) == ("0badc0de", ["/bin/sleep", "60"], "/srv", 1000)
         assert adopted.state is JobState.running

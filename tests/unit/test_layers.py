@@ -32,7 +32,13 @@ LAYERS = {
     "systemd": 2,
     "journal": 2,
     "records": 2,
+    "peer": 2,
+    "backends": 3,
+    "ledger": 3,
+    "reaper": 3,
     "jobs": 3,
+    "interface": 4,
+    "connection": 4,
     "server": 4,
     "daemon": 4,
     "client": 4,
@@ -72,13 +78,36 @@ def test_imports_point_downward(name: str, path: Path) -> None:
             assert LAYERS[imported] <= LAYERS[name], f"{path.name} (layer {LAYERS[name]}) imports {imported}"
 
 
+# Orchestration reaches systemd, journald and the job records only through the Protocols of `backends`, so host
+# tests can put fakes behind them; sjobd's wiring (daemon) is what hands it the real adapters.
+ORCHESTRATION = {"backends", "ledger", "reaper", "jobs"}
+ADAPTERS = {"systemd", "journal", "records", "statedb"}
+
+
+@pytest.mark.parametrize("name", sorted(ORCHESTRATION))
+def test_orchestration_uses_no_adapter_directly(name: str) -> None:
+    assert imports_of(PACKAGE / f"{name}.py") & ADAPTERS == set()
+
+
 def loaded_by(code: str) -> set[str]:
     prog = f"import sys; {code}; print(repr(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True).stdout
     return set(ast.literal_eval(out.strip().splitlines()[-1]))
 
 
-DAEMON_ONLY = {"asyncio", "dbus_fast", "systemd", "asyncvarlink", "supervisor.jobs", "supervisor.server", "sqlite3"}
+DAEMON_ONLY = {
+    "asyncio",
+    "dbus_fast",
+    "systemd",
+    "asyncvarlink",
+    "supervisor.jobs",
+    "supervisor.reaper",
+    "supervisor.ledger",
+    "supervisor.interface",
+    "supervisor.connection",
+    "supervisor.server",
+    "sqlite3",
+}
 
 
 def test_the_cli_does_not_load_daemon_libraries() -> None:

@@ -17,12 +17,13 @@ from unittest.mock import ANY
 
 import pytest
 
+from supervisor import connection, peer
 from supervisor import server as server_module
 from supervisor.client import Client
+from supervisor.connection import MAX_MESSAGE
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.logformat import ExitRecord, OutputRecord
 from supervisor.protocol import FRAME, INTERFACE, Chunk, Job, JobSpec, JobState, Method, Stream, unframe
-from supervisor.server import MAX_MESSAGE
 
 from .serverthread import ServerThread
 
@@ -80,6 +81,28 @@ def test_introspection(server: ServerThread) -> None:
         ]
     for needle in ("interface io.sjob.Jobs", "method Start(", "method Follow(", "error NoSuchJob", "type JobSpec"):
         assert needle in description
+
+
+@pytest.mark.parametrize(
+    ("method", "parameters", "code"),
+    [
+        (Method.ListTokens, {}, ErrorCode.InvalidArgument),  # a plain method (this server has no signing key)
+        (Method.Authenticate, {"token": "x.y.z"}, ErrorCode.PermissionDenied),
+        (Method.Status, {"id": "0badc0de"}, ErrorCode.NoSuchJob),  # a coroutine
+        (Method.Stop, {"id": "0badc0de", "signal": "NOSUCH"}, ErrorCode.InvalidArgument),
+        (Method.Follow, {"id": "0badc0de"}, ErrorCode.NoSuchJob),  # async generators
+        (Method.FollowPipe, {"id": "0badc0de"}, ErrorCode.NoSuchJob),
+    ],
+)
+def test_every_kind_of_method_answers_an_sjob_error_by_its_name(
+    server: ServerThread, method: Method, parameters: dict[str, object], code: ErrorCode
+) -> None:
+    streaming = method in (Method.Follow, Method.FollowPipe)
+    with Client(server.socket) as client:
+        with pytest.raises(SjobError) as e:
+            list(client.call_more(method, parameters)) if streaming else client.call(method, parameters)
+        assert e.value.code is code
+        assert client.list_jobs() == []  # the connection serves on
 
 
 def test_requests_are_closed(server: ServerThread) -> None:
@@ -278,7 +301,7 @@ def test_connections_are_capped_per_user_and_others_carry_on(server: ServerThrea
 
 
 def test_a_request_that_trickles_in_is_cut_off(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(connection, "REQUEST_TIMEOUT", 0.5)
     with socket.socket(socket.AF_UNIX) as slow:
         slow.connect(server.socket)
         started = time.monotonic()
@@ -309,7 +332,7 @@ def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
         child = subprocess.Popen([sys.executable, "-c", code])
         conn, _ = listener.accept()
         with conn:
-            principal = server_module.peer_principal(conn)
+            principal = peer.identify(conn).principal
         child.wait()
     assert grp.getgrgid(NOBODY).gr_name in principal.groups
 
@@ -321,7 +344,7 @@ def test_supplementary_groups_come_from_the_kernel(public_dir: Path) -> None:
 def test_requests_from_inside_a_job_are_refused_and_audited(
     server: ServerThread, monkeypatch: pytest.MonkeyPatch, cgroup: str
 ) -> None:
-    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: cgroup)
+    monkeypatch.setattr(peer, "read_cgroup", lambda pid: cgroup)
     with Client(server.socket) as client, pytest.raises(SjobError) as e:
         client.list_jobs()
     assert e.value.code is ErrorCode.PermissionDenied
@@ -335,7 +358,7 @@ def test_a_caller_whose_cgroup_cannot_be_read_is_refused(server: ServerThread, m
     def unreadable(pid: int) -> str:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(server_module, "read_cgroup", unreadable)
+    monkeypatch.setattr(peer, "read_cgroup", unreadable)
     with Client(server.socket) as client, pytest.raises(SjobError) as e:
         client.list_jobs()
     assert e.value.code is ErrorCode.PermissionDenied
@@ -355,6 +378,6 @@ def test_a_uid_without_passwd_entry_is_refused(server: ServerThread, monkeypatch
 
 
 def test_a_caller_outside_sjob_slice_is_served(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "read_cgroup", lambda pid: "0::/user.slice/user-1000.slice/session-1.scope\n")
+    monkeypatch.setattr(peer, "read_cgroup", lambda pid: "0::/user.slice/user-1000.slice/session-1.scope\n")
     with Client(server.socket) as client:
         assert client.list_jobs() == []

@@ -1,0 +1,286 @@
+"""The io.sjob.Jobs Varlink interface sjobd serves: one method per request, each passing it to the job service or
+to access (tokens) as the connection's principal, and the Varlink errors a client can receive. One JobsInterface
+object serves one connection: nothing a client sends can change who it is, except a valid token (`Authenticate`),
+which makes the connection that token's principal.
+
+Every method answers an `SjobError` with the Varlink error `io.sjob.Jobs.<code>` (its `message` and `hint`), through
+one decorator, `answers_sjob_errors`.
+
+No `from __future__ import annotations`: asyncvarlink derives the interface from runtime annotations.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import inspect
+import os
+import time
+import typing
+from collections.abc import AsyncIterator, Callable
+
+from asyncvarlink import FileDescriptor, LastResult, TypedVarlinkErrorReply, VarlinkInterface, varlinkmethod
+
+from supervisor.access import Access
+from supervisor.auth import Principal
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.jobs import JobService
+from supervisor.protocol import (
+    INTERFACE,
+    Chunk,
+    FollowReply,
+    IssuedToken,
+    Job,
+    JobSpec,
+    Output,
+    Stream,
+    TokenInfo,
+    frame,
+    parse_signal,
+)
+from supervisor.tokens import TokenRecord
+
+PIPE_SIZE = 1 << 20  # FollowPipe's pipe buffer: fewer wake-ups for a fast reader (best effort)
+
+
+class ErrorParameters(typing.TypedDict):
+    message: str
+    hint: str | None
+
+
+def _error_class(code: ErrorCode) -> type[TypedVarlinkErrorReply]:
+    cls = type(code.value, (TypedVarlinkErrorReply,), {"Parameters": ErrorParameters}, interface=INTERFACE)
+    return typing.cast(type[TypedVarlinkErrorReply], cls)
+
+
+# The errors a client can receive; client-side-only codes are not part of the interface.
+ERRORS: dict[ErrorCode, type[TypedVarlinkErrorReply]] = {
+    code: _error_class(code)
+    for code in ErrorCode
+    if code not in (ErrorCode.NotConnected, ErrorCode.ProtocolError, ErrorCode.ExecutableNotFound)
+}
+
+
+class PipeReply(typing.TypedDict, total=False):
+    """One reply of FollowPipe: first the pipe the output comes through, last of all the finished job."""
+
+    pipe: FileDescriptor
+    job: Job
+
+
+async def _write_all(fd: int, data: bytes) -> bool:
+    """Write all of `data` to a non-blocking pipe, waiting while it is full; False if its reader is gone."""
+    view = memoryview(data)
+    loop = asyncio.get_running_loop()
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            writable = loop.create_future()
+            loop.add_writer(fd, writable.set_result, None)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+        except BrokenPipeError:
+            return False
+    return True
+
+
+def varlink_error(e: SjobError) -> TypedVarlinkErrorReply:
+    cls = ERRORS.get(e.code, ERRORS[ErrorCode.InternalError])
+    return cls(message=e.message, hint=e.hint)
+
+
+AnyMethod = typing.TypeVar("AnyMethod", bound=Callable[..., object])
+
+
+def answers_sjob_errors(method: AnyMethod) -> AnyMethod:
+    """Answer an `SjobError` raised by `method` (a plain function, a coroutine function or an async generator
+    function) with its Varlink error. Goes under @varlinkmethod: asyncvarlink reads the signature and annotations
+    (functools.wraps keeps them, through __wrapped__) and asks whether the method is a coroutine or an async
+    generator function, so the wrapper is one of the same kind."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(*args: typing.Any, **kwargs: typing.Any) -> AsyncIterator[object]:
+            try:
+                async with contextlib.aclosing(method(*args, **kwargs)) as replies:
+                    async for reply in replies:
+                        yield reply
+            except SjobError as e:
+                raise varlink_error(e) from None
+
+        return typing.cast(AnyMethod, stream)
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def call(*args: typing.Any, **kwargs: typing.Any) -> object:
+            try:
+                return await method(*args, **kwargs)
+            except SjobError as e:
+                raise varlink_error(e) from None
+
+        return typing.cast(AnyMethod, call)
+    if inspect.isgeneratorfunction(method):
+        raise TypeError(f"{method.__qualname__}: a generator method would need a generator wrapper")
+
+    @functools.wraps(method)
+    def plain(*args: typing.Any, **kwargs: typing.Any) -> object:
+        try:
+            return method(*args, **kwargs)
+        except SjobError as e:
+            raise varlink_error(e) from None
+
+    return typing.cast(AnyMethod, plain)
+
+
+class JobsInterface(VarlinkInterface, name=INTERFACE):
+    """Run commands as transient systemd services and read their output back from journald."""
+
+    errors = tuple(ERRORS.values())
+
+    def __init__(self, service: JobService, access: Access, principal: Principal) -> None:
+        self._service = service
+        self._access = access
+        self._principal = principal
+
+    @varlinkmethod(return_parameter="principal")
+    @answers_sjob_errors
+    def Authenticate(self, token: str) -> str:  # noqa: N802
+        """Act as the principal of `token` (a JWT from `sjob token issue`) for the rest of this connection."""
+        self._principal = self._access.authenticate(self._principal, token, time.time_ns() // 1000)
+        return str(self._principal)
+
+    @varlinkmethod(return_parameter="issued")
+    @answers_sjob_errors
+    def IssueToken(  # noqa: N802
+        self, subject: str, scope: list[str] | None = None, ttl_usec: int | None = None
+    ) -> IssuedToken:
+        """Issue a token for `subject` allowing `scope` (default: all job actions) for `ttl_usec` (admins only)."""
+        token, record = self._access.issue_token(
+            self._principal, subject, frozenset(scope) if scope else None, ttl_usec, time.time_ns() // 1000
+        )
+        return IssuedToken(token, _token_info(record))
+
+    @varlinkmethod(return_parameter="tokens")
+    @answers_sjob_errors
+    def ListTokens(self) -> list[TokenInfo]:  # noqa: N802
+        """Every token issued, newest first (admins only)."""
+        return [_token_info(r) for r in self._access.list_tokens(self._principal)]
+
+    @varlinkmethod(return_parameter="token")
+    @answers_sjob_errors
+    def RevokeToken(self, id: str) -> TokenInfo:  # noqa: N802
+        """Revoke a token by its id: it is refused from now on (admins only)."""
+        return _token_info(self._access.revoke_token(self._principal, id, time.time_ns() // 1000))
+
+    @varlinkmethod(return_parameter="job")
+    @answers_sjob_errors
+    async def Start(self, spec: JobSpec) -> Job:  # noqa: N802 - Varlink method names are CamelCase
+        """Start a job as the calling user; returns once systemd has executed it (or says why it could not)."""
+        return await self._service.start(self._principal, spec)
+
+    # delay_generator=False: asyncvarlink otherwise holds each reply back until the next one exists (to know
+    # whether it "continues"), so a job's line would reach the client only when the job wrote another.
+    @varlinkmethod(delay_generator=False)
+    @answers_sjob_errors
+    async def Follow(  # noqa: N802
+        self,
+        id: str,
+        wait: bool = True,
+        streams: list[Stream] | None = None,
+        after_seq: int = 0,
+    ) -> AsyncIterator[FollowReply]:
+        """Stream a job's output from its very start, or after the record numbered `after_seq`; the last reply
+        carries the job, once it has ended (or, with wait=false, as it is when the output written so far has been
+        sent). `streams` selects stdout/stderr."""
+        follow = self._service.follow(self._principal, id, wait=wait, streams=streams, after_seq=after_seq)
+        async with contextlib.aclosing(follow):
+            async for item in follow:
+                if isinstance(item, Chunk):
+                    yield FollowReply(output=Output.of(item))
+                else:
+                    raise LastResult(FollowReply(job=item))  # the one reply that does not continue
+        raise _ended_without_state(id)
+
+    @varlinkmethod(delay_generator=False)
+    @answers_sjob_errors
+    async def FollowPipe(  # noqa: N802
+        self,
+        id: str,
+        wait: bool = True,
+        streams: list[Stream] | None = None,
+        after_seq: int = 0,
+    ) -> AsyncIterator[PipeReply]:
+        """Follow, with the output through a pipe instead of JSON: the first reply carries the pipe's read end
+        (a file descriptor, as systemd's Varlink passes them), the output arrives there as frames (a header of
+        stream, length, seq and usec, then the bytes as the job wrote them), and once the pipe is closed the last
+        reply carries the job. For clients that can receive file descriptors: no base64, no JSON per piece."""
+        try:
+            follow = self._service.follow(self._principal, id, wait=wait, streams=streams, after_seq=after_seq)
+            async with contextlib.aclosing(follow):
+                item = await anext(follow)  # the job is found, and may be read, before any pipe exists
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(write_end, False)  # the client reads its end blocking
+                try:
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                    # Sent before this generator resumes; then the client holds the only read end.
+                    yield PipeReply(pipe=FileDescriptor(read_end))
+                    os.close(read_end)
+                    read_end = -1
+                    while isinstance(item, Chunk):
+                        if not await _write_all(write_end, frame(item)):
+                            raise LastResult(PipeReply())  # the client closed the pipe: it is gone
+                        item = await anext(follow)
+                finally:
+                    for fd in (read_end, write_end):
+                        if fd >= 0:
+                            os.close(fd)
+                raise LastResult(PipeReply(job=item))  # after the pipe's end: the client has read all output
+        except StopAsyncIteration:
+            pass
+        raise _ended_without_state(id)
+
+    @varlinkmethod(return_parameter="job")
+    @answers_sjob_errors
+    async def Status(self, id: str) -> Job:  # noqa: N802
+        """Describe one of the caller's jobs."""
+        return await self._service.status(self._principal, id)
+
+    @varlinkmethod(return_parameter="jobs")
+    @answers_sjob_errors
+    def List(self, all: bool = False, running: bool = False) -> list[Job]:  # noqa: N802
+        """The caller's jobs, newest first: only running ones with `running`, everyone's with `all` (root)."""
+        return self._service.list_jobs(self._principal, everyone=all, running=running)
+
+    @varlinkmethod(return_parameter="job")
+    @answers_sjob_errors
+    async def Stop(  # noqa: N802
+        self,
+        id: str,
+        signal: str | None = None,
+        grace_usec: int | None = None,
+    ) -> Job:
+        """Stop a job: SIGTERM to all its processes, SIGKILL after grace_usec (default 90 s). With `signal`
+        (TERM, HUP, USR1, 9, ...) only send that signal. Returns at once; a finished job is left as it is."""
+        signo = parse_signal(signal) if signal is not None else None
+        return await self._service.stop(self._principal, id, signo=signo, grace_usec=grace_usec)
+
+
+def _ended_without_state(job_id: str) -> SjobError:
+    return SjobError(ErrorCode.InternalError, f"the output of job {job_id} ended without its state")
+
+
+def _token_info(record: TokenRecord) -> TokenInfo:
+    return TokenInfo(
+        record.token_id,
+        record.subject,
+        list(record.scope),
+        record.issued_by,
+        record.issued_usec,
+        record.expires_usec,
+        record.revoked_usec,
+        record.revoked_by,
+    )

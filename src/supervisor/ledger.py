@@ -1,0 +1,99 @@
+"""The ledger: how a job's end gets into its record. It applies an outcome to a job's record (`finish`), an exit
+record from the journal (`record_exit`, the authority on how a job ended), and the record of a job systemd runs but
+sjobd had lost (`adopt`); and it keeps the grace a unit that ended or vanished without an exit record gets before
+its job is settled without one. It works on the record store and asks the job log only for a quota record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from supervisor.backends import JobLog, RecordStore
+from supervisor.logformat import ExitRecord
+from supervisor.protocol import Job, JobState, Resources
+from supervisor.units import Outcome, UnitState, outcome_of_exit, over_quota
+
+log = logging.getLogger(__name__)
+
+# How long a unit may be gone from systemd without an exit record before we call the job's end unknown. The exit
+# record is written just before the unit is collected, so it can trail the unit's disappearance a little.
+VANISHED_GRACE_USEC = 10 * 1_000_000
+
+
+def now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+class Ledger:
+    def __init__(self, records: RecordStore, journal: JobLog) -> None:
+        self._records = records
+        self._journal = journal
+        self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
+
+    def finish(self, job: Job, outcome: Outcome, when: int, resources: Resources | None = None) -> Job:
+        job = dataclasses.replace(
+            job,
+            state=outcome.state,
+            ended_usec=when,
+            result=outcome.result,
+            exit_status=outcome.exit_status,
+            signal=outcome.signal,
+            message=outcome.message,
+            resources=resources,
+        )
+        self._records.update(job)
+        self._vanished.pop(job.id, None)
+        log.info("%s ended: %s", job.unit, outcome)
+        return job
+
+    def record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
+        """Apply a job's exit record. It is the authority on how the job ended: it overrides an earlier
+        provisional outcome (from Reaper.main_exited, or "unknown") where that differs."""
+        job = self._records.get(job_id)
+        if job is None:
+            return None
+        outcome = outcome_of_exit(record, job.stopped_by)
+        if job.state.finished and (job.state, job.result, job.exit_status, job.signal, job.resources) == (
+            outcome.state,
+            outcome.result,
+            outcome.exit_status,
+            outcome.signal,
+            record.resources,
+        ):
+            return job
+        # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
+        # reaches this method from the watcher, every follower and the sweep. It changes only the message.
+        if (quota := self._journal.find_quota(job.id, job.unit, job.uid)) is not None:
+            outcome = over_quota(outcome, quota)
+        return self.finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
+
+    def adopt(self, job_id: str, unit: UnitState) -> None:
+        # What systemd still knows; the shim's argv is `sjob-shim [--check=...] ID -- COMMAND...`.
+        argv = list(unit.exec_start_argv)
+        command = argv[argv.index("--") + 1 :] if "--" in argv else argv
+        job = Job(
+            id=job_id,
+            unit=unit.name,
+            state=JobState.running,
+            uid=int(unit.user) if unit.user.isdigit() else -1,
+            user=unit.user or "?",
+            argv=command,
+            cwd=unit.working_directory,
+            created_usec=unit.exec_main_start_usec or now_usec(),
+            started_usec=unit.exec_main_start_usec or None,
+            message="adopted: sjobd had no record of this job",
+        )
+        log.warning("%s: adopting a job sjobd had no record of", unit.name)
+        self._records.insert(job)
+
+    def exit_record_may_still_come(self, job: Job) -> bool:
+        """Whether the job's exit record may yet arrive: for VANISHED_GRACE_USEC after its unit was first seen
+        ended (or gone) without one."""
+        first_seen = self._vanished.setdefault(job.id, now_usec())
+        return now_usec() - first_seen < VANISHED_GRACE_USEC
+
+    def unit_seen(self, job_id: str) -> None:
+        """The job's unit is there and running: should it vanish later, its grace starts then."""
+        self._vanished.pop(job_id, None)
