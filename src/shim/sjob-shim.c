@@ -54,6 +54,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -65,6 +66,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -315,17 +317,78 @@ static void kill_after_grace(const struct quota *q, long long deadline_ms) {
     }
 }
 
-static void forward(const char *job_id, const char *ident, int out_fd, int err_fd, const struct quota *q) {
+/* Where the forwarding of one job's output stands: what each stream brought, what went into the journal. */
+struct forwarding {
+    const char *job_id, *ident;
+    const struct quota *q;
+    unsigned long long sizes[2], seq, sent, dropped;
+    int over;
+    long long kill_at; /* when a job stopped for its quota gets SIGKILL if it is still there; -1: never */
+};
+
+/* One read of `r` bytes from `stream`: as one record, cut at the quota, with what crossing it entails. */
+static void forward_read(struct forwarding *f, int stream, const char *buf, size_t r) {
+    const struct quota *q = f->q;
+    f->sizes[stream] += r;
+    if (f->over) {
+        f->dropped += r;
+        return;
+    }
+    size_t send = r;
+    unsigned long long cost = send < MIN_RECORD_COST ? MIN_RECORD_COST : send;
+    if (q->max && f->sent + cost > q->max) {
+        unsigned long long room = q->max - f->sent;
+        send = send > room ? (size_t)room : send;
+        f->dropped += r - send;
+        cost = room;
+        f->over = 1;
+    }
+    f->sent += cost;
+    if (send > 0) {
+        send_output(f->job_id, f->ident, stream, buf, send, ++f->seq);
+    }
+    if (f->over) {
+        quota_exceeded(f->job_id, f->ident, q, ++f->seq);
+        if (q->stop && q->main_pidfd >= 0) {
+            f->kill_at = now_ms() + QUOTA_STOP_GRACE_MS;
+        }
+    }
+}
+
+/* How long poll() may wait before a pending SIGKILL is due; -1: no limit. */
+static int poll_timeout(const struct forwarding *f) {
+    if (f->kill_at < 0) {
+        return -1;
+    }
+    long long left = f->kill_at - now_ms();
+    return left > 0 ? (int)left : 0;
+}
+
+/* The last entry: how much each stream brought, how many records, what was dropped. */
+static void end_of_output(struct forwarding *f) {
+    if (f->kill_at >= 0) {
+        kill_after_grace(f->q, f->kill_at); /* the job closed its output but may still run */
+    }
+    char message[200], records[32], dropped_text[32];
+    snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes, %llu dropped)",
+             f->sizes[0], f->sizes[1], f->dropped);
+    snprintf(records, sizeof(records), "%llu", f->seq);
+    snprintf(dropped_text, sizeof(dropped_text), "%llu", f->dropped);
+    struct entry e = {.n = 0};
+    event_entry(&e, "eof", message, "7", f->job_id, f->ident);
+    add_str(&e, "SJOB_RECORDS", records);
+    add_str(&e, "SJOB_DROPPED", dropped_text);
+    journal_send(&e);
+    journal_drain();
+}
+
+static void forward(struct forwarding *f, int out_fd, int err_fd) {
     static char buf[READ_SIZE];
     struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    unsigned long long sizes[2] = {0, 0};
-    unsigned long long seq = 0, sent = 0, dropped = 0;
-    int open_fds = 2, over = 0;
-    long long kill_at = -1; /* when a job stopped for its quota gets SIGKILL if it is still there */
+    int open_fds = 2;
 
     while (open_fds > 0) {
-        int timeout = kill_at < 0 ? -1 : (int)(kill_at > now_ms() ? kill_at - now_ms() : 0);
-        int ready = poll(fds, 2, timeout);
+        int ready = poll(fds, 2, poll_timeout(f));
         if (ready < 0) {
             if (errno == EINTR) {
                 continue;
@@ -333,8 +396,8 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
             _exit(4);
         }
         if (ready == 0) {
-            kill_after_grace(q, kill_at);
-            kill_at = -1;
+            kill_after_grace(f->q, f->kill_at);
+            f->kill_at = -1;
             continue;
         }
         for (int i = 0; i < 2; i++) {
@@ -354,47 +417,144 @@ static void forward(const char *job_id, const char *ident, int out_fd, int err_f
                 open_fds--;
                 continue;
             }
-            sizes[i] += (unsigned long long)r;
-            if (over) {
-                dropped += (unsigned long long)r;
+            forward_read(f, i, buf, (size_t)r);
+        }
+    }
+    end_of_output(f);
+}
+
+/* Write all of `data` to `fd` (blocking); 0 once its reader is gone. */
+static int write_all(int fd, const char *data, size_t size) {
+    while (size > 0) {
+        ssize_t w = write(fd, data, size);
+        if (w < 0) {
+            if (errno == EINTR) {
                 continue;
             }
-            size_t send = (size_t)r;
-            unsigned long long cost = send < MIN_RECORD_COST ? MIN_RECORD_COST : send;
-            if (q->max && sent + cost > q->max) {
-                unsigned long long room = q->max - sent;
-                send = send > room ? (size_t)room : send;
-                dropped += (unsigned long long)r - send;
-                cost = room;
-                over = 1;
+            return 0;
+        }
+        data += w;
+        size -= (size_t)w;
+    }
+    return 1;
+}
+
+/* The job's terminal input: frames of a 5-byte header (kind, little-endian u32 length) and the bytes
+ * (src/supervisor/protocol.py, TTY_FRAME). "d": what the caller typed, for the terminal as it is; "w": a new
+ * window size (u16 rows, u16 cols), which the kernel announces to the job with SIGWINCH. */
+#define TTY_HEADER 5
+#define TTY_MAX_DATA (64 * 1024)
+
+struct tty_input {
+    char frame[TTY_HEADER + TTY_MAX_DATA];
+    size_t have;
+    char pending[4 * TTY_MAX_DATA]; /* typed, not yet taken by the terminal */
+    size_t pending_size;
+};
+
+/* Take the complete frames out of `in`; 0 on a malformed one (the input then ends). */
+static int take_frames(struct tty_input *in, int master) {
+    for (;;) {
+        if (in->have < TTY_HEADER) {
+            return 1;
+        }
+        uint32_t length;
+        memcpy(&length, in->frame + 1, sizeof(length));
+        length = le32toh(length);
+        if (length > TTY_MAX_DATA) {
+            return 0;
+        }
+        if (in->have < TTY_HEADER + length) {
+            return 1;
+        }
+        const char *payload = in->frame + TTY_HEADER;
+        if (in->frame[0] == 'd') {
+            if (in->pending_size + length > sizeof(in->pending)) {
+                return 1; /* the terminal is not taking input: read no more frames until it does */
             }
-            sent += cost;
-            if (send > 0) {
-                send_output(job_id, ident, i, buf, send, ++seq);
+            memcpy(in->pending + in->pending_size, payload, length);
+            in->pending_size += length;
+        } else if (in->frame[0] == 'w' && length == 4) {
+            uint16_t size[2];
+            memcpy(size, payload, sizeof(size));
+            struct winsize ws = {.ws_row = le16toh(size[0]), .ws_col = le16toh(size[1])};
+            (void)ioctl(master, TIOCSWINSZ, &ws);
+        } else {
+            return 0;
+        }
+        memmove(in->frame, in->frame + TTY_HEADER + length, in->have - TTY_HEADER - length);
+        in->have -= TTY_HEADER + length;
+    }
+}
+
+/* The forwarder of a job with a terminal: what the caller types (the input pipe) goes to the terminal; what the
+ * terminal shows goes into the journal as the job's stdout, and as it is to the caller (its output pipe, this
+ * process's stdout). When the caller goes away (its pipe's reader closes), the terminal is hung up, as closing a
+ * terminal window does: the job gets SIGHUP. The terminal's end is EIO on the master once no process has the
+ * job's side open any more. */
+static void forward_tty(struct forwarding *f, int master, int input, int caller) {
+    static char buf[READ_SIZE];
+    static struct tty_input in;
+    int caller_there = 1, master_open = 1;
+    (void)fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    while (master_open) {
+        int want_input = input >= 0 && in.pending_size <= TTY_MAX_DATA;
+        struct pollfd fds[3] = {
+            {.fd = master, .events = POLLIN | (in.pending_size ? POLLOUT : 0)},
+            {.fd = want_input ? input : -1, .events = POLLIN},
+            {.fd = caller_there ? caller : -1, .events = 0}, /* POLLERR: the caller's end is closed */
+        };
+        int ready = poll(fds, 3, poll_timeout(f));
+        if (ready < 0) {
+            if (errno == EINTR) {
+                continue;
             }
-            if (over) {
-                quota_exceeded(job_id, ident, q, ++seq);
-                if (q->stop && q->main_pidfd >= 0) {
-                    kill_at = now_ms() + QUOTA_STOP_GRACE_MS;
+            _exit(4);
+        }
+        if (ready == 0) {
+            kill_after_grace(f->q, f->kill_at);
+            f->kill_at = -1;
+            continue;
+        }
+        if (fds[2].revents & (POLLERR | POLLHUP)) {
+            caller_there = 0;
+            break; /* hang up */
+        }
+        if (fds[0].revents & POLLOUT && in.pending_size) {
+            ssize_t w = write(master, in.pending, in.pending_size);
+            if (w > 0) {
+                memmove(in.pending, in.pending + w, in.pending_size - (size_t)w);
+                in.pending_size -= (size_t)w;
+            }
+        }
+        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = read(input, in.frame + in.have, sizeof(in.frame) - in.have);
+            if (r > 0) {
+                in.have += (size_t)r;
+            }
+            if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN) || !take_frames(&in, master)) {
+                close(input); /* the caller's input ended: no more typing, the terminal stays */
+                input = -1;
+            }
+        } else if (input >= 0 && in.have && !take_frames(&in, master)) {
+            close(input);
+            input = -1;
+        }
+        if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t r = read(master, buf, sizeof(buf));
+            if (r > 0) {
+                forward_read(f, 0, buf, (size_t)r);
+                if (caller_there && !write_all(caller, buf, (size_t)r)) {
+                    caller_there = 0;
+                    break; /* hang up */
                 }
+            } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+                master_open = 0; /* EIO: nothing has the job's side of the terminal open any more */
             }
         }
     }
-    if (kill_at >= 0) {
-        kill_after_grace(q, kill_at); /* the job closed its output but may still run */
-    }
-
-    char message[200], records[32], dropped_text[32];
-    snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes, %llu dropped)",
-             sizes[0], sizes[1], dropped);
-    snprintf(records, sizeof(records), "%llu", seq);
-    snprintf(dropped_text, sizeof(dropped_text), "%llu", dropped);
-    struct entry e = {.n = 0};
-    event_entry(&e, "eof", message, "7", job_id, ident);
-    add_str(&e, "SJOB_RECORDS", records);
-    add_str(&e, "SJOB_DROPPED", dropped_text);
-    journal_send(&e);
-    journal_drain();
+    close(master);
+    end_of_output(f);
 }
 
 /* The unit's cgroup directory, from our own membership: ExecStopPost= runs in the unit's cgroup. */
@@ -656,6 +816,37 @@ static const char *failed_check(const char *list) {
     return failed;
 }
 
+/* A pseudo-terminal of `size` for the job: its master, and the name of its other side in `name`. */
+static int open_terminal(const struct winsize *size, char *name, size_t name_size) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, name, name_size) != 0) {
+        dprintf(2, "sjob: cannot make a terminal for the job: %s\n", strerror(errno));
+        _exit(EXIT_CANNOT_EXECUTE);
+    }
+    (void)ioctl(master, TIOCSWINSZ, size);
+    return master;
+}
+
+/* Make the terminal `name` ours, as a login does: our controlling terminal (systemd made this process a session
+ * leader), and stdin, stdout and stderr. Its foreground process group is then ours, so Ctrl-C, Ctrl-Z and Ctrl-\
+ * typed by the caller reach the job as on a local terminal. */
+static int attach_terminal(const char *name) {
+    int slave = open(name, O_RDWR);
+    if (slave < 0) {
+        dprintf(2, "sjob: cannot open the job's terminal %s: %s\n", name, strerror(errno));
+        return -1;
+    }
+    (void)setsid(); /* EPERM if we lead a session already, as services do */
+    if (ioctl(slave, TIOCSCTTY, 0) < 0 || dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0) {
+        dprintf(slave, "sjob: cannot attach the job to its terminal: %s\n", strerror(errno));
+        return -1;
+    }
+    if (slave > 2) {
+        close(slave);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     /* --journal-socket is for the unit tests' fake journald; only sjobd writes this command line. */
     if (argc > 2 && strcmp(argv[1], "--journal-socket") == 0) {
@@ -672,6 +863,7 @@ int main(int argc, char **argv) {
     }
     const char *checks = NULL;
     struct quota quota = {.max = 0, .stop = 0, .main_pidfd = -1};
+    struct winsize terminal = {.ws_row = 0, .ws_col = 0};
     for (; argc > 1 && strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--") != 0; argc--, argv++) {
         if (strncmp(argv[1], "--check=", 8) == 0) {
             checks = argv[1] + 8;
@@ -683,13 +875,23 @@ int main(int argc, char **argv) {
                 return 2;
             }
             quota.stop = strcmp(end, ":stop") == 0;
+        } else if (strncmp(argv[1], "--pty=", 6) == 0) {
+            unsigned rows = 0, cols = 0;
+            char extra;
+            if (sscanf(argv[1] + 6, "%ux%u%c", &rows, &cols, &extra) != 2 || !rows || !cols || rows > 0xFFFF ||
+                cols > 0xFFFF) {
+                fprintf(stderr, "sjob-shim: bad %s\n", argv[1]);
+                return 2;
+            }
+            terminal.ws_row = (unsigned short)rows;
+            terminal.ws_col = (unsigned short)cols;
         } else {
             break;
         }
     }
     if (argc < 4 || strcmp(argv[2], "--") != 0) {
         fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] [--output-max=BYTES:stop|drop] "
-                        "JOB_ID -- COMMAND [ARG...]\n"
+                        "[--pty=ROWSxCOLS] JOB_ID -- COMMAND [ARG...]\n"
                         "       sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]\n");
         return 2;
     }
@@ -702,9 +904,14 @@ int main(int argc, char **argv) {
         /* Taken now, while this process is what becomes the job's main process: a pidfd never names another. */
         quota.main_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     }
-    int out[2], err[2], ready[2];
-    make_pipe(out);
-    make_pipe(err);
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, ready[2], master = -1;
+    char slave_name[128];
+    if (terminal.ws_row) {
+        master = open_terminal(&terminal, slave_name, sizeof(slave_name));
+    } else {
+        make_pipe(out);
+        make_pipe(err);
+    }
     make_pipe(ready);
 
     pid_t child = fork();
@@ -715,8 +922,6 @@ int main(int argc, char **argv) {
     if (child == 0) {
         pid_t forwarder = fork();
         if (forwarder == 0) {
-            close(out[1]);
-            close(err[1]);
             /* Signals sent to the whole unit (systemctl kill, sjob stop --signal) are for the job, not for us:
              * ignore every signal that would end or stop the forwarder, except SIGKILL, which nothing can. */
             for (int sig = 1; sig < NSIG; sig++) {
@@ -732,7 +937,21 @@ int main(int argc, char **argv) {
                 _exit(5);
             }
             close(ready[1]);
-            forward(job_id, ident, out[0], err[0], &quota);
+            struct forwarding f = {.job_id = job_id, .ident = ident, .q = &quota, .kill_at = -1};
+            if (master >= 0) {
+                forward_tty(&f, master, 0, 1);
+            } else {
+                close(out[1]);
+                close(err[1]);
+                /* The job's stdin is the job's: holding it here would keep a pipe's writer from seeing the job
+                 * go (EPIPE) for as long as we drain. */
+                int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (null >= 0) {
+                    dup2(null, 0);
+                    close(null);
+                }
+                forward(&f, out[0], err[0]);
+            }
             _exit(0);
         }
         _exit(forwarder < 0 ? 1 : 0);
@@ -754,13 +973,20 @@ int main(int argc, char **argv) {
         return EXIT_CANNOT_EXECUTE;
     }
 
-    if (dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) {
-        return EXIT_CANNOT_EXECUTE;
+    if (master >= 0) {
+        close(master);
+        if (attach_terminal(slave_name) < 0) {
+            return EXIT_CANNOT_EXECUTE;
+        }
+    } else {
+        if (dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0) {
+            return EXIT_CANNOT_EXECUTE;
+        }
+        close(out[0]);
+        close(out[1]);
+        close(err[0]);
+        close(err[1]);
     }
-    close(out[0]);
-    close(out[1]);
-    close(err[0]);
-    close(err[1]);
     const char *failed = checks ? failed_check(checks) : NULL;
     if (failed) {
         dprintf(2, "sjob: refusing to run the job: its sandbox is not in force: %s is not in effect\n", failed);

@@ -108,8 +108,17 @@ class Client:
 
     # --- io.sjob.Jobs --------------------------------------------------------------------------------------
 
-    def start(self, spec: JobSpec) -> Job:
-        return from_wire(Job, self.call(Method.Start, {"spec": to_wire(spec)})["job"])
+    def start(self, spec: JobSpec, *, stdin: int | None = None, stdout: int | None = None) -> Job:
+        """Start a job; `stdin` (a pipe, file or socket) is what it reads, passed to it as it is. With
+        `spec.terminal`, `stdin` is the pipe of frames for its terminal and `stdout` the pipe its terminal's
+        output comes through (protocol.TTY_FRAME)."""
+        parameters: dict[str, Any] = {"spec": to_wire(spec)}
+        fds: list[int] = []
+        for name, fd in (("stdin", stdin), ("stdout", stdout)):
+            if fd is not None:
+                parameters[name] = len(fds)
+                fds.append(fd)
+        return from_wire(Job, self.call(Method.Start, parameters, fds)["job"])
 
     def follow(
         self, job_id: str, *, wait: bool = True, streams: list[Stream] | None = None, after_seq: int = 0
@@ -165,8 +174,9 @@ class Client:
 
     # --- Varlink -------------------------------------------------------------------------------------------
 
-    def call(self, method: str, parameters: dict[str, Any]) -> dict[str, Any]:
-        self._send({"method": method, "parameters": parameters})
+    def call(self, method: str, parameters: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        """One call; `fds` are passed with it (SCM_RIGHTS), named in `parameters` by their index."""
+        self._send({"method": method, "parameters": parameters}, fds)
         reply = self._receive()
         if reply.get("continues"):
             raise SjobError(ErrorCode.ProtocolError, f"sjobd sent several replies to {method}")
@@ -188,10 +198,16 @@ class Client:
         self._close_fds()
         return fd
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         self._close_fds()
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\0"
         try:
-            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\0")
+            if fds:
+                # The descriptors travel with the first bytes; the rest follows as usual.
+                sent = socket.send_fds(self._sock, [data], fds)
+                self._sock.sendall(data[sent:])
+            else:
+                self._sock.sendall(data)
         except OSError as e:
             # sjobd refuses some connections at once (too many, from inside a job): it sends why and closes, and
             # our request then meets a closed socket. The refusal is still ours to read, and says more.

@@ -2,16 +2,19 @@
 bytes (asyncvarlink would buffer without limit), so a client cannot stall others. A connection that closes, or
 half-closes, cancels its streaming calls so an abandoned `Follow` does not hold a journal reader open. An exception
 other than `SjobError` in a method is a bug: it is logged with its traceback and answered with `InternalError`, and
-the server carries on.
+the server carries on. File descriptors (SCM_RIGHTS) are taken only with the methods that declare them, at most
+MAX_FDS per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 
 from asyncvarlink import (
+    FileDescriptor,
     FileDescriptorArray,
     VarlinkInterfaceRegistry,
     VarlinkInterfaceServerProtocol,
@@ -22,12 +25,15 @@ from asyncvarlink.serviceinterface import InvalidParameter
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.interface import varlink_error
+from supervisor.protocol import Method
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024 * 1024  # a request larger than this is refused and the connection closed
 REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
 HANGUP_CHECK = 1.0  # seconds between checks whether the client of a stream is still there
+MAX_FDS = 2  # file descriptors a request may pass: a job's stdin, and its terminal's output
+TAKES_FDS = frozenset({Method.Start.value})  # the methods that take any
 
 
 class Connection(VarlinkInterfaceServerProtocol):
@@ -41,11 +47,21 @@ class Connection(VarlinkInterfaceServerProtocol):
         self._streams: set[asyncio.Future[None]] = set()
         self._pending: list[bytes] = []  # the start of a request whose NUL has not arrived yet
         self._pending_size = 0
+        self._pending_fds: list[int] = []  # descriptors passed with the pending request (our copies)
         self._deadline: asyncio.TimerHandle | None = None  # when the pending request must be complete
 
     def message_received(self, data: bytes, fds: FileDescriptorArray | None) -> None:
         # Requests are passed on only once complete (NUL-terminated), within MAX_MESSAGE, and valid UTF-8:
         # asyncvarlink buffers without limit and does not survive undecodable bytes.
+        if fds:
+            # Passed descriptors arrive with the first bytes of their request, which may be read in pieces: keep
+            # them (our own copies; asyncvarlink closes its own) until the request is complete. At most MAX_FDS.
+            for received in fds:
+                if received:
+                    self._pending_fds.append(os.dup(received.fileno()))
+            if len(self._pending_fds) > MAX_FDS:
+                self._refuse(ErrorCode.InvalidArgument, f"more than {MAX_FDS} file descriptors passed with a request")
+                return
         end = data.rfind(b"\0")
         if end < 0:
             self._pending.append(data)
@@ -72,7 +88,15 @@ class Connection(VarlinkInterfaceServerProtocol):
             except UnicodeDecodeError:
                 self._refuse(ErrorCode.InvalidArgument, "malformed request: not UTF-8 JSON")
                 return
-        super().message_received(complete, fds)
+        if not self._pending_fds:
+            super().message_received(complete, None)
+            return
+        # The descriptors belong to the request(s) completed here; asyncvarlink holds them until those are done.
+        with FileDescriptorArray.new_managed() as passed:
+            for number in self._pending_fds:
+                passed.add(FileDescriptor(number, should_close=True))
+            self._pending_fds = []
+            super().message_received(complete, passed)
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -86,13 +110,19 @@ class Connection(VarlinkInterfaceServerProtocol):
             self._deadline = None
         self.send_error(varlink_error(SjobError(code, message + "; closing the connection")))
         self._pending, self._pending_size = [], 0
+        self._close_pending_fds()
         self.close()
+
+    def _close_pending_fds(self) -> None:
+        for fd in self._pending_fds:
+            os.close(fd)
+        self._pending_fds = []
 
     def error_received(self, err: Exception, data: bytes, fds: FileDescriptorArray | None) -> None:
         self._refuse(ErrorCode.InvalidArgument, f"malformed request: not a JSON object ({type(err).__name__})")
 
     def call_received(self, call: VarlinkMethodCall, fds: FileDescriptorArray | None) -> asyncio.Future[None] | None:
-        if fds:
+        if fds and call.method not in TAKES_FDS:
             raise InvalidParameter(parameter="fds")
         task: asyncio.Future[None] | None = super().call_received(call, fds)
         if task is None or not call.more:
@@ -135,6 +165,7 @@ class Connection(VarlinkInterfaceServerProtocol):
         super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._close_pending_fds()
         self._cancel_streams()
         if self._deadline is not None:
             self._deadline.cancel()

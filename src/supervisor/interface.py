@@ -21,14 +21,17 @@ from collections.abc import AsyncIterator, Callable
 
 from asyncvarlink import FileDescriptor, LastResult, TypedVarlinkErrorReply, VarlinkInterface, varlinkmethod
 
+from supervisor import stdio
 from supervisor.access import Access
 from supervisor.auth import Principal
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.jobs import JobService
+from supervisor.properties import JobStdio
 from supervisor.protocol import (
     INTERFACE,
     Chunk,
     FollowReply,
+    Input,
     IssuedToken,
     Job,
     JobSpec,
@@ -140,10 +143,11 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
 
     errors = tuple(ERRORS.values())
 
-    def __init__(self, service: JobService, access: Access, principal: Principal) -> None:
+    def __init__(self, service: JobService, access: Access, principal: Principal, socket_path: str = "") -> None:
         self._service = service
         self._access = access
         self._principal = principal
+        self._socket_path = socket_path  # where sjobd listens: a job's stdin must not be a connection to it
 
     @varlinkmethod(return_parameter="principal")
     @answers_sjob_errors
@@ -177,9 +181,30 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
 
     @varlinkmethod(return_parameter="job")
     @answers_sjob_errors
-    async def Start(self, spec: JobSpec) -> Job:  # noqa: N802 - Varlink method names are CamelCase
-        """Start a job as the calling user; returns once systemd has executed it (or says why it could not)."""
-        return await self._service.start(self._principal, spec)
+    async def Start(  # noqa: N802 - Varlink method names are CamelCase
+        self, spec: JobSpec, stdin: FileDescriptor | None = None, stdout: FileDescriptor | None = None
+    ) -> Job:
+        """Start a job as the calling user; returns once systemd has executed it (or says why it could not).
+        `stdin` is what the job reads (a pipe, file or stream socket; without it, nothing). With `spec.terminal`,
+        the job runs on a pseudo-terminal of its own: `stdin` then carries frames of what the caller types and
+        its window size, and `stdout` is a pipe the terminal's output goes to as it is written (it is recorded
+        in the journal too)."""
+        stdin_fd = stdin.fileno() if stdin else None
+        stdout_fd = stdout.fileno() if stdout else None
+        if spec.terminal is not None:
+            if stdin_fd is None or stdout_fd is None:
+                raise invalid_argument("a job with a terminal needs the stdin and stdout pipes of its terminal")
+            if stdio.check_stdin(stdin_fd, self._socket_path) is not Input.pipe:
+                raise invalid_argument("the input of a job's terminal must be a pipe")
+            stdio.check_terminal_output(stdout_fd)
+            passed = JobStdio(stdin_fd, Input.terminal, stdout_fd)
+        elif stdout_fd is not None:
+            raise invalid_argument("only a job with a terminal (spec.terminal) takes a stdout")
+        elif stdin_fd is not None and (kind := stdio.check_stdin(stdin_fd, self._socket_path)) is not None:
+            passed = JobStdio(stdin_fd, kind)
+        else:
+            passed = JobStdio()
+        return await self._service.start(self._principal, spec, passed)
 
     # delay_generator=False: asyncvarlink otherwise holds each reply back until the next one exists (to know
     # whether it "continues"), so a job's line would reach the client only when the job wrote another.

@@ -29,7 +29,7 @@ from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.policy import Action, Owner, Policy, ProfilePolicy, owns
 from supervisor.profiles import Profile, Profiles
-from supervisor.properties import ShimCommand
+from supervisor.properties import JobStdio, ShimCommand
 from supervisor.protocol import MAX_CPUS, Chunk, Job, JobSpec, JobState, Stream, parse_job_id, unit_for
 from supervisor.quantities import format_cpu_list, parse_cpu_list
 from supervisor.reaper import Reaper
@@ -80,7 +80,8 @@ class JobService:
         self._is_block_device = is_block_device
         self._online_cpus = online_cpus
 
-    async def start(self, principal: Principal, spec: JobSpec) -> Job:
+    async def start(self, principal: Principal, spec: JobSpec, stdio: JobStdio = JobStdio()) -> Job:  # noqa: B008
+        """Start `spec` as `principal`, reading `stdio` (descriptors the caller passed, already checked)."""
         spec = jobspec.validate(spec)
         uid, gid = principal.uid, principal.gid  # a token's principal is already the local user it maps to
         decision = self._access.decide(principal, Action.run)
@@ -133,6 +134,7 @@ class JobService:
             created_usec=now_usec(),
             limits=job_limits,
             profile=profile.name,
+            input=stdio.input,
         )
         try:
             self._records.insert(job, self._access.policy.retention)
@@ -140,7 +142,9 @@ class JobService:
             raise self._access.refuse(principal, Action.run, e) from None
         self._access.allow(principal, Action.run, f"{decision.reason}, profile {profile.name}", job.id)
         output = self._access.policy.output
-        unit = properties.job_unit(job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile, output)
+        unit = properties.job_unit(
+            job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile, output, stdio
+        )
         log.info("starting %s for %s: %s", job.unit, principal, job.argv)
         try:
             await self._units.set_properties(properties.slice_unit(uid, self._access.policy.per_user))

@@ -12,7 +12,7 @@ import re
 
 from supervisor import unitfile
 from supervisor.errors import invalid_argument
-from supervisor.protocol import JobSpec
+from supervisor.protocol import MAX_TERMINAL_SIZE, JobSpec
 
 MAX_ARGS = 4096
 MAX_ARGV_BYTES = 128 * 1024
@@ -94,6 +94,13 @@ def validate(spec: JobSpec) -> JobSpec:
     environment = _validate_environment(spec.environment or [])
     if spec.profile is not None and not _PROFILE.fullmatch(spec.profile):
         raise invalid_argument(f"unknown profile {spec.profile[:40]!r}", hint="see the profiles in /etc/sjob/profiles")
+    if spec.terminal is not None and not all(
+        1 <= n <= MAX_TERMINAL_SIZE for n in (spec.terminal.rows, spec.terminal.cols)
+    ):
+        raise invalid_argument(
+            f"a terminal of {spec.terminal.rows} rows and {spec.terminal.cols} columns is out of range",
+            hint=f"rows and columns are 1 to {MAX_TERMINAL_SIZE}",
+        )
     return dataclasses.replace(spec, argv=argv, cwd=cwd, environment=environment or None)
 
 

@@ -34,7 +34,7 @@ from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
 from supervisor.policy import OutputQuota
 from supervisor.profiles import Profile
-from supervisor.protocol import JobSpec, Limits
+from supervisor.protocol import Input, JobSpec, Limits, Terminal
 from supervisor.quantities import format_cpu_list
 
 SLICE = "sjob.slice"
@@ -74,6 +74,8 @@ SIGNATURES: dict[str, str] = {
     "NoNewPrivileges": "b",
     "PrivateTmp": "b",
     "StandardInput": "s",
+    "StandardInputFileDescriptor": "h",
+    "StandardOutputFileDescriptor": "h",
     "StandardOutput": "s",
     "StandardError": "s",
     "LogRateLimitIntervalUSec": "t",
@@ -134,19 +136,43 @@ ESCAPED_BY_SYSTEMD = frozenset({"ExecStartEx", "ExecStopPostEx", "Environment"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PassedFd:
+    """A file descriptor passed to systemd with the call (D-Bus type 'h'): the unit gets its own copy."""
+
+    fd: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobStdio:
+    """What the job reads and, with a terminal, where the terminal's output goes: descriptors the caller passed,
+    already checked (stdio.py). Without any, the job reads /dev/null."""
+
+    stdin: int | None = None
+    input: Input | None = None
+    terminal_output: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ShimCommand:
     """Where sjob-shim is installed (src/shim/sjob-shim.c; the wheel puts it beside the Python scripts)."""
 
     path: str
 
     def argv(
-        self, job_id: str, command: Sequence[str], checks: Sequence[str] = (), output: OutputQuota | None = None
+        self,
+        job_id: str,
+        command: Sequence[str],
+        checks: Sequence[str] = (),
+        output: OutputQuota | None = None,
+        terminal: Terminal | None = None,
     ) -> list[str]:
         """The shim runs `command` after verifying `checks` (profiles.CHECKS) from inside the unit, and its
-        forwarder holds the job to the `output` quota."""
+        forwarder holds the job to the `output` quota; with a `terminal`, on a pseudo-terminal of that size."""
         options = [f"--check={','.join(checks)}"] if checks else []
         if output is not None:
             options.append(f"--output-max={output.max_bytes}:{output.on_exceed}")
+        if terminal is not None:
+            options.append(f"--pty={terminal.rows}x{terminal.cols}")
         return [self.path, *options, job_id, "--", *command]
 
     def report_argv(self, job_id: str) -> list[str]:
@@ -221,17 +247,16 @@ def job_unit(
     limits: Limits,
     profile: Profile,
     output: OutputQuota | None = None,
+    stdio: JobStdio = JobStdio(),
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
     against the policy (limits.check)."""
     report = shim.report_argv(job_id)
+    argv = shim.argv(job_id, spec.argv, checks(profile, limits), output, spec.terminal)
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv)),
         ("Type", "exec"),
-        (
-            "ExecStartEx",
-            [(shim.path, shim.argv(job_id, spec.argv, checks(profile, limits), output), ["no-env-expand"])],
-        ),
+        ("ExecStartEx", [(shim.path, argv, ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
         ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure", "no-env-expand"])]),
         ("User", str(uid)),
@@ -240,9 +265,19 @@ def job_unit(
         ("Slice", user_slice(uid)),
         ("NoNewPrivileges", True),
         ("PrivateTmp", True),
-        ("StandardInput", "null"),
-        # Only the shim's own complaints go here; the job's output goes through the shim's pipes.
-        ("StandardOutput", "journal"),
+        # The caller's pipe, file or socket, as it is: its bytes never pass through sjobd (issue F).
+        *(
+            [("StandardInputFileDescriptor", PassedFd(stdio.stdin))]
+            if stdio.stdin is not None
+            else [("StandardInput", "null")]
+        ),
+        # Only the shim's own complaints go here; the job's output goes through the shim's pipes. With a terminal,
+        # the shim's stdout is the pipe its forwarder copies the terminal's output to, for the caller.
+        *(
+            [("StandardOutputFileDescriptor", PassedFd(stdio.terminal_output))]
+            if stdio.terminal_output is not None
+            else [("StandardOutput", "journal")]
+        ),
         ("StandardError", "journal"),
         ("LogRateLimitIntervalUSec", 0),
         ("KillMode", "control-group"),

@@ -100,6 +100,17 @@ class Limits:
     timeout_usec: int | None = None  # RuntimeMaxUSec=: the job is stopped and reported as timed out
 
 
+MAX_TERMINAL_SIZE = 0xFFFF  # rows and columns are unsigned shorts in the kernel's struct winsize
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Terminal:
+    """A pseudo-terminal for the job (`sjob run --pty`), of the caller's window size."""
+
+    rows: int
+    cols: int
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to run. The daemon decides as whom, where in the cgroup tree, and under which sandbox."""
@@ -109,6 +120,18 @@ class JobSpec:
     environment: list[str] | None = None  # "NAME=VALUE" entries added to the job's environment
     limits: Limits | None = None
     profile: str | None = None  # a sandbox profile by name; None means the policy's default (strict)
+    # With a terminal, the job runs on a pseudo-terminal of its own: Start's `stdin` is then a pipe of TTY_FRAME
+    # frames (what the caller types, and window sizes) and its `stdout` the pipe the terminal's output goes to.
+    terminal: Terminal | None = None
+
+
+class Input(enum.StrEnum):
+    """What a job reads on its stdin."""
+
+    pipe = "pipe"
+    file = "file"
+    socket = "socket"
+    terminal = "terminal"  # its pseudo-terminal (sjob run --pty)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,6 +169,7 @@ class Job:
     resources: Resources | None = None  # set once the job has ended
     limits: Limits | None = None  # the limits in force: the request's, completed by the policy's defaults
     profile: str | None = None  # the sandbox profile it runs under
+    input: Input | None = None  # what it reads on its stdin; None: nothing (/dev/null)
 
     @property
     def shell_status(self) -> int:
@@ -207,6 +231,30 @@ def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk,
         return None
     stream = Stream.stdout if code == 1 else Stream.stderr
     return Chunk(stream, bytes(buffer[start : start + length]), usec, seq), start + length
+
+
+# The input of a job with a terminal: frames of a 5-byte header (kind, length), then `length` bytes. Kind "d" is
+# what the caller typed, passed to the terminal as it is; kind "w" is a new window size (rows, cols: two u16).
+# sjob-shim reads them (src/shim/sjob-shim.c, read_tty_input); the window size must be out of band, since a job's
+# input is any bytes.
+TTY_FRAME = struct.Struct("<cI")
+TTY_DATA = b"d"
+TTY_WINSIZE = b"w"
+TTY_MAX_DATA = 1 << 16
+_WINSIZE = struct.Struct("<HH")
+
+
+def tty_data(data: bytes) -> bytes:
+    """`data` as frames of at most TTY_MAX_DATA bytes each."""
+    return b"".join(
+        TTY_FRAME.pack(TTY_DATA, len(piece)) + piece
+        for piece in (data[i : i + TTY_MAX_DATA] for i in range(0, len(data), TTY_MAX_DATA))
+    )
+
+
+def tty_winsize(rows: int, cols: int) -> bytes:
+    rows, cols = (min(max(n, 1), MAX_TERMINAL_SIZE) for n in (rows, cols))
+    return TTY_FRAME.pack(TTY_WINSIZE, _WINSIZE.size) + _WINSIZE.pack(rows, cols)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

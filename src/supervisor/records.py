@@ -21,10 +21,10 @@ from pathlib import Path
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Retention
-from supervisor.protocol import Job, JobState, Limits, Resources, from_wire, to_wire
+from supervisor.protocol import Input, Job, JobState, Limits, Resources, from_wire, to_wire
 from supervisor.statedb import open_state_db
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 _SCHEMA = """
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stopped_by TEXT,
     resources TEXT,
     limits TEXT,
-    profile TEXT
+    profile TEXT,
+    input TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
@@ -55,6 +56,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 _MIGRATIONS = {
     1: "ALTER TABLE jobs ADD COLUMN stopped_by TEXT; ALTER TABLE jobs ADD COLUMN resources TEXT;",
     2: "ALTER TABLE jobs ADD COLUMN limits TEXT; ALTER TABLE jobs ADD COLUMN profile TEXT;",
+    3: "ALTER TABLE jobs ADD COLUMN input TEXT;",
 }
 
 
@@ -157,6 +159,7 @@ def _row(job: Job) -> list[object]:
     values = [getattr(job, c) for c in _COLUMNS]
     values[_COLUMNS.index("argv")] = json.dumps(job.argv)
     values[_COLUMNS.index("state")] = job.state.value
+    values[_COLUMNS.index("input")] = job.input.value if job.input is not None else None
     values[_COLUMNS.index("resources")] = json.dumps(to_wire(job.resources)) if job.resources else None
     values[_COLUMNS.index("limits")] = json.dumps(to_wire(job.limits)) if job.limits else None
     return values
@@ -170,4 +173,6 @@ def _job(row: tuple[object, ...]) -> Job:
         values["resources"] = from_wire(Resources, json.loads(str(values["resources"])))
     if values["limits"] is not None:
         values["limits"] = from_wire(Limits, json.loads(str(values["limits"])))
+    if values["input"] is not None:
+        values["input"] = Input(str(values["input"]))
     return Job(**values)  # type: ignore[arg-type]

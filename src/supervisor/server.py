@@ -42,6 +42,8 @@ class Server:
         self._service = service
         self._access = access
         self._sock = sock
+        name = sock.getsockname()
+        self._path = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
         self._transports: set[VarlinkTransport] = set()
         self._per_user: dict[int, int] = {}  # kernel uid -> open connections
 
@@ -107,7 +109,7 @@ class Server:
         self._per_user[principal.uid] = held + 1
         conn.setblocking(False)
         registry = VarlinkInterfaceRegistry()
-        registry.register_interface(JobsInterface(self._service, self._access, principal))
+        registry.register_interface(JobsInterface(self._service, self._access, principal, self._path))
         registry.register_interface(
             VarlinkServiceInterface("sjob", "sjobd", supervisor.__version__, "https://github.com/sjob/sjob", registry)
         )

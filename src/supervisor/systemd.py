@@ -20,7 +20,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.properties import UnitProperties
+from supervisor.properties import PassedFd, UnitProperties
 from supervisor.units import UnitState
 
 DEST = "org.freedesktop.systemd1"
@@ -47,7 +47,8 @@ class Systemd:
     @classmethod
     async def connect(cls) -> Systemd:
         try:
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            # Unix fds: a job's stdin goes to systemd as StandardInputFileDescriptor= (D-Bus type 'h').
+            bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
         except (OSError, EOFError) as e:
             raise SjobError(
                 ErrorCode.SystemdError,
@@ -75,8 +76,8 @@ class Systemd:
 
     async def start_transient(self, unit: UnitProperties) -> str:
         """Start a transient unit and wait until its start job finishes; return the job's result."""
-        props = [[key, Variant(sig, value)] for key, sig, value in unit.signed()]
-        reply = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit.name, "fail", props, []])
+        props, fds = _variants(unit)
+        reply = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit.name, "fail", props, []], fds)
         job_path: str = reply.body[0]
         if (result := self._early.pop(job_path, None)) is not None:
             return result
@@ -136,8 +137,8 @@ class Systemd:
     async def set_properties(self, unit: UnitProperties) -> None:
         """Set properties of a unit at runtime (systemctl set-property --runtime); loads a slice if need be."""
         if unit.properties:
-            props = [[key, Variant(sig, value)] for key, sig, value in unit.signed()]
-            await self._manager("SetUnitProperties", "sba(sv)", [unit.name, True, props])
+            props, fds = _variants(unit)
+            await self._manager("SetUnitProperties", "sba(sv)", [unit.name, True, props], fds)
 
     async def list_units(self, pattern: str) -> list[str]:
         """Names of the loaded units matching a glob, whatever their state."""
@@ -169,13 +170,28 @@ class Systemd:
         reply = await self._call(DEST, path, PROPERTIES, "GetAll", "s", [interface])
         return {key: variant.value for key, variant in reply.body[0].items()}
 
-    async def _manager(self, member: str, signature: str, body: list[Any]) -> Message:
-        return await self._call(DEST, PATH, MANAGER, member, signature, body)
+    async def _manager(self, member: str, signature: str, body: list[Any], fds: list[int] | None = None) -> Message:
+        return await self._call(DEST, PATH, MANAGER, member, signature, body, fds)
 
     async def _call(
-        self, dest: str, path: str, interface: str, member: str, signature: str, body: list[Any]
+        self,
+        dest: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str,
+        body: list[Any],
+        fds: list[int] | None = None,
     ) -> Message:
-        msg = Message(destination=dest, path=path, interface=interface, member=member, signature=signature, body=body)
+        msg = Message(
+            destination=dest,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body,
+            unix_fds=fds or [],
+        )
         try:
             reply = await self._bus.call(msg)
         except (OSError, EOFError) as e:
@@ -185,6 +201,18 @@ class Systemd:
                 hint="restart sjobd: systemctl restart sjobd",
             ) from e
         return _check(reply, member)
+
+
+def _variants(unit: UnitProperties) -> tuple[list[list[Any]], list[int]]:
+    """The unit's properties as D-Bus variants, and the file descriptors they pass: a 'h' value on the wire is an
+    index into the message's descriptors, which the kernel copies into systemd (SCM_RIGHTS)."""
+    props: list[list[Any]] = []
+    fds: list[int] = []
+    for key, signature, value in unit.signed():
+        if isinstance(value, PassedFd):
+            fds.append(value.fd)
+        props.append([key, Variant(signature, len(fds) - 1 if isinstance(value, PassedFd) else value)])
+    return props, fds
 
 
 def _accounted(value: object, divisor: int = 1) -> int | None:

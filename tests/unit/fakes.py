@@ -24,7 +24,7 @@ from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
 from supervisor.profiles import load as load_profiles
-from supervisor.properties import UnitProperties
+from supervisor.properties import PassedFd, UnitProperties
 from supervisor.units import UnitState
 
 
@@ -93,6 +93,7 @@ class FakeUnits:
     processes: dict[str, list[asyncio.subprocess.Process]] = dataclasses.field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     calls: list[str] = dataclasses.field(default_factory=list)  # set_properties and kill, in order
+    stdin: dict[str, int | None] = dataclasses.field(default_factory=dict)  # unit -> its copy of a passed stdin
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
@@ -100,6 +101,11 @@ class FakeUnits:
 
     async def start_transient(self, unit: UnitProperties) -> str:
         self.started.append(unit)
+        # systemd takes its own copy of a passed descriptor with the call, as the kernel does with SCM_RIGHTS.
+        stdin = (
+            unit.get("StandardInputFileDescriptor") if "StandardInputFileDescriptor" in dict(unit.properties) else None
+        )
+        self.stdin[unit.name] = os.dup(stdin.fd) if isinstance(stdin, PassedFd) else None
         if self.start_result == "done" and self.run_commands:
             self.states[unit.name] = UnitState(unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
             task = asyncio.create_task(self._run(unit))
@@ -112,9 +118,19 @@ class FakeUnits:
         end = argv.index("--")
         job_id, command = argv[end - 1], argv[end + 1 :]
         cwd = str(unit.get("WorkingDirectory"))
-        proc = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True
-        )
+        stdin = self.stdin.pop(unit.name, None)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        finally:
+            if stdin is not None:
+                os.close(stdin)
         self.processes.setdefault(unit.name, []).append(proc)
         seq = 0
 

@@ -33,6 +33,7 @@ LAYERS = {
     "journal": 2,
     "records": 2,
     "peer": 2,
+    "stdio": 2,
     "backends": 3,
     "ledger": 3,
     "reaper": 3,

@@ -132,6 +132,7 @@ def test_spec_wire_form_is_what_varlinkctl_users_write() -> None:
         "environment": None,
         "limits": None,
         "profile": None,
+        "terminal": None,
     }
 
 
