@@ -4,7 +4,7 @@ import io
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.cli import die, render
@@ -19,6 +19,9 @@ def unsafe(text: str) -> bool:
     return any(not c.isprintable() and c != "\n" for c in text)
 
 
+# No deadline: the first example imports rich (lazily, as the CLI does), which took over hypothesis's 200 ms on a
+# loaded machine.
+@settings(deadline=None)
 @given(st.lists(HOSTILE, min_size=1, max_size=3), HOSTILE, HOSTILE, HOSTILE)
 def test_status_and_list_escape_argv_cwd_user_and_message(argv: list[str], cwd: str, user: str, why: str) -> None:
     job = Job("1a2b3c4d", "sjob-1a2b3c4d.service", JobState.failed, 1000, user, argv, "/" + cwd, 1, message=why)

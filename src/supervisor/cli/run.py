@@ -1,5 +1,6 @@
 """`sjob run`: start a command as a job, and by default stay attached to it like a local command would."""
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
+from supervisor.cli.stdin import TerminalRelay, passed_stdin, terminal_size
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
@@ -24,6 +26,10 @@ HELP = """Run COMMAND as a transient systemd service, as you, in the current dir
 Attached (the default), output appears as it is written, and sjob exits with the job's exit status.
 
 Ctrl-C stops the job (a second Ctrl-C kills it). The output is also kept in journald: journalctl -u sjob-ID.service
+
+The job reads your stdin when it is a pipe or a file (cat data | sjob run ..., sjob run ... < FILE), nothing
+otherwise (or with -n). With --pty it runs on a terminal of its own, attached to yours: interactive programs,
+line editing, Ctrl-C and Ctrl-Z work as locally.
 """
 
 
@@ -36,6 +42,8 @@ class RunArgs:
     quiet: bool = False
     profile: str | None = None
     limits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (option, value), as given
+    pty: bool = False
+    no_stdin: bool = False
 
 
 def register(app: "typer.Typer") -> None:
@@ -56,6 +64,12 @@ def register(app: "typer.Typer") -> None:
             list[str], typer.Argument(metavar="COMMAND [ARG]...", help="What to run.", show_default=False)
         ],
         detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the job id and return at once.")] = False,
+        pty: Annotated[
+            bool, typer.Option("--pty", "-t", help="Give the job a terminal of its own, attached to yours.")
+        ] = False,
+        no_stdin: Annotated[
+            bool, typer.Option("--no-stdin", "-n", help="The job reads nothing (/dev/null), even from a pipe.")
+        ] = False,
         setenv: Annotated[
             list[str] | None,
             typer.Option(
@@ -112,7 +126,7 @@ def register(app: "typer.Typer") -> None:
             "--timeout": timeout,
         }
         limits = [(option, value) for option in LIMIT_OPTIONS for value in _values(given[option])]
-        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits)
+        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits, pty, no_stdin)
         raise typer.Exit(run(args))
 
     run_command.__name__ = "run"
@@ -122,13 +136,17 @@ def _values(given: str | list[str] | None) -> list[str]:
     return [] if given is None else [given] if isinstance(given, str) else given
 
 
+_FLAGS = {"-d": "detach", "--detach": "detach", "-q": "quiet", "--quiet": "quiet", "-t": "pty", "--pty": "pty"}
+_FLAGS |= {"-n": "no_stdin", "--no-stdin": "no_stdin"}
+
+
 def parse_fast(args: list[str]) -> RunArgs | None:
     """Parse the common forms of `sjob run`'s arguments exactly as typer would, or return None to let typer do it.
 
     Options end at `--` or at the first argument that is not an option (typer's allow_interspersed_args=False).
     Anything this does not know for certain (help, combined short flags, unknown options) is left to typer.
     """
-    detach = quiet = False
+    flags = {"detach": False, "quiet": False, "pty": False, "no_stdin": False}
     setenv: list[str] = []
     workdir: str | None = None
     profile: str | None = None
@@ -141,10 +159,8 @@ def parse_fast(args: list[str]) -> RunArgs | None:
             break
         if not arg.startswith("-") or arg == "-":
             break
-        if arg in ("-d", "--detach"):
-            detach = True
-        elif arg in ("-q", "--quiet"):
-            quiet = True
+        if arg in _FLAGS:
+            flags[_FLAGS[arg]] = True
         elif arg in ("-E", "--setenv", "--working-directory", "-p", "--profile", *LIMIT_OPTIONS):
             if i + 1 >= len(args):
                 return None
@@ -180,28 +196,49 @@ def parse_fast(args: list[str]) -> RunArgs | None:
     scalars = [option for option, _ in limits if not option.startswith("--io-") or option == "--io-weight"]
     if len(scalars) != len(set(scalars)):
         return None
-    return RunArgs(command, detach, setenv, workdir, quiet, profile, limits)
+    return RunArgs(
+        command, flags["detach"], setenv, workdir, flags["quiet"], profile, limits, flags["pty"], flags["no_stdin"]
+    )
 
 
 def run(args: RunArgs) -> int:
     """Start the job; detached, print its id; attached, copy its output and return its exit status."""
+    if args.pty and args.detach:
+        raise SjobError(
+            ErrorCode.InvalidArgument,
+            "--pty needs an attached job: its terminal is yours",
+            hint="leave out -d; 'sjob logs -f ID' shows a detached job's output",
+        )
     cwd = os.path.abspath(args.working_directory) if args.working_directory else os.getcwd()
     argv = [resolve_executable(args.command[0], cwd), *args.command[1:]]
+    setenv = args.setenv
+    if args.pty and not any(item.partition("=")[0] == "TERM" for item in setenv):
+        setenv = [*setenv, f"TERM={os.environ.get('TERM') or 'xterm-256color'}"]  # the job's terminal is like ours
     spec = JobSpec(
         argv=argv,
         cwd=cwd,
-        environment=environment(args.setenv),
+        environment=environment(setenv),
         limits=build_limits(args.limits),
         profile=args.profile,
+        terminal=terminal_size() if args.pty else None,
     )
-    with Client() as client:
+    relay = TerminalRelay() if args.pty else None
+    with Client() as client, contextlib.ExitStack() as cleanup:
+        if relay is not None:
+            cleanup.callback(relay.close)
         # Ctrl-C while the job is being started must not leave it running unseen: hold SIGINT until we know it.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            job = client.start(spec)
+            if relay is not None:
+                job = client.start(spec, stdin=relay.typed_read, stdout=relay.shown_write)
+                relay.close_job_ends()
+            else:
+                job = client.start(spec, stdin=passed_stdin(detach=args.detach, no_stdin=args.no_stdin))
         finally:
             if args.detach:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if relay is not None:
+            return on_terminal(client, job, relay)
         if args.detach:
             sys.stdout.write(job.id + "\n")
             if not args.quiet:
@@ -213,6 +250,22 @@ def run(args: RunArgs) -> int:
             final = copier.copy(client.follow(job.id))
         except KeyboardInterrupt:
             return interrupted(job, copier)
+    report_abnormal_end(final)
+    return final.shell_status
+
+
+def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:
+    """Be the job's terminal until it ends; then its exit status, as for any attached job. Keys such as Ctrl-C
+    are the job's terminal's; a SIGINT sent to sjob itself stops the job, as for a job without a terminal."""
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        relay.relay()
+        final = OutputCopier().copy(client.follow(job.id, streams=[]))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\r\nsjob: stopping job {job.id}\r\n")
+        with Client() as stopper:
+            stopper.stop(job.id)
+        return EXIT_INTERRUPTED
     report_abnormal_end(final)
     return final.shell_status
 
