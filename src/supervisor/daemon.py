@@ -30,6 +30,7 @@ from supervisor.audit import JournalAudit
 from supervisor.errors import SjobError
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
+from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
 from supervisor.policy import Policy
 from supervisor.policyfile import PolicyError, parse_policy
@@ -218,7 +219,8 @@ async def serve(args: argparse.Namespace) -> int:
     journal = Journal()
     ledger = Ledger(records, journal)
     reaper = Reaper(units, journal, records, ledger, lambda: access.policy.retention)
-    service = JobService(units, journal, records, ledger, reaper, shim, access, profiles)
+    launcher = Launcher(units, records, ledger, reaper, lambda: access.policy)
+    service = JobService(units, journal, records, ledger, reaper, launcher, shim, access, profiles)
     await reaper.reconcile()
     watcher = asyncio.create_task(reaper.watch_exits(), name="watch-exits")
     sweeper = asyncio.create_task(reaper.keep_swept(), name="sweep")

@@ -28,6 +28,9 @@ class ErrorCode(enum.StrEnum):
         "StorageError"  # sjobd cannot write its records (a full disk): the request is refused, sjobd serves on
     )
     InternalError = "InternalError"
+    NoSuchFunction = "NoSuchFunction"  # also what a function one may not call looks like
+    Busy = "Busy"  # a function at its concurrency cap, with its queue full or the wait over
+    BuildFailed = "BuildFailed"  # a deploy whose code does not compile or whose requirements do not install
     # Raised only on the client side; never sent over the wire.
     NotConnected = "NotConnected"
     ProtocolError = "ProtocolError"
@@ -50,6 +53,13 @@ class SjobError(Exception):
 def no_such_job(job_id: str) -> SjobError:
     # The same words for "does not exist" and "belongs to someone else": no existence oracle.
     return SjobError(ErrorCode.NoSuchJob, f"no job with id {job_id!r}", hint="'sjob list' shows the ids of your jobs")
+
+
+def no_such_function(name: str) -> SjobError:
+    # The same words for "does not exist" and "you may not call it": no existence oracle.
+    return SjobError(
+        ErrorCode.NoSuchFunction, f"no function named {name!r}", hint="'sjob fn list' shows the functions you may call"
+    )
 
 
 def invalid_argument(message: str, hint: str | None = None) -> SjobError:

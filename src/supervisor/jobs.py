@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import secrets
 from collections.abc import AsyncGenerator, Callable, Collection
 
 from supervisor import jobspec, limits, properties
@@ -25,6 +24,7 @@ from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.backends import JobLog, RecordStore, UnitManager
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
+from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.policy import Action, Owner, Policy, ProfilePolicy, owns
@@ -33,7 +33,6 @@ from supervisor.properties import JobStdio, ShimCommand
 from supervisor.protocol import MAX_CPUS, Chunk, Job, JobSpec, JobState, Stream, parse_job_id, unit_for
 from supervisor.quantities import format_cpu_list, parse_cpu_list
 from supervisor.reaper import Reaper
-from supervisor.units import Outcome, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class JobService:
         records: RecordStore,
         ledger: Ledger,
         reaper: Reaper,
+        launcher: Launcher,
         shim: ShimCommand,
         access: Access,
         profiles: Profiles,
@@ -74,6 +74,7 @@ class JobService:
         self._records = records
         self._ledger = ledger
         self._reaper = reaper
+        self._launcher = launcher
         self._shim = shim
         self._access = access
         self._profiles = profiles
@@ -122,7 +123,7 @@ class JobService:
                 )
         except SjobError as e:
             raise self._access.refuse(principal, Action.run, e) from None
-        job_id = self._new_id()
+        job_id = self._launcher.new_id()
         job = Job(
             id=job_id,
             unit=unit_for(job_id),
@@ -137,7 +138,7 @@ class JobService:
             input=stdio.input,
         )
         try:
-            self._records.insert(job, self._access.policy.retention)
+            self._launcher.record(job)
         except SjobError as e:  # a full disk: refused before any unit exists
             raise self._access.refuse(principal, Action.run, e) from None
         self._access.allow(principal, Action.run, f"{decision.reason}, profile {profile.name}", job.id)
@@ -145,18 +146,7 @@ class JobService:
         unit = properties.job_unit(
             job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile, output, stdio
         )
-        log.info("starting %s for %s: %s", job.unit, principal, job.argv)
-        try:
-            await self._units.set_properties(properties.slice_unit(uid, self._access.policy.per_user))
-            result = await self._units.start_transient(unit)
-        except SjobError as e:
-            self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
-            raise
-        if result == "done":
-            job = dataclasses.replace(job, state=JobState.running, started_usec=now_usec())
-            self._records.update(job)
-            return job
-        raise await self._start_failed(job, result)
+        return await self._launcher.start(job, unit)
 
     async def follow(
         self,
@@ -260,12 +250,6 @@ class JobService:
             )
         return profile
 
-    def _new_id(self) -> str:
-        while True:
-            job_id = secrets.token_hex(4)
-            if self._records.get(job_id) is None:
-                return job_id
-
     def _visible(self, principal: Principal, job_id: str, action: Action) -> Job:
         """The job, if the principal may do `action` to it; someone else's job is refused as missing."""
         job_id = parse_job_id(job_id)
@@ -274,19 +258,3 @@ class JobService:
             raise self._access.refuse(principal, action, no_such_job(job_id), job_id)
         self._access.authorize(principal, action, job_id=job_id, owner=Owner(job.uid, job.user))
         return job
-
-    async def _start_failed(self, job: Job, result: str) -> SjobError:
-        """Record how a unit failed to start (systemd's start job did not say "done"); the error to raise."""
-        state = await self._units.unit_state(job.unit)
-        if state is not None and state.exec_main_code != 0:
-            outcome = outcome_of_unit(state)
-        else:
-            outcome = Outcome(JobState.failed, result, None, None, None)
-        message = outcome.message or f"systemd reported '{result}' while starting {job.unit}"
-        self._ledger.finish(job, dataclasses.replace(outcome, message=message), now_usec())
-        self._reaper.collect_later(job.unit)
-        return SjobError(
-            ErrorCode.StartFailed,
-            f"job {job.id} could not start: {message}",
-            hint=setup_failure_hint(outcome.exit_status, job.cwd, job.unit),
-        )

@@ -32,11 +32,15 @@ class Action(enum.StrEnum):
     status = "status"
     logs = "logs"
     list = "list"
+    call = "call"  # call functions (each function's own allow list says which)
+    deploy = "deploy"  # deploy functions, and roll back and remove one's own
     tokens = "tokens"  # issue, list and revoke tokens: admins only, never granted by a rule
     authenticate = "authenticate"  # present a token (audited; decided by the token's checks)
 
 
 JOB_ACTIONS = frozenset({Action.run, Action.stop, Action.status, Action.logs, Action.list})
+RULE_ACTIONS = JOB_ACTIONS | {Action.call, Action.deploy}  # what a rule may grant
+DEFAULT_ACTIONS = JOB_ACTIONS | {Action.call}  # what a rule grants when it does not say
 ON_OTHERS_JOBS = frozenset({Action.stop, Action.status, Action.logs})  # what admins may do to anyone's job
 
 
@@ -49,7 +53,7 @@ class ProfilePolicy:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    actions: frozenset[Action] = JOB_ACTIONS
+    actions: frozenset[Action] = DEFAULT_ACTIONS
     users: frozenset[str] = frozenset()  # names; "*" is every local user
     groups: frozenset[str] = frozenset()
     tokens: frozenset[str] = frozenset()  # token subjects; "*" is every token
@@ -98,6 +102,18 @@ class OutputQuota:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FunctionsPolicy:
+    """How functions run ([functions] in policy.toml, issue G)."""
+
+    runtime: str = "/opt/sjob/runtime"  # the shared Python environment (with pandas) every function runs in
+    pip_args: tuple[str, ...] = ()  # extra arguments for pip in a --requirements build (an index, --no-index ...)
+    concurrency: int = 4  # a function's cap on calls at once, unless its deploy says otherwise
+    queue: int = 8  # calls that may wait for a free slot, per function; beyond it a call is busy at once
+    queue_wait_usec: int = 30 * 1_000_000  # how long a call waits in the queue before it is busy
+    build_timeout_usec: int = 15 * 60 * 1_000_000  # a deploy's build (compile, pip install) at most
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...] = (EVERYONE_RULE,)
     admin_users: frozenset[str] = frozenset()
@@ -106,6 +122,7 @@ class Policy:
     max_token_ttl_usec: int = DEFAULT_MAX_TOKEN_TTL_USEC
     retention: Retention = dataclasses.field(default_factory=Retention)
     output: OutputQuota = dataclasses.field(default_factory=OutputQuota)
+    functions: FunctionsPolicy = dataclasses.field(default_factory=FunctionsPolicy)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@
     [tokens]                   max_ttl: the longest a token may live
     [records]                  keep, keep_per_user: how long and how many finished jobs' records are kept
     [output]                   max, on_exceed: how much output one job may write, and what happens beyond
+    [functions]                runtime, pip_args, concurrency, queue, queue_wait, build_timeout (issue G)
     [[rules]]                  name; users | groups | tokens; actions; max_jobs; run_as (tokens);
                                allow_privileged_run_as (tokens: run_as may be a system user or in a privileged group);
                                [rules.profiles]; [rules.limits.default]; [rules.limits.max]
@@ -26,10 +27,12 @@ from supervisor.errors import SjobError
 from supervisor.limitforms import DEVICE_KINDS, OPTIONS, parse_scalar
 from supervisor.limits import LimitPolicy, check
 from supervisor.policy import (
+    DEFAULT_ACTIONS,
     DEFAULT_MAX_TOKEN_TTL_USEC,
     EVERYONE,
-    JOB_ACTIONS,
+    RULE_ACTIONS,
     Action,
+    FunctionsPolicy,
     OutputQuota,
     Policy,
     ProfilePolicy,
@@ -67,7 +70,7 @@ def parse_policy(text: str, path: str) -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{path}: {e}") from None
-    _known(data, {"profiles", "limits", "admins", "tokens", "records", "output", "rules"}, path, "")
+    _known(data, {"profiles", "limits", "admins", "tokens", "records", "output", "functions", "rules"}, path, "")
     base_profiles = _profiles(_sub(data, "profiles", path), path, "profiles", ProfilePolicy())
     limits_table = _sub(data, "limits", path)
     _known(limits_table, {"default", "max", "per_user"}, path, "limits")
@@ -88,6 +91,7 @@ def parse_policy(text: str, path: str) -> Policy:
 
     retention = _retention(_sub(data, "records", path), path)
     output = _output(_sub(data, "output", path), path)
+    functions = _functions(_sub(data, "functions", path), path)
 
     rules_list = data.get("rules")
     if rules_list is None:
@@ -109,7 +113,36 @@ def parse_policy(text: str, path: str) -> Policy:
         max_token_ttl_usec=max_ttl,
         retention=retention,
         output=output,
+        functions=functions,
     )
+
+
+def _functions(table: Mapping[str, Any], path: str) -> FunctionsPolicy:
+    _known(table, {"runtime", "pip_args", "concurrency", "queue", "queue_wait", "build_timeout"}, path, "functions")
+    policy = FunctionsPolicy()
+    if "runtime" in table:
+        runtime = table["runtime"]
+        if not isinstance(runtime, str) or not runtime.startswith("/") or not runtime.isprintable():
+            raise PolicyError(f"{path}: [functions] runtime must be an absolute path (a Python environment)")
+        policy = dataclasses.replace(policy, runtime=runtime)
+    if "pip_args" in table:
+        args = table["pip_args"]
+        if not isinstance(args, list) or not all(isinstance(a, str) and a.isprintable() for a in args):
+            raise PolicyError(f"{path}: [functions] pip_args must be a list of strings")
+        policy = dataclasses.replace(policy, pip_args=tuple(args))
+    if "concurrency" in table:
+        policy = dataclasses.replace(policy, concurrency=_count(table["concurrency"], 1, 1024, path, "concurrency"))
+    if "queue" in table:
+        policy = dataclasses.replace(policy, queue=_count(table["queue"], 0, 10_000, path, "queue"))
+    if "queue_wait" in table:
+        policy = dataclasses.replace(
+            policy, queue_wait_usec=_duration(table["queue_wait"], path, "[functions] queue_wait")
+        )
+    if "build_timeout" in table:
+        policy = dataclasses.replace(
+            policy, build_timeout_usec=_duration(table["build_timeout"], path, "[functions] build_timeout")
+        )
+    return policy
 
 
 def _output(table: Mapping[str, Any], path: str) -> OutputQuota:
@@ -124,6 +157,12 @@ def _output(table: Mapping[str, Any], path: str) -> OutputQuota:
     if on_exceed not in ("stop", "drop"):
         raise PolicyError(f'{path}: [output] on_exceed must be "stop" or "drop"')
     return dataclasses.replace(quota, on_exceed=on_exceed)
+
+
+def _count(value: object, low: int, high: int, path: str, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PolicyError(f"{path}: [functions] {key} must be a whole number from {low} to {high}")
+    return value
 
 
 def _retention(table: Mapping[str, Any], path: str) -> Retention:
@@ -163,10 +202,10 @@ def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePo
     privileged = table.get("allow_privileged_run_as", False)
     if not isinstance(privileged, bool) or (privileged and not tokens):
         raise PolicyError(f"{path}: [{where}] allow_privileged_run_as must be true or false, and only with tokens")
-    actions_value = table.get("actions", sorted(JOB_ACTIONS))
-    if not isinstance(actions_value, list) or not all(a in JOB_ACTIONS for a in actions_value):
+    actions_value = table.get("actions", sorted(DEFAULT_ACTIONS))
+    if not isinstance(actions_value, list) or not all(a in RULE_ACTIONS for a in actions_value):
         raise PolicyError(
-            f"{path}: [{where}] actions must be a list of: {', '.join(sorted(JOB_ACTIONS))}"
+            f"{path}: [{where}] actions must be a list of: {', '.join(sorted(RULE_ACTIONS))}"
             " (admins' powers come from [admins], not from rules)"
         )
     max_jobs = table.get("max_jobs")

@@ -101,6 +101,9 @@ SIGNATURES: dict[str, str] = {
     "RuntimeMaxUSec": "t",
     # sandbox (dbus-execute.c, dbus-cgroup.c); profiles.py decides which a profile may set
     "ReadWritePaths": "as",
+    "DynamicUser": "b",
+    "BindReadOnlyPaths": "a(ssbt)",
+    "BindPaths": "a(ssbt)",
     "InaccessiblePaths": "as",
     "PrivateNetwork": "b",
     "RestrictAddressFamilies": "(bas)",
@@ -236,6 +239,18 @@ def checks(profile: Profile, limits: Limits) -> list[str]:
     return found
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bind:
+    """A directory of the host shown to the job at another path (BindPaths=, BindReadOnlyPaths=)."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+DYNAMIC = -1  # as uid: a user systemd makes for the unit alone (DynamicUser=), for code that is not the caller's
+
+
 def job_unit(
     unit: str,
     job_id: str,
@@ -248,9 +263,18 @@ def job_unit(
     profile: Profile,
     output: OutputQuota | None = None,
     stdio: JobStdio = JobStdio(),
+    *,
+    charged_to: int | None = None,
+    binds: Sequence[Bind] = (),
+    environment: Sequence[str] = (),
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
-    against the policy (limits.check)."""
+    against the policy (limits.check). It runs as `uid`:`gid`, or with uid DYNAMIC as a user of its own; in the
+    slice of `charged_to` (by default `uid`'s), with `binds` mounted and `environment` set besides the spec's."""
+    slice_owner = uid if charged_to is None else charged_to
+    identity: list[tuple[str, object]] = (
+        [("DynamicUser", True)] if uid == DYNAMIC else [("User", str(uid)), ("Group", str(gid))]
+    )
     report = shim.report_argv(job_id)
     argv = shim.argv(job_id, spec.argv, checks(profile, limits), output, spec.terminal)
     props: list[tuple[str, object]] = [
@@ -259,10 +283,9 @@ def job_unit(
         ("ExecStartEx", [(shim.path, argv, ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
         ("ExecStopPostEx", [(report[0], report, ["privileged", "ignore-failure", "no-env-expand"])]),
-        ("User", str(uid)),
-        ("Group", str(gid)),
+        *identity,
         ("WorkingDirectory", spec.cwd),
-        ("Slice", user_slice(uid)),
+        ("Slice", user_slice(slice_owner)),
         ("NoNewPrivileges", True),
         ("PrivateTmp", True),
         # The caller's pipe, file or socket, as it is: its bytes never pass through sjobd (issue F).
@@ -294,6 +317,9 @@ def job_unit(
         # The working directory is the one place the job may write (with its private /tmp); never all of /.
         # "-": a missing directory is then reported by WorkingDirectory= (status 200), not as a namespace failure.
         props.append(("ReadWritePaths", [f"-{spec.cwd}"]))
-    if spec.environment:
-        props.append(("Environment", list(spec.environment)))
+    for kind, read_only in (("BindReadOnlyPaths", True), ("BindPaths", False)):
+        if chosen := [(b.source, b.target, False, 0) for b in binds if b.read_only == read_only]:
+            props.append((kind, chosen))
+    if spec.environment or environment:
+        props.append(("Environment", [*(spec.environment or []), *environment]))
     return UnitProperties(unit, tuple(props))

@@ -170,6 +170,10 @@ class Job:
     limits: Limits | None = None  # the limits in force: the request's, completed by the policy's defaults
     profile: str | None = None  # the sandbox profile it runs under
     input: Input | None = None  # what it reads on its stdin; None: nothing (/dev/null)
+    function: str | None = None  # for a function's call (io.sjob.Functions): the function, its version, and the
+    version: int | None = None  # bytes sjobd passed it on its stdin and it wrote (stdout and stderr together)
+    bytes_in: int | None = None
+    bytes_out: int | None = None
 
     @property
     def shell_status(self) -> int:

@@ -24,7 +24,7 @@ from supervisor.policy import Retention
 from supervisor.protocol import Input, Job, JobState, Limits, Resources, from_wire, to_wire
 from supervisor.statedb import open_state_db
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 _SCHEMA = """
@@ -47,16 +47,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     resources TEXT,
     limits TEXT,
     profile TEXT,
-    input TEXT
+    input TEXT,
+    function TEXT,
+    version INTEGER,
+    bytes_in INTEGER,
+    bytes_out INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function, created_usec);
 """
 # How to bring a database of schema version N (the key) up to N+1.
 _MIGRATIONS = {
     1: "ALTER TABLE jobs ADD COLUMN stopped_by TEXT; ALTER TABLE jobs ADD COLUMN resources TEXT;",
     2: "ALTER TABLE jobs ADD COLUMN limits TEXT; ALTER TABLE jobs ADD COLUMN profile TEXT;",
     3: "ALTER TABLE jobs ADD COLUMN input TEXT;",
+    4: "ALTER TABLE jobs ADD COLUMN function TEXT; ALTER TABLE jobs ADD COLUMN version INTEGER;"
+    " ALTER TABLE jobs ADD COLUMN bytes_in INTEGER; ALTER TABLE jobs ADD COLUMN bytes_out INTEGER;"
+    " CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function, created_usec);",
 }
 
 
@@ -144,6 +152,23 @@ class JobRecords:
         query += " ORDER BY created_usec DESC LIMIT ?"
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
+
+    def calls(self, function: str, *, uid: int | None = None, limit: int = 1000) -> list[Job]:
+        """A function's calls, newest first; only `uid`'s when given."""
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE function = ?"  # noqa: S608
+        args: list[object] = [function]
+        if uid is not None:
+            query += " AND uid = ?"
+            args.append(uid)
+        query += " ORDER BY created_usec DESC LIMIT ?"
+        args.append(limit)
+        return [_job(row) for row in self._db.execute(query, args)]
+
+    def running_calls(self, function: str) -> int:
+        """How many calls of `function` have not ended."""
+        states = [s.value for s in JobState if not s.finished]
+        query = f"SELECT COUNT(*) FROM jobs WHERE function = ? AND state IN ({', '.join('?' * len(states))})"  # noqa: S608
+        return int(self._db.execute(query, [function, *states]).fetchone()[0])
 
     def unfinished(self, uid: int | None = None) -> list[Job]:
         """Jobs not yet ended; only `uid`'s when given."""

@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from supervisor.policy import JOB_ACTIONS
+from supervisor.policy import RULE_ACTIONS
 from supervisor.statedb import open_state_db
 
 ALGORITHM = "EdDSA"
@@ -102,8 +102,8 @@ class Keys:
 def issue(keys: Keys, subject: str, scope: frozenset[str], ttl_usec: int, now_usec: int) -> tuple[str, Claims]:
     if not SUBJECT.fullmatch(subject):
         raise TokenError(f"subject {subject[:40]!r} is not a valid name (letters, digits, '_', '.', '@', '-')")
-    if not scope or not scope <= JOB_ACTIONS:
-        raise TokenError(f"scope must be one or more of: {', '.join(sorted(JOB_ACTIONS))}")
+    if not scope or not scope <= RULE_ACTIONS:
+        raise TokenError(f"scope must be one or more of: {', '.join(sorted(RULE_ACTIONS))}")
     iat = now_usec // 1_000_000
     exp = (now_usec + ttl_usec) // 1_000_000
     claims = Claims(subject, secrets.token_hex(16), scope, iat * 1_000_000, exp * 1_000_000)
@@ -167,7 +167,7 @@ def verify(keys: Keys, token: str, max_ttl_usec: int, now_usec: int) -> Claims:
     if not isinstance(token_id, str) or not 1 <= len(token_id) <= 64:
         raise TokenError("token id (jti) is not valid")
     actions = frozenset(scope.split()) if isinstance(scope, str) else frozenset({"?"})
-    if not actions <= JOB_ACTIONS:
+    if not actions <= RULE_ACTIONS:
         raise TokenError("token scope names unknown actions")
     return Claims(subject, token_id, actions, iat * 1_000_000, exp * 1_000_000)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from supervisor.daemon import listening_socket
 from supervisor.jobs import JobService
+from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
 from supervisor.properties import ShimCommand
 from supervisor.reaper import Reaper
@@ -47,7 +48,8 @@ class ServerThread:
         ledger = Ledger(records, self.log)
         reaper = Reaper(self.units, self.log, records, ledger, lambda: self.access.policy.retention)
         shim = ShimCommand("/opt/sjob/bin/sjob-shim")
-        self.service = JobService(self.units, self.log, records, ledger, reaper, shim, self.access, profiles)
+        launcher = Launcher(self.units, records, ledger, reaper, lambda: self.access.policy)
+        self.service = JobService(self.units, self.log, records, ledger, reaper, launcher, shim, self.access, profiles)
         self.server = Server(self.service, self.access, listening_socket(self.socket))
         self.server.start()
         self._stop = asyncio.Event()
@@ -56,9 +58,8 @@ class ServerThread:
         await self._stop.wait()
         await self.server.close(2)
         watcher.cancel()
-        for task in list(self.units.tasks):
-            task.cancel()
-        await asyncio.gather(watcher, *self.units.tasks, return_exceptions=True)
+        await asyncio.gather(watcher, return_exceptions=True)
+        await self.units.close()
         await reaper.close()
         records.close()
 

@@ -14,6 +14,7 @@ from supervisor import reaper as reaper_module
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
+from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 from supervisor.properties import ShimCommand
@@ -46,6 +47,7 @@ def scenario(
             records,
             ledger,
             reaper,
+            Launcher(fake_units, records, ledger, reaper, lambda: access.policy),
             ShimCommand("/opt/sjob/bin/sjob-shim"),
             access,
             profiles,
@@ -56,9 +58,7 @@ def scenario(
             return await asyncio.wait_for(body(service, reaper, fake_units, log), 20)
         finally:
             await reaper.close()
-            for task in list(fake_units.tasks):
-                task.cancel()
-            await asyncio.gather(*fake_units.tasks, return_exceptions=True)
+            await fake_units.close()
 
     return asyncio.run(main())
 

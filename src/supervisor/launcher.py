@@ -1,0 +1,89 @@
+"""Starting a job that is ready to start: its record, its user's slice, its transient unit, and what became of the
+start. The requests that make jobs (jobs.py for `sjob run`, functions.py for a function's builds and calls) decide
+who may start what and with which properties; this is where the job comes into being, the same way for all.
+
+1. The record is written first (state starting), so a job never runs without one; a full disk refuses the start
+   here, before any unit exists.
+2. The user's slice gets the policy's caps on all their jobs together.
+3. StartTransientUnit, then systemd's start job: "done" means the shim was executed (state running); anything else
+   means the unit failed before the command ran, and the error says why (e.g. the working directory is missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable
+
+from supervisor import properties
+from supervisor.backends import RecordStore, UnitManager
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.ledger import Ledger, now_usec
+from supervisor.policy import Policy
+from supervisor.properties import UnitProperties
+from supervisor.protocol import Job, JobState
+from supervisor.reaper import Reaper
+from supervisor.units import Outcome, outcome_of_unit, setup_failure_hint
+
+log = logging.getLogger(__name__)
+
+
+class Launcher:
+    def __init__(
+        self,
+        units: UnitManager,
+        records: RecordStore,
+        ledger: Ledger,
+        reaper: Reaper,
+        policy: Callable[[], Policy],
+    ) -> None:
+        self._units = units
+        self._records = records
+        self._ledger = ledger
+        self._reaper = reaper
+        self._policy = policy  # the policy in force at each start: a reload applies to the next
+
+    def new_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if self._records.get(job_id) is None:
+                return job_id
+
+    def record(self, job: Job) -> None:
+        """Write the new job's record, dropping the owner's oldest per the retention (StorageError on a full
+        disk: nothing has been started yet)."""
+        self._records.insert(job, self._policy().retention)
+
+    async def start(self, job: Job, unit: UnitProperties, slice_owner: int | None = None) -> Job:
+        """Start the recorded `job` as `unit`, in the slice of `slice_owner` (the job's owner by default); the job as
+        it runs, or StartFailed once its record says why it could not start."""
+        owner = job.uid if slice_owner is None else slice_owner
+        log.info("starting %s for %s: %s", job.unit, job.user, job.argv)
+        try:
+            await self._units.set_properties(properties.slice_unit(owner, self._policy().per_user))
+            result = await self._units.start_transient(unit)
+        except SjobError as e:
+            self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
+            raise
+        if result == "done":
+            job = dataclasses.replace(job, state=JobState.running, started_usec=now_usec())
+            self._records.update(job)
+            return job
+        raise await self._start_failed(job, result)
+
+    async def _start_failed(self, job: Job, result: str) -> SjobError:
+        """Record how a unit failed to start (systemd's start job did not say "done"); the error to raise."""
+        state = await self._units.unit_state(job.unit)
+        if state is not None and state.exec_main_code != 0:
+            outcome = outcome_of_unit(state)
+        else:
+            outcome = Outcome(JobState.failed, result, None, None, None)
+        message = outcome.message or f"systemd reported '{result}' while starting {job.unit}"
+        self._ledger.finish(job, dataclasses.replace(outcome, message=message), now_usec())
+        self._reaper.collect_later(job.unit)
+        return SjobError(
+            ErrorCode.StartFailed,
+            f"job {job.id} could not start: {message}",
+            hint=setup_failure_hint(outcome.exit_status, job.cwd, job.unit),
+        )
