@@ -5,7 +5,8 @@
 #   sudo ./install.sh --wheelhouse DIR      take every Python package from DIR instead of PyPI (offline)
 #   sudo ./install.sh --uninstall           remove everything an earlier run added
 #
-# What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob, the
+# What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob (and the
+# functions runtime, Python with pandas, in /opt/sjob/runtime), the
 # command /usr/local/bin/sjob, the units sjobd.socket, sjobd.service and sjob.slice in
 # /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), and it
 # enables sjobd.socket. Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
@@ -34,7 +35,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -55,16 +56,16 @@ uninstall() {
     systemctl disable --now sjobd.socket sjobd.service >/dev/null 2>&1 || true
     rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK"
     systemctl daemon-reload
-    local added=()
-    local group_added=0
+    local added=() groups=()
     if [ -f "$MANIFEST" ]; then
         mapfile -t added < <(sed -n 's/^apt: //p' "$MANIFEST")
-        if grep -qx "group: sjob-admin" "$MANIFEST"; then group_added=1; fi
+        mapfile -t groups < <(sed -n 's/^group: //p' "$MANIFEST")
     fi
     rm -rf "$PREFIX" "$CONF_DIR" "$STATE_DIR"
-    if [ "$group_added" -eq 1 ]; then
-        groupdel sjob-admin 2>/dev/null || true
-    fi
+    local group
+    for group in "${groups[@]}"; do
+        groupdel "$group" 2>/dev/null || true
+    done
     if [ ${#added[@]} -gt 0 ]; then
         say "removing the Debian packages install.sh added: ${added[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "${added[@]}" >/dev/null
@@ -141,6 +142,23 @@ install_python() {
     "${pip[@]}" install --force-reinstall --no-deps "$wheel"
 }
 
+install_runtime() {
+    # The shared runtime of functions (issue G): Python with pandas and numpy (runtime/requirements.txt), which
+    # every function's code runs with, read-only to it; rebuilt when the requirements change. And the empty
+    # directories that functions' code and builds are mounted on inside their units.
+    local runtime="$PREFIX/runtime" want
+    want=$(sha256sum "$SRC/runtime/requirements.txt" | cut -d' ' -f1)
+    if [ ! -x "$runtime/bin/python3" ] || [ "$(cat "$runtime/.sjob-requirements" 2>/dev/null)" != "$want" ]; then
+        say "setting up the functions runtime in $runtime (Python with pandas)"
+        rm -rf "$runtime"
+        "$PYTHON" -m venv "$runtime"
+        "$runtime/bin/python3" -m pip --disable-pip-version-check --no-input -q install --no-cache-dir \
+            -r "$SRC/runtime/requirements.txt"
+        echo "$want" >"$runtime/.sjob-requirements"
+    fi
+    install -d -m 0755 "$PREFIX/function" "$PREFIX/build"
+}
+
 install_files() {
     install -d -m 0755 "$UNIT_DIR" "$PREFIX/share/doc/sjob"
     local unit
@@ -160,6 +178,11 @@ install_files() {
     if ! getent group sjob-admin >/dev/null; then
         groupadd --system sjob-admin
         echo "group: sjob-admin" >>"$PREFIX.apt-added"
+    fi
+    # Members of sjob-fn may deploy functions (see policy.toml [[rules]]).
+    if ! getent group sjob-fn >/dev/null; then
+        groupadd --system sjob-fn
+        echo "group: sjob-fn" >>"$PREFIX.apt-added"
     fi
     # The key that signs tokens (Ed25519); sjobd would make one at start, but then the first start writes it.
     install -d -m 0700 "$STATE_DIR"
@@ -199,6 +222,7 @@ pick_python
 install_packages
 python_at_least_3_11 "$PYTHON" || die "$PYTHON is older than 3.11" "sjob needs Python 3.11 or later"
 install_python
+install_runtime
 install_files
 write_manifest
 start_units

@@ -369,15 +369,17 @@ static void end_of_output(struct forwarding *f) {
     if (f->kill_at >= 0) {
         kill_after_grace(f->q, f->kill_at); /* the job closed its output but may still run */
     }
-    char message[200], records[32], dropped_text[32];
+    char message[200], records[32], dropped_text[32], bytes[32];
     snprintf(message, sizeof(message), "sjob: end of output (stdout %llu bytes, stderr %llu bytes, %llu dropped)",
              f->sizes[0], f->sizes[1], f->dropped);
     snprintf(records, sizeof(records), "%llu", f->seq);
     snprintf(dropped_text, sizeof(dropped_text), "%llu", f->dropped);
+    snprintf(bytes, sizeof(bytes), "%llu", f->sizes[0] + f->sizes[1]);
     struct entry e = {.n = 0};
     event_entry(&e, "eof", message, "7", f->job_id, f->ident);
     add_str(&e, "SJOB_RECORDS", records);
     add_str(&e, "SJOB_DROPPED", dropped_text);
+    add_str(&e, "SJOB_BYTES", bytes);
     journal_send(&e);
     journal_drain();
 }

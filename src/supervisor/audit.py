@@ -5,7 +5,8 @@
     journalctl SJOB_PRINCIPAL=token:ci-runner     everything one token subject did
 
 Fields: SJOB_AUDIT=1, SJOB_ACTION, SJOB_DECISION (allowed|denied), SJOB_PRINCIPAL (alice | token:NAME), SJOB_UID,
-SJOB_PID, SJOB_REASON, and where they apply SJOB_JOB_ID and SJOB_TOKEN_ID (a token's id, never the token).
+SJOB_PID, SJOB_REASON, and where they apply SJOB_JOB_ID and SJOB_TOKEN_ID (a token's id, never the token), and for
+functions SJOB_FUNCTION, SJOB_VERSION and, for a call, SJOB_CALLER.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ class AuditEntry:
     reason: str
     job_id: str | None = None
     token_id: str | None = None
+    function: str | None = None  # a function's deploy, rollback, removal or call (issue G)
+    version: int | None = None
 
     @property
     def message(self) -> str:
         who = str(self.principal) if self.principal is not None else "an unidentified peer"
-        target = f" job {self.job_id}" if self.job_id else ""
+        target = f" function {self.function}" if self.function else ""
+        target += f"@{self.version}" if self.version is not None else ""
+        target += f" job {self.job_id}" if self.job_id else ""
         verdict = "allowed" if self.allowed else "denied"
         return f"{verdict}: {who}: {self.action}{target} ({self.reason})"
 
@@ -61,6 +66,12 @@ class AuditEntry:
             fields["SJOB_JOB_ID"] = self.job_id
         if self.token_id:
             fields["SJOB_TOKEN_ID"] = self.token_id
+        if self.function:
+            fields["SJOB_FUNCTION"] = self.function
+            if self.principal is not None and self.action == "call":
+                fields["SJOB_CALLER"] = self.principal.name
+        if self.version is not None:
+            fields["SJOB_VERSION"] = str(self.version)
         return fields
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.fnprotocol import Deployed, Function, FunctionCall, FunctionSettings, FunctionVersion
+from supervisor.fnprotocol import Method as FnMethod
 from supervisor.protocol import (
     DEFAULT_SOCKET,
     Chunk,
@@ -172,6 +174,40 @@ class Client:
     def revoke_token(self, token_id: str) -> TokenInfo:
         return from_wire(TokenInfo, self.call(Method.RevokeToken, {"id": token_id})["token"])
 
+    # --- io.sjob.Functions ----------------------------------------------------------------------------------
+
+    def deploy(self, name: str, code: str, requirements: str | None, settings: FunctionSettings) -> Deployed:
+        parameters: dict[str, Any] = {"name": name, "code": code, "settings": to_wire(settings)}
+        if requirements is not None:
+            parameters["requirements"] = requirements
+        return from_wire(Deployed, self.call(FnMethod.Deploy, parameters)["deployed"])
+
+    def functions(self) -> list[Function]:
+        return [from_wire(Function, f) for f in _list(self.call(FnMethod.List, {}), "functions")]
+
+    def function(self, name: str) -> Function:
+        return from_wire(Function, self.call(FnMethod.Show, {"name": name})["function"])
+
+    def versions(self, name: str) -> list[FunctionVersion]:
+        return [from_wire(FunctionVersion, v) for v in _list(self.call(FnMethod.Versions, {"name": name}), "versions")]
+
+    def rollback(self, name: str, version: int) -> Function:
+        return from_wire(Function, self.call(FnMethod.Rollback, {"name": name, "version": version})["function"])
+
+    def remove_function(self, name: str, *, force: bool = False) -> None:
+        self.call(FnMethod.Remove, {"name": name, "force": force})
+
+    def call_function(self, reference: str, args: list[str], *, stdin: int | None = None) -> Job:
+        """Start a call of `reference` (NAME or NAME@VERSION); `stdin` is copied into it. Follow the job it returns."""
+        parameters: dict[str, Any] = {"name": reference, "args": args}
+        if stdin is not None:
+            parameters["stdin"] = 0
+        return from_wire(Job, self.call(FnMethod.Call, parameters, [stdin] if stdin is not None else None)["job"])
+
+    def function_calls(self, name: str, limit: int = 100) -> list[FunctionCall]:
+        calls = _list(self.call(FnMethod.Calls, {"name": name, "limit": limit}), "calls")
+        return [from_wire(FunctionCall, c) for c in calls]
+
     # --- Varlink -------------------------------------------------------------------------------------------
 
     def call(self, method: str, parameters: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
@@ -251,6 +287,13 @@ class Client:
             f"lost the connection to sjobd{detail}",
             hint="'journalctl -u sjobd' shows why; running jobs are not affected",
         )
+
+
+def _list(reply: dict[str, Any], key: str) -> list[Any]:
+    value = reply.get(key)
+    if not isinstance(value, list):
+        raise SjobError(ErrorCode.ProtocolError, f"malformed reply from sjobd: {key!r} is not a list")
+    return value
 
 
 def _frames(pipe: int) -> Iterator[Chunk]:

@@ -24,6 +24,7 @@ from asyncvarlink.serviceinterface import InvalidParameter
 
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.fnprotocol import Method as FnMethod
 from supervisor.interface import varlink_error
 from supervisor.protocol import Method
 
@@ -33,7 +34,7 @@ MAX_MESSAGE = 1024 * 1024  # a request larger than this is refused and the conne
 REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
 HANGUP_CHECK = 1.0  # seconds between checks whether the client of a stream is still there
 MAX_FDS = 2  # file descriptors a request may pass: a job's stdin, and its terminal's output
-TAKES_FDS = frozenset({Method.Start.value})  # the methods that take any
+TAKES_FDS = frozenset({Method.Start.value, FnMethod.Call.value})  # the methods that take any
 
 
 class Connection(VarlinkInterfaceServerProtocol):

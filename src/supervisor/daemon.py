@@ -28,6 +28,8 @@ from systemd import daemon as sd_daemon
 from supervisor.access import Access, check_run_as, read_uid_min
 from supervisor.audit import JournalAudit
 from supervisor.errors import SjobError
+from supervisor.fnstore import FunctionStore
+from supervisor.functions import FunctionService
 from supervisor.jobs import JobService
 from supervisor.journal import Journal
 from supervisor.launcher import Launcher
@@ -221,10 +223,14 @@ async def serve(args: argparse.Namespace) -> int:
     reaper = Reaper(units, journal, records, ledger, lambda: access.policy.retention)
     launcher = Launcher(units, records, ledger, reaper, lambda: access.policy)
     service = JobService(units, journal, records, ledger, reaper, launcher, shim, access, profiles)
+    store = FunctionStore(state)
+    functions = FunctionService(
+        store, units, journal, records, ledger, launcher, shim, access, lambda: service.profiles
+    )
     await reaper.reconcile()
     watcher = asyncio.create_task(reaper.watch_exits(), name="watch-exits")
     sweeper = asyncio.create_task(reaper.keep_swept(), name="sweep")
-    server = Server(service, access, sock)
+    server = Server(service, access, sock, functions)
     server.start()
 
     stop = asyncio.Event()
@@ -232,7 +238,7 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), service)
-    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs")
+    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
     log.info("sjobd ready on %s", sock.getsockname())
     done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
     failed = watcher in done and watcher.exception() is not None
@@ -245,9 +251,11 @@ async def serve(args: argparse.Namespace) -> int:
     watcher.cancel()
     sweeper.cancel()
     await asyncio.gather(watcher, sweeper, return_exceptions=True)
+    await functions.close()
     await reaper.close()
     units.close()
     records.close()
+    store.close()
     tokens.close()
     return 1 if failed else 0
 
@@ -255,7 +263,7 @@ async def serve(args: argparse.Namespace) -> int:
 def _reload(config_dir: Path, service: JobService) -> None:
     sd_daemon.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=Reloading policy")
     reload_policy(config_dir, service)
-    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs")
+    sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
 
 
 def main(argv: list[str] | None = None) -> None:

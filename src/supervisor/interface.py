@@ -51,17 +51,24 @@ class ErrorParameters(typing.TypedDict):
     hint: str | None
 
 
-def _error_class(code: ErrorCode) -> type[TypedVarlinkErrorReply]:
-    cls = type(code.value, (TypedVarlinkErrorReply,), {"Parameters": ErrorParameters}, interface=INTERFACE)
-    return typing.cast(type[TypedVarlinkErrorReply], cls)
+Errors = dict[ErrorCode, type[TypedVarlinkErrorReply]]
 
 
-# The errors a client can receive; client-side-only codes are not part of the interface.
-ERRORS: dict[ErrorCode, type[TypedVarlinkErrorReply]] = {
-    code: _error_class(code)
-    for code in ErrorCode
-    if code not in (ErrorCode.NotConnected, ErrorCode.ProtocolError, ErrorCode.ExecutableNotFound)
-}
+def error_classes(interface: str) -> Errors:
+    """The errors a client of `interface` can receive, as `<interface>.<code>`; client-side-only codes are not
+    part of any interface."""
+    local = (ErrorCode.NotConnected, ErrorCode.ProtocolError, ErrorCode.ExecutableNotFound)
+    return {
+        code: typing.cast(
+            type[TypedVarlinkErrorReply],
+            type(code.value, (TypedVarlinkErrorReply,), {"Parameters": ErrorParameters}, interface=interface),
+        )
+        for code in ErrorCode
+        if code not in local
+    }
+
+
+ERRORS = error_classes(INTERFACE)
 
 
 class PipeReply(typing.TypedDict, total=False):
@@ -90,15 +97,20 @@ async def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def varlink_error(e: SjobError) -> TypedVarlinkErrorReply:
-    cls = ERRORS.get(e.code, ERRORS[ErrorCode.InternalError])
+def varlink_error(e: SjobError, errors: Errors = ERRORS) -> TypedVarlinkErrorReply:
+    cls = errors.get(e.code, errors[ErrorCode.InternalError])
     return cls(message=e.message, hint=e.hint)
 
 
 AnyMethod = typing.TypeVar("AnyMethod", bound=Callable[..., object])
 
 
-def answers_sjob_errors(method: AnyMethod) -> AnyMethod:
+def answering(errors: Errors) -> Callable[[AnyMethod], AnyMethod]:
+    """`answers_sjob_errors` for an interface with these `errors`."""
+    return functools.partial(answers_sjob_errors, errors=errors)
+
+
+def answers_sjob_errors(method: AnyMethod, errors: Errors = ERRORS) -> AnyMethod:
     """Answer an `SjobError` raised by `method` (a plain function, a coroutine function or an async generator
     function) with its Varlink error. Goes under @varlinkmethod: asyncvarlink reads the signature and annotations
     (functools.wraps keeps them, through __wrapped__) and asks whether the method is a coroutine or an async
@@ -112,7 +124,7 @@ def answers_sjob_errors(method: AnyMethod) -> AnyMethod:
                     async for reply in replies:
                         yield reply
             except SjobError as e:
-                raise varlink_error(e) from None
+                raise varlink_error(e, errors) from None
 
         return typing.cast(AnyMethod, stream)
     if inspect.iscoroutinefunction(method):
@@ -122,7 +134,7 @@ def answers_sjob_errors(method: AnyMethod) -> AnyMethod:
             try:
                 return await method(*args, **kwargs)
             except SjobError as e:
-                raise varlink_error(e) from None
+                raise varlink_error(e, errors) from None
 
         return typing.cast(AnyMethod, call)
     if inspect.isgeneratorfunction(method):
@@ -133,7 +145,7 @@ def answers_sjob_errors(method: AnyMethod) -> AnyMethod:
         try:
             return method(*args, **kwargs)
         except SjobError as e:
-            raise varlink_error(e) from None
+            raise varlink_error(e, errors) from None
 
     return typing.cast(AnyMethod, plain)
 
@@ -143,17 +155,27 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
 
     errors = tuple(ERRORS.values())
 
-    def __init__(self, service: JobService, access: Access, principal: Principal, socket_path: str = "") -> None:
+    def __init__(
+        self,
+        service: JobService,
+        access: Access,
+        principal: Principal,
+        socket_path: str = "",
+        authenticated: Callable[[Principal], None] | None = None,
+    ) -> None:
         self._service = service
         self._access = access
         self._principal = principal
         self._socket_path = socket_path  # where sjobd listens: a job's stdin must not be a connection to it
+        self._authenticated = authenticated  # told when a token makes the connection its principal's
 
     @varlinkmethod(return_parameter="principal")
     @answers_sjob_errors
     def Authenticate(self, token: str) -> str:  # noqa: N802
         """Act as the principal of `token` (a JWT from `sjob token issue`) for the rest of this connection."""
         self._principal = self._access.authenticate(self._principal, token, time.time_ns() // 1000)
+        if self._authenticated is not None:
+            self._authenticated(self._principal)  # the connection's other interfaces act as it too
         return str(self._principal)
 
     @varlinkmethod(return_parameter="issued")

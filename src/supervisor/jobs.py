@@ -163,7 +163,7 @@ class JobService:
         job = self._visible(principal, job_id, Action.logs)
         live = not job.state.finished and wait
         ended_elsewhere = False
-        async for record in self._journal.job_records(job.id, job.unit, job.uid, follow=live):
+        async for record in self._journal.job_records(job.id, job.unit, job.log_uid, follow=live):
             if isinstance(record, OutputRecord):
                 if record.seq > after_seq and (streams is None or record.stream in streams):
                     yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
@@ -233,6 +233,11 @@ class JobService:
         if not everyone:  # a token sees only its subject's jobs, not all of its run_as user's
             jobs = [j for j in jobs if owns(principal, Owner(j.uid, j.user))]
         return [j for j in jobs if not j.state.finished] if running else jobs
+
+    @property
+    def profiles(self) -> Profiles:
+        """The sandbox profiles in force (a reload replaces them)."""
+        return self._profiles
 
     def set_policy(self, policy: Policy, profiles: Profiles) -> None:
         """Apply a reloaded policy to the requests that follow; running jobs keep what they started with."""

@@ -107,14 +107,20 @@ def validate(spec: JobSpec) -> JobSpec:
 def _validate_argv(argv: list[str]) -> list[str]:
     if not argv or not argv[0]:
         raise invalid_argument("the command is empty", hint="give the command after '--': sjob run -- CMD ARGS...")
+    return validate_arguments(argv, "argument {} of the command")
+
+
+def validate_arguments(argv: list[str], name: str) -> list[str]:
+    """`argv` if it may be a command line (a job's, a function call's): how many, how long, no NUL, text; `name`
+    says which argument is wrong ("argument {} of the command")."""
     if len(argv) > MAX_ARGS:
-        raise invalid_argument(f"the command has {len(argv)} arguments; at most {MAX_ARGS} are accepted")
+        raise invalid_argument(f"{len(argv)} arguments; at most {MAX_ARGS} are accepted")
     if sum(len(a.encode(errors="surrogatepass")) + 1 for a in argv) > MAX_ARGV_BYTES:
         raise invalid_argument(f"the command line is longer than {MAX_ARGV_BYTES} bytes")
     for i, arg in enumerate(argv):
-        _check_text(arg, f"argument {i} of the command")
+        _check_text(arg, name.format(i))
         if "\0" in arg:
-            raise invalid_argument(f"argument {i} of the command contains a NUL byte")
+            raise invalid_argument(f"{name.format(i)} contains a NUL byte")
     return list(argv)
 
 

@@ -82,7 +82,7 @@ class _JobReader:
     delivered and reads again, until the gap closes or GAP_RETRIES run out.
     """
 
-    def __init__(self, job_id: str, unit: str, owner_uid: int) -> None:
+    def __init__(self, job_id: str, unit: str, owner_uid: int | None) -> None:
         self.job_id = job_id
         self.filter = logformat.RecordFilter(unit, owner_uid)  # kept across reopens: it knows the forwarder's pid
         self.cursor: str | None = None  # of the last record delivered
@@ -162,7 +162,7 @@ class Journal:
     """Reads job records from journald."""
 
     async def job_records(
-        self, job_id: str, unit: str, owner_uid: int, *, follow: bool
+        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool
     ) -> AsyncIterator[Record | None]:
         """The job's records from its first on, in order and complete (see _JobReader). With `follow`, keep
         waiting for more, and yield None after each quiet TICK so the caller can check on the job; the caller
@@ -241,24 +241,34 @@ class Journal:
             finally:
                 reader.close()
 
-    def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None:
-        """The job's quota record, if its forwarder wrote one: the forwarder is the pid of the job's first start
-        record, and only quota entries from that pid are looked at (both matches are indexed, so entries the
-        job forged cost nothing here)."""
+    def find_quota(self, job_id: str, unit: str, owner_uid: int | None) -> QuotaRecord | None:
+        """The job's quota record, if its forwarder wrote one."""
+        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.quota)
+        return record if isinstance(record, QuotaRecord) else None
+
+    def find_eof(self, job_id: str, unit: str, owner_uid: int | None) -> EofRecord | None:
+        """The job's end-of-output record (what it wrote in all), once its forwarder has written it."""
+        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.eof)
+        return record if isinstance(record, EofRecord) else None
+
+    def _forwarders(self, job_id: str, unit: str, owner_uid: int | None, event: logformat.Event) -> Record | None:
+        """The job's first record of `event` from its forwarder: the pid of the job's first start record, and only
+        entries from that pid are looked at (both matches are indexed, so entries the job forged cost nothing
+        here). `owner_uid` None: any uid of the unit's own (a DynamicUser= unit)."""
         reader = _open_reader()
         try:
-            match = (f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}", f"_UID={owner_uid}")
+            match = [f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}"]
+            if owner_uid is not None:
+                match.append(f"_UID={owner_uid}")
             reader.add_match(*match, f"{logformat.F_EVENT}={logformat.Event.start.value}")
             reader.seek_head()
             if not reader._next() or not isinstance(logformat.parse_record(start := _fields(reader)), StartRecord):
                 return None
             reader.flush_matches()
             pid = start.get("_PID", b"").decode("ascii", "replace")
-            reader.add_match(*match, f"{logformat.F_EVENT}={logformat.Event.quota.value}", f"_PID={pid}")
+            reader.add_match(*match, f"{logformat.F_EVENT}={event.value}", f"_PID={pid}")
             reader.seek_head()
-            if reader._next() and isinstance(record := logformat.parse_record(_fields(reader)), QuotaRecord):
-                return record
-            return None
+            return logformat.parse_record(_fields(reader)) if reader._next() else None
         finally:
             reader.close()
 

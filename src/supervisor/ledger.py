@@ -6,9 +6,11 @@ its job is settled without one. It works on the record store and asks the job lo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from supervisor.backends import JobLog, RecordStore
 from supervisor.logformat import ExitRecord
@@ -31,6 +33,8 @@ class Ledger:
         self._records = records
         self._journal = journal
         self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
+        self._waiting: dict[str, list[asyncio.Future[Job]]] = {}  # job id -> those awaiting its end (`ended`)
+        self._listeners: list[Callable[[Job], None]] = []  # told of every job's end (`on_end`)
 
     def finish(self, job: Job, outcome: Outcome, when: int, resources: Resources | None = None) -> Job:
         job = dataclasses.replace(
@@ -46,7 +50,31 @@ class Ledger:
         self._records.update(job)
         self._vanished.pop(job.id, None)
         log.info("%s ended: %s", job.unit, outcome)
+        for waiter in self._waiting.pop(job.id, []):
+            if not waiter.done():
+                waiter.set_result(job)
+        for listener in self._listeners:
+            listener(job)
         return job
+
+    async def ended(self, job_id: str) -> Job:
+        """The job once its end is recorded (at once if it already is): an event, not a poll."""
+        job = self._records.get(job_id)
+        if job is not None and job.state.finished:
+            return job
+        waiter: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job_id, []).append(waiter)
+        try:
+            return await waiter
+        finally:
+            if not waiter.done() and waiter in (waiting := self._waiting.get(job_id, [])):
+                waiting.remove(waiter)
+                if not waiting:
+                    self._waiting.pop(job_id, None)
+
+    def on_end(self, listener: Callable[[Job], None]) -> None:
+        """Call `listener` with every job whose end is recorded (also again, when an exit record corrects it)."""
+        self._listeners.append(listener)
 
     def record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
         """Apply a job's exit record. It is the authority on how the job ended: it overrides an earlier
@@ -65,7 +93,7 @@ class Ledger:
             return job
         # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
         # reaches this method from the watcher, every follower and the sweep. It changes only the message.
-        if (quota := self._journal.find_quota(job.id, job.unit, job.uid)) is not None:
+        if (quota := self._journal.find_quota(job.id, job.unit, job.log_uid)) is not None:
             outcome = over_quota(outcome, quota)
         return self.finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
 

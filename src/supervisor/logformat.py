@@ -34,6 +34,7 @@ F_SEQ = "SJOB_SEQ"
 F_PARTIAL = "SJOB_PARTIAL"
 F_EVENT = "SJOB_EVENT"
 F_RECORDS = "SJOB_RECORDS"
+F_BYTES = "SJOB_BYTES"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
@@ -70,6 +71,7 @@ class OutputRecord:
 @dataclasses.dataclass(frozen=True, slots=True)
 class EofRecord:
     records: int  # how many output records came before this one
+    bytes: int | None = None  # what the job wrote on stdout and stderr together (quota or not); older shims: None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
             return QuotaRecord(quota, action.decode()) if quota is not None and action in (b"stop", b"drop") else None
         if event == b"eof":
             records = _int(fields.get(F_RECORDS))
-            return EofRecord(records) if records is not None else None
+            return EofRecord(records, _int(fields.get(F_BYTES))) if records is not None else None
         if event == b"exit":
             return _exit_record(fields)
         return None
@@ -146,7 +148,7 @@ class RecordFilter:
     """
 
     unit: str
-    owner_uid: int
+    owner_uid: int | None  # None: any uid of the unit's own (a DynamicUser= unit: a function's call or build)
     forwarder_pid: bytes | None = None
 
     def admits(self, fields: dict[str, bytes], record: Record) -> bool:
@@ -155,7 +157,7 @@ class RecordFilter:
         uid = fields.get("_UID")
         if isinstance(record, ExitRecord):
             return uid == b"0"
-        if uid != str(self.owner_uid).encode():
+        if self.owner_uid is not None and uid != str(self.owner_uid).encode():
             return False
         if isinstance(record, StartRecord):
             if self.forwarder_pid is not None:

@@ -174,6 +174,12 @@ class Job:
     version: int | None = None  # bytes sjobd passed it on its stdin and it wrote (stdout and stderr together)
     bytes_in: int | None = None
     bytes_out: int | None = None
+    dynamic: bool = False  # runs as a user systemd made for it alone (a function's call or build), not as `uid`
+
+    @property
+    def log_uid(self) -> int | None:
+        """The uid its output entries in the journal carry; None: a uid systemd chose for it."""
+        return None if self.dynamic else self.uid
 
     @property
     def shell_status(self) -> int:
@@ -398,7 +404,7 @@ def error_from_wire(name: str, parameters: Mapping[str, object]) -> SjobError:
     """Turn a Varlink error reply back into the SjobError the daemon raised."""
     message = parameters.get("message")
     hint = parameters.get("hint")
-    short = name.removeprefix(INTERFACE + ".")
+    short = name.removeprefix(INTERFACE + ".").removeprefix("io.sjob.Functions.")
     if short in ErrorCode.__members__ and isinstance(message, str):
         return SjobError(ErrorCode(short), message, hint if isinstance(hint, str) else None)
     if name == "org.varlink.service.MethodNotFound":

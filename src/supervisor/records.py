@@ -27,6 +27,7 @@ from supervisor.statedb import open_state_db
 SCHEMA_VERSION = 5
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
 _FINISHED = tuple(s.value for s in JobState if s.finished)
+_IO_COLUMNS = ("bytes_in", "bytes_out")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     function TEXT,
     version INTEGER,
     bytes_in INTEGER,
-    bytes_out INTEGER
+    bytes_out INTEGER,
+    dynamic INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
@@ -64,6 +66,7 @@ _MIGRATIONS = {
     3: "ALTER TABLE jobs ADD COLUMN input TEXT;",
     4: "ALTER TABLE jobs ADD COLUMN function TEXT; ALTER TABLE jobs ADD COLUMN version INTEGER;"
     " ALTER TABLE jobs ADD COLUMN bytes_in INTEGER; ALTER TABLE jobs ADD COLUMN bytes_out INTEGER;"
+    " ALTER TABLE jobs ADD COLUMN dynamic INTEGER NOT NULL DEFAULT 0;"
     " CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function, created_usec);",
 }
 
@@ -104,9 +107,22 @@ class JobRecords:
                 )
 
     def update(self, job: Job) -> None:
-        assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+        """Write the job's record, all but what only `set_io` writes (bytes in and out, counted elsewhere and
+        later: a stale copy of the job must not undo them)."""
+        columns = [c for c in _COLUMNS[1:] if c not in _IO_COLUMNS]
+        row = dict(zip(_COLUMNS, _row(job), strict=True))
         with self._writing():
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*_row(job)[1:], job.id])  # noqa: S608
+            self._db.execute(
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",  # noqa: S608
+                [*(row[c] for c in columns), job.id],
+            )
+
+    def set_io(self, job_id: str, *, bytes_in: int | None = None, bytes_out: int | None = None) -> None:
+        """Record how many bytes a function's call was given and wrote (each only if given)."""
+        with self._writing():
+            for column, value in (("bytes_in", bytes_in), ("bytes_out", bytes_out)):
+                if value is not None:
+                    self._db.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", [value, job_id])  # noqa: S608
 
     def prune(self, retention: Retention, now_usec: int) -> int:
         """Drop the records of jobs that ended more than the retention's age ago; how many were dropped."""
@@ -200,4 +216,5 @@ def _job(row: tuple[object, ...]) -> Job:
         values["limits"] = from_wire(Limits, json.loads(str(values["limits"])))
     if values["input"] is not None:
         values["input"] = Input(str(values["input"]))
+    values["dynamic"] = bool(values["dynamic"])
     return Job(**values)  # type: ignore[arg-type]

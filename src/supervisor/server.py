@@ -23,6 +23,8 @@ from supervisor.audit import AuditEntry
 from supervisor.auth import Principal
 from supervisor.connection import Connection
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.fninterface import FunctionsInterface
+from supervisor.functions import FunctionService
 from supervisor.interface import JobsInterface
 from supervisor.jobs import JobService
 from supervisor.peer import identify, refuse_peer
@@ -38,8 +40,11 @@ ACCEPT_RETRY = 1.0  # seconds without accepting after accept() failed for want o
 class Server:
     """Accepts connections on a listening Unix socket and serves io.sjob.Jobs on each."""
 
-    def __init__(self, service: JobService, access: Access, sock: socket.socket) -> None:
+    def __init__(
+        self, service: JobService, access: Access, sock: socket.socket, functions: FunctionService | None = None
+    ) -> None:
         self._service = service
+        self._functions = functions
         self._access = access
         self._sock = sock
         name = sock.getsockname()
@@ -109,7 +114,18 @@ class Server:
         self._per_user[principal.uid] = held + 1
         conn.setblocking(False)
         registry = VarlinkInterfaceRegistry()
-        registry.register_interface(JobsInterface(self._service, self._access, principal, self._path))
+        functions = FunctionsInterface(self._functions, principal, self._path) if self._functions is not None else None
+        registry.register_interface(
+            JobsInterface(
+                self._service,
+                self._access,
+                principal,
+                self._path,
+                functions.authenticated_as if functions is not None else None,
+            )
+        )
+        if functions is not None:
+            registry.register_interface(functions)
         registry.register_interface(
             VarlinkServiceInterface("sjob", "sjobd", supervisor.__version__, "https://github.com/sjob/sjob", registry)
         )

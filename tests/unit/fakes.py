@@ -19,7 +19,7 @@ from pathlib import Path
 
 from supervisor.access import Access
 from supervisor.audit import AuditEntry
-from supervisor.logformat import ExitRecord, OutputRecord, QuotaRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record
 from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
@@ -45,7 +45,7 @@ class FakeJobLog:
         self.changed.set()
 
     async def job_records(
-        self, job_id: str, unit: str, owner_uid: int, *, follow: bool
+        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool
     ) -> AsyncIterator[Record | None]:
         self.open_readers += 1
         try:
@@ -72,8 +72,11 @@ class FakeJobLog:
         while True:
             yield await self.exit_queue.get()
 
-    def find_quota(self, job_id: str, unit: str, owner_uid: int) -> QuotaRecord | None:
+    def find_quota(self, job_id: str, unit: str, owner_uid: int | None) -> QuotaRecord | None:
         return next((r for r in self.records.get(job_id, []) if isinstance(r, QuotaRecord)), None)
+
+    def find_eof(self, job_id: str, unit: str, owner_uid: int | None) -> EofRecord | None:
+        return next((r for r in self.records.get(job_id, []) if isinstance(r, EofRecord)), None)
 
     def find_exit(self, job_id: str) -> ExitRecord | None:
         return next((r for r in self.records.get(job_id, []) if isinstance(r, ExitRecord)), None)
@@ -118,6 +121,16 @@ class FakeUnits:
         end = argv.index("--")
         job_id, command = argv[end - 1], argv[end + 1 :]
         cwd = str(unit.get("WorkingDirectory"))
+        # Bind mounts, as far as a test without namespaces can have them: paths under a bind's target are
+        # rewritten to its source (a function's code and build directories).
+        props = dict(unit.properties)
+        for kind in ("BindReadOnlyPaths", "BindPaths"):
+            for source, target, _, _ in typing.cast(list[tuple[str, str, bool, int]], props.get(kind, [])):
+                command = [arg.replace(target, source) for arg in command]
+        environment = {
+            **os.environ,
+            **dict(e.split("=", 1) for e in typing.cast(list[str], props.get("Environment", []))),
+        }
         stdin = self.stdin.pop(unit.name, None)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -126,6 +139,7 @@ class FakeUnits:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=cwd,
+                env=environment,
                 start_new_session=True,
             )
         finally:

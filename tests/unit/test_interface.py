@@ -128,3 +128,14 @@ def test_the_error_decorator_answers_sjob_errors_and_passes_all_else() -> None:
         assert closed == ["0badc0de", "last", "bug", "early"]
 
     asyncio.run(main())
+
+
+def test_the_functions_description_is_pinned_too() -> None:
+    from supervisor.fninterface import FunctionsInterface  # noqa: PLC0415
+
+    pinned = Path(__file__).with_name("io.sjob.Functions.varlink")
+    regenerate = (
+        ".venv/bin/python -c 'import sys; from supervisor.fninterface import FunctionsInterface;"
+        f" sys.stdout.write(FunctionsInterface.render_interface_description())' > {pinned}"
+    )
+    assert FunctionsInterface.render_interface_description() == pinned.read_text(), regenerate

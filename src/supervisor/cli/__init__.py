@@ -18,7 +18,14 @@ from supervisor.unitfile import escape
 if TYPE_CHECKING:
     import typer
 
-EXIT_CODES = {ErrorCode.ExecutableNotFound: 127, ErrorCode.NotConnected: 69}  # 69 is EX_UNAVAILABLE
+# 69 EX_UNAVAILABLE, 75 EX_TEMPFAIL (a function at its concurrency cap: try again), 65 EX_DATAERR (code that does
+# not build)
+EXIT_CODES = {
+    ErrorCode.ExecutableNotFound: 127,
+    ErrorCode.NotConnected: 69,
+    ErrorCode.Busy: 75,
+    ErrorCode.BuildFailed: 65,
+}
 
 
 def die(error: SjobError) -> int:
@@ -32,8 +39,8 @@ def die(error: SjobError) -> int:
 def build_app() -> typer.Typer:
     import typer  # noqa: PLC0415 - the fast path of `sjob run` never needs it
 
+    from supervisor.cli import fn, logs, run, status, stop, token  # noqa: PLC0415
     from supervisor.cli import list as list_verb  # noqa: PLC0415
-    from supervisor.cli import logs, run, status, stop, token  # noqa: PLC0415
 
     app = typer.Typer(
         name="sjob",
@@ -43,7 +50,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for verb in (run, stop, status, logs, list_verb, token):
+    for verb in (run, stop, status, logs, list_verb, token, fn):
         verb.register(app)
     return app
 

@@ -1,0 +1,322 @@
+"""Functions on disk (issue G): their settings and versions in /var/lib/sjob/functions.sqlite, their code in
+/var/lib/sjob/functions/<name>/v<N>/. A version is immutable once committed: a running call keeps reading the
+version it started on while a rollback or a new deploy changes what the next call gets.
+
+A deploy first stages its code in functions/<name>/.build-<job>/: `src/` (main.py, requirements.txt; root's,
+read-only) and `out/`, which its build job (running as a user systemd makes for it alone) fills with the compiled
+bytecode and, with --requirements, a virtual environment. Committing moves both into the version's directory and
+*seals* it: every file becomes root's and read-only to everyone else, so neither the next user systemd hands that
+uid to nor a call can change a function's code. What the build left is not trusted: symbolic links stay links (and
+are never followed), hard links and special files fail the deploy.
+
+The whole tree lives in sjobd's state directory (0700): no user reaches it except through the read-only bind
+mounts of build and call units (fnunits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.fnprotocol import Function, FunctionSettings, FunctionVersion
+from supervisor.protocol import Limits, from_wire, to_wire
+from supervisor.statedb import open_state_db
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    owner_uid INTEGER NOT NULL,
+    description TEXT,
+    allow TEXT NOT NULL,
+    limits TEXT,
+    concurrency INTEGER NOT NULL,
+    current INTEGER NOT NULL,
+    latest INTEGER NOT NULL,
+    created_usec INTEGER NOT NULL,
+    updated_usec INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_usec INTEGER NOT NULL,
+    deployed_by TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    requirements INTEGER NOT NULL,
+    build_job TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""
+CODE = "main.py"
+REQUIREMENTS = "requirements.txt"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Staging:
+    """Where one deploy's build happens: `src` for its build to read, `out` for it to write."""
+
+    root: Path
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+
+class FunctionStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "functions"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._path = state_dir / "functions.sqlite"
+        self._db = open_state_db(self._path)
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Function | None:
+        row = self._db.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions WHERE name = ?", [name]).fetchone()  # noqa: S608
+        return _function(row) if row else None
+
+    def list_functions(self) -> list[Function]:
+        rows = self._db.execute(f"SELECT {_FUNCTION_COLUMNS} FROM functions ORDER BY name")  # noqa: S608
+        return [_function(row) for row in rows]
+
+    def versions(self, name: str) -> list[FunctionVersion]:
+        rows = self._db.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? ORDER BY version DESC",  # noqa: S608
+            [name],
+        )
+        return [FunctionVersion(*row[1:]) for row in rows]
+
+    def version(self, name: str, version: int) -> FunctionVersion | None:
+        row = self._db.execute(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? AND version = ?",  # noqa: S608
+            [name, version],
+        ).fetchone()
+        return FunctionVersion(*row[1:]) if row else None
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.root / name / f"v{version}"
+
+    # --- deploying -------------------------------------------------------------------------------------------
+
+    def stage(self, name: str, build_id: str, code: str, requirements: str | None) -> Staging:
+        """A fresh staging directory holding the code (and requirements) for the build job `build_id`."""
+        function_dir = self.root / name
+        function_dir.mkdir(mode=0o755, exist_ok=True)
+        staging = Staging(function_dir / f".build-{build_id}")
+        with self._storage_errors():
+            staging.root.mkdir(mode=0o755)
+            staging.src.mkdir(mode=0o755)
+            staging.out.mkdir()
+            staging.out.chmod(0o777)  # for the build's user, whoever systemd makes it; nobody else can reach it
+            for file, text in ((CODE, code), (REQUIREMENTS, requirements)):
+                if text is not None:
+                    (staging.src / file).write_text(text, encoding="utf-8")
+                    (staging.src / file).chmod(0o644)
+        return staging
+
+    def discard(self, staging: Staging) -> None:
+        shutil.rmtree(staging.root, ignore_errors=True)
+
+    def commit(
+        self,
+        name: str,
+        staging: Staging,
+        *,
+        owner: str,
+        owner_uid: int,
+        deployed_by: str,
+        build_job: str,
+        settings: FunctionSettings,
+        default_concurrency: int,
+        now_usec: int,
+    ) -> tuple[Function, FunctionVersion]:
+        """Make the staged, built code the function's next version, and the one calls get."""
+        previous = self.get(name)
+        number = (previous.latest if previous else 0) + 1
+        target = self.version_dir(name, number)
+        code = (staging.src / CODE).read_bytes()
+        has_requirements = (staging.src / REQUIREMENTS).exists()
+        with self._storage_errors():
+            seal(staging.out)
+            os.rename(staging.out, target)
+            for file in (CODE, REQUIREMENTS):
+                if (staging.src / file).exists():
+                    os.rename(staging.src / file, target / file)
+            self.discard(staging)
+        version = FunctionVersion(
+            number, now_usec, deployed_by, hashlib.sha256(code).hexdigest(), len(code), has_requirements, build_job
+        )
+        function = Function(
+            name=name,
+            owner=previous.owner if previous else owner,
+            owner_uid=previous.owner_uid if previous else owner_uid,
+            version=number,
+            latest=number,
+            created_usec=previous.created_usec if previous else now_usec,
+            updated_usec=now_usec,
+            allow=settings.allow if settings.allow is not None else (previous.allow if previous else []),
+            concurrency=settings.concurrency or (previous.concurrency if previous else default_concurrency),
+            description=settings.description
+            if settings.description is not None
+            else (previous.description if previous else None),
+            limits=settings.limits if settings.limits is not None else (previous.limits if previous else None),
+        )
+        try:
+            with self._writing():
+                row = [name, *dataclasses.astuple(version)]
+                self._db.execute(
+                    f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608
+                    row,
+                )
+                self._put(function)
+        except SjobError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return function, version
+
+    def set_current(self, name: str, version: int, now_usec: int) -> None:
+        with self._writing():
+            self._db.execute(
+                "UPDATE functions SET current = ?, updated_usec = ? WHERE name = ?", [version, now_usec, name]
+            )
+
+    def remove(self, name: str) -> None:
+        with self._writing():
+            self._db.execute("DELETE FROM versions WHERE name = ?", [name])
+            self._db.execute("DELETE FROM functions WHERE name = ?", [name])
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+    # --- plumbing --------------------------------------------------------------------------------------------
+
+    def _put(self, function: Function) -> None:
+        values = [
+            function.name,
+            function.owner,
+            function.owner_uid,
+            function.description,
+            json.dumps(function.allow),
+            json.dumps(to_wire(function.limits)) if function.limits else None,
+            function.concurrency,
+            function.version,
+            function.latest,
+            function.created_usec,
+            function.updated_usec,
+        ]
+        self._db.execute(
+            f"INSERT OR REPLACE INTO functions ({_FUNCTION_COLUMNS}) VALUES ({', '.join('?' * len(values))})",  # noqa: S608
+            values,
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise _storage_error(self._path, e) from None
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise _storage_error(self.root, e) from None
+
+
+_FUNCTION_COLUMNS = (
+    "name, owner, owner_uid, description, allow, limits, concurrency, current, latest, created_usec, updated_usec"
+)
+_VERSION_COLUMNS = "name, version, created_usec, deployed_by, sha256, size, requirements, build_job"
+
+
+def _function(row: tuple[object, ...]) -> Function:
+    name, owner, owner_uid, description, allow, limits, concurrency, current, latest, created, updated = row
+    return Function(
+        name=str(name),
+        owner=str(owner),
+        owner_uid=int(str(owner_uid)),
+        version=int(str(current)),
+        latest=int(str(latest)),
+        created_usec=int(str(created)),
+        updated_usec=int(str(updated)),
+        allow=list(json.loads(str(allow))),
+        concurrency=int(str(concurrency)),
+        description=None if description is None else str(description),
+        limits=None if limits is None else from_wire(Limits, json.loads(str(limits))),
+    )
+
+
+def _storage_error(path: Path, e: Exception) -> SjobError:
+    return SjobError(
+        ErrorCode.StorageError,
+        f"sjobd cannot write functions in {path}: {e}",
+        hint=f"free space on the file system of {path} (df -h {path})",
+    )
+
+
+class UntrustedBuildError(SjobError):
+    """What a build left cannot be taken as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BuildFailed, message, hint="a build may leave only files, directories and links")
+
+
+def seal(top: Path) -> None:
+    """Make everything under `top` root's and read-only to others, never following a link: each entry is opened
+    relative to its directory's descriptor with O_NOFOLLOW. Hard links (which could be another file's) and special
+    files fail the deploy."""
+    top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _seal_dir(top_fd, str(top))
+    finally:
+        os.close(top_fd)
+
+
+def _seal_dir(dir_fd: int, where: str) -> None:
+    os.fchown(dir_fd, 0, 0)
+    os.fchmod(dir_fd, 0o755)
+    for name in os.listdir(dir_fd):
+        info = os.lstat(name, dir_fd=dir_fd)
+        if stat.S_ISLNK(info.st_mode):
+            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+        elif stat.S_ISDIR(info.st_mode):
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                _seal_dir(child, f"{where}/{name}")
+            finally:
+                os.close(child)
+        elif stat.S_ISREG(info.st_mode):
+            if info.st_nlink > 1:
+                raise UntrustedBuildError(f"the build left a hard link, {where}/{name}")
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o755 if info.st_mode & 0o111 else 0o644)
+            finally:
+                os.close(fd)
+        else:
+            raise UntrustedBuildError(f"the build left a special file, {where}/{name}")
