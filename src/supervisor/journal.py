@@ -272,6 +272,38 @@ class Journal:
         finally:
             reader.close()
 
+    def find_manager_exit(self, unit: str) -> ExitRecord | None:
+        """How `unit` ended, as the service manager itself logged it, for a job whose own exit record is missing (its
+        ExecStopPost could not run; or systemd < 257 lost it on a daemon-reload). Only PID 1's entries (_PID=1 and
+        _UID=0 are journald's, from the kernel; nobody else has them) about the unit (UNIT=): its "Main process
+        exited" (EXIT_CODE, EXIT_STATUS; logged for failures only) and its final "Deactivated successfully" or
+        "Failed with result" (UNIT_RESULT). None if the manager logged no end of it."""
+        reader = _open_reader()
+        try:
+            reader.add_match("_PID=1", "_UID=0", f"UNIT={unit}")
+            reader.seek_head()
+            result: str | None = None
+            code, status, when = "", "", 0
+            while reader._next():
+                fields = _fields(reader)
+                message_id = fields.get("MESSAGE_ID", b"").decode("ascii", "replace")
+                if message_id == logformat.MANAGER_PROCESS_EXIT and fields.get("MESSAGE", b"").startswith(
+                    f"{unit}: Main process".encode()
+                ):
+                    code = fields.get("EXIT_CODE", b"").decode("ascii", "replace")
+                    status = fields.get("EXIT_STATUS", b"").decode("ascii", "replace")
+                elif message_id == logformat.MANAGER_UNIT_SUCCESS:
+                    result, when = "success", reader._get_realtime()
+                elif message_id == logformat.MANAGER_UNIT_FAILURE:
+                    result, when = fields.get("UNIT_RESULT", b"").decode("ascii", "replace"), reader._get_realtime()
+            if result is None:
+                return None
+            if result == "success" and not code:
+                code, status = "exited", "0"  # a success's exit is logged at debug level only
+            return logformat.manager_exit(result, code, status, when)
+        finally:
+            reader.close()
+
     def find_exit(self, job_id: str) -> ExitRecord | None:
         """The job's exit record if journald has one."""
         reader = _open_reader()

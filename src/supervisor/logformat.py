@@ -167,6 +167,19 @@ class RecordFilter:
         return self.forwarder_pid is None or fields.get("_PID") == self.forwarder_pid
 
 
+# The service manager's own structured entries about a unit's end (systemd's sd-messages.h), for jobs whose exit
+# record is missing: SD_MESSAGE_UNIT_PROCESS_EXIT, SD_MESSAGE_UNIT_SUCCESS, SD_MESSAGE_UNIT_FAILURE_RESULT.
+MANAGER_PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"
+MANAGER_UNIT_SUCCESS = "7ad2d189f7e94e70a38c781354912448"
+MANAGER_UNIT_FAILURE = "d9b373ed55a64feb8242e02dbe79a49c"
+
+
+def manager_exit(result: str, code: str, status: str, when_usec: int) -> ExitRecord | None:
+    """An exit record from what the service manager logged (result, EXIT_CODE, EXIT_STATUS: "9" or "KILL")."""
+    record = _exit_record({F_RESULT: result.encode(), F_EXIT_CODE: code.encode(), F_EXIT_STATUS: status.encode()})
+    return dataclasses.replace(record, when_usec=when_usec) if record is not None else None
+
+
 def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:
     result = fields.get(F_RESULT, b"").decode("ascii", "replace")
     if not result:

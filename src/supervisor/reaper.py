@@ -131,6 +131,9 @@ class Reaper:
             # TasksMax). The unit's own properties tell how it ended; give a late record its chance first.
             if self._ledger.exit_record_may_still_come(job):
                 return job
+            if (logged := self._manager_exit(job)) is not None:
+                self.collect_later(job.unit)
+                return logged
             log.warning("%s has no exit record; its result comes from systemd's unit properties", job.unit)
             finished = self._ledger.finish(job, outcome_of_unit(state, job.stopped_by), now_usec())
             self.collect_later(job.unit)
@@ -143,6 +146,8 @@ class Reaper:
             return job
         if self._ledger.exit_record_may_still_come(job):
             return job
+        if (logged := self._manager_exit(job)) is not None:
+            return logged
         return self._ledger.finish(
             job,
             Outcome(
@@ -154,6 +159,16 @@ class Reaper:
             ),
             now_usec(),
         )
+
+    def _manager_exit(self, job: Job) -> Job | None:
+        """The job, finished as the service manager logged its unit's end, when its own exit record never came:
+        systemd could not run the ExecStopPost that writes it, or (systemd < 257) lost it on a daemon-reload, or the
+        unit was collected meanwhile. Without resource figures, which only the exit record has."""
+        record = self._journal.find_manager_exit(job.unit)
+        if record is None:
+            return None
+        log.warning("%s has no exit record; its result comes from the service manager's log", job.unit)
+        return self._ledger.record_exit(job.id, record)
 
     async def main_exited(self, job: Job) -> Job | None:
         """The finished job if systemd reports that its main process exited by itself (not killed: a kill may

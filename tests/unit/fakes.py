@@ -35,6 +35,7 @@ class FakeJobLog:
         self.changed = asyncio.Event()
         self.open_readers = 0
         self.exit_failures = 0  # exits() fails this many times first, as a journal sjobd cannot open would
+        self.manager_exits: dict[str, ExitRecord] = {}  # unit -> what PID 1 logged of its end
 
     def add(self, job_id: str, record: Record) -> None:
         if isinstance(record, OutputRecord | ExitRecord) and not record.when_usec:
@@ -77,6 +78,9 @@ class FakeJobLog:
 
     def find_eof(self, job_id: str, unit: str, owner_uid: int | None) -> EofRecord | None:
         return next((r for r in self.records.get(job_id, []) if isinstance(r, EofRecord)), None)
+
+    def find_manager_exit(self, unit: str) -> ExitRecord | None:
+        return self.manager_exits.get(unit)
 
     def find_exit(self, job_id: str) -> ExitRecord | None:
         return next((r for r in self.records.get(job_id, []) if isinstance(r, ExitRecord)), None)

@@ -186,6 +186,28 @@ def test_a_unit_that_vanishes_without_an_exit_is_unknown(tmp_path: Path, monkeyp
     scenario(body, tmp_path, run_commands=False)
 
 
+def test_without_an_exit_record_the_managers_log_says_how_a_job_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd < 257 loses a running job's ExecStopPost on a daemon-reload (and so its exit record); a successful
+    unit is then collected at once. What PID 1 logged of the unit's end tells how it ended, not "unknown"."""
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 0)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        vanished = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.manager_exits[vanished.unit] = ExitRecord("success", "exited", 0, 123)
+        units.states.pop(vanished.unit, None)
+        ended = await service.status(ALICE, vanished.id)
+        assert (ended.state, ended.exit_status, ended.ended_usec) == (JobState.exited, 0, 123)
+        settled = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.manager_exits[settled.unit] = ExitRecord("exit-code", "exited", 3, 456)
+        units.states[settled.unit] = failed_unit(settled.unit, CLD_EXITED, 3, "exit-code")
+        failed = await service.status(ALICE, settled.id)
+        assert (failed.state, failed.result, failed.exit_status) == (JobState.failed, "exit-code", 3)
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_a_unit_that_failed_without_an_exit_record_is_settled_from_its_properties(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
