@@ -7,6 +7,8 @@
 - follow latency: from a job writing a line to `sjob logs -f` printing it (median, p95)
 - burst: 200 jobs started with `sjob run -d` vs a `systemd-run --no-block` loop, same concurrency (rate ratio,
   target >= 0.8); all 200 must complete and be recorded
+- stdin: a 200 MB file as a job's stdin, `sjob run` vs `systemd-run --pipe` (throughput ratio)
+- functions: cold-call latency of `hello` and of a function importing pandas, vs `sjob run -- python3 -c pass`
 - sjobd's resident memory with 1000 finished job records (target <= 60 MB)
 
 Runs are interleaved where two commands are compared, so drift in the machine's speed hits both alike. It prints
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 RUNS = int(os.environ.get("SJOB_BENCH_RUNS", "11"))
 BURST = int(os.environ.get("SJOB_BENCH_BURST", "200"))
@@ -155,6 +158,47 @@ def sjobd_memory() -> None:
     print(f"  VmRSS {rss_kb / 1024:.1f} MB" + verdict(rss_kb / 1024, 60, higher_is_better=False))
 
 
+def stdin_throughput() -> None:
+    """200 MB given as a job's stdin (`< file`): sjob passes the descriptor to the unit, as systemd-run --pipe
+    does (issue F)."""
+    data = Path("/var/tmp/sjob-bench-200m")
+    if not data.exists():
+        with open(data, "wb") as f:
+            for _ in range(200):
+                f.write(os.urandom(1 << 20))
+    ours, theirs = [], []
+    for _ in range(3):
+        with open(data, "rb") as source:
+            ours.append(timed_stdin([SJOB, "run", "--", "sha256sum"], source))
+        with open(data, "rb") as source:
+            theirs.append(timed_stdin(["systemd-run", "--pipe", "--wait", "-q", "sha256sum"], source))
+    ratio = statistics.median(theirs) / statistics.median(ours)
+    print("stdin, 200 MB file as the job's stdin (sha256sum)")
+    print(f"  sjob run -- sha256sum < FILE                       median {statistics.median(ours) * 1000:7.1f} ms")
+    print(f"  systemd-run --pipe --wait sha256sum < FILE         median {statistics.median(theirs) * 1000:7.1f} ms")
+    print(f"  throughput ratio {ratio:.2f}")
+
+
+def timed_stdin(argv: Sequence[str], source: BinaryIO) -> float:
+    start_time = time.perf_counter()
+    subprocess.run(argv, check=True, stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+    return time.perf_counter() - start_time
+
+
+def function_calls() -> None:
+    """Cold-call latency of a function (issue G): `hello`, and one that imports pandas, vs a job running Python
+    doing nothing. Deployed as root in the group sjob-fn, which the shipped policy lets deploy."""
+    group = subprocess.run(["getent", "group", "sjob-fn"], capture_output=True, check=True).stdout.split(b":")[2]
+    as_deployer = ["setpriv", f"--groups={int(group)}"]
+    for name, code in (("bench-hello", "print('Hello', 'bench')\n"), ("bench-pandas", "import pandas\nprint(1)\n")):
+        source = Path(f"/var/tmp/{name}.py")
+        source.write_text(code)
+        subprocess.run([*as_deployer, SJOB, "fn", "deploy", name, str(source)], check=True, capture_output=True)
+    baseline = [SJOB, "run", "--", "python3", "-c", "pass"]
+    compare("function call: hello", [SJOB, "fn", "call", "bench-hello"], baseline, None)
+    compare("function call: import pandas", [SJOB, "fn", "call", "bench-pandas"], baseline, None)
+
+
 def section(fn: Callable[[], None]) -> None:
     try:
         fn()
@@ -174,7 +218,7 @@ def main() -> int:
         )
     )
     section(lambda: compare("CLI start-up", [SJOB, "--help"], [sys.executable, "-c", "pass"], None))
-    for fn in (log_reading, follow_latency, burst, sjobd_memory):
+    for fn in (log_reading, follow_latency, burst, stdin_throughput, function_calls, sjobd_memory):
         section(fn)
     return 0
 
