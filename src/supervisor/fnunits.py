@@ -96,6 +96,7 @@ def build_unit(
         quota,
         charged_to=deployer.uid,
         binds=[Bind(source, CODE_DIR), Bind(output, BUILD_DIR, read_only=False)],
+        shown_as=["build of a function"],
     )
 
 
@@ -138,4 +139,5 @@ def call_unit(
         charged_to=caller.uid,
         binds=[Bind(version_dir, CODE_DIR)],
         environment=environment,
+        shown_as=[f"function {name}@{version}", *args],
     )

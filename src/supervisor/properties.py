@@ -267,6 +267,7 @@ def job_unit(
     charged_to: int | None = None,
     binds: Sequence[Bind] = (),
     environment: Sequence[str] = (),
+    shown_as: Sequence[str] | None = None,
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
     against the policy (limits.check). It runs as `uid`:`gid`, or with uid DYNAMIC as a user of its own; in the
@@ -278,7 +279,7 @@ def job_unit(
     report = shim.report_argv(job_id)
     argv = shim.argv(job_id, spec.argv, checks(profile, limits), output, spec.terminal)
     props: list[tuple[str, object]] = [
-        ("Description", describe(job_id, principal, spec.argv)),
+        ("Description", describe(job_id, principal, spec.argv if shown_as is None else shown_as)),
         ("Type", "exec"),
         ("ExecStartEx", [(shim.path, argv, ["no-env-expand"])]),
         # ignore-failure: should the report itself fail, that must not turn a successful job into a failed unit.
