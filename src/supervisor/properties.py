@@ -271,7 +271,8 @@ def job_unit(
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
     against the policy (limits.check). It runs as `uid`:`gid`, or with uid DYNAMIC as a user of its own; in the
-    slice of `charged_to` (by default `uid`'s), with `binds` mounted and `environment` set besides the spec's."""
+    slice of `charged_to` (by default `uid`'s), with `binds` mounted and `environment` set besides the spec's;
+    its description shows `shown_as` as its command (by default the spec's)."""
     slice_owner = uid if charged_to is None else charged_to
     identity: list[tuple[str, object]] = (
         [("DynamicUser", True)] if uid == DYNAMIC else [("User", str(uid)), ("Group", str(gid))]
