@@ -35,6 +35,7 @@ F_PARTIAL = "SJOB_PARTIAL"
 F_EVENT = "SJOB_EVENT"
 F_RECORDS = "SJOB_RECORDS"
 F_BYTES = "SJOB_BYTES"
+F_BYTES_IN = "SJOB_BYTES_IN"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
@@ -72,6 +73,7 @@ class OutputRecord:
 class EofRecord:
     records: int  # how many output records came before this one
     bytes: int | None = None  # what the job wrote on stdout and stderr together (quota or not); older shims: None
+    bytes_in: int | None = None  # what its stdin brought, where it passed through the shim (--relay-input)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,7 +119,9 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
             return QuotaRecord(quota, action.decode()) if quota is not None and action in (b"stop", b"drop") else None
         if event == b"eof":
             records = _int(fields.get(F_RECORDS))
-            return EofRecord(records, _int(fields.get(F_BYTES))) if records is not None else None
+            if records is None:
+                return None
+            return EofRecord(records, _int(fields.get(F_BYTES)), _int(fields.get(F_BYTES_IN)))
         if event == b"exit":
             return _exit_record(fields)
         return None

@@ -169,10 +169,10 @@ class JobRecords:
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
 
-    def calls(self, function: str, *, uid: int | None = None, limit: int = 1000) -> list[Job]:
-        """A function's calls, newest first; only `uid`'s when given."""
-        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE function = ?"  # noqa: S608
-        args: list[object] = [function]
+    def calls(self, function: str, *, uid: int | None = None, limit: int = 1000, since_usec: int = 0) -> list[Job]:
+        """A function's calls since `since_usec`, newest first; only `uid`'s when given."""
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE function = ? AND created_usec >= ?"  # noqa: S608
+        args: list[object] = [function, since_usec]
         if uid is not None:
             query += " AND uid = ?"
             args.append(uid)
@@ -180,11 +180,15 @@ class JobRecords:
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
 
-    def running_calls(self, function: str) -> int:
-        """How many calls of `function` have not ended."""
+    def running_calls(self, function: str, *, user: str | None = None) -> int:
+        """How many calls of `function` (by `user`, the principal's name, if given) have not ended."""
         states = [s.value for s in JobState if not s.finished]
         query = f"SELECT COUNT(*) FROM jobs WHERE function = ? AND state IN ({', '.join('?' * len(states))})"  # noqa: S608
-        return int(self._db.execute(query, [function, *states]).fetchone()[0])
+        args: list[object] = [function, *states]
+        if user is not None:
+            query += " AND user = ?"
+            args.append(user)
+        return int(self._db.execute(query, args).fetchone()[0])
 
     def unfinished(self, uid: int | None = None) -> list[Job]:
         """Jobs not yet ended; only `uid`'s when given."""

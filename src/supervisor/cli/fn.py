@@ -7,15 +7,16 @@ output streamed back, and look after its versions and callers.
     sjob fn list | show NAME | versions NAME | calls NAME | rollback NAME VERSION | rm [--force] NAME
 
 A call is a job: `sjob status ID`, `sjob logs ID`, `systemctl status sjob-ID.service` show it. Its stdin is yours:
-a pipe or a file is handed to sjobd, which copies it into the call; on a terminal, what you type is sent line by
-line (your terminal edits the line; Ctrl-D ends the input), since the function's code, which runs as another user,
-never gets your terminal.
+a pipe is handed to the call as it is; anything else (a file, a socket, your terminal) is copied into a pipe by
+`sjob` (on a terminal, line by line: your terminal edits the line; Ctrl-D ends the input), since the function's
+code, which runs as another user, only ever gets a pipe.
 """
 
 import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 from typing import TYPE_CHECKING, Annotated
@@ -196,11 +197,13 @@ def call(reference: str, args: list[str]) -> int:
     relay: _TypedInput | None = None
     stdin: int | None = None
     if _readable(0):
-        if os.isatty(0):
+        if stat.S_ISFIFO(os.fstat(0).st_mode):
+            stdin = 0  # a pipe goes as it is
+        else:
+            # A terminal (line by line, as the terminal edits it), a file or a socket: into a pipe of ours, since
+            # the function's code runs as someone else and gets only a pipe.
             relay = _TypedInput()
             stdin = relay.read_end
-        else:
-            stdin = 0
     with Client() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
             cleanup.callback(relay.close)
@@ -233,8 +236,8 @@ def status_of(job: Job) -> int:
 
 
 class _TypedInput:
-    """What the user types on our terminal, line by line into a pipe for the call: the terminal stays in its
-    normal mode (it edits and echoes each line); Ctrl-D ends the input."""
+    """Our stdin copied into a pipe for the call, in a thread. On a terminal, what the user types, line by line:
+    the terminal stays in its normal mode (it edits and echoes each line); Ctrl-D ends the input."""
 
     def __init__(self) -> None:
         self.read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
