@@ -157,11 +157,17 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
             seen["code"] = type(e).__name__
         seen["uid"] = os.getuid()
         seen["caller_env"] = os.environ.get("SJOB_CALLER")
+        seen["shared"] = sorted(os.listdir("/dev/shm") + os.listdir("/run/lock"))
+        seen["pts"] = os.path.exists("/dev/pts/ptmx")
         print(json.dumps(seen))
         """
     )
     name = unique("probe")
     deploy(deployer, name, probe, "--allow", bob.name)
+    # A deployer's meeting places on the host, where code could leave a caller's data (review of G).
+    for place in (Path("/dev/shm/sjobtest-drop"), Path("/run/lock/sjobtest-drop")):
+        place.write_text("")
+        place.chmod(0o666)
     result = fn("call", name, f"{bob.home}/secret.txt", f"{deployer.home}/secret.txt", user=bob)
     assert result.returncode == 0, result.stderr.decode()
     seen = json.loads(result.stdout)
@@ -171,6 +177,8 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
     assert seen["code"] != "written"
     assert seen["uid"] not in (bob.uid, deployer.uid, 0)
     assert seen["caller_env"] == bob.name
+    assert seen["shared"] == []  # its own, empty /dev/shm and /run/lock
+    assert seen["pts"] is False
 
 
 def test_a_rollback_serves_the_next_call_while_a_running_call_keeps_its_version(deployer: User) -> None:

@@ -178,3 +178,15 @@ def test_sjobd_never_hands_a_job_a_terminal(alice: User) -> None:
         os.close(slave)
     assert reply["error"] == "io.sjob.Jobs.InvalidArgument", reply
     assert "is a terminal" in reply["parameters"]["message"]
+
+
+def test_only_a_terminal_job_has_dev_pts(alice: User) -> None:
+    """A job runs as its owner, who may have other terminals open: without --pty it has no /dev/pts to read
+    their keystrokes from (review of F)."""
+    plain = sjob("run", "--", "sh", "-c", "ls /dev/pts", user=alice)
+    assert plain.returncode != 0
+    child = pexpect.spawn("runuser", ["-u", alice.name, "--", SJOB, "run", "-t", "--", "ls", "/dev/pts"], timeout=90)
+    child.expect("ptmx")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
