@@ -366,6 +366,19 @@ static int poll_timeout(const struct forwarding *f) {
     return left > 0 ? (int)left : 0;
 }
 
+/* poll() the forwarder's descriptors, or until a pending SIGKILL is due (then send it): 1 if some are ready. */
+static int wait_for(struct forwarding *f, struct pollfd *fds, nfds_t n) {
+    int ready = poll(fds, n, poll_timeout(f));
+    if (ready < 0 && errno != EINTR) {
+        _exit(4);
+    }
+    if (ready == 0) {
+        kill_after_grace(f->q, f->kill_at);
+        f->kill_at = -1;
+    }
+    return ready > 0;
+}
+
 /* The last entry: how much each stream brought, how many records, what was dropped. */
 static void end_of_output(struct forwarding *f) {
     if (f->kill_at >= 0) {
@@ -428,16 +441,7 @@ static void forward(struct forwarding *f, int out_fd, int err_fd, struct relay *
     while (open_fds > 0) {
         fds[2] = (struct pollfd){.fd = in->from >= 0 ? in->from : -1, .events = POLLIN};
         fds[3] = (struct pollfd){.fd = in->from >= 0 && in->to_full ? in->to : -1, .events = POLLOUT};
-        int ready = poll(fds, 4, poll_timeout(f));
-        if (ready < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            _exit(4);
-        }
-        if (ready == 0) {
-            kill_after_grace(f->q, f->kill_at);
-            f->kill_at = -1;
+        if (!wait_for(f, fds, 4)) {
             continue;
         }
         if (fds[3].revents & (POLLOUT | POLLERR | POLLHUP)) {
@@ -551,16 +555,7 @@ static void forward_tty(struct forwarding *f, int master, int input, int caller)
             {.fd = want_input ? input : -1, .events = POLLIN},
             {.fd = caller_there ? caller : -1, .events = 0}, /* POLLERR: the caller's end is closed */
         };
-        int ready = poll(fds, 3, poll_timeout(f));
-        if (ready < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            _exit(4);
-        }
-        if (ready == 0) {
-            kill_after_grace(f->q, f->kill_at);
-            f->kill_at = -1;
+        if (!wait_for(f, fds, 3)) {
             continue;
         }
         if (fds[2].revents & (POLLERR | POLLHUP)) {

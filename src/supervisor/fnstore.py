@@ -24,16 +24,15 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.fnprotocol import Function, FunctionSettings, FunctionVersion
 from supervisor.protocol import Limits, from_wire, to_wire
-from supervisor.statedb import open_state_db
+from supervisor.statedb import open_state_db, writing
 
 log = logging.getLogger(__name__)
 
@@ -243,19 +242,8 @@ class FunctionStore:
             values,
         )
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise _storage_error(self._path, e) from None
+    def _writing(self) -> AbstractContextManager[None]:
+        return writing(self._db, self._path, "functions")
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:

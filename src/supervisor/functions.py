@@ -341,13 +341,7 @@ class FunctionService:
         return [_call_of(j) for j in jobs]
 
     def rollback(self, principal: Principal, name: str, version: int) -> Function:
-        name = parse_name(name)
-        self._decide(principal, Action.deploy, name)
-        function = self._store.get(name)
-        if function is None or not self._sees(principal, function):
-            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
-        if not self._manages(principal, function):
-            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        name = self._managed(principal, name).name
         if self._store.version(name, version) is None:
             raise self._refuse(
                 principal,
@@ -360,13 +354,7 @@ class FunctionService:
         return self.show(principal, name)
 
     async def remove(self, principal: Principal, name: str, *, force: bool = False) -> None:
-        name = parse_name(name)
-        self._decide(principal, Action.deploy, name)
-        function = self._store.get(name)
-        if function is None or not self._sees(principal, function):
-            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
-        if not self._manages(principal, function):
-            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        name = self._managed(principal, name).name
         running = [j for j in self._records.unfinished() if j.function == name]
         if running and not force:
             raise self._refuse(
@@ -404,6 +392,18 @@ class FunctionService:
                 ),
             )
         return decision.rule
+
+    def _managed(self, principal: Principal, name: str) -> Function:
+        """The function `name`, if `principal` may manage it (deploy it again, roll it back, remove it): its owner
+        or an admin, with the policy's `deploy`. Refused (audited) otherwise; as missing to those who cannot see it."""
+        name = parse_name(name)
+        self._decide(principal, Action.deploy, name)
+        function = self._store.get(name)
+        if function is None or not self._sees(principal, function):
+            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
+        if not self._manages(principal, function):
+            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        return function
 
     def _manages(self, principal: Principal, function: Function) -> bool:
         own = principal.token is None and principal.uid == function.owner_uid

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Retention
 from supervisor.protocol import Input, Job, JobState, Limits, Resources, from_wire, to_wire
-from supervisor.statedb import open_state_db
+from supervisor.statedb import open_state_db, writing
 
 SCHEMA_VERSION = 5
 _COLUMNS = [f.name for f in dataclasses.fields(Job)]
@@ -133,26 +130,8 @@ class JobRecords:
             )
         return cursor.rowcount
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """One transaction, all of it or nothing (the connection is in autocommit mode otherwise)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            # SQLITE_FULL ("database or disk is full"), SQLITE_IOERR, SQLITE_READONLY: what a full or failing disk
-            # gives. Reads go on working, so sjobd still answers status and list.
-            raise SjobError(
-                ErrorCode.StorageError,
-                f"sjobd cannot write its job records in {self._path}: {e}",
-                hint=f"free space on the file system of {self._path.parent} (df -h {self._path.parent})",
-            ) from None
+    def _writing(self) -> AbstractContextManager[None]:
+        return writing(self._db, self._path, "its job records")
 
     def get(self, job_id: str) -> Job | None:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", [job_id]).fetchone()  # noqa: S608
