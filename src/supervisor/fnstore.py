@@ -129,10 +129,13 @@ class FunctionStore:
         """A fresh staging directory holding the code (and requirements) for the build job `build_id`."""
         function_dir = self.root / name
         function_dir.mkdir(mode=0o755, exist_ok=True)
+        # sjobd runs with UMask=0077: every mode that others need (the build's and the calls' users, through their
+        # bind mounts) is set explicitly, not left to mkdir's masked mode.
         staging = Staging(function_dir / f".build-{build_id}")
         with self._storage_errors():
             staging.root.mkdir(mode=0o755)
-            staging.src.mkdir(mode=0o755)
+            staging.src.mkdir()
+            staging.src.chmod(0o755)
             staging.out.mkdir()
             staging.out.chmod(0o777)  # for the build's user, whoever systemd makes it; nobody else can reach it
             for file, text in ((CODE, code), (REQUIREMENTS, requirements)):
@@ -145,7 +148,8 @@ class FunctionStore:
         """Copy what the build left (the entries `built` of its output) and the staged code into `staging.copied`,
         all root's: the version-to-be. Slow on a large build: run it in a worker thread."""
         with self._storage_errors():
-            staging.copied.mkdir(mode=0o755)
+            staging.copied.mkdir()
+            staging.copied.chmod(0o755)
             copy_built(staging.out, staging.copied, built)
             for file in (CODE, REQUIREMENTS):
                 if (staging.src / file).exists():
@@ -323,7 +327,8 @@ def _copy_entry(source: int, target: int, name: str, where: str, budget: list[in
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(name, dir_fd=source), name, dir_fd=target)
     elif stat.S_ISDIR(info.st_mode):
-        os.mkdir(name, 0o755, dir_fd=target)
+        os.mkdir(name, 0o700, dir_fd=target)
+        os.chmod(name, 0o755, dir_fd=target)  # noqa: S103 - a version is for everyone to read; sjobd has umask 077
         child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source)
         copy = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=target)
         try:

@@ -190,11 +190,14 @@ class FunctionService:
         async for record in self._journal.job_records(job.id, job.unit, None, follow=False):
             if isinstance(record, OutputRecord):
                 lines = (lines + record.data.splitlines())[-FAILURE_TAIL:]
-        tail = "\n".join(line.decode("utf-8", "replace") for line in lines)
-        why = "does not compile" if job.exit_status == fnunits.EXIT_DOES_NOT_COMPILE else f"failed ({job.message})"
+        tail = "".join(f"\n  | {line.decode('utf-8', 'replace')}" for line in lines)
+        if job.exit_status == fnunits.EXIT_DOES_NOT_COMPILE:
+            why = "does not compile"
+        else:
+            why = f"failed ({job.message or f'exit status {job.exit_status}'})"
         return SjobError(
             ErrorCode.BuildFailed,
-            f"the build of {name} {why}; nothing was deployed:\n{tail}" if tail else f"the build of {name} {why}",
+            f"the build of {name} {why}; nothing was deployed{':' if tail else ''}{tail}",
             hint=f"'sjob logs {job.id}' shows the whole build",
         )
 

@@ -26,6 +26,15 @@ SHIM = ShimCommand("/opt/sjob/bin/sjob-shim")
 
 
 def test_a_build_is_copied_as_roots_files_never_following_a_link(tmp_path: Path) -> None:
+    os.umask(old := os.umask(0o077))  # as sjobd runs (UMask=0077): the copy's modes must not depend on it
+    os.umask(0o077)
+    try:
+        copy_and_check(tmp_path)
+    finally:
+        os.umask(old)
+
+
+def copy_and_check(tmp_path: Path) -> None:
     out, into = tmp_path / "out", tmp_path / "into"
     (out / "venv" / "bin").mkdir(parents=True)
     (out / "venv" / "bin" / "tool").write_text("#!/bin/sh\n")
@@ -40,6 +49,7 @@ def test_a_build_is_copied_as_roots_files_never_following_a_link(tmp_path: Path)
     into.mkdir()
     copy_built(out, into, ("__pycache__", "venv"))
     assert sorted(p.name for p in into.iterdir()) == ["__pycache__", "venv"]  # nothing else is taken
+    assert stat.S_IMODE((into / "venv" / "bin").stat().st_mode) == 0o755
     assert stat.S_IMODE((into / "venv" / "bin" / "tool").stat().st_mode) == 0o755
     assert stat.S_IMODE((into / "__pycache__" / "main.pyc").stat().st_mode) == 0o644
     assert (into / "__pycache__" / "main.pyc").read_bytes() == b"pyc"
@@ -80,8 +90,11 @@ def test_a_file_the_build_holds_a_lease_on_fails_the_deploy_at_once(tmp_path: Pa
 
 def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> None:
     store = FunctionStore(tmp_path)
+    old = os.umask(0o077)  # as sjobd runs: what builds and calls read must be readable to them all the same
     try:
         staging = store.stage("f", "1a2b3c4d", "print(1)\n", None)
+        assert stat.S_IMODE(staging.src.stat().st_mode) == 0o755
+        assert stat.S_IMODE((staging.src / "main.py").stat().st_mode) == 0o644
         (staging.out / "__pycache__").mkdir()
         (staging.out / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"pyc")
         store.take_build(staging, ("__pycache__", "venv"))
@@ -100,6 +113,7 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         assert not staging.root.exists()
         directory = store.version_dir("f", 1)
         assert sorted(p.name for p in directory.iterdir()) == ["__pycache__", "main.py"]
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
         assert (version.size, version.requirements) == (len("print(1)\n"), False)
         second = store.stage("f", "5e6f7a8b", "print(2)\n", None)
         store.take_build(second, ("__pycache__", "venv"))
@@ -119,6 +133,7 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         assert (again.version, again.owner, again.allow) == (2, "alice", ["bob"])  # settings carry over
         assert (directory / "main.py").read_text() == "print(1)\n"
     finally:
+        os.umask(old)
         store.close()
 
 

@@ -29,8 +29,10 @@ EXIT_CODES = {
 
 
 def die(error: SjobError) -> int:
-    # Messages can quote what a request held (a path, an argument): never let them drive the terminal.
-    sys.stderr.write(f"sjob: {escape(error.message, backslashes=False)}\n")
+    # Messages can quote what a request held (a path, an argument): never let them drive the terminal. Line by line:
+    # a message may quote several (a failed build's last lines).
+    lines = (escape(line, backslashes=False) for line in error.message.split("\n"))
+    sys.stderr.write(f"sjob: {chr(10).join(lines)}\n")
     if error.hint:
         sys.stderr.write(f"hint: {escape(error.hint, backslashes=False)}\n")
     return EXIT_CODES.get(error.code, 1)
