@@ -111,14 +111,14 @@ class FunctionStore:
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? ORDER BY version DESC",  # noqa: S608
             [name],
         )
-        return [FunctionVersion(*row[1:]) for row in rows]
+        return [_version(row) for row in rows]
 
     def version(self, name: str, version: int) -> FunctionVersion | None:
         row = self._db.execute(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? AND version = ?",  # noqa: S608
             [name, version],
         ).fetchone()
-        return FunctionVersion(*row[1:]) if row else None
+        return _version(row) if row else None
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.root / name / f"v{version}"
@@ -261,6 +261,19 @@ _FUNCTION_COLUMNS = (
     "name, owner, owner_uid, description, allow, limits, concurrency, current, latest, created_usec, updated_usec"
 )
 _VERSION_COLUMNS = "name, version, created_usec, deployed_by, sha256, size, requirements, build_job"
+
+
+def _version(row: tuple[object, ...]) -> FunctionVersion:
+    _, version, created, deployed_by, sha256, size, requirements, build_job = row
+    return FunctionVersion(
+        int(str(version)),
+        int(str(created)),
+        str(deployed_by),
+        str(sha256),
+        int(str(size)),
+        bool(requirements),
+        str(build_job),
+    )
 
 
 def _function(row: tuple[object, ...]) -> Function:

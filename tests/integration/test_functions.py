@@ -141,7 +141,7 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
         Path(user.home).chmod(0o755)
     probe = textwrap.dedent(
         """
-        import json, os, socket, sys
+        import json, os, sys
         seen = {}
         for who, path in (("caller", sys.argv[1]), ("deployer", sys.argv[2])):
             try:
@@ -149,7 +149,8 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
                 seen[who] = "read"
             except OSError as e:
                 seen[who] = type(e).__name__
-        seen["interfaces"] = [name for _, name in socket.if_nameindex()]
+        with open("/proc/self/net/dev") as devices:  # its network namespace's (if_nameindex needs AF_NETLINK)
+            seen["interfaces"] = [line.split(":")[0].strip() for line in devices.readlines()[2:]]
         try:
             open("/opt/sjob/function/main.py", "a").write("#")
             seen["code"] = "written"

@@ -115,6 +115,9 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         assert sorted(p.name for p in directory.iterdir()) == ["__pycache__", "main.py"]
         assert stat.S_IMODE(directory.stat().st_mode) == 0o755
         assert (version.size, version.requirements) == (len("print(1)\n"), False)
+        # As read back: bool, not SQLite's 0 (asyncvarlink refuses an int for a bool: seen as an internal error)
+        assert store.versions("f")[0] == version
+        assert store.versions("f")[0].requirements is False
         second = store.stage("f", "5e6f7a8b", "print(2)\n", None)
         store.take_build(second, ("__pycache__", "venv"))
         store.commit(
