@@ -247,10 +247,20 @@ def test_output_arrives_while_the_job_runs(server: ServerThread, verb: str) -> N
     sjob(server, "stop", "--grace", "0", job["id"])
 
 
+# Ctrl-C reaches a command on a terminal with SIGINT at its default. A test run from a non-interactive shell's
+# background (`tests/run &`) inherits SIGINT ignored, and Python then leaves it ignored, as every program should:
+# sjob never saw the test's SIGINT and exited 0 when the job's sleep ended (reproduced with `trap '' INT`).
+SJOB_ON_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from supervisor.cli import main; main()",
+]
+
+
 def test_ctrl_c_stops_an_attached_job(server: ServerThread) -> None:
     env = {**os.environ, "SJOB_SOCKET": server.socket}
     proc = subprocess.Popen(
-        [*SJOB, "run", "--", "sh", "-c", "echo started; sleep 30"],
+        [*SJOB_ON_A_TERMINAL, "run", "--", "sh", "-c", "echo started; sleep 30"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
