@@ -70,6 +70,9 @@ class Stream(enum.StrEnum):
 MAX_WEIGHT = 10000  # CPUWeight=, IOWeight=
 MAX_TASKS = 4_194_304  # TasksMax=: the kernel's limit on pids
 MAX_CPUS = 8192  # AllowedCPUs=: the kernel's largest NR_CPUS
+# Stop's grace_usec, between SIGTERM and SIGKILL: by default and at most the job unit's TimeoutStopSec=, which is
+# systemd's DefaultTimeoutStopSec.
+MAX_GRACE_USEC = 90 * 1_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -267,6 +270,14 @@ def parse_signal(text: str) -> int:
         raise invalid_argument(
             f"unknown signal {text[:20]!r}", hint="give a name such as TERM, INT, HUP, USR1, KILL, or a number"
         ) from None
+
+
+def signal_name(number: int) -> str:
+    """SIGTERM for 15, as `systemctl status` names signals; the number itself for one this system has no name for."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 # --- JSON form -----------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Every verb of sjob by name, with the module that declares and does it and a one-line summary (pip's
+commands_dict), and sjob's own options: all that `sjob --help` needs, so it imports no verb's module.
+
+A verb's module holds `COMMAND`, a `command.Command` declaring its options, arguments and handler: `sjob VERB`
+imports that one module, the completion and man page generators import them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from supervisor import __version__, environment
+from supervisor.cli.exitcodes import JOB_STATUS, MEANINGS
+
+TYPE_CHECKING = False  # not typing's: `sjob --help` starts faster without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from supervisor.cli.command import Command
+
+
+class Verb:
+    """A row of the table: no dataclass here, whose import alone would cost `sjob --help` a third of its time."""
+
+    __slots__ = ("hidden", "module", "summary")
+
+    def __init__(self, module: str, summary: str, *, hidden: bool = False) -> None:
+        self.module = f"supervisor.cli.{module}"
+        self.summary = summary
+        self.hidden = hidden
+
+    def command(self) -> Command:
+        declared: Command = importlib.import_module(self.module).COMMAND
+        return declared
+
+
+COMMANDS = {
+    "run": Verb("run", "Start a command as a job; attached (the default), print its output and exit with its status"),
+    "logs": Verb("logs", "Print a job's output, stdout and stderr apart, byte for byte; -f follows it to the end"),
+    "status": Verb("status", "Show a job: state, command, owner, times, limits, how it ended and what it used"),
+    "list": Verb("list", "List your jobs, newest first"),
+    "wait": Verb("wait", "Wait until jobs have ended; exit with the last one's status"),
+    "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal"),
+    "token": Verb("token", "Issue, list and revoke tokens for callers the kernel cannot name (admins)"),
+}
+
+DESCRIPTION = "Run commands as supervised systemd services, with their output kept in journald."
+
+
+class GlobalOption:
+    __slots__ = ("flags", "help")
+
+    def __init__(self, flags: tuple[str, ...], help: str) -> None:
+        self.flags = flags
+        self.help = help
+
+
+GLOBAL_OPTIONS = (
+    GlobalOption(("-h", "--help"), "show this help; 'sjob COMMAND --help' shows a command's"),
+    GlobalOption(("--version",), "print sjob's version"),
+)
+
+
+def version() -> str:
+    return f"sjob {__version__}\n"
+
+
+def overview() -> str:
+    """`sjob --help`: the verbs, the environment and the exit statuses."""
+    import textwrap  # noqa: PLC0415 - only help needs it
+
+    lines = ["usage: sjob [-h] [--version] COMMAND [ARG]...", "", DESCRIPTION, "", "options:"]
+    lines += _rows((", ".join(o.flags), o.help) for o in GLOBAL_OPTIONS)
+    lines += ["", "commands:"]
+    lines += _rows((name, verb.summary) for name, verb in COMMANDS.items() if not verb.hidden)
+    lines += ["", "environment:"]
+    lines += _rows(environment.VARIABLES.items())
+    lines += ["", "exit status:"]
+    lines += _rows((str(int(code)), meaning) for code, meaning in MEANINGS.items())
+    lines += ["", *textwrap.wrap(JOB_STATUS + ".", 100), "", "'man sjob' has the whole story."]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(rows: Iterable[tuple[str, str]]) -> list[str]:
+    import textwrap  # noqa: PLC0415
+
+    pairs = list(rows)
+    width = max(len(name) for name, _ in pairs) + 2
+    out = []
+    for name, text in pairs:
+        wrapped = textwrap.wrap(text, 100 - width - 2) or [""]
+        out.append(f"  {name:<{width}}{wrapped[0]}")
+        out += [" " * (width + 2) + more for more in wrapped[1:]]
+    return out
