@@ -97,6 +97,7 @@ def test_environment_and_working_directory(server: ServerThread, tmp_path: Path)
         (["lsit"], 2, b"(did you mean 'list'?)"),
         (["--frobnicate"], 2, b"sjob: unknown option '--frobnicate'"),
         (["token", "issue"], 2, b"the following arguments are required: --subject"),
+        (["completion", "tcsh"], 2, b"invalid choice: 'tcsh'"),
     ],
 )
 def test_bad_input_is_a_clear_error(server: ServerThread, args: list[str], status: int, words: bytes) -> None:

@@ -42,6 +42,7 @@ COMMANDS = {
     "wait": Verb("wait", "Wait until jobs have ended; exit with the last one's status"),
     "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal"),
     "token": Verb("token", "Issue, list and revoke tokens for callers the kernel cannot name (admins)"),
+    "completion": Verb("completion", "Print the shell completion script for bash, zsh or fish"),
 }
 
 DESCRIPTION = "Run commands as supervised systemd services, with their output kept in journald."
