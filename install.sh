@@ -7,8 +7,9 @@
 #
 # What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob, the
 # command /usr/local/bin/sjob, the units sjobd.socket, sjobd.service and sjob.slice in
-# /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), and it
-# enables sjobd.socket. Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
+# /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), the man pages
+# sjob(1) and sjobd(8) and bash, zsh and fish completion under /usr/local/share, and it enables sjobd.socket.
+# Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
 set -euo pipefail
 
 PREFIX=/opt/sjob
@@ -17,6 +18,14 @@ CONF_DIR=/etc/sjob
 STATE_DIR=/var/lib/sjob
 BIN_LINK=/usr/local/bin/sjob
 MANIFEST="$PREFIX/install-manifest"
+SHARE=/usr/local/share
+# Generated from the installed sjob's own declaration of its commands (supervisor.manpages, sjob completion).
+MAN_PAGES=("$SHARE/man/man1/sjob.1" "$SHARE/man/man8/sjobd.8")
+COMPLETIONS=(
+    "bash:$SHARE/bash-completion/completions/sjob"
+    "zsh:$SHARE/zsh/site-functions/_sjob"
+    "fish:$SHARE/fish/vendor_completions.d/sjob.fish"
+)
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUILD_PACKAGES=(gcc libc6-dev pkg-config libsystemd-dev)
 PYTHON=python3
@@ -34,7 +43,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -53,7 +62,11 @@ done
 uninstall() {
     say "stopping and disabling sjobd"
     systemctl disable --now sjobd.socket sjobd.service >/dev/null 2>&1 || true
-    rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK"
+    rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK" "${MAN_PAGES[@]}"
+    local entry
+    for entry in "${COMPLETIONS[@]}"; do
+        rm -f "${entry#*:}"
+    done
     systemctl daemon-reload
     local added=()
     local group_added=0
@@ -171,6 +184,23 @@ install_files() {
             "fix it, or move it away and run install.sh again to get the shipped default ($SRC/policy/default.toml)"
 }
 
+install_docs() {
+    # Made by the sjob just installed, so that they describe exactly its commands and options.
+    local page entry
+    for page in "${MAN_PAGES[@]}"; do
+        install -d -m 0755 "$(dirname "$page")"
+        "$PREFIX/bin/python3" -m supervisor.manpages "$(basename "$page")" >"$page.tmp"
+        chmod 0644 "$page.tmp"
+        mv -f "$page.tmp" "$page"
+    done
+    for entry in "${COMPLETIONS[@]}"; do
+        install -d -m 0755 "$(dirname "${entry#*:}")"
+        "$PREFIX/bin/sjob" completion "${entry%%:*}" >"${entry#*:}.tmp"
+        chmod 0644 "${entry#*:}.tmp"
+        mv -f "${entry#*:}.tmp" "${entry#*:}"
+    done
+}
+
 write_manifest() {
     {
         echo "# written by sjob's install.sh; --uninstall reads it"
@@ -200,6 +230,7 @@ install_packages
 python_at_least_3_11 "$PYTHON" || die "$PYTHON is older than 3.11" "sjob needs Python 3.11 or later"
 install_python
 install_files
+install_docs
 write_manifest
 start_units
 say "done. Try: sjob run -- echo hello"

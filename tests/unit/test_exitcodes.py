@@ -1,13 +1,17 @@
 """One table of exit statuses: every failure has one, and --help, the man page and README show the same numbers."""
 
 import re
+from pathlib import Path
 
 import pytest
 
+from supervisor import manpages
 from supervisor.cli.commands import overview
 from supervisor.cli.exitcodes import FOR_ERROR, MEANINGS, ExitCode, for_error, of_job
 from supervisor.errors import ErrorCode
 from supervisor.protocol import Job, JobState
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_every_error_has_an_exit_status_and_every_status_a_meaning() -> None:
@@ -57,7 +61,14 @@ def shown(text: str) -> dict[int, str]:
     return {int(m[1]): " ".join(m[2].split()) for m in re.finditer(r"^\s*\|?\s*(\d+)\s*\|?\s+(.+)$", text, re.M)}
 
 
-def test_help_shows_the_table() -> None:
+def test_help_man_page_and_readme_show_the_same_table() -> None:
     wanted = {int(code): meaning for code, meaning in MEANINGS.items()}
     help_text = overview().split("exit status:\n")[1].split("\n\n")[0]
-    assert shown(re.sub(r"\n\s{7,}", " ", help_text)) == wanted  # continuation lines join their row
+    help_rows = shown(re.sub(r"\n\s{7,}", " ", help_text))  # continuation lines join their row
+    assert help_rows == wanted
+    page = manpages.sjob_page().split(".SH EXIT STATUS")[1].split(".SH")[0]
+    man_rows = dict(re.findall(r"\.TP\n\\fB(\d+)\\fR\n(.*)", page))
+    assert {int(k): v.replace("\\-", "-") for k, v in man_rows.items()} == wanted
+    readme = README.read_text().split("<!-- generated: exit-status")[1].split("<!-- end generated -->")[0]
+    readme_rows = {int(k): v.replace("\\|", "|") for k, v in re.findall(r"^\| (\d+) \| (.*) \|$", readme, re.M)}
+    assert readme_rows == wanted

@@ -44,6 +44,7 @@ LAYERS = {
     "daemon": 4,
     "client": 4,
     "cli": 4,
+    "manpages": 4,  # documentation made from the CLI's and sjobd's declarations: it reads both, neither reads it
 }
 EDGE_ONLY_LAYER0 = {"client", "cli"}  # the unprivileged side may use only layer-0 modules
 
