@@ -70,8 +70,6 @@ SJOBD_FILES = {
 def commands() -> Iterator[tuple[Command, str]]:
     """Every command that runs something, with its summary: the verbs, and each subcommand of a group."""
     for name, verb in COMMANDS.items():
-        if verb.hidden:
-            continue
         command = verb.command()
         if command.subcommands:
             for child in command.subcommands:
@@ -105,17 +103,24 @@ def _definitions(rows: Iterator[tuple[str, str]] | list[tuple[str, str]]) -> lis
     return out
 
 
-def sjob_page() -> str:
-    lines = [
-        f'.TH SJOB 1 "" "sjob {__version__}" "User Commands"',
-        ".SH NAME",
-        f"sjob \\- {roff(DESCRIPTION[:1].lower() + DESCRIPTION[1:].rstrip('.'))}",
-        ".SH SYNOPSIS",
-        "\\fBsjob\\fR [\\fB\\-h\\fR] [\\fB\\-\\-version\\fR] \\fICOMMAND\\fR [\\fIARG\\fR]...",
-        ".SH DESCRIPTION",
-    ]
-    for paragraph in _paragraphs(SJOB_DESCRIPTION):
+def _opening(name: str, section: int, volume: str, what: str, synopsis: str, description: str) -> list[str]:
+    """A page's title, NAME, SYNOPSIS and DESCRIPTION."""
+    lines = [f'.TH {name.upper()} {section} "" "sjob {__version__}" "{volume}"', ".SH NAME", f"{name} \\- {roff(what)}"]
+    lines += [".SH SYNOPSIS", synopsis, ".SH DESCRIPTION"]
+    for paragraph in _paragraphs(description):
         lines += [".PP", roff(paragraph)]
+    return lines
+
+
+def _closing(files: dict[str, str], see_also: str) -> list[str]:
+    lines = [".SH FILES", *_definitions((f"\\fI{roff(path)}\\fR", text) for path, text in files.items())]
+    return [*lines, ".SH SEE ALSO", roff(see_also), ""]
+
+
+def sjob_page() -> str:
+    what = DESCRIPTION[:1].lower() + DESCRIPTION[1:].rstrip(".")
+    synopsis = "\\fBsjob\\fR [\\fB\\-h\\fR] [\\fB\\-\\-version\\fR] \\fICOMMAND\\fR [\\fIARG\\fR]..."
+    lines = _opening("sjob", 1, "User Commands", what, synopsis, SJOB_DESCRIPTION)
     lines += [".SH OPTIONS"]
     lines += _definitions((", ".join(f"\\fB{roff(f)}\\fR" for f in o.flags), o.help) for o in GLOBAL_OPTIONS)
     lines += [".SH COMMANDS"]
@@ -133,10 +138,7 @@ def sjob_page() -> str:
     lines += _definitions((f"\\fB{name}\\fR", text) for name, text in environment.VARIABLES.items())
     lines += [".SH EXIT STATUS", roff(JOB_STATUS + ".")]
     lines += _definitions((f"\\fB{int(code)}\\fR", text) for code, text in MEANINGS.items())
-    lines += [".SH FILES"]
-    lines += _definitions((f"\\fI{roff(path)}\\fR", text) for path, text in SJOB_FILES.items())
-    lines += [".SH SEE ALSO", roff(SEE_ALSO_SJOB), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _closing(SJOB_FILES, SEE_ALSO_SJOB))
 
 
 def sjobd_options() -> list[tuple[str, str]]:
@@ -159,22 +161,11 @@ def sjobd_options() -> list[tuple[str, str]]:
 
 
 def sjobd_page() -> str:
-    lines = [
-        f'.TH SJOBD 8 "" "sjob {__version__}" "System Administration"',
-        ".SH NAME",
-        "sjobd \\- the sjob daemon: runs jobs as transient systemd service units",
-        ".SH SYNOPSIS",
-        "\\fBsjobd\\fR [\\fIOPTIONS\\fR]",
-        ".SH DESCRIPTION",
-    ]
-    for paragraph in _paragraphs(SJOBD_DESCRIPTION):
-        lines += [".PP", roff(paragraph)]
+    what = "the sjob daemon: runs jobs as transient systemd service units"
+    lines = _opening("sjobd", 8, "System Administration", what, "\\fBsjobd\\fR [\\fIOPTIONS\\fR]", SJOBD_DESCRIPTION)
     lines += [".SH OPTIONS"]
     lines += _definitions((f"\\fB{roff(flags)}\\fR", text) for flags, text in sjobd_options())
-    lines += [".SH FILES"]
-    lines += _definitions((f"\\fI{roff(path)}\\fR", text) for path, text in SJOBD_FILES.items())
-    lines += [".SH SEE ALSO", roff(SEE_ALSO_SJOBD), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _closing(SJOBD_FILES, SEE_ALSO_SJOBD))
 
 
 # --- README ---------------------------------------------------------------------------------------------------

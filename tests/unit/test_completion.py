@@ -78,7 +78,7 @@ def offered(shell: str, script: Path, line: str, env: dict[str, str]) -> set[str
     return {entry.split("\t")[0] for entry in out.stdout.splitlines() if entry}
 
 
-VERBS = {name for name, verb in COMMANDS.items() if not verb.hidden}
+VERBS = set(COMMANDS)
 SHELLS = [
     pytest.param(s, marks=pytest.mark.skipif(shutil.which(s) is None, reason=f"needs {s}")) for s in completion.SHELLS
 ]

@@ -50,12 +50,12 @@ class Option:
     choices: tuple[str, ...] = ()
     group: str | None = None  # a section of --help and of the man page; the synopsis shows [GROUP]
     required: bool = False
-    dest: str | None = None  # the attribute the handler reads; by default the long flag's name
 
     @property
     def name(self) -> str:
+        """The attribute the handler reads: the long flag's name (--no-wait: args.no_wait)."""
         long = next((f for f in self.flags if f.startswith("--")), self.flags[0])
-        return self.dest or long.lstrip("-").replace("-", "_")
+        return long.lstrip("-").replace("-", "_")
 
     @property
     def takes_value(self) -> bool:

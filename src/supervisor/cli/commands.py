@@ -22,12 +22,11 @@ if TYPE_CHECKING:
 class Verb:
     """A row of the table: no dataclass here, whose import alone would cost `sjob --help` a third of its time."""
 
-    __slots__ = ("hidden", "module", "summary")
+    __slots__ = ("module", "summary")
 
-    def __init__(self, module: str, summary: str, *, hidden: bool = False) -> None:
+    def __init__(self, module: str, summary: str) -> None:
         self.module = f"supervisor.cli.{module}"
         self.summary = summary
-        self.hidden = hidden
 
     def command(self) -> Command:
         declared: Command = importlib.import_module(self.module).COMMAND
@@ -73,7 +72,7 @@ def overview() -> str:
     lines = ["usage: sjob [-h] [--version] COMMAND [ARG]...", "", DESCRIPTION, "", "options:"]
     lines += _rows((", ".join(o.flags), o.help) for o in GLOBAL_OPTIONS)
     lines += ["", "commands:"]
-    lines += _rows((name, verb.summary) for name, verb in COMMANDS.items() if not verb.hidden)
+    lines += _rows((name, verb.summary) for name, verb in COMMANDS.items())
     lines += ["", "environment:"]
     lines += _rows(environment.VARIABLES.items())
     lines += ["", "exit status:"]

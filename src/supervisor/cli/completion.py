@@ -40,8 +40,7 @@ class Node:
 def tree() -> list[Node]:
     help_option = Option(("-h", "--help"), "show this command's options")
     top = tuple(Option(o.flags, o.help) for o in GLOBAL_OPTIONS)
-    verbs = [(name, verb) for name, verb in COMMANDS.items() if not verb.hidden]
-    nodes = [Node("", "", top, (), tuple((name, verb.summary) for name, verb in verbs))]
+    nodes = [Node("", "", top, (), tuple((name, verb.summary) for name, verb in COMMANDS.items()))]
 
     def add(path: str, summary: str, command: Command) -> None:
         children = tuple((c.name, c.summary) for c in command.subcommands)
@@ -49,7 +48,7 @@ def tree() -> list[Node]:
         for child in command.subcommands:
             add(f"{path} {child.name}", child.summary, child)
 
-    for name, verb in verbs:
+    for name, verb in COMMANDS.items():
         add(name, verb.summary, verb.command())
     return nodes
 
