@@ -13,7 +13,6 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 from supervisor import environment
 from supervisor.errors import ErrorCode, SjobError
@@ -31,6 +30,10 @@ from supervisor.protocol import (
     to_wire,
     unframe,
 )
+
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_REPLY = 64 * 1024 * 1024
 

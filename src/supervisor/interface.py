@@ -28,7 +28,6 @@ from supervisor.jobs import JobService
 from supervisor.protocol import (
     INTERFACE,
     Chunk,
-    FollowReply,
     IssuedToken,
     Job,
     JobSpec,
@@ -59,6 +58,13 @@ ERRORS: dict[ErrorCode, type[TypedVarlinkErrorReply]] = {
     for code in ErrorCode
     if code not in (ErrorCode.NotConnected, ErrorCode.ProtocolError, ErrorCode.ExecutableNotFound)
 }
+
+
+class FollowReply(typing.TypedDict, total=False):
+    """One reply of Follow: output as it arrives, and last of all the finished job."""
+
+    output: Output
+    job: Job
 
 
 class PipeReply(typing.TypedDict, total=False):

@@ -13,9 +13,12 @@ import enum
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from supervisor.errors import ErrorCode, SjobError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 class Complete(enum.StrEnum):

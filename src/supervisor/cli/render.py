@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from typing import TextIO
 
 from supervisor import environment
 from supervisor.protocol import Job, JobState, Limits, Resources, signal_name
 from supervisor.quantities import format_age, format_cpu_list, format_duration, format_size
 from supervisor.unitfile import escape
+
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import TextIO
 
 DOTS = {
     JobState.starting: "◌",
