@@ -116,12 +116,13 @@ def test_man_sjob() -> None:
 
 
 def test_wait_exits_with_the_last_jobs_status(alice: User) -> None:
-    first = detach("sh", "-c", "sleep 1; exit 3", user=alice)
-    second = detach("sh", "-c", "exit 4", user=alice)
+    # Statuses no other test's jobs of alice's end with: some find their job in her list by its command.
+    first = detach("sh", "-c", "sleep 1; exit 6", user=alice)
+    second = detach("sh", "-c", "exit 7", user=alice)
     result = sjob("wait", first, second, user=alice)
-    assert result.returncode == 4, result.stderr
+    assert result.returncode == 7, result.stderr
     ended = json.loads(sjob("wait", "--json", second, first, user=alice).stdout)
-    assert [(j["id"], j["state"], j["exit_status"]) for j in ended] == [(second, "failed", 4), (first, "failed", 3)]
+    assert [(j["id"], j["state"], j["exit_status"]) for j in ended] == [(second, "failed", 7), (first, "failed", 6)]
     killed = detach("sh", "-c", "kill -KILL $$", user=alice)
     assert sjob("wait", killed, user=alice).returncode == 128 + 9
     slow = detach("sleep", "60", user=alice)
