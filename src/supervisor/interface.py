@@ -30,7 +30,6 @@ from supervisor.properties import JobStdio
 from supervisor.protocol import (
     INTERFACE,
     Chunk,
-    FollowReply,
     Input,
     IssuedToken,
     Job,
@@ -69,6 +68,13 @@ def error_classes(interface: str) -> Errors:
 
 
 ERRORS = error_classes(INTERFACE)
+
+
+class FollowReply(typing.TypedDict, total=False):
+    """One reply of Follow: output as it arrives, and last of all the finished job."""
+
+    output: Output
+    job: Job
 
 
 class PipeReply(typing.TypedDict, total=False):

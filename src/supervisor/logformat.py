@@ -214,13 +214,6 @@ def signal_number(name: str) -> int | None:
         return None
 
 
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
-
-
 def _int(raw: bytes | None) -> int | None:
     if raw is None or not raw.isdigit() or len(raw) > 18:
         return None

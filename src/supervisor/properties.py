@@ -35,7 +35,7 @@ from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
 from supervisor.policy import OutputQuota
 from supervisor.profiles import Profile
-from supervisor.protocol import Input, JobSpec, Limits, Terminal
+from supervisor.protocol import MAX_GRACE_USEC, Input, JobSpec, Limits, Terminal
 from supervisor.quantities import format_cpu_list
 
 SLICE = "sjob.slice"
@@ -59,7 +59,7 @@ def slice_unit(uid: int, per_user: Limits) -> UnitProperties:
     return UnitProperties(user_slice(uid), tuple(limits_properties(per_user)))
 
 
-DEFAULT_STOP_TIMEOUT_USEC = 90 * 1_000_000  # systemd's DefaultTimeoutStopSec
+DEFAULT_STOP_TIMEOUT_USEC = MAX_GRACE_USEC  # systemd's DefaultTimeoutStopSec
 DESCRIPTION_MAX = 240
 
 SIGNATURES: dict[str, str] = {

@@ -134,7 +134,7 @@ def test_list_and_status(alice: User, bob: User) -> None:
     # Another user's job looks exactly like a missing one.
     theirs = sjob("status", job_id, user=bob)
     missing = sjob("status", "ffffffff", user=bob)
-    assert theirs.returncode == missing.returncode == 1
+    assert theirs.returncode == missing.returncode == 66
     assert theirs.stderr.replace(job_id.encode(), b"ID") == missing.stderr.replace(b"ffffffff", b"ID")
     assert job_id.encode() not in sjob("list", user=bob).stdout
 
@@ -142,7 +142,7 @@ def test_list_and_status(alice: User, bob: User) -> None:
 def test_status_of_unknown_or_malformed_ids_fails_cleanly() -> None:
     for job_id in ("ffffffff", "../x", "sshd.service", "a@b", "x" * 300, "ünïcode"):
         result = sjob("status", job_id)
-        assert result.returncode == 1, job_id
+        assert result.returncode == (66 if job_id == "ffffffff" else 2), job_id  # not found, or not an id at all
         assert result.stderr.startswith(b"sjob: "), result.stderr
         assert b"Traceback" not in result.stderr
 

@@ -179,11 +179,20 @@ class FakeUnits:
                 seq += 1
                 self.log.add(job_id, OutputRecord(seq, name, chunk))
 
-        await asyncio.gather(
-            counted(proc.stdout, "stdout"), counted(proc.stderr, "stderr"), *([pass_stdin()] if relay else [])
-        )
-        self.log.add(job_id, EofRecord(seq, written[0], relayed[0] if relay else None))
-        status = await proc.wait()
+        try:
+            await asyncio.gather(
+                counted(proc.stdout, "stdout"), counted(proc.stderr, "stderr"), *([pass_stdin()] if relay else [])
+            )
+            self.log.add(job_id, EofRecord(seq, written[0], relayed[0] if relay else None))
+            status = await proc.wait()
+        except asyncio.CancelledError:
+            # The test is over and its "unit" still runs: end it as systemd would end the unit, and wait until the
+            # process is reaped and its pipes are at their end. Only then does asyncio close the process's transport;
+            # one left open warns (ResourceWarning, an error here) when it is collected, in whichever test runs next.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.communicate()
+            raise
         if status >= 0:
             record = ExitRecord("success" if status == 0 else "exit-code", "exited", status)
         else:  # systemd counts death by SIGTERM, SIGINT, SIGHUP, SIGPIPE as success

@@ -311,7 +311,8 @@ def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: 
 def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
-        await asyncio.sleep(0.2)  # let the fake start the process
+        while not units.processes.get(job.unit):  # the fake's process runs (under load, 0.2 s were not enough)
+            await asyncio.sleep(0.01)
         stopping = await service.stop(ALICE, job.id, grace_usec=5_000_000)
         assert (stopping.state, stopping.stopped_by) == (JobState.running, "alice")
         assert units.stopped == [job.unit]

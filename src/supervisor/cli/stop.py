@@ -1,67 +1,86 @@
-"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal."""
+"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal.
 
+Like `systemctl stop`, it waits until the job has ended. While it waits it says so on stderr when stderr is a
+terminal (as systemd shows a stop job that takes long only on the console): that SIGTERM went out, how long the grace
+period is, and when it is over and SIGKILL goes to what is left. Piped or scripted, it prints only the result.
+"""
+
+import argparse
+import json
+import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli.command import Argument, Command, Complete, Option
 from supervisor.client import Client
-from supervisor.logformat import signal_name
-from supervisor.protocol import parse_job_id, parse_signal
-from supervisor.quantities import parse_duration
+from supervisor.protocol import MAX_GRACE_USEC, Job, parse_job_id, parse_signal, signal_name, to_wire
+from supervisor.quantities import format_duration, parse_duration
 
 STOP_POLL = 0.2  # seconds between looks at a stopping job
 
-if TYPE_CHECKING:
-    import typer
 
-
-def register(app: "typer.Typer") -> None:
-    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
-    import typer  # noqa: PLC0415
-
-    @app.command()
-    def stop(
-        job_id: Annotated[str, typer.Argument(metavar="ID", help="The job to stop.")],
-        grace: Annotated[
-            str | None,
-            typer.Option(
-                "--grace",
-                metavar="DURATION",
-                help="Time between SIGTERM and SIGKILL (default and at most 90s, as systemd).",
-            ),
-        ] = None,
-        signal: Annotated[
-            str | None,
-            typer.Option("--signal", "-s", metavar="SIGNAL", help="Only send SIGNAL (e.g. HUP, USR1) to the job."),
-        ] = None,
-        no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is requested.")] = False,
-    ) -> None:
-        """Stop a job: SIGTERM to all its processes, SIGKILL to what is left after the grace period."""
-        raise typer.Exit(stop_job(job_id, grace, signal, wait=not no_wait))
-
-
-def stop_job(job_id: str, grace: str | None, signal: str | None, *, wait: bool) -> int:
+def main(args: argparse.Namespace) -> None:
     from supervisor.cli import render  # noqa: PLC0415
 
-    job_id = parse_job_id(job_id)
-    grace_usec = parse_duration(grace, "--grace") if grace is not None else None
-    signo = parse_signal(signal) if signal is not None else None  # a bad name fails here, with the same words
+    job_id = parse_job_id(args.id)
+    grace_usec = parse_duration(args.grace, "--grace") if args.grace is not None else None
+    signo = parse_signal(args.signal) if args.signal is not None else None  # a bad name fails here, in our words
     with Client() as client:
-        job = client.stop(job_id, signal=signal, grace_usec=grace_usec)
+        job = client.stop(job_id, signal=args.signal, grace_usec=grace_usec)
         if job.state.finished:
-            sys.stdout.write(f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop\n")
-            return 0
+            say(args, job, f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop")
+            return
         if signo is not None:
-            sys.stdout.write(f"sent {signal_name(signo)} to job {job.id}\n")
-            return 0
-        if not wait:
-            sys.stdout.write(f"stopping job {job.id}\n")
-            return 0
-        # Poll rather than follow: following would read all the job's output (a fork bomb's error messages can
-        # be a great many) only to skip it.
-        final = job
-        while not final.state.finished:
-            time.sleep(STOP_POLL)
-            final = client.status(job_id)
-    sys.stdout.write(f"job {final.id} {render.outcome(final)}\n")
-    return 0
+            say(args, job, f"sent {signal_name(signo)} to job {job.id}")
+            return
+        if args.no_wait:
+            say(args, job, f"stopping job {job.id}")
+            return
+        final = wait_stopped(client, job, MAX_GRACE_USEC if grace_usec is None else grace_usec)
+    say(args, final, f"job {final.id} {render.outcome(final)}")
+
+
+def wait_stopped(client: Client, job: Job, grace_usec: int) -> Job:
+    # Poll rather than follow: following would read all the job's output (a fork bomb's error messages can be a
+    # great many) only to skip it.
+    progress = sys.stderr.isatty()
+    if progress:
+        sys.stderr.write(
+            f"sjob: SIGTERM sent to job {job.id}; waiting for it to end, SIGKILL in {format_duration(grace_usec)}\n"
+        )
+    kill_at = time.monotonic() + grace_usec / 1e6
+    told = not progress
+    while not job.state.finished:
+        time.sleep(STOP_POLL)
+        job = client.status(job.id)
+        # Still there after the grace period, or seen only once SIGKILL has ended it (between two looks).
+        if not told and ((time.monotonic() >= kill_at and not job.state.finished) or job.signal == signal.SIGKILL):
+            sys.stderr.write(f"sjob: job {job.id} is still there after the grace period: SIGKILL sent\n")
+            told = True
+    return job
+
+
+def say(args: argparse.Namespace, job: Job, words: str) -> None:
+    sys.stdout.write(json.dumps(to_wire(job), indent=2) + "\n" if args.json else words + "\n")
+
+
+COMMAND = Command(
+    name="stop",
+    description="""Stop job ID as systemctl stop stops a unit: SIGTERM to all its processes, then SIGKILL to what is
+left after the grace period (default and at most 90s, the job unit's TimeoutStopSec, as systemd's default), and wait
+until it has ended. On a terminal it says on stderr that it is waiting and when SIGKILL goes out. With --signal it
+only sends that signal to all the job's processes (sjob's output forwarder ignores it) and returns.""",
+    options=(
+        Option(("--grace",), "time between SIGTERM and SIGKILL: 10s, 1min 30s (at most 90s)", metavar="DURATION"),
+        Option(
+            ("-s", "--signal"),
+            "only send SIGNAL (HUP, USR1, ... or a number) and return",
+            metavar="SIGNAL",
+            complete=Complete.signals,
+        ),
+        Option(("--no-wait",), "return once the stop is requested"),
+        Option(("--json",), "print the job as JSON: as it ended, or, with --no-wait or --signal, as it is"),
+    ),
+    arguments=(Argument("id", "ID", "the job to stop", complete=Complete.running_jobs),),
+    handler=main,
+)
