@@ -141,3 +141,25 @@ def test_the_parser_is_argparse_built_from_the_declaration() -> None:
     assert isinstance(parser, argparse.ArgumentParser)
     namespace = parser.parse_args(["--grace", "10s", "-s", "HUP", "1a2b3c4d"])
     assert (namespace.grace, namespace.signal, namespace.id, namespace.no_wait) == ("10s", "HUP", "1a2b3c4d", False)
+
+
+def test_a_subcommand_s_usage_error_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert execute(["token", "issue"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sjob token issue: ") and "--subject" in err
+    assert "'sjob token issue --help'" in err
+
+
+def test_fn_call_takes_everything_after_the_name_as_the_function_s_arguments() -> None:
+    parser = build_parser(COMMANDS["fn"].command())
+    namespace = parser.parse_args(["call", "stats@3", "--json", "-n", "x"])
+    assert (namespace.reference, namespace.args) == ("stats@3", ["--json", "-n", "x"])
+    namespace = parser.parse_args(["call", "hello"])
+    assert (namespace.reference, namespace.args) == ("hello", [])
+    namespace = parser.parse_args(["deploy", "--allow", "bob", "--allow", "@staff", "-r", "req.txt", "f", "f.py"])
+    assert (namespace.allow, namespace.requirements, namespace.name, namespace.file) == (
+        ["bob", "@staff"],
+        "req.txt",
+        "f",
+        "f.py",
+    )

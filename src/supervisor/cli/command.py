@@ -185,7 +185,10 @@ def _fill(parser: argparse.ArgumentParser, command: Command, prog: str) -> None:
         sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True, parser_class=_Parser)
         for child in command.subcommands:
             prefix = f"{prog} {command.name}"
-            _fill(sub.add_parser(child.name, help=child.summary, **_texts(child, prefix)), child, prefix)
+            child_parser = sub.add_parser(
+                child.name, prog=f"{prefix} {child.name}", help=child.summary, **_texts(child, prefix)
+            )
+            _fill(child_parser, child, prefix)
     else:
         parser.set_defaults(handler=command.handler)
 
