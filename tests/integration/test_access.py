@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SJOB, SOCKET, User, ensure_user, run, sjob, wait_until
+from .conftest import SJOB, SOCKET, User, alone, change_users, ensure_user, run, sjob, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 POLICY = Path("/etc/sjob/policy.toml")
@@ -32,7 +32,7 @@ RESULTS = Path(os.environ.get("SJOB_RESULTS", "/srv/results"))
 @pytest.fixture(scope="module")
 def admin() -> User:
     user = ensure_user(ADMIN_USER)
-    run("usermod", "-aG", "sjob-admin", user.name).check_returncode()
+    change_users("usermod", "-aG", "sjob-admin", user.name).check_returncode()
     return user
 
 
@@ -48,6 +48,7 @@ def audit_entries(**match: str) -> list[dict[str, Any]]:
 
 
 def reload_sjobd() -> None:
+    alone("reloading sjobd")
     assert sjob("list").returncode == 0  # sjobd is socket-activated: make sure it runs, so reload reaches it
     result = run("systemctl", "reload", "sjobd.service")
     assert result.returncode == 0, result.stderr
@@ -137,6 +138,7 @@ def test_dangerous_environment_is_refused(alice: User) -> None:
 # --- policy ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_ceilings_concurrency_cap_and_reload(alice: User, policy_edit: Any) -> None:
     running = detach("sleep", "120", user=alice)  # started under the old policy: a reload must not drop it
     policy_edit(
@@ -169,6 +171,7 @@ def test_ceilings_concurrency_cap_and_reload(alice: User, policy_edit: Any) -> N
         sjob("stop", "--grace", "0", job_id, user=alice)
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_a_user_no_rule_grants_may_do_nothing(alice: User, bob: User, policy_edit: Any) -> None:
     policy_edit(POLICY.read_text().replace('users = ["*"]', f'users = ["{alice.name}"]'))
     refused = sjob("run", "--", "true", user=bob)
@@ -221,6 +224,7 @@ def token_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_a_token_runs_jobs_as_its_mapped_user_until_revoked(alice: User, ci_user: User, token_dir: Path) -> None:
     token_file, token_id = issue(token_dir, "--ttl", "1h", "--scope", "run,status,logs")
@@ -240,6 +244,7 @@ def test_a_token_runs_jobs_as_its_mapped_user_until_revoked(alice: User, ci_user
     assert f"token refused: token {token_id} was revoked by root".encode() in refused.stderr
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_a_token_expires(alice: User, token_dir: Path) -> None:
     # Long enough for a first use in a slow VM (CI once took more than 2 s from issue to use), then wait for the
@@ -253,6 +258,7 @@ def test_a_token_expires(alice: User, token_dir: Path) -> None:
     assert b"token refused: token has expired" in refused.stderr
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_token_attacks_are_refused_with_a_clear_error_and_audited(alice: User, token_dir: Path) -> None:
     real_file, _ = issue(token_dir)
@@ -320,6 +326,7 @@ time.sleep(max(0, end - time.time()))
     return subprocess.Popen(["runuser", "-u", user.name, "--", "python3", "-c", code], stdout=subprocess.DEVNULL)
 
 
+@pytest.mark.serial("holds 32 of bob's connections, the most a user may: bob's requests elsewhere are turned away")
 def test_hostile_clients_leave_sjobd_serving_others(alice: User, bob: User) -> None:
     attacker = hostile(bob, 40)
     try:

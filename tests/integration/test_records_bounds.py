@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import User, run, sjob
+from .conftest import User, alone, run, sjob
 from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.serial("edits policy.toml; puts sjobd's state on a small tmpfs and restarts it")
 STATE = Path("/var/lib/sjob")
 
 
@@ -40,6 +41,7 @@ def test_each_user_keeps_at_most_keep_per_user_finished_records(bob: User, polic
 @pytest.fixture
 def small_state_dir() -> Iterator[Path]:
     """sjobd's state directory on a 16 MiB tmpfs holding a copy of the real one; the real one comes back after."""
+    alone("mounting over sjobd's state directory")
     run("systemctl", "stop", "sjobd.service")
     saved = Path(tempfile.mkdtemp(prefix="sjob-state-"))
     shutil.copytree(STATE, saved / "sjob", symlinks=True)
