@@ -291,7 +291,8 @@ def test_token_attacks_are_refused_with_a_clear_error_and_audited(alice: User, t
 
 
 def hostile(user: User, seconds: float) -> subprocess.Popen[bytes]:
-    """As `user`: 500 idle connections, a client sending one byte a second, garbage and an oversized request."""
+    """As `user`: 500 idle connections, a client sending one byte a second, garbage and an oversized request. It
+    prints "connected" once the 500 connections are made, and holds them for `seconds` from then."""
     code = f"""
 import os, socket, time
 slow = socket.socket(socket.AF_UNIX)
@@ -312,6 +313,7 @@ for _ in range(500):
     except OSError:
         pass
     socks.append(s)
+print("connected", flush=True)
 end = time.time() + {seconds}
 for b in request[1:]:
     if time.time() > end:
@@ -323,24 +325,31 @@ for b in request[1:]:
     time.sleep(1)
 time.sleep(max(0, end - time.time()))
 """
-    return subprocess.Popen(["runuser", "-u", user.name, "--", "python3", "-c", code], stdout=subprocess.DEVNULL)
+    return subprocess.Popen(["runuser", "-u", user.name, "--", "python3", "-c", code], stdout=subprocess.PIPE)
 
 
 @pytest.mark.serial("holds 32 of bob's connections, the most a user may: bob's requests elsewhere are turned away")
 def test_hostile_clients_leave_sjobd_serving_others(alice: User, bob: User) -> None:
     attacker = hostile(bob, 40)
+    assert attacker.stdout is not None
     try:
-        time.sleep(15)  # the 500 connections are made (and all but a few turned away), the slow one trickles
+        # The 500 connections are made (and all but a few turned away), the slow one trickles.
+        assert attacker.stdout.readline() == b"connected\n"
         started = time.monotonic()
         result = sjob("run", "--", "echo", "still here", user=alice, timeout=60)
         assert (result.returncode, result.stdout) == (0, b"still here\n"), result.stderr
         assert time.monotonic() - started < 30
+
+        def sjobd_log() -> bytes:
+            return run("journalctl", "-q", "-u", "sjobd.service", "-n", "2000").stdout
+
+        # sjobd cuts the slow client off 10 s after it connected.
+        wait_until(lambda: b"request not complete within 10s" in sjobd_log(), what="the slow client to be cut off")
         turned_away = audit_entries(SJOB_ACTION="connect", SJOB_PRINCIPAL=bob.name, SJOB_DECISION="denied")
         assert turned_away, "no connection of bob's was refused"
-        log = run("journalctl", "-q", "-u", "sjobd.service", "-n", "2000").stdout
+        log = sjobd_log()
         assert b"request larger than" in log
         assert b"not UTF-8" in log
-        assert b"request not complete within 10s" in log
     finally:
         attacker.kill()
         attacker.wait()

@@ -39,7 +39,7 @@ def test_memory_hog_is_oom_killed_and_nothing_else_is(alice: User) -> None:
 def test_cpu_quota_holds_a_busy_loop_near_it() -> None:
     job_id = detach("sh", "-c", "while :; do :; done", options=["--cpu", "20%"])
     try:
-        time.sleep(2)
+        wait_until(lambda: int(unit_property(job_id, "CPUUsageNSec") or 0) > 0, what="the loop to run")
         before, start = int(unit_property(job_id, "CPUUsageNSec")), time.monotonic()
         time.sleep(6)
         used = (int(unit_property(job_id, "CPUUsageNSec")) - before) / 1e9 / (time.monotonic() - start)
@@ -64,7 +64,9 @@ def test_fork_bomb_stops_at_the_tasks_limit_and_stop_cleans_up() -> None:
     # entries (sjob switches journald's rate limit off for jobs), which is a test of journald, not of TasksMax.
     bomb = "exec 2>/dev/null; bomb() { bomb | bomb & }; bomb; sleep 60"
     job_id = detach("sh", "-c", bomb, options=["--tasks", "40"])
-    time.sleep(5)
+    # The kernel counts the forks it refused at the limit in pids.events ("max N").
+    events = Path(f"/sys/fs/cgroup{unit_property(job_id, 'ControlGroup')}/pids.events")
+    wait_until(lambda: int(events.read_text().split()[1]) > 0, what="the bomb to reach the tasks limit")
     tasks = int(unit_property(job_id, "TasksCurrent"))
     assert 1 <= tasks <= 40
     assert run("systemctl", "is-system-running").returncode in (0, 1)  # the machine answers
