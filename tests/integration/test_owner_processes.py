@@ -6,8 +6,10 @@ domain of its own before the command runs, and fails closed where it cannot."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,9 +31,9 @@ def landlock_abi() -> int:
 def owners_process(alice: User) -> Iterator[int]:
     """A process of alice's outside sjob.slice, as her login shell or editor would be."""
     proc = subprocess.Popen(["runuser", "-u", alice.name, "--", "sleep", "300"], cwd="/")
+    pid = 0
     try:
         # runuser forks: the sleep is its child, running as alice.
-        pid = 0
         for _ in range(100):
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             if children:
@@ -43,7 +45,9 @@ def owners_process(alice: User) -> Iterator[int]:
         yield pid
     finally:
         proc.kill()
-        run("pkill", "-u", alice.name, "-x", "sleep")
+        if pid:  # this sleep only: other tests' jobs run sleeps of alice's meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
 
 

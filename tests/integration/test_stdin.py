@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pexpect
+import pytest
 
-from .conftest import SJOB, SOCKET, User, run, sjob
+from .conftest import SJOB, SOCKET, User, note_started, run, sjob
 from .test_skeleton import status
 
 
@@ -25,7 +26,7 @@ def find_job(user: User, marker: str) -> dict[str, object]:
 
 
 def piped(data: bytes, *args: str, user: User, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
+    result = subprocess.run(
         ["runuser", "-u", user.name, "--", SJOB, *args],
         input=data,
         capture_output=True,
@@ -33,6 +34,8 @@ def piped(data: bytes, *args: str, user: User, timeout: float = 120) -> subproce
         timeout=timeout,
         check=False,
     )
+    note_started([SJOB, *args], result)  # for cleanup_units
+    return result
 
 
 def test_lines_through_a_pipe_arrive_exactly(alice: User) -> None:
@@ -71,6 +74,7 @@ def test_a_gigabyte_through_a_pipe_arrives_whole(alice: User) -> None:
     assert result.stdout.split()[0] == want
 
 
+@pytest.mark.serial("bounds how long sjobd takes to answer another user")
 def test_the_callers_eof_arrives_and_a_job_that_never_reads_does_not_hang_anyone(alice: User, bob: User) -> None:
     slow = run("sh", "-c", f"(echo a; sleep 1; echo b) | {SJOB} run -- cat", user=alice)
     assert (slow.returncode, slow.stdout) == (0, b"a\nb\n")
