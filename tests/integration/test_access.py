@@ -353,6 +353,7 @@ def test_hostile_clients_leave_sjobd_serving_others(alice: User, bob: User) -> N
     finally:
         attacker.kill()
         attacker.wait()
+        attacker.stdout.close()
     wait_until(lambda: sjob("list", user=bob).returncode == 0, what="bob's connections to be released")
     assert run("systemctl", "is-active", "sjobd.service").stdout.strip() == b"active"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import alone, run, sjob, sjob_units, wait_until
+from .conftest import alone, in_journal, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -36,9 +36,13 @@ def sjobd_comes_back() -> Iterator[None]:
 @pytest.mark.serial("stops, restarts or kills sjobd")
 @pytest.mark.usefixtures("sjobd_comes_back")
 @pytest.mark.parametrize("how", ["stop", "restart", "kill -9"])
-def test_jobs_and_output_outlive_sjobd(how: str) -> None:
-    job_id = detach("python3", str(WRITER), "--lines", "60", "--pause", "0.1")
-    wait_until(lambda: b"line 5\n" in sjob("logs", job_id).stdout, what="the job to write")
+def test_jobs_and_output_outlive_sjobd(how: str, shared_dir: Path) -> None:
+    # The job writes on while sjobd goes, and holds at line 30 until the test has seen it outlive sjobd: a restart
+    # takes over 4 s in the VM, and a job of a fixed length could end meanwhile (seen in CI).
+    go_on = shared_dir / "go-on"
+    job_id = detach("python3", str(WRITER), "--lines", "60", "--pause", "0.1", "--hold-at", "30", "--until", str(go_on))
+    wait_until(lambda: in_journal(job_id, b"line 5\n"), what="the job to write")
+    assert b"line 5\n" in sjob("logs", job_id).stdout
     if how == "stop":
         run("systemctl", "stop", "sjobd.service")
     elif how == "restart":
@@ -46,6 +50,7 @@ def test_jobs_and_output_outlive_sjobd(how: str) -> None:
     else:
         run("systemctl", "kill", "-s", "KILL", "sjobd.service")
     assert unit_active(job_id)
+    go_on.touch()
     info = wait_finished(job_id)
     assert (info["state"], info["exit_status"]) == ("exited", 0)
     assert sjob("logs", job_id).stdout == b"".join(b"line %d\n" % i for i in range(60))
