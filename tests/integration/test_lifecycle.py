@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SJOB, User, run, sjob, sjob_units, wait_until
+from .conftest import SJOB, User, in_journal, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 # A job that says when it is ready, then ignores SIGTERM: only SIGKILL ends it.
@@ -19,7 +19,8 @@ STUBBORN = "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.2; done"
 
 
 def wait_output(job_id: str, text: bytes, user: User | None = None) -> None:
-    wait_until(lambda: text in sjob("logs", job_id, user=user).stdout, what=f"{text!r} in the output of {job_id}")
+    wait_until(lambda: in_journal(job_id, text), what=f"{text!r} in the journal of {job_id}")
+    assert text in sjob("logs", job_id, user=user).stdout
 
 
 def sleeps_in(pids: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SOCKET, User, run, sjob, sjob_units, varlink_call, wait_until
+from .conftest import SOCKET, User, job_state, run, sjob, sjob_units, varlink_call, wait_until
 
 
 def detach(*argv: str, user: User | None = None, cwd: str | None = None, options: Sequence[str] = ()) -> str:
@@ -30,7 +30,7 @@ def status(job_id: str, user: User | None = None) -> dict[str, Any]:
 
 
 def wait_finished(job_id: str, user: User | None = None) -> dict[str, Any]:
-    wait_until(lambda: status(job_id, user)["state"] not in ("starting", "running"), what=f"job {job_id} to end")
+    wait_until(lambda: job_state(job_id, user) not in ("starting", "running"), what=f"job {job_id} to end")
     return status(job_id, user)
 
 
