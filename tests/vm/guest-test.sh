@@ -19,7 +19,66 @@ export SJOB_SRC SJOB_RESULTS SJOB_WHEELHOUSE SJOB_MODE PYTHONUNBUFFERED=1
 mkdir -p "$SJOB_RESULTS"
 cd "$SJOB_SRC" || exit 2
 
-step() { printf '==> %s\n' "$*"; }
+# Each step with the seconds since this script started, also in phases.txt (where a run's time goes).
+step() {
+    local what="$*"
+    printf '==> [%4ds] %s\n' "$SECONDS" "$what"
+    printf '%5d %s\n' "$SECONDS" "$what" >>"$SJOB_RESULTS/phases.txt"
+    cpu_snapshot "${what:0:32}"
+}
+
+# Where the VM's CPU time goes, at each step: /proc/stat's busy and idle seconds (both CPUs), and the CPU time of
+# the tests with the sjob commands they run (sjob-ci.service), sjobd, journald, the jobs (sjob.slice), PID 1 and
+# the test users' sessions.
+cpu_snapshot() {  # cpu_snapshot LABEL
+    local unit usage
+    {
+        printf '%5d %-32s' "$SECONDS" "$1"
+        awk '/^cpu /{printf " busy=%.0fs idle=%.0fs", ($2 + $3 + $4 + $7 + $8) / 100, ($5 + $6) / 100}' /proc/stat
+        for unit in sjob-ci.service sjobd.service systemd-journald.service sjob.slice init.scope user.slice; do
+            usage=$(systemctl show -P CPUUsageNSec "$unit" 2>/dev/null)
+            [[ $usage =~ ^[0-9]+$ ]] || usage=0
+            printf ' %s=%ds' "${unit%.*}" "$((usage / 1000000000))"
+        done
+        echo
+    } >>"$SJOB_RESULTS/cpu.txt"
+}
+
+# The whole journal is over 1 GB of text after the output tests, nearly all of it the jobs' own output, and
+# sjob-ci would export all of it (minutes, and more than the results disk holds). What helps debugging: sjobd
+# (its log and the audit), PID 1, the kernel, journald and this run; after a failure also every other unit and
+# each job's start and exit records, but still not the jobs' output (the failing assertion shows what matters).
+# shellcheck disable=SC2317  # called from the EXIT trap
+export_journal() {  # export_journal RC
+    local matches=(_SYSTEMD_UNIT=sjobd.service _SYSTEMD_UNIT=systemd-journald.service _SYSTEMD_UNIT=sjob-ci.service
+        + _PID=1 + _TRANSPORT=kernel)
+    if (($1 != 0)); then
+        local unit
+        while read -r unit; do
+            [[ $unit =~ ^sjob-[0-9a-f]{8}\.service$ ]] || matches=("_SYSTEMD_UNIT=$unit" "${matches[@]}")
+        done < <(journalctl -b -F _SYSTEMD_UNIT 2>/dev/null)
+        matches+=(+ SJOB_EVENT=start SJOB_EVENT=exit SJOB_EVENT=quota)
+    fi
+    # Written under another name first: sjob-ci exports the whole journal only if journal.txt is missing.
+    journalctl -b --no-pager -o short-monotonic "${matches[@]}" >"$SJOB_RESULTS/journal.txt.part" 2>&1
+    mv "$SJOB_RESULTS/journal.txt.part" "$SJOB_RESULTS/journal.txt"
+}
+
+# shellcheck disable=SC2317  # the EXIT trap
+finish() {
+    local rc=$?
+    if [[ $SJOB_MODE == test ]]; then
+        step "journal export (rc=$rc)"
+        export_journal "$rc"
+        systemd-analyze >"$SJOB_RESULTS/systemd-analyze.txt" 2>&1
+        systemctl list-units --failed --no-pager >"$SJOB_RESULTS/failed-units.txt" 2>&1
+        step "done (rc=$rc)"
+    fi
+    exit "$rc"
+}
+trap finish EXIT
+# sjob-ci's timeout sends SIGTERM: still ship what there is.
+trap 'exit 124' TERM
 
 # shellcheck source=/dev/null
 step "guest: $(. /etc/os-release && echo "$PRETTY_NAME"), $(systemctl --version | head -n1)," \
@@ -67,7 +126,4 @@ if ((rc == 0)) && [[ ! -f $SJOB_SRC/tests/vm/pytest-args ]] && [[ -e $SJOB_SRC/t
     # A broken benchmark must be visible but must not fail the test run.
     ((bench_rc == 0)) || step "WARNING: benchmark FAILED (rc=$bench_rc); not failing the run"
 fi
-
-systemd-analyze >"$SJOB_RESULTS/systemd-analyze.txt" 2>&1
-systemctl list-units --failed --no-pager >"$SJOB_RESULTS/failed-units.txt" 2>&1
 exit "$rc"
