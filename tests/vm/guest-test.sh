@@ -9,6 +9,8 @@
 #   SJOB_RESULTS     files put here are copied back to the host (/srv/results)
 #   SJOB_WHEELHOUSE  offline wheels for tests/vm/requirements.txt (/var/cache/sjob/wheels)
 #   SJOB_MODE        "test" (install + pytest + bench) or "shell" (install only)
+# Kernel command line (set by vmtest.py):
+#   sjob.workers=N   tests run N at a time in the parallel phase (default 4)
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -27,6 +29,14 @@ step() {
     cpu_snapshot "${what:0:32}"
 }
 
+cmdline_value() {  # cmdline_value NAME -> value of NAME=value on /proc/cmdline
+    local arg
+    for arg in $(</proc/cmdline); do
+        [[ $arg == "$1="* ]] && { printf '%s\n' "${arg#*=}"; return 0; }
+    done
+    return 1
+}
+
 # Where the VM's CPU time goes, at each step: /proc/stat's busy and idle seconds (both CPUs), and the CPU time of
 # the tests with the sjob commands they run (sjob-ci.service), sjobd, journald, the jobs (sjob.slice), PID 1 and
 # the test users' sessions.
@@ -42,6 +52,21 @@ cpu_snapshot() {  # cpu_snapshot LABEL
         done
         echo
     } >>"$SJOB_RESULTS/cpu.txt"
+}
+
+merge_junit() {  # junit.xml: the testsuites of both pytest phases in one file
+    /opt/sjob-test/bin/python - "$SJOB_RESULTS" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+results = Path(sys.argv[1])
+merged = ET.Element("testsuites")
+for name in ("junit-parallel.xml", "junit-serial.xml"):
+    if (results / name).exists():
+        merged.extend(ET.parse(results / name).getroot().iter("testsuite"))
+ET.ElementTree(merged).write(results / "junit.xml", encoding="utf-8", xml_declaration=True)
+PY
 }
 
 # The whole journal is over 1 GB of text after the output tests, nearly all of it the jobs' own output, and
@@ -109,11 +134,35 @@ if [[ -f $SJOB_SRC/tests/vm/pytest-args ]]; then
 fi
 [[ ${#extra[@]} -gt 0 ]] || extra=(tests/integration)
 
-step "pytest ${extra[*]}"
-# A hung test fails after 5 minutes (with its stack) instead of eating the whole VM time limit.
-(cd "$SJOB_SRC" && /opt/sjob-test/bin/pytest -p no:cacheprovider -v -rfE --timeout 300 \
-    --junitxml="$SJOB_RESULTS/junit.xml" "${extra[@]}")
-rc=$?
+# Two phases (tests/integration/conftest.py says which tests are `serial` and why): every other test, $workers at
+# a time (pytest-xdist), then the serial ones, alone. A phase that selects nothing (a subset) is not a failure.
+workers=$(cmdline_value sjob.workers) || workers=4
+pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
+    local name=$1 rc
+    shift
+    step "pytest, $name: ${extra[*]}"
+    # A hung test fails after 5 minutes (with its stack) instead of eating the whole VM time limit. The slowest
+    # tests are listed: a serial one adds its whole time to every suite's run.
+    /opt/sjob-test/bin/pytest -p no:cacheprovider -v -rfE --timeout 300 --durations 10 \
+        --junitxml="$SJOB_RESULTS/junit-$name.xml" "$@" "${extra[@]}"
+    rc=$?
+    step "pytest, $name: rc=$rc"
+    return "$rc"
+}
+pytest_phase parallel -n "$workers" --dist worksteal -m "not serial"
+parallel_rc=$?
+pytest_phase serial -p no:xdist -m serial
+serial_rc=$?
+if ((parallel_rc != 0 && parallel_rc != 5)); then
+    rc=$parallel_rc
+elif ((serial_rc != 0 && serial_rc != 5)); then
+    rc=$serial_rc
+elif ((parallel_rc == 5 && serial_rc == 5)); then
+    rc=5  # no test selected at all
+else
+    rc=0
+fi
+merge_junit
 step "pytest exited with rc=$rc"
 
 # The benchmarks print ratios measured in one VM run, on the newest suite only (trixie): they take minutes.

@@ -729,6 +729,11 @@ def extra_kernel_args() -> list[str]:
     return shlex.split(os.environ.get("SJOB_VM_APPEND", ""))
 
 
+def guest_args(args: argparse.Namespace) -> list[str]:
+    """What guest-test.sh reads from the kernel command line (test workers), then $SJOB_VM_APPEND."""
+    return [f"sjob.workers={args.workers}", *extra_kernel_args()]
+
+
 def guest_timeout(host_timeout: float) -> int:
     """Leave the guest time to ship journal and partial results on a hang."""
     return max(30, int(host_timeout - min(240.0, host_timeout / 2)))
@@ -781,7 +786,7 @@ def run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload:
         reporter.line(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
-        append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *extra_kernel_args()]
+        append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
         outcome = watch_vm(qemu_command(image, files, append, interactive=False), files, args.timeout, suite, reporter)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
             reporter.line(suite, "warning: the results disk holds no readable tar")
@@ -895,6 +900,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "such as --pytest=tests/integration/test_output.py); a run with these skips the benchmarks",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="integration tests run N at a time inside the VM, except the ones marked serial (default %(default)s)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -919,6 +931,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.shell and args.suite and len(args.suite) > 1:
         parser.error("--shell takes a single --suite")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     args.suite = args.suite or (["trixie"] if args.shell else list(SUITES))
     args.suite = list(dict.fromkeys(args.suite))
     args.source = args.source.resolve()
