@@ -8,9 +8,10 @@
 #   SJOB_SRC         the payload: the repo's working tree (/srv/sjob)
 #   SJOB_RESULTS     files put here are copied back to the host (/srv/results)
 #   SJOB_WHEELHOUSE  offline wheels for tests/vm/requirements.txt (/var/cache/sjob/wheels)
-#   SJOB_MODE        "test" (install + pytest + bench) or "shell" (install only)
+#   SJOB_MODE        "test" (install + pytest [+ bench]) or "shell" (install only)
 # Kernel command line (set by vmtest.py):
 #   sjob.workers=N   tests run N at a time in the parallel phase (default 4)
+#   sjob.bench=1     run tests/bench/bench.py after the tests pass
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -127,7 +128,7 @@ if [[ $SJOB_MODE == shell ]]; then
     exit 0
 fi
 
-# vmtest.py --pytest ARG puts extra pytest arguments here, one per line (to run a subset: no benchmarks then).
+# vmtest.py --pytest ARG puts extra pytest arguments here, one per line (to run a subset).
 extra=()
 if [[ -f $SJOB_SRC/tests/vm/pytest-args ]]; then
     mapfile -t extra <"$SJOB_SRC/tests/vm/pytest-args"
@@ -165,14 +166,16 @@ fi
 merge_junit
 step "pytest exited with rc=$rc"
 
-# The benchmarks print ratios measured in one VM run, on the newest suite only (trixie): they take minutes.
-# shellcheck source=/dev/null
-codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-if ((rc == 0)) && [[ ! -f $SJOB_SRC/tests/vm/pytest-args ]] && [[ -e $SJOB_SRC/tests/bench/bench.py ]] && [[ $codename == trixie ]]; then
-    step "benchmark tests/bench/bench.py"
-    /opt/sjob/bin/python "$SJOB_SRC/tests/bench/bench.py" 2>&1 | tee "$SJOB_RESULTS/bench.log"
-    bench_rc=${PIPESTATUS[0]}
-    # A broken benchmark must be visible but must not fail the test run.
-    ((bench_rc == 0)) || step "WARNING: benchmark FAILED (rc=$bench_rc); not failing the run"
+# The benchmarks (vmtest.py --bench, tests/run --bench) print ratios measured in one VM run; they take minutes.
+if [[ $(cmdline_value sjob.bench) == 1 ]] && [[ -e $SJOB_SRC/tests/bench/bench.py ]]; then
+    if ((rc == 0)); then
+        step "benchmark tests/bench/bench.py"
+        /opt/sjob/bin/python "$SJOB_SRC/tests/bench/bench.py" 2>&1 | tee "$SJOB_RESULTS/bench.log"
+        bench_rc=${PIPESTATUS[0]}
+        # A broken benchmark must be visible but must not fail the test run.
+        ((bench_rc == 0)) || step "WARNING: benchmark FAILED (rc=$bench_rc); not failing the run"
+    else
+        step "benchmarks skipped: the tests failed"
+    fi
 fi
 exit "$rc"

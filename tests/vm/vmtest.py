@@ -730,8 +730,8 @@ def extra_kernel_args() -> list[str]:
 
 
 def guest_args(args: argparse.Namespace) -> list[str]:
-    """What guest-test.sh reads from the kernel command line (test workers), then $SJOB_VM_APPEND."""
-    return [f"sjob.workers={args.workers}", *extra_kernel_args()]
+    """What guest-test.sh reads from the kernel command line (test workers, benchmarks), then $SJOB_VM_APPEND."""
+    return [f"sjob.workers={args.workers}", *(["sjob.bench=1"] if args.bench else []), *extra_kernel_args()]
 
 
 def guest_timeout(host_timeout: float) -> int:
@@ -897,7 +897,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=[],
         metavar="ARG",
         help="extra argument for the guest's pytest, repeatable (e.g. --pytest=-k --pytest=ctrl_c, or a test path "
-        "such as --pytest=tests/integration/test_output.py); a run with these skips the benchmarks",
+        "such as --pytest=tests/integration/test_output.py)",
+    )
+    parser.add_argument(
+        "--bench", action="store_true", help="also run the benchmarks (tests/bench/bench.py) once the tests passed"
     )
     parser.add_argument(
         "--workers",
