@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import alone, in_journal, run, sjob, sjob_units, wait_until
+from .conftest import alone, in_journal, job_state, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -102,8 +102,7 @@ def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path
 
 def test_finished_units_do_not_pile_up() -> None:
     ids = [detach("sh", "-c", f"exit {n}") for n in range(1, 9)]
-    for job_id in ids:
-        wait_finished(job_id)
+    wait_until(lambda: all(job_state(j) not in ("starting", "running") for j in ids), what="the jobs to end")
     units = {f"sjob-{job_id}.service" for job_id in ids}
     wait_until(lambda: not units & sjob_units(), what="the failed units to be collected")
     assert [status(j)["exit_status"] for j in ids] == list(range(1, 9))
