@@ -10,7 +10,7 @@
 #   SJOB_WHEELHOUSE  offline wheels for tests/vm/requirements.txt (/var/cache/sjob/wheels)
 #   SJOB_MODE        "test" (install + pytest [+ bench]) or "shell" (install only)
 # Kernel command line (set by vmtest.py):
-#   sjob.workers=N   tests run N at a time in the parallel phase (default 4)
+#   sjob.workers=N   tests run N at a time in the parallel phase (default 3)
 #   sjob.bench=1     run tests/bench/bench.py after the tests pass
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
@@ -137,7 +137,7 @@ fi
 
 # Two phases (tests/integration/conftest.py says which tests are `serial` and why): every other test, $workers at
 # a time (pytest-xdist), then the serial ones, alone. A phase that selects nothing (a subset) is not a failure.
-workers=$(cmdline_value sjob.workers) || workers=4
+workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     local name=$1 rc
     shift
