@@ -3,12 +3,13 @@ systemd host as root). Nothing here is faked. Each test cleans up the units it c
 
 These tests refuse to run, rather than skip, where they cannot be honest: not root, or no systemd.
 
-The test VM runs them in two phases (tests/vm/guest-test.sh): every test not marked `serial` several at a time
-(pytest-xdist), then the `serial` ones alone. A test is serial when it changes what every test shares (sjobd's
-process or policy, systemd's configuration, the journal files, the test users' groups), when what it asserts
-covers the whole machine (all sjob units), or when it measures time, rates or memory. The helpers that make
-such changes refuse to run in the parallel phase (`alone()`), so a test that needs the mark and lacks it fails
-instead of disturbing others at random.
+The test VM runs them in phases (tests/vm/guest-test.sh): every test not marked `serial` or `last` several at a
+time (pytest-xdist), then the `serial` ones alone, then the `last` ones alone. A test is serial when it changes
+what every test shares (sjobd's process or policy, systemd's configuration, the journal files, the test users'
+groups), when what it asserts covers the whole machine (all sjob units), or when it measures time, rates or
+memory. `last` is for tests that must run alone but measure nothing (they reinstall sjob): while they run, the
+next suite's VM boots on the same host. The helpers that make such changes refuse to run in the parallel phase
+(`alone()`), so a test that needs the mark and lacks it fails instead of disturbing others at random.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "serial(why): the test changes or measures what every test shares; it runs alone (see tests/integration/"
         "conftest.py)",
+    )
+    config.addinivalue_line(
+        "markers", "last(why): the test runs alone after all others and measures nothing: the host may be busy"
     )
     problems = []
     if os.geteuid() != 0:

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import SJOB, run, sjob, sjob_units
 
-pytestmark = pytest.mark.serial("uninstalls and installs sjob")
+pytestmark = pytest.mark.last("uninstalls and installs sjob; no timing in it")
 
 SRC = Path(__file__).resolve().parents[2]
 INSTALLED = [

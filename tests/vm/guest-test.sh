@@ -55,7 +55,7 @@ cpu_snapshot() {  # cpu_snapshot LABEL
     } >>"$SJOB_RESULTS/cpu.txt"
 }
 
-merge_junit() {  # junit.xml: the testsuites of both pytest phases in one file
+merge_junit() {  # junit.xml: the testsuites of all pytest phases in one file
     /opt/sjob-test/bin/python - "$SJOB_RESULTS" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
@@ -63,7 +63,7 @@ from pathlib import Path
 
 results = Path(sys.argv[1])
 merged = ET.Element("testsuites")
-for name in ("junit-parallel.xml", "junit-serial.xml"):
+for name in ("junit-parallel.xml", "junit-serial.xml", "junit-last.xml"):
     if (results / name).exists():
         merged.extend(ET.parse(results / name).getroot().iter("testsuite"))
 ET.ElementTree(merged).write(results / "junit.xml", encoding="utf-8", xml_declaration=True)
@@ -135,8 +135,10 @@ if [[ -f $SJOB_SRC/tests/vm/pytest-args ]]; then
 fi
 [[ ${#extra[@]} -gt 0 ]] || extra=(tests/integration)
 
-# Two phases (tests/integration/conftest.py says which tests are `serial` and why): every other test, $workers at
-# a time (pytest-xdist), then the serial ones, alone. A phase that selects nothing (a subset) is not a failure.
+# Three phases (tests/integration/conftest.py says which tests are `serial` or `last`, and why): every other test,
+# $workers at a time (pytest-xdist), then the serial ones alone, then the last ones alone. Before the last phase
+# the tail line tells vmtest.py that the next suite's VM may boot: these tests reinstall sjob and measure nothing.
+# A phase that selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     local name=$1 rc
@@ -150,19 +152,22 @@ pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     step "pytest, $name: rc=$rc"
     return "$rc"
 }
-pytest_phase parallel -n "$workers" --dist worksteal -m "not serial"
-parallel_rc=$?
-pytest_phase serial -p no:xdist -m serial
-serial_rc=$?
-if ((parallel_rc != 0 && parallel_rc != 5)); then
-    rc=$parallel_rc
-elif ((serial_rc != 0 && serial_rc != 5)); then
-    rc=$serial_rc
-elif ((parallel_rc == 5 && serial_rc == 5)); then
-    rc=5  # no test selected at all
-else
-    rc=0
-fi
+rcs=()
+pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not last"
+rcs+=($?)
+pytest_phase serial -p no:xdist -m "serial and not last"
+rcs+=($?)
+echo "SJOB-VM-TAIL"
+pytest_phase last -p no:xdist -m last
+rcs+=($?)
+rc=5  # no test selected at all, unless a phase says otherwise
+for phase_rc in "${rcs[@]}"; do
+    if ((phase_rc != 0 && phase_rc != 5)); then
+        rc=$phase_rc
+        break
+    fi
+    ((phase_rc == 0)) && rc=0
+done
 merge_junit
 step "pytest exited with rc=$rc"
 
