@@ -16,7 +16,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from .conftest import SJOB, User, ensure_user, run
+from .conftest import SJOB, User, change_users, ensure_user, run
 from .test_access import policy_edit  # noqa: F401 - rewrites policy.toml for a test and puts it back
 
 HELLO = 'name = input("What\'s your name: ")\nprint("Hello", name)\n'
@@ -36,7 +36,7 @@ SALES = "region,amount\nwest,5\neast,10\nwest,7\neast,20\n"
 def deployer() -> User:
     """A configurator: a member of sjob-fn, which the shipped policy lets deploy functions."""
     user = ensure_user("sjobtest-fn")
-    run("usermod", "-aG", "sjob-fn", user.name)
+    change_users("usermod", "-aG", "sjob-fn", user.name).check_returncode()
     return user
 
 
@@ -204,6 +204,7 @@ def test_a_rollback_serves_the_next_call_while_a_running_call_keeps_its_version(
         running.wait()
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_the_concurrency_cap_queues_then_says_busy(deployer: User, policy_edit: Any) -> None:  # noqa: F811
     policy = Path("/etc/sjob/policy.toml").read_text()
     policy_edit(policy.replace("queue = 8 ", "queue = 1 ").replace('queue_wait = "30s"', 'queue_wait = "60s"'))

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import User, run, sjob
+from .conftest import User, alone, run, sjob
 from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.serial("edits policy.toml; puts sjobd's state on a small tmpfs and restarts it")
 STATE = Path("/var/lib/sjob")
 
 
@@ -42,6 +43,7 @@ def small_state_dir() -> Iterator[Path]:
     """sjobd's state directory on a tmpfs holding a copy of the real one and 16 MiB more; the real one comes back
     after. (The copy holds what earlier tests left, deployed functions' environments too: a fixed 16 MiB was
     too small for it once the function tests had run.)"""
+    alone("mounting over sjobd's state directory")
     run("systemctl", "stop", "sjobd.service")
     saved = Path(tempfile.mkdtemp(prefix="sjob-state-"))
     shutil.copytree(STATE, saved / "sjob", symlinks=True)

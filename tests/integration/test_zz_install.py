@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from .conftest import SJOB, run, sjob, sjob_units
+
+pytestmark = pytest.mark.last("uninstalls and installs sjob; no timing in it")
 
 SRC = Path(__file__).resolve().parents[2]
 INSTALLED = [

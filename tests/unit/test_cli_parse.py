@@ -146,7 +146,8 @@ def test_the_parser_is_argparse_built_from_the_declaration() -> None:
 def test_a_subcommand_s_usage_error_names_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert execute(["token", "issue"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("sjob token issue: ") and "--subject" in err
+    assert err.startswith("sjob token issue: ")
+    assert "--subject" in err
     assert "'sjob token issue --help'" in err
 
 
