@@ -1,6 +1,7 @@
 """Shell completion, generated from the verbs' declarations, asked as each shell asks it at TAB: verbs, options, the
 caller's job ids (from a real server), profile and signal names, and the command line of `sjob run`."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -13,6 +14,9 @@ import pytest
 
 from supervisor.cli import completion
 from supervisor.cli.commands import COMMANDS
+from supervisor.client import Client
+from supervisor.fnprotocol import FunctionSettings
+from supervisor.policy import Action
 
 from .serverthread import ServerThread
 
@@ -28,8 +32,9 @@ ZSH = Path(__file__).with_name("capture_completion.zsh")
 
 
 @pytest.fixture(scope="module")
-def jobs() -> Iterator[tuple[dict[str, str], str, str]]:
-    """An environment in which `sjob` is this checkout's, talking to a server that has a running and an ended job."""
+def jobs() -> Iterator[tuple[dict[str, str], str, str, str]]:
+    """An environment in which `sjob` is this checkout's, talking to a server that has a running and an ended job and a
+    function (whose build was a job too)."""
     directory = Path(tempfile.mkdtemp(prefix="sjob-completion-"))
     server = ServerThread(directory)
     bin_dir = directory / "bin"
@@ -49,8 +54,13 @@ def jobs() -> Iterator[tuple[dict[str, str], str, str]]:
         return out.stdout.decode().strip()
 
     running, ended = start("sleep", "60"), start("true")
+    policy = server.access.policy  # this test runs as root, whom the shipped policy does not let deploy
+    everyone = dataclasses.replace(policy.rules[-1], actions=policy.rules[-1].actions | {Action.deploy})
+    server.access.policy = dataclasses.replace(policy, rules=(everyone,))
+    with Client(server.socket) as client:
+        built = client.deploy("greet", "print('hi')\n", None, FunctionSettings()).version.build_job
     subprocess.run(["sjob", "wait", ended], env=env, check=True)
-    yield env, running, ended
+    yield env, running, ended, built
     subprocess.run(["sjob", "stop", "--grace", "0", running], env=env, check=False, capture_output=True)
     server.stop()
     shutil.rmtree(directory)
@@ -86,9 +96,9 @@ SHELLS = [
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_completion_offers_what_the_declarations_and_sjobd_say(
-    shell: str, jobs: tuple[dict[str, str], str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shell: str, jobs: tuple[dict[str, str], str, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env, running, ended = jobs
+    env, running, ended, built = jobs  # built: the function's build, a job of its deployer's
     script = generated(shell, tmp_path, monkeypatch)
     help_flags = {"-h", "--help"} if shell != "bash" else set()  # bash offers them too, but only for `-`+TAB below
 
@@ -99,12 +109,14 @@ def test_completion_offers_what_the_declarations_and_sjobd_say(
     check("sjob st", {"status", "stop"})
     check("sjob stop -", {"-s", "--signal", "--grace", "--no-wait", "--json", "-h", "--help"})
     check("sjob stop --signal TE", {"TERM"})
-    check("sjob logs ", {running, ended})
+    check("sjob logs ", {running, ended, built})
     check("sjob stop ", {running})  # only jobs that can still be stopped
     check(f"sjob wait {running} ", {running})
-    assert not offered(shell, script, "sjob status 1a2b3c4d ", env) & {running, ended}  # one ID is all it takes
+    assert not offered(shell, script, "sjob status 1a2b3c4d ", env) & {running, ended, built}  # one ID is all it takes
     check("sjob run --profile ", {path.stem for path in (ROOT / "policy" / "profiles").glob("*.toml")})
     check("sjob token ", {"issue", "list", "revoke"})
+    check("sjob fn call ", {"greet"})
+    check("sjob fn rm --force ", {"greet"})
     check("sjob token issue --", {"--subject", "--scope", "--ttl", "--output", "--json", "--help"})
     check("sjob completion ", {"bash", "zsh", "fish"})
     check("sjob list -n ", set())

@@ -27,6 +27,7 @@ class Complete(enum.StrEnum):
     nothing = "nothing"  # free text: no suggestions
     jobs = "jobs"  # the caller's job ids, as sjobd lists them
     running_jobs = "running-jobs"  # the caller's jobs that have not ended
+    functions = "functions"  # the functions the caller may call or manage, as sjobd lists them
     profiles = "profiles"  # sandbox profile names
     signals = "signals"  # signal names (TERM, USR1, ...)
     directories = "directories"

@@ -119,6 +119,7 @@ _sjob_values() {{ # KIND: what to offer for a value of that kind
     case $1 in
         jobs) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" list -q 2>/dev/null)" -- "$cur") ;;
         running-jobs) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" list -q --running 2>/dev/null)" -- "$cur") ;;
+        functions) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" fn list -q 2>/dev/null)" -- "$cur") ;;
         profiles)
             for f in {profile_globs}; do
                 [[ -e $f ]] || continue
@@ -212,6 +213,7 @@ ZSH_ACTIONS = {
     Complete.nothing: " ",
     Complete.jobs: "_sjob_jobs",
     Complete.running_jobs: "_sjob_jobs --running",
+    Complete.functions: "_sjob_functions",
     Complete.profiles: "_sjob_profiles",
     Complete.signals: "_sjob_signals",
     Complete.directories: "_files -/",
@@ -292,6 +294,11 @@ _sjob_jobs() {{ # the caller's job ids, from sjobd; with --running only those th
     _describe job ids ${{@:#--running}}
 }}
 
+_sjob_functions() {{ # the functions the caller may call or manage, from sjobd
+    local -a names=(${{(f)"$(_call_program functions ${{sjob_command:-sjob}} fn list -q 2>/dev/null)"}})
+    _describe function names "$@"
+}}
+
 _sjob_profiles() {{
     local -a names=({dirs})
     _describe profile names "$@"
@@ -314,6 +321,7 @@ FISH_VALUES = {
     Complete.nothing: "-x",
     Complete.jobs: "-x -a '(__sjob_jobs)'",
     Complete.running_jobs: "-x -a '(__sjob_jobs --running)'",
+    Complete.functions: "-x -a '(__sjob_functions)'",
     Complete.profiles: "-x -a '(__sjob_profiles)'",
     Complete.signals: f"-x -a '{' '.join(signal_names())}'",
     Complete.directories: "-x -a '(__fish_complete_directories)'",
@@ -414,6 +422,11 @@ end
 function __sjob_jobs
     set -l sjob (commandline -opc)[1]
     $sjob list -q $argv 2>/dev/null
+end
+
+function __sjob_functions
+    set -l sjob (commandline -opc)[1]
+    $sjob fn list -q 2>/dev/null
 end
 
 function __sjob_profiles

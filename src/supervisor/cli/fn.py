@@ -57,6 +57,8 @@ def list_main(args: argparse.Namespace) -> None:
         functions = client.functions()
     if args.json:
         _json([to_wire(f) for f in functions])
+    elif args.quiet:
+        sys.stdout.write("".join(f"{f.name}\n" for f in functions))
     else:
         _table(["NAME", "VERSION", "OWNER", "RUNNING", "DESCRIPTION"], [_row(f) for f in functions])
 
@@ -137,7 +139,7 @@ def calls_main(args: argparse.Namespace) -> None:
 
 
 JSON = Option(("--json",), "print what sjobd answered as JSON")
-NAME = Argument("name", "NAME", "the function's name")
+NAME = Argument("name", "NAME", "the function's name", complete=Complete.functions)
 COMMAND = Command(
     name="fn",
     description="""Functions: Python code deployed under a name, that others call with their stdin streamed in and
@@ -185,7 +187,9 @@ stderr come out as it writes them, and sjob exits with its exit status (124 if i
 busy, 66 if there is no such function you may call). On a terminal your input goes line by line (your terminal edits
 each line; Ctrl-D ends it); the function never gets a terminal.""",
             arguments=(
-                Argument("reference", "NAME[@VERSION]", "the function, and a version of it"),
+                Argument(
+                    "reference", "NAME[@VERSION]", "the function, and a version of it", complete=Complete.functions
+                ),
                 Argument("args", "ARG...", "its arguments (sys.argv[1:])", Many.rest),
             ),
             handler=call_main,
@@ -194,7 +198,7 @@ each line; Ctrl-D ends it); the function never gets a terminal.""",
             name="list",
             summary="the functions you may call, and yours",
             description="List the functions you may call and those you deployed: name, version, owner, running calls.",
-            options=(JSON,),
+            options=(Option(("-q", "--quiet"), "only their names, one per line"), JSON),
             handler=list_main,
         ),
         Command(
