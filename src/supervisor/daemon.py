@@ -253,9 +253,7 @@ async def serve(args: argparse.Namespace) -> int:
     sd_daemon.notify("STOPPING=1\nSTATUS=Shutting down")
     log.info("shutting down")
     await server.close(SHUTDOWN_TIMEOUT)
-    watcher.cancel()
-    sweeper.cancel()
-    await asyncio.gather(watcher, sweeper, return_exceptions=True)
+    await _cancelled(watcher, sweeper)
     await functions.close()
     await reaper.close()
     units.close()
@@ -263,6 +261,18 @@ async def serve(args: argparse.Namespace) -> int:
     store.close()
     tokens.close()
     return 1 if failed else 0
+
+
+async def _cancelled(*tasks: asyncio.Task[None]) -> None:
+    """Cancel the tasks and wait until they have ended; again, should one swallow its cancellation (Python 3.11's
+    asyncio.wait_for can, when what it waits for completes in the same turn): shutting down must not hang."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("%d background tasks did not stop when cancelled; cancelling again", len(pending))
 
 
 def _reload(config_dir: Path, service: JobService) -> None:

@@ -43,6 +43,20 @@ READ_BATCH = 64  # entries examined (records up to 64 KiB each) between turns gi
 FIELD_MAX = 128 * 1024
 
 
+async def _changed_within(changed: asyncio.Event, timeout: float) -> None:
+    """Wait until `changed` is set or `timeout` seconds have passed.
+
+    Not asyncio.wait_for: on Python 3.11 (bookworm) it returns normally when it is cancelled in the same turn of
+    the loop as the event is set, and the cancellation is lost. sjobd logs "shutting down" just before it cancels
+    the exit watcher, which wakes this very event: the watcher went on, and sjobd hung until systemd killed it
+    90 s later (seen in the bookworm VM). asyncio.wait never swallows a cancellation."""
+    waiter = asyncio.ensure_future(changed.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 def _open_reader() -> journal.Reader:
     reader = journal.Reader(flags=journal.LOCAL_ONLY)
     reader.data_threshold = FIELD_MAX
@@ -191,8 +205,7 @@ class Journal:
                             break
                         if not follow:
                             return
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(changed.wait(), poll)
+                        await _changed_within(changed, poll)
                         if changed.is_set():
                             changed.clear()
                             job.reader.process()
@@ -234,8 +247,7 @@ class Journal:
                             if isinstance(record, ExitRecord) and job_id and fields.get("_SYSTEMD_UNIT") == unit:
                                 yield job_id, _stamped(record, reader)
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(changed.wait(), TICK)
+                        await _changed_within(changed, TICK)
                         changed.clear()
                         state = reader.process()
             finally:
