@@ -43,6 +43,7 @@ def test_help_lists_the_environment_and_the_exit_statuses() -> None:
         (["run", "--", "no-such-command-xyz"], 127, b"sjob: command not found: no-such-command-xyz"),
     ],
 )
+@pytest.mark.serial("compares the set of all sjob units")
 def test_exit_statuses(alice: User, args: list[str], status: int, words: bytes) -> None:
     before = sjob_units()
     result = sjob(*args, user=alice)
@@ -131,6 +132,7 @@ def test_wait_exits_with_the_last_jobs_status(alice: User) -> None:
     sjob("stop", "--grace", "0", slow, user=alice)
 
 
+@pytest.mark.serial("lists alice's newest jobs, which other tests start too")
 def test_piped_list_is_one_line_per_job_at_full_width(alice: User) -> None:
     long_argument = "x" * 400
     ids = [detach("sh", "-c", "exit 0", long_argument, "two\nlines", user=alice), detach("true", user=alice)]
