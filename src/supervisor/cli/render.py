@@ -7,11 +7,12 @@ import sys
 import time
 
 from supervisor.logformat import signal_name
-from supervisor.protocol import Job, JobState, Limits, Resources
+from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState
 from supervisor.quantities import format_cpu_list
 from supervisor.unitfile import escape
 
 DOTS = {
+    JobState.queued: "…",
     JobState.starting: "◌",
     JobState.running: "●",
     JobState.exited: "○",
@@ -20,6 +21,7 @@ DOTS = {
     JobState.unknown: "?",
 }
 STYLES = {
+    JobState.queued: "cyan",
     JobState.starting: "yellow",
     JobState.running: "green",
     JobState.exited: "dim",
@@ -30,7 +32,9 @@ STYLES = {
 
 
 def outcome(job: Job) -> str:
-    """The state with how it ended: 'exited (status 0)', 'failed (signal SIGKILL)', 'running'."""
+    """The state with how it ended: 'exited (status 0)', 'failed (signal SIGKILL)', 'running', 'queued (place 2)'."""
+    if job.state is JobState.queued and job.position is not None:
+        return f"queued (place {job.position})"
     if job.signal is not None:
         return f"{job.state.value} (signal {signal_name(job.signal)})"
     if job.exit_status is not None:
@@ -56,6 +60,8 @@ def status(job: Job) -> str:
         ("Created", timestamp(job.created_usec, now)),
         ("Started", timestamp(job.started_usec, now)),
         ("Ended", timestamp(job.ended_usec, now) + ran_for(job)),
+        ("Attempts", attempts(job)),
+        ("Timer", f"run of timer {job.timer} (sjob timers)" if job.timer else ""),
         ("Limits", limits(job.limits)),
         ("Sandbox", f"profile {job.profile}" if job.profile else ""),
         ("Used", usage(job.resources)),
@@ -68,6 +74,28 @@ def status(job: Job) -> str:
         elif line[1]:
             out.append(f"{line[0]:>11}: {line[1]}")
     return "\n".join(out) + "\n"
+
+
+def attempts(job: Job) -> str:
+    """A retried job's attempts: how many of how many, and how each that ended did."""
+    if job.retry is None:
+        return ""
+    ended = job.attempts or []
+    allowed = job.retry.count + 1
+    how = f"retried on {job.retry.on.value}, {duration(job.retry.delay_usec / 1e6)} apart"
+    if not job.state.finished and job.state is not JobState.queued:
+        how += f"; attempt {len(ended) + 1} {'runs' if job.state is JobState.running else 'starts'}"
+    lines = [f"{len(ended)} of at most {allowed} ended ({how})"]
+    lines += [f"{'':>13}{a.number}: {attempt_outcome(a)} at {timestamp(a.ended_usec, time.time())}" for a in ended]
+    return "\n".join(lines)
+
+
+def attempt_outcome(attempt: Attempt) -> str:
+    if attempt.signal is not None:
+        return f"{attempt.result} (signal {signal_name(attempt.signal)})"
+    if attempt.exit_status is not None:
+        return f"{attempt.result} (status {attempt.exit_status})"
+    return attempt.result
 
 
 def limits(given: Limits | None) -> str:
@@ -131,6 +159,28 @@ def timestamp(usec: int | None, now: float) -> str:
     return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(seconds)) + f" ({age(now - seconds)} ago)"
 
 
+def when(usec: int | None) -> str:
+    """A time to come (or past): 'Mon 2025-06-02 02:00:00 UTC (in 5h 3min)'; 'never' for None."""
+    if not usec:
+        return "never"
+    seconds = usec / 1e6
+    left = seconds - time.time()
+    relative = f"in {duration(left)}" if left >= 0 else f"{age(-left)} ago"
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(seconds)) + f" ({relative})"
+
+
+def schedule(given: Schedule) -> str:
+    """A timer's schedule in words: 'Mon..Fri 02:00', 'in 10min after it was made; every 10min'."""
+    parts = []
+    if given.on_calendar is not None:
+        parts.append(given.on_calendar)
+    if given.on_active_usec is not None:
+        parts.append(f"{duration(given.on_active_usec / 1e6)} after it was made")
+    if given.on_unit_active_usec is not None:
+        parts.append(f"every {duration(given.on_unit_active_usec / 1e6)} after a run started")
+    return "; ".join(parts)
+
+
 def ran_for(job: Job) -> str:
     if job.ended_usec and job.started_usec:
         return f"; ran {duration((job.ended_usec - job.started_usec) / 1e6)}"
@@ -176,5 +226,32 @@ def job_table(jobs: list[Job]) -> None:
             age(now - job.created_usec / 1e6),
             Text(escape(job.user, backslashes=False)),
             Text(command(job.argv)),
+        )
+    console.print(table, highlight=False)
+
+
+def timer_table(timers: list[Timer]) -> None:
+    from rich.console import Console  # noqa: PLC0415 - rich costs startup time; only tables need it
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    console = Console(file=sys.stdout)
+    if not timers:
+        console.print("No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND", highlight=False)
+        return
+    now = time.time()
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND"):
+        table.add_column(column, no_wrap=column not in ("SCHEDULE", "COMMAND"), overflow="ellipsis")
+    for timer in timers:
+        active = timer.state is TimerState.active
+        table.add_row(
+            timer.id,
+            Text(timer.state.value, style="green" if active else "dim"),
+            Text(f"in {duration(timer.next_usec / 1e6 - now)}" if timer.next_usec else "-"),
+            Text(f"{age(now - timer.last_usec / 1e6)} ago" if timer.last_usec else "-"),
+            Text(f"{timer.runs}" + (f" (last {timer.last_job})" if timer.last_job else "")),
+            Text(escape(schedule(timer.schedule), backslashes=False)),
+            Text(command(timer.argv)),
         )
     console.print(table, highlight=False)
