@@ -39,7 +39,7 @@ def die(error: SjobError) -> int:
 def build_app() -> typer.Typer:
     import typer  # noqa: PLC0415 - the fast path of `sjob run` never needs it
 
-    from supervisor.cli import fn, logs, run, status, stop, token  # noqa: PLC0415
+    from supervisor.cli import fn, logs, run, status, stop, timers, token  # noqa: PLC0415
     from supervisor.cli import list as list_verb  # noqa: PLC0415
 
     app = typer.Typer(
@@ -50,7 +50,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    for verb in (run, stop, status, logs, list_verb, token, fn):
+    for verb in (run, stop, status, logs, list_verb, timers, token, fn):
         verb.register(app)
     return app
 

@@ -4,16 +4,18 @@ import contextlib
 import dataclasses
 import os
 import signal
+import stat
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
+from supervisor.cli.schedargs import SchedArgs
 from supervisor.cli.stdin import TerminalRelay, passed_stdin, terminal_size
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
-from supervisor.protocol import Job, JobSpec, JobState
+from supervisor.protocol import Job, JobSpec, JobState, Schedule
 from supervisor.unitfile import escape
 
 if TYPE_CHECKING:
@@ -44,6 +46,7 @@ class RunArgs:
     limits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (option, value), as given
     pty: bool = False
     no_stdin: bool = False
+    sched: SchedArgs = dataclasses.field(default_factory=SchedArgs)
 
 
 def register(app: "typer.Typer") -> None:
@@ -52,6 +55,15 @@ def register(app: "typer.Typer") -> None:
 
     def _limit(option: str, metavar: str, text: str) -> typer.models.OptionInfo:
         info: typer.models.OptionInfo = typer.Option(option, metavar=metavar, help=text, rich_help_panel="Limits")
+        return info
+
+    def _sched(option: str) -> typer.models.OptionInfo:
+        from supervisor.cli.schedargs import OPTIONS  # noqa: PLC0415
+
+        _, metavar, text = next(row for row in OPTIONS if row[0] == option)
+        info: typer.models.OptionInfo = typer.Option(
+            option, metavar=metavar or None, help=text, rich_help_panel="Scheduling"
+        )
         return info
 
     @app.command(
@@ -109,6 +121,13 @@ def register(app: "typer.Typer") -> None:
         io_write_iops: Annotated[list[str] | None, _limit("--io-write-iops", "DEV=N", "Write operations/s.")] = None,
         tasks: Annotated[str | None, _limit("--tasks", "N", "Processes and threads at most.")] = None,
         timeout: Annotated[str | None, _limit("--timeout", "DURATION", "Stop it after this long (10m, 2h).")] = None,
+        queue: Annotated[bool, _sched("--queue")] = False,
+        retry: Annotated[str | None, _sched("--retry")] = None,
+        retry_delay: Annotated[str | None, _sched("--retry-delay")] = None,
+        retry_on: Annotated[str | None, _sched("--retry-on")] = None,
+        on_calendar: Annotated[str | None, _sched("--on-calendar")] = None,
+        on_active: Annotated[str | None, _sched("--on-active")] = None,
+        on_unit_active: Annotated[str | None, _sched("--on-unit-active")] = None,
     ) -> None:
         given: dict[str, str | list[str] | None] = {
             "--cpu": cpu,
@@ -126,7 +145,8 @@ def register(app: "typer.Typer") -> None:
             "--timeout": timeout,
         }
         limits = [(option, value) for option in LIMIT_OPTIONS for value in _values(given[option])]
-        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits, pty, no_stdin)
+        sched = SchedArgs(queue, retry, retry_delay, retry_on, on_calendar, on_active, on_unit_active)
+        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits, pty, no_stdin, sched)
         raise typer.Exit(run(args))
 
     run_command.__name__ = "run"
@@ -214,6 +234,7 @@ def run(args: RunArgs) -> int:
     setenv = args.setenv
     if args.pty and not any(item.partition("=")[0] == "TERM" for item in setenv):
         setenv = [*setenv, f"TERM={os.environ.get('TERM') or 'xterm-256color'}"]  # the job's terminal is like ours
+    schedule = args.sched.schedule()
     spec = JobSpec(
         argv=argv,
         cwd=cwd,
@@ -221,7 +242,10 @@ def run(args: RunArgs) -> int:
         limits=build_limits(args.limits),
         profile=args.profile,
         terminal=terminal_size() if args.pty else None,
+        retry=args.sched.retry_policy(),
     )
+    if schedule is not None:
+        return make_timer(spec, schedule, quiet=args.quiet)
     relay = TerminalRelay() if args.pty else None
     with Client() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
@@ -233,7 +257,11 @@ def run(args: RunArgs) -> int:
                 job = client.start(spec, stdin=relay.typed_read, stdout=relay.shown_write)
                 relay.close_job_ends()
             else:
-                job = client.start(spec, stdin=passed_stdin(detach=args.detach, no_stdin=args.no_stdin))
+                stdin = passed_stdin(detach=args.detach, no_stdin=args.no_stdin)
+                if args.sched.queue:
+                    refuse_input(stdin)
+                    stdin = None
+                job = client.start(spec, stdin=stdin, queue=True if args.sched.queue else None)
         finally:
             if args.detach:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -242,8 +270,14 @@ def run(args: RunArgs) -> int:
         if args.detach:
             sys.stdout.write(job.id + "\n")
             if not args.quiet:
-                sys.stderr.write(f"Running as unit: {job.unit}\n")
+                sys.stderr.write(
+                    f"Queued as job {job.id}, place {job.position} in your queue\n"
+                    if job.state is JobState.queued
+                    else f"Running as unit: {job.unit}\n"
+                )
             return 0
+        if job.state is JobState.queued:
+            sys.stderr.write(f"sjob: job {job.id} waits in your queue (place {job.position}) for one of yours to end\n")
         copier = OutputCopier()
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -252,6 +286,28 @@ def run(args: RunArgs) -> int:
             return interrupted(job, copier)
     report_abnormal_end(final)
     return final.shell_status
+
+
+def refuse_input(stdin: int | None) -> None:
+    """A queued job reads nothing: refuse real input (a pipe, a file) rather than drop it."""
+    if stdin is not None and not stat.S_ISCHR(os.fstat(stdin).st_mode):
+        raise SjobError(
+            ErrorCode.InvalidArgument,
+            "--queue: a queued job reads no input, and your stdin is a pipe or a file",
+            hint="add -n to give it nothing, or have the command open the file itself",
+        )
+
+
+def make_timer(spec: JobSpec, schedule: Schedule, *, quiet: bool) -> int:
+    """Make a timer for the job: print its id, and when it runs first."""
+    with Client() as client:
+        timer = client.schedule(spec, schedule)
+    sys.stdout.write(timer.id + "\n")
+    if not quiet:
+        from supervisor.cli import render  # noqa: PLC0415
+
+        sys.stderr.write(f"Timer: {timer.unit}; next run {render.when(timer.next_usec)}\n")
+    return 0
 
 
 def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:

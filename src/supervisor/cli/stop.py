@@ -1,12 +1,15 @@
-"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal."""
+"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal; a queued job
+leaves its queue. The id of a timer removes the timer."""
 
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli.timers import removed
 from supervisor.client import Client
+from supervisor.errors import ErrorCode, SjobError
 from supervisor.logformat import signal_name
-from supervisor.protocol import parse_job_id, parse_signal
+from supervisor.protocol import REMOVED_FROM_QUEUE, parse_job_id, parse_signal
 from supervisor.quantities import parse_duration
 
 STOP_POLL = 0.2  # seconds between looks at a stopping job
@@ -47,7 +50,17 @@ def stop_job(job_id: str, grace: str | None, signal: str | None, *, wait: bool) 
     grace_usec = parse_duration(grace, "--grace") if grace is not None else None
     signo = parse_signal(signal) if signal is not None else None  # a bad name fails here, with the same words
     with Client() as client:
-        job = client.stop(job_id, signal=signal, grace_usec=grace_usec)
+        try:
+            job = client.stop(job_id, signal=signal, grace_usec=grace_usec)
+        except SjobError as e:
+            if e.code is not ErrorCode.NoSuchJob or signal is not None or grace is not None:
+                raise
+            # Not a job of ours: perhaps a timer (one id space). If not that either, the same words as for a job.
+            sys.stdout.write(removed(client.remove_timer(job_id)) + "\n")
+            return 0
+        if job.result == REMOVED_FROM_QUEUE:  # a queued job: it left the queue, never having run
+            sys.stdout.write(f"job {job.id} {job.message}\n")
+            return 0
         if job.state.finished:
             sys.stdout.write(f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop\n")
             return 0
