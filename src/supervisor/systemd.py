@@ -107,13 +107,8 @@ class Systemd:
 
     async def unit_state(self, name: str) -> UnitState | None:
         """The unit's state, or None if systemd has no such unit loaded (never existed, or garbage-collected)."""
-        try:
-            reply = await self._manager("GetUnit", "s", [name])
-        except SjobError as e:
-            if e.code is ErrorCode.NoSuchJob:
-                return None
-            raise
-        path: str = reply.body[0]
+        if (path := await self._unit_path(name)) is None:
+            return None
         unit = await self._get_all(path, UNIT)
         service = await self._get_all(path, SERVICE)
         return UnitState(
@@ -139,13 +134,8 @@ class Systemd:
 
     async def timer_state(self, name: str) -> TimerUnitState | None:
         """A timer unit's state and its next and last run, or None if systemd has no such unit loaded."""
-        try:
-            reply = await self._manager("GetUnit", "s", [name])
-        except SjobError as e:
-            if e.code is ErrorCode.NoSuchJob:
-                return None
-            raise
-        path: str = reply.body[0]
+        if (path := await self._unit_path(name)) is None:
+            return None
         unit = await self._get_all(path, UNIT)
         timer = await self._get_all(path, TIMER)
         # A calendar timer's next run is on the realtime clock, a monotonic one's (OnActiveSec=...) on CLOCK_MONOTONIC,
@@ -192,6 +182,17 @@ class Systemd:
                 raise
 
     # --- plumbing ------------------------------------------------------------------------------------------
+
+    async def _unit_path(self, name: str) -> str | None:
+        """The unit's object path, or None if systemd has no such unit loaded."""
+        try:
+            reply = await self._manager("GetUnit", "s", [name])
+        except SjobError as e:
+            if e.code is ErrorCode.NoSuchJob:
+                return None
+            raise
+        path: str = reply.body[0]
+        return path
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL or msg.member != "JobRemoved" or msg.interface != MANAGER:

@@ -205,53 +205,59 @@ def duration(seconds: float) -> str:
     return f"{hours // 24}d {hours % 24}h"
 
 
-def job_table(jobs: list[Job]) -> None:
+def print_table(rows: list[list[object]], columns: tuple[str, ...], wrapped: tuple[str, ...], empty: str) -> None:
+    """Rows under `columns` (only `wrapped` ones may wrap) as a rich table on stdout; `empty` if there are none."""
     from rich.console import Console  # noqa: PLC0415 - rich costs startup time; only tables need it
     from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
 
     console = Console(file=sys.stdout)
-    if not jobs:
-        console.print("No jobs. Start one with: sjob run -- COMMAND", highlight=False)
+    if not rows:
+        console.print(empty, highlight=False)
         return
-    now = time.time()
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "STATE", "AGE", "OWNER", "COMMAND"):
-        table.add_column(column, no_wrap=column != "COMMAND", overflow="ellipsis")
-    for job in jobs:
-        # Text, not markup strings: a command like `echo [red]` must print as written.
-        table.add_row(
-            job.id,
-            Text(outcome(job), style=STYLES[job.state]),
-            age(now - job.created_usec / 1e6),
-            Text(escape(job.user, backslashes=False)),
-            Text(command(job.argv)),
-        )
+    for column in columns:
+        table.add_column(column, no_wrap=column not in wrapped, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*row)  # type: ignore[arg-type]
     console.print(table, highlight=False)
 
 
-def timer_table(timers: list[Timer]) -> None:
-    from rich.console import Console  # noqa: PLC0415 - rich costs startup time; only tables need it
-    from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
+def job_table(jobs: list[Job]) -> None:
+    from rich.text import Text  # noqa: PLC0415 - rich costs startup time; only tables need it
 
-    console = Console(file=sys.stdout)
-    if not timers:
-        console.print("No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND", highlight=False)
-        return
     now = time.time()
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND"):
-        table.add_column(column, no_wrap=column not in ("SCHEDULE", "COMMAND"), overflow="ellipsis")
-    for timer in timers:
-        active = timer.state is TimerState.active
-        table.add_row(
+    rows: list[list[object]] = []
+    for job in jobs:
+        # Text, not markup strings: a command like `echo [red]` must print as written.
+        rows.append(
+            [
+                job.id,
+                Text(outcome(job), style=STYLES[job.state]),
+                age(now - job.created_usec / 1e6),
+                Text(escape(job.user, backslashes=False)),
+                Text(command(job.argv)),
+            ]
+        )
+    columns = ("ID", "STATE", "AGE", "OWNER", "COMMAND")
+    print_table(rows, columns, ("COMMAND",), "No jobs. Start one with: sjob run -- COMMAND")
+
+
+def timer_table(timers: list[Timer]) -> None:
+    from rich.text import Text  # noqa: PLC0415 - rich costs startup time; only tables need it
+
+    now = time.time()
+    rows: list[list[object]] = [
+        [
             timer.id,
-            Text(timer.state.value, style="green" if active else "dim"),
+            Text(timer.state.value, style="green" if timer.state is TimerState.active else "dim"),
             Text(f"in {duration(timer.next_usec / 1e6 - now)}" if timer.next_usec else "-"),
             Text(f"{age(now - timer.last_usec / 1e6)} ago" if timer.last_usec else "-"),
             Text(f"{timer.runs}" + (f" (last {timer.last_job})" if timer.last_job else "")),
             Text(escape(schedule(timer.schedule), backslashes=False)),
             Text(command(timer.argv)),
-        )
-    console.print(table, highlight=False)
+        ]
+        for timer in timers
+    ]
+    columns = ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND")
+    empty = "No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND"
+    print_table(rows, columns, ("SCHEDULE", "COMMAND"), empty)
