@@ -32,6 +32,7 @@ KILL_ROUNDS = 120
 KILL_INTERVAL = 0.5
 WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
 WATCH_RETRY_MAX = 30.0
+AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
 
 
 class Reaper:
@@ -200,7 +201,7 @@ class Reaper:
             state = await self._units.unit_state(job.unit)
         except SjobError:
             return False
-        return state is not None and state.sub_state in ("auto-restart", "auto-restart-queued")
+        return state is not None and state.sub_state in AUTO_RESTART
 
     def collect_later(self, unit: str) -> None:
         """Reset `unit` once it has settled, if it failed (in the background)."""
@@ -258,6 +259,7 @@ class Reaper:
         The exit record is written by ExecStopPost, while the unit is still deactivating; resetting then would be
         a no-op and leave a failed unit behind, so wait for the final state.
         """
+        waited_out = False
         for _ in range(COLLECT_TRIES):
             try:
                 state = await self._units.unit_state(unit)
@@ -266,6 +268,11 @@ class Reaper:
                 if state.active_state == "failed":
                     await self._units.reset_failed(unit)
                     return
+                if state.sub_state in AUTO_RESTART and not waited_out:
+                    # A retried job's last attempt failed: systemd waits out RestartSec= only to find the start
+                    # limit reached. The job has ended; end the wait.
+                    await self._units.stop(unit)
+                    waited_out = True
             except SjobError as e:
                 log.warning("cannot collect %s: %s", unit, e.message)
                 return

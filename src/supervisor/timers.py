@@ -275,7 +275,7 @@ class TimerService:
         if timer.state is not TimerState.active:
             return timer
         state = await self._units.timer_state(timer.unit)
-        if state is None or not state.exists:
+        if state is None or not state.exists or state.active_state in ("inactive", "failed"):
             schedule = timer.schedule
             if schedule.on_calendar is None and schedule.on_unit_active_usec is None:
                 return await self._end(timer, TimerState.elapsed, "elapsed: it was to run once", None)

@@ -17,6 +17,7 @@ from supervisor.errors import ErrorCode, SjobError
 from supervisor.logformat import ExitRecord
 from supervisor.policy import Action
 from supervisor.protocol import Job, JobSpec, JobState, Retry, RetryOn
+from supervisor.units import UnitState
 
 from .schedworld import ALICE, World, world
 
@@ -154,5 +155,20 @@ def test_an_exit_record_counts_once_whoever_brings_it(tmp_path: Path) -> None:
         ended: Job | None = w.jobs._ledger.record_exit(job.id, last)
         assert ended is not None
         assert (ended.state, [a.number for a in ended.attempts or []]) == (JobState.exited, [1, 2])
+
+    run(tmp_path, body)
+
+
+def test_after_the_last_attempt_the_wait_for_another_is_cut_short(tmp_path: Path) -> None:
+    """systemd waits RestartSec= after a failed last attempt, only to refuse the start (start-limit-hit): once the
+    job has ended, collecting its unit stops that wait, so a long --retry-delay leaves no unit behind."""
+
+    async def body(w: World) -> None:
+        name = "sjob-0000abcd.service"
+        w.units.states[name] = UnitState(name, "loaded", "activating", "auto-restart", "exit-code", 0, 1, 1, 0, 0, "")
+        w.reaper.collect_later(name)
+        async with asyncio.timeout(5):
+            while name not in w.units.stopped:
+                await asyncio.sleep(0.01)
 
     run(tmp_path, body)
