@@ -165,10 +165,11 @@ class TimerService:
         if timer is None:
             raise self._access.refuse(principal, Action.stop, no_such_job(timer_id), timer_id)
         self._access.authorize(principal, Action.stop, job_id=timer_id, owner=Owner(timer.uid, timer.user))
-        timer = await self._live(timer)
         if timer.state is not TimerState.active:
-            return timer
-        return await self._end(timer, TimerState.removed, f"removed by {principal.name}", principal.name)
+            return await self._live(timer)
+        return await self._live(
+            await self._end(timer, TimerState.removed, f"removed by {principal.name}", principal.name)
+        )
 
     # --- runs --------------------------------------------------------------------------------------------------
 
@@ -276,16 +277,19 @@ class TimerService:
             return timer
         state = await self._units.timer_state(timer.unit)
         if state is None or not state.exists or state.active_state in ("inactive", "failed"):
+            loaded = state is not None and state.exists  # stopped or failed, not collected: make systemd let go
             schedule = timer.schedule
             if schedule.on_calendar is None and schedule.on_unit_active_usec is None:
-                return await self._end(timer, TimerState.elapsed, "elapsed: it was to run once", None)
-            return await self._end(timer, TimerState.gone, "its timer unit is gone (the machine rebooted?)", None)
+                return await self._end(timer, TimerState.elapsed, "elapsed: it was to run once", None, stop=loaded)
+            why = "its timer unit is gone (the machine rebooted?)" if not loaded else "systemd stopped its timer unit"
+            return await self._end(timer, TimerState.gone, why, None, stop=loaded)
         return dataclasses.replace(timer, next_usec=state.next_usec, last_usec=state.last_usec)
 
-    async def _end(self, timer: Timer, state: TimerState, message: str, by: str | None) -> Timer:
-        if by is not None:
+    async def _end(self, timer: Timer, state: TimerState, message: str, by: str | None, *, stop: bool = True) -> Timer:
+        if stop:
             try:
                 await self._units.stop(timer.unit)
+                await self._units.reset_failed(timer.unit)
             except SjobError as e:
                 if e.code is not ErrorCode.NoSuchJob:
                     raise
