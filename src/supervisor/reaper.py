@@ -191,6 +191,8 @@ class Reaper:
             return None
         if state is None or state.exec_main_code != CLD_EXITED:
             return None
+        if current.invocation and state.invocation_id != current.invocation:
+            return None  # a timer's service already in its next run: what it says is not this run's
         status = state.exec_main_status
         record = ExitRecord("success" if status == 0 else "exit-code", "exited", status, state.exec_main_exit_usec)
         return self._ledger.finish(current, outcome_of_exit(record, current.stopped_by), record.when_usec or now_usec())
