@@ -5,19 +5,28 @@
 #   sudo ./install.sh --wheelhouse DIR      take every Python package from DIR instead of PyPI (offline)
 #   sudo ./install.sh --uninstall           remove everything an earlier run added
 #
-# What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob (and the
-# functions runtime, Python with pandas, in /opt/sjob/runtime), the
-# command /usr/local/bin/sjob, the units sjobd.socket, sjobd.service and sjob.slice in
-# /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), and it
-# enables sjobd.socket. Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
+# What it adds: the Debian packages it needs (only those missing), a virtual environment in /opt/sjob and the
+# functions' runtime (Python with pandas) in /opt/sjob/runtime, the command /usr/local/bin/sjob, the units
+# sjobd.socket, sjobd.service and sjob.slice in
+# /usr/local/lib/systemd/system, the default policy in /etc/sjob (never overwriting an edited one), the man pages
+# sjob(1) and sjobd(8) and bash, zsh and fish completion under /usr/local/share, and it enables sjobd.socket.
+# Running it again upgrades in place and is otherwise harmless; running jobs are not touched.
 set -euo pipefail
 
 PREFIX=/opt/sjob
 UNIT_DIR=/usr/local/lib/systemd/system
 CONF_DIR=/etc/sjob
 STATE_DIR=/var/lib/sjob
-BIN_LINK=/usr/local/bin/sjob
+BIN=/usr/local/bin/sjob
 MANIFEST="$PREFIX/install-manifest"
+SHARE=/usr/local/share
+# Generated from the installed sjob's own declaration of its commands (supervisor.manpages, sjob completion).
+MAN_PAGES=("$SHARE/man/man1/sjob.1" "$SHARE/man/man8/sjobd.8")
+COMPLETIONS=(
+    "bash:$SHARE/bash-completion/completions/sjob"
+    "zsh:$SHARE/zsh/site-functions/_sjob"
+    "fish:$SHARE/fish/vendor_completions.d/sjob.fish"
+)
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BUILD_PACKAGES=(gcc libc6-dev pkg-config libsystemd-dev)
 PYTHON=python3
@@ -35,7 +44,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -54,7 +63,11 @@ done
 uninstall() {
     say "stopping and disabling sjobd"
     systemctl disable --now sjobd.socket sjobd.service >/dev/null 2>&1 || true
-    rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN_LINK"
+    rm -f "$UNIT_DIR/sjobd.socket" "$UNIT_DIR/sjobd.service" "$UNIT_DIR/sjob.slice" "$BIN" "${MAN_PAGES[@]}"
+    local entry
+    for entry in "${COMPLETIONS[@]}"; do
+        rm -f "${entry#*:}"
+    done
     systemctl daemon-reload
     local added=() groups=()
     if [ -f "$MANIFEST" ]; then
@@ -172,8 +185,12 @@ install_files() {
     if [ ! -e "$CONF_DIR/policy.toml" ]; then
         install -m 0644 "$SRC/policy/default.toml" "$CONF_DIR/policy.toml"
     fi
-    install -d -m 0755 "$(dirname "$BIN_LINK")"
-    ln -sfn "$PREFIX/bin/sjob" "$BIN_LINK"
+    # Not a link to pip's launcher $PREFIX/bin/sjob: that one imports re (to tidy argv[0] on Windows), which costs
+    # every sjob --help a quarter of its start-up in the test VM.
+    install -d -m 0755 "$(dirname "$BIN")"
+    printf '#!%s/bin/python3\nfrom supervisor.cli import main\n\nmain()\n' "$PREFIX" >"$BIN.tmp"
+    chmod 0755 "$BIN.tmp"
+    mv -f "$BIN.tmp" "$BIN"
     # Members of sjob-admin may see and stop everyone's jobs and manage tokens (see policy.toml [admins]).
     if ! getent group sjob-admin >/dev/null; then
         groupadd --system sjob-admin
@@ -192,6 +209,23 @@ install_files() {
     "$PREFIX/bin/sjobd" --check-policy --config-dir "$CONF_DIR" >/dev/null ||
         die "$CONF_DIR/policy.toml is not valid for this sjob (the error is above)" \
             "fix it, or move it away and run install.sh again to get the shipped default ($SRC/policy/default.toml)"
+}
+
+install_docs() {
+    # Made by the sjob just installed, so that they describe exactly its commands and options.
+    local page entry
+    for page in "${MAN_PAGES[@]}"; do
+        install -d -m 0755 "$(dirname "$page")"
+        "$PREFIX/bin/python3" -m supervisor.manpages "$(basename "$page")" >"$page.tmp"
+        chmod 0644 "$page.tmp"
+        mv -f "$page.tmp" "$page"
+    done
+    for entry in "${COMPLETIONS[@]}"; do
+        install -d -m 0755 "$(dirname "${entry#*:}")"
+        "$PREFIX/bin/sjob" completion "${entry%%:*}" >"${entry#*:}.tmp"
+        chmod 0644 "${entry#*:}.tmp"
+        mv -f "${entry#*:}.tmp" "${entry#*:}"
+    done
 }
 
 write_manifest() {
@@ -224,6 +258,7 @@ python_at_least_3_11 "$PYTHON" || die "$PYTHON is older than 3.11" "sjob needs P
 install_python
 install_runtime
 install_files
+install_docs
 write_manifest
 start_units
 say "done. Try: sjob run -- echo hello"

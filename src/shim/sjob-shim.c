@@ -324,6 +324,8 @@ struct forwarding {
     unsigned long long sizes[2], seq, sent, dropped;
     int over;
     long long kill_at; /* when a job stopped for its quota gets SIGKILL if it is still there; -1: never */
+    int relaying;      /* --relay-input: the job's stdin passes through us, counted */
+    unsigned long long bytes_in;
 };
 
 /* One read of `r` bytes from `stream`: as one record, cut at the quota, with what crossing it entails. */
@@ -364,6 +366,19 @@ static int poll_timeout(const struct forwarding *f) {
     return left > 0 ? (int)left : 0;
 }
 
+/* poll() the forwarder's descriptors, or until a pending SIGKILL is due (then send it): 1 if some are ready. */
+static int wait_for(struct forwarding *f, struct pollfd *fds, nfds_t n) {
+    int ready = poll(fds, n, poll_timeout(f));
+    if (ready < 0 && errno != EINTR) {
+        _exit(4);
+    }
+    if (ready == 0) {
+        kill_after_grace(f->q, f->kill_at);
+        f->kill_at = -1;
+    }
+    return ready > 0;
+}
+
 /* The last entry: how much each stream brought, how many records, what was dropped. */
 static void end_of_output(struct forwarding *f) {
     if (f->kill_at >= 0) {
@@ -375,32 +390,65 @@ static void end_of_output(struct forwarding *f) {
     snprintf(records, sizeof(records), "%llu", f->seq);
     snprintf(dropped_text, sizeof(dropped_text), "%llu", f->dropped);
     snprintf(bytes, sizeof(bytes), "%llu", f->sizes[0] + f->sizes[1]);
+    char bytes_in[32];
+    snprintf(bytes_in, sizeof(bytes_in), "%llu", f->bytes_in);
     struct entry e = {.n = 0};
     event_entry(&e, "eof", message, "7", f->job_id, f->ident);
     add_str(&e, "SJOB_RECORDS", records);
     add_str(&e, "SJOB_DROPPED", dropped_text);
     add_str(&e, "SJOB_BYTES", bytes);
+    if (f->relaying) {
+        add_str(&e, "SJOB_BYTES_IN", bytes_in);
+    }
     journal_send(&e);
     journal_drain();
 }
 
-static void forward(struct forwarding *f, int out_fd, int err_fd) {
+/* With --relay-input (a function's call, whose code runs as another user than its caller): the job's stdin is
+ * not the caller's pipe but one of ours, and the caller's bytes pass through here, counted, with splice(2) (no
+ * copy through this process's memory). Never O_NONBLOCK on the caller's pipe: its read end may be shared with the
+ * caller's other processes; SPLICE_F_NONBLOCK keeps a full or empty pipe from blocking us all the same. Ends at
+ * the caller's EOF (the job then sees its own) or when the job closes its stdin. */
+struct relay {
+    int from, to; /* the caller's pipe, and the write end of the job's stdin; -1 once done */
+    int to_full;  /* wait until the job has read some before moving more */
+};
+
+static void relay_stop(struct relay *r) {
+    if (r->from >= 0) {
+        close(r->from);
+        close(r->to);
+        r->from = r->to = -1;
+    }
+}
+
+static void relay_move(struct forwarding *f, struct relay *r) {
+    ssize_t n = splice(r->from, NULL, r->to, NULL, 1 << 16, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+        f->bytes_in += (unsigned long long)n;
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        r->to_full = 1; /* or nothing to read after all: poll() tells which */
+    } else {
+        relay_stop(r); /* EOF from the caller, or the job closed its stdin (EPIPE) */
+    }
+}
+
+static void forward(struct forwarding *f, int out_fd, int err_fd, struct relay *in) {
     static char buf[READ_SIZE];
-    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    struct pollfd fds[4] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
     int open_fds = 2;
 
     while (open_fds > 0) {
-        int ready = poll(fds, 2, poll_timeout(f));
-        if (ready < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            _exit(4);
-        }
-        if (ready == 0) {
-            kill_after_grace(f->q, f->kill_at);
-            f->kill_at = -1;
+        fds[2] = (struct pollfd){.fd = in->from >= 0 ? in->from : -1, .events = POLLIN};
+        fds[3] = (struct pollfd){.fd = in->from >= 0 && in->to_full ? in->to : -1, .events = POLLOUT};
+        if (!wait_for(f, fds, 4)) {
             continue;
+        }
+        if (fds[3].revents & (POLLOUT | POLLERR | POLLHUP)) {
+            in->to_full = 0;
+        }
+        if (fds[2].revents & (POLLIN | POLLHUP | POLLERR) && in->from >= 0 && !in->to_full) {
+            relay_move(f, in);
         }
         for (int i = 0; i < 2; i++) {
             if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
@@ -422,6 +470,7 @@ static void forward(struct forwarding *f, int out_fd, int err_fd) {
             forward_read(f, i, buf, (size_t)r);
         }
     }
+    relay_stop(in);
     end_of_output(f);
 }
 
@@ -506,16 +555,7 @@ static void forward_tty(struct forwarding *f, int master, int input, int caller)
             {.fd = want_input ? input : -1, .events = POLLIN},
             {.fd = caller_there ? caller : -1, .events = 0}, /* POLLERR: the caller's end is closed */
         };
-        int ready = poll(fds, 3, poll_timeout(f));
-        if (ready < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            _exit(4);
-        }
-        if (ready == 0) {
-            kill_after_grace(f->q, f->kill_at);
-            f->kill_at = -1;
+        if (!wait_for(f, fds, 3)) {
             continue;
         }
         if (fds[2].revents & (POLLERR | POLLHUP)) {
@@ -866,6 +906,7 @@ int main(int argc, char **argv) {
     const char *checks = NULL;
     struct quota quota = {.max = 0, .stop = 0, .main_pidfd = -1};
     struct winsize terminal = {.ws_row = 0, .ws_col = 0};
+    int relay_input = 0;
     for (; argc > 1 && strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--") != 0; argc--, argv++) {
         if (strncmp(argv[1], "--check=", 8) == 0) {
             checks = argv[1] + 8;
@@ -877,6 +918,8 @@ int main(int argc, char **argv) {
                 return 2;
             }
             quota.stop = strcmp(end, ":stop") == 0;
+        } else if (strcmp(argv[1], "--relay-input") == 0) {
+            relay_input = 1;
         } else if (strncmp(argv[1], "--pty=", 6) == 0) {
             unsigned rows = 0, cols = 0;
             char extra;
@@ -893,7 +936,7 @@ int main(int argc, char **argv) {
     }
     if (argc < 4 || strcmp(argv[2], "--") != 0) {
         fprintf(stderr, "usage: sjob-shim [--journal-socket PATH] [--check=CHECK,...] [--output-max=BYTES:stop|drop] "
-                        "[--pty=ROWSxCOLS] JOB_ID -- COMMAND [ARG...]\n"
+                        "[--pty=ROWSxCOLS] [--relay-input] JOB_ID -- COMMAND [ARG...]\n"
                         "       sjob-shim [--journal-socket PATH] --report JOB_ID [RESULT EXIT_CODE EXIT_STATUS]\n");
         return 2;
     }
@@ -906,13 +949,16 @@ int main(int argc, char **argv) {
         /* Taken now, while this process is what becomes the job's main process: a pidfd never names another. */
         quota.main_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     }
-    int out[2] = {-1, -1}, err[2] = {-1, -1}, ready[2], master = -1;
+    int out[2] = {-1, -1}, err[2] = {-1, -1}, input[2] = {-1, -1}, ready[2], master = -1;
     char slave_name[128];
     if (terminal.ws_row) {
         master = open_terminal(&terminal, slave_name, sizeof(slave_name));
     } else {
         make_pipe(out);
         make_pipe(err);
+        if (relay_input) {
+            make_pipe(input);
+        }
     }
     make_pipe(ready);
 
@@ -945,14 +991,21 @@ int main(int argc, char **argv) {
             } else {
                 close(out[1]);
                 close(err[1]);
-                /* The job's stdin is the job's: holding it here would keep a pipe's writer from seeing the job
-                 * go (EPIPE) for as long as we drain. */
+                struct relay in = {.from = -1, .to = -1, .to_full = 0};
+                if (relay_input) {
+                    close(input[0]);
+                    in.from = dup(0); /* the caller's pipe, which only we read */
+                    in.to = input[1];
+                    f.relaying = 1;
+                }
+                /* Otherwise the job's stdin is the job's: holding it here would keep a pipe's writer from seeing
+                 * the job go (EPIPE) for as long as we drain. */
                 int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
                 if (null >= 0) {
                     dup2(null, 0);
                     close(null);
                 }
-                forward(&f, out[0], err[0]);
+                forward(&f, out[0], err[0], &in);
             }
             _exit(0);
         }
@@ -988,6 +1041,13 @@ int main(int argc, char **argv) {
         close(out[1]);
         close(err[0]);
         close(err[1]);
+        if (relay_input) {
+            if (dup2(input[0], 0) < 0) {
+                return EXIT_CANNOT_EXECUTE;
+            }
+            close(input[0]);
+            close(input[1]);
+        }
     }
     const char *failed = checks ? failed_check(checks) : NULL;
     if (failed) {

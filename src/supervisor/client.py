@@ -13,8 +13,8 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
 
+from supervisor import environment
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.fnprotocol import Deployed, Function, FunctionCall, FunctionSettings, FunctionVersion
 from supervisor.fnprotocol import Method as FnMethod
@@ -36,21 +36,22 @@ from supervisor.protocol import (
     unframe,
 )
 
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import Any
+
 MAX_REPLY = 64 * 1024 * 1024
-SOCKET_ENV = "SJOB_SOCKET"
-TOKEN_ENV = "SJOB_TOKEN"  # noqa: S105 - a variable name: the token itself is in it
-TOKEN_FILE_ENV = "SJOB_TOKEN_FILE"  # noqa: S105 - names a file holding it (never argv: others can read argv)
 
 
 def socket_path() -> str:
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return os.environ.get(environment.SOCKET) or DEFAULT_SOCKET
 
 
 def token_from_environment() -> str | None:
     """The token to present, from $SJOB_TOKEN or the file named by $SJOB_TOKEN_FILE; None for none."""
-    if token := os.environ.get(TOKEN_ENV, "").strip():
+    if token := os.environ.get(environment.TOKEN, "").strip():
         return token
-    path = os.environ.get(TOKEN_FILE_ENV)
+    path = os.environ.get(environment.TOKEN_FILE)
     if not path:
         return None
     try:
@@ -59,11 +60,11 @@ def token_from_environment() -> str | None:
     except (OSError, UnicodeDecodeError) as e:
         raise SjobError(
             ErrorCode.InvalidArgument,
-            f"cannot read the token file {path} (from ${TOKEN_FILE_ENV}): {getattr(e, 'strerror', None) or e}",
-            hint=f"point ${TOKEN_FILE_ENV} at the file 'sjob token issue' wrote, or unset it",
+            f"cannot read the token file {path} (from ${environment.TOKEN_FILE}): {getattr(e, 'strerror', None) or e}",
+            hint=f"point ${environment.TOKEN_FILE} at the file 'sjob token issue' wrote, or unset it",
         ) from None
     if not token:
-        raise SjobError(ErrorCode.InvalidArgument, f"the token file {path} (from ${TOKEN_FILE_ENV}) is empty")
+        raise SjobError(ErrorCode.InvalidArgument, f"the token file {path} (from ${environment.TOKEN_FILE}) is empty")
     return token
 
 

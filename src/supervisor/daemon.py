@@ -57,6 +57,11 @@ SHUTDOWN_TIMEOUT = 10.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    return argument_parser().parse_args(argv)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """sjobd's options, for parsing and for its man page, sjobd(8) (supervisor.manpages)."""
     parser = argparse.ArgumentParser(prog="sjobd", description="The sjob daemon: runs jobs as systemd units.")
     parser.add_argument(
         "--socket",
@@ -82,7 +87,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--check-policy", action="store_true", help="load policy.toml and the profiles, report errors, and exit"
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 class _JournalStreamFormatter(logging.Formatter):

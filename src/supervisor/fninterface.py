@@ -80,12 +80,11 @@ class FunctionsInterface(VarlinkInterface, name=INTERFACE):
     async def Call(  # noqa: N802
         self, name: str, args: list[str] | None = None, stdin: FileDescriptor | None = None
     ) -> Job:
-        """Call the function `name` (or `name@VERSION`) with `args`; `stdin` (a pipe, file or stream socket) is
-        copied into the call. Returns the call's job once it runs: follow it with io.sjob.Jobs.FollowPipe."""
+        """Call the function `name` (or `name@VERSION`) with `args`; `stdin`, a pipe, is what it reads. Returns the
+        call's job once it runs: follow it with io.sjob.Jobs.FollowPipe."""
         fd = stdin.fileno() if stdin else None
-        if fd is not None and stdio.check_stdin(fd, self._socket_path) is None:
-            fd = None  # /dev/null: nothing to copy
-        return await self._service.call(self._principal, name, args or [], fd)
+        kind = stdio.check_stdin(fd, self._socket_path) if fd is not None else None
+        return await self._service.call(self._principal, name, args or [], fd if kind else None, kind)
 
     @varlinkmethod(return_parameter="calls")
     @answers

@@ -3,14 +3,17 @@
 version it started on while a rollback or a new deploy changes what the next call gets.
 
 A deploy first stages its code in functions/<name>/.build-<job>/: `src/` (main.py, requirements.txt; root's,
-read-only) and `out/`, which its build job (running as a user systemd makes for it alone) fills with the compiled
-bytecode and, with --requirements, a virtual environment. Committing moves both into the version's directory and
-*seals* it: every file becomes root's and read-only to everyone else, so neither the next user systemd hands that
-uid to nor a call can change a function's code. What the build left is not trusted: symbolic links stay links (and
-are never followed), hard links and special files fail the deploy.
+read-only) and `out/`, which its build job (running as a user systemd makes for it alone, with umask 0) fills
+with the compiled bytecode and, with --requirements, a virtual environment. What the build left is not trusted,
+and sjobd is root without capabilities (it cannot change another user's files): committing *copies* the build's
+`__pycache__` and `venv` into new files of root's, read-only to everyone else, under a temporary name that is then
+renamed into place. So no descriptor the build kept open can change a committed version, and neither can the next
+user systemd hands that uid to. The copy never follows a link (links are copied as links), opens each file with
+O_NOFOLLOW|O_NONBLOCK (a file the build holds a lease on fails the deploy instead of stalling it), refuses special
+files, and stops at MAX_ENTRIES entries or MAX_BYTES bytes; it runs in a worker thread, off sjobd's event loop.
 
-The whole tree lives in sjobd's state directory (0700): no user reaches it except through the read-only bind
-mounts of build and call units (fnunits).
+The whole tree lives in sjobd's state directory (0700): no user reaches it except through the bind mounts of build
+(its output, writable) and call (its version, read-only) units (fnunits).
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sqlite3
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.fnprotocol import Function, FunctionSettings, FunctionVersion
 from supervisor.protocol import Limits, from_wire, to_wire
-from supervisor.statedb import open_state_db
+from supervisor.statedb import open_state_db, writing
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
@@ -75,6 +80,10 @@ class Staging:
     def out(self) -> Path:
         return self.root / "out"
 
+    @property
+    def copied(self) -> Path:
+        return self.root / "version"
+
 
 class FunctionStore:
     def __init__(self, state_dir: Path) -> None:
@@ -102,14 +111,14 @@ class FunctionStore:
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? ORDER BY version DESC",  # noqa: S608
             [name],
         )
-        return [FunctionVersion(*row[1:]) for row in rows]
+        return [_version(row) for row in rows]
 
     def version(self, name: str, version: int) -> FunctionVersion | None:
         row = self._db.execute(
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE name = ? AND version = ?",  # noqa: S608
             [name, version],
         ).fetchone()
-        return FunctionVersion(*row[1:]) if row else None
+        return _version(row) if row else None
 
     def version_dir(self, name: str, version: int) -> Path:
         return self.root / name / f"v{version}"
@@ -120,10 +129,13 @@ class FunctionStore:
         """A fresh staging directory holding the code (and requirements) for the build job `build_id`."""
         function_dir = self.root / name
         function_dir.mkdir(mode=0o755, exist_ok=True)
+        # sjobd runs with UMask=0077: every mode that others need (the build's and the calls' users, through their
+        # bind mounts) is set explicitly, not left to mkdir's masked mode.
         staging = Staging(function_dir / f".build-{build_id}")
         with self._storage_errors():
             staging.root.mkdir(mode=0o755)
-            staging.src.mkdir(mode=0o755)
+            staging.src.mkdir()
+            staging.src.chmod(0o755)
             staging.out.mkdir()
             staging.out.chmod(0o777)  # for the build's user, whoever systemd makes it; nobody else can reach it
             for file, text in ((CODE, code), (REQUIREMENTS, requirements)):
@@ -132,8 +144,21 @@ class FunctionStore:
                     (staging.src / file).chmod(0o644)
         return staging
 
+    def take_build(self, staging: Staging, built: tuple[str, ...]) -> None:
+        """Copy what the build left (the entries `built` of its output) and the staged code into `staging.copied`,
+        all root's: the version-to-be. Slow on a large build: run it in a worker thread."""
+        with self._storage_errors():
+            staging.copied.mkdir()
+            staging.copied.chmod(0o755)
+            copy_built(staging.out, staging.copied, built)
+            for file in (CODE, REQUIREMENTS):
+                if (staging.src / file).exists():
+                    os.rename(staging.src / file, staging.copied / file)
+
     def discard(self, staging: Staging) -> None:
         shutil.rmtree(staging.root, ignore_errors=True)
+        if staging.root.exists():  # a build that made its output unwritable to others: sjobd cannot remove it
+            log.warning("could not remove all of %s; remove it by hand", staging.root)
 
     def commit(
         self,
@@ -152,14 +177,10 @@ class FunctionStore:
         previous = self.get(name)
         number = (previous.latest if previous else 0) + 1
         target = self.version_dir(name, number)
-        code = (staging.src / CODE).read_bytes()
-        has_requirements = (staging.src / REQUIREMENTS).exists()
+        code = (staging.copied / CODE).read_bytes()
+        has_requirements = (staging.copied / REQUIREMENTS).exists()
         with self._storage_errors():
-            seal(staging.out)
-            os.rename(staging.out, target)
-            for file in (CODE, REQUIREMENTS):
-                if (staging.src / file).exists():
-                    os.rename(staging.src / file, target / file)
+            os.rename(staging.copied, target)
             self.discard(staging)
         version = FunctionVersion(
             number, now_usec, deployed_by, hashlib.sha256(code).hexdigest(), len(code), has_requirements, build_job
@@ -225,19 +246,8 @@ class FunctionStore:
             values,
         )
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise _storage_error(self._path, e) from None
+    def _writing(self) -> AbstractContextManager[None]:
+        return writing(self._db, self._path, "functions")
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:
@@ -251,6 +261,19 @@ _FUNCTION_COLUMNS = (
     "name, owner, owner_uid, description, allow, limits, concurrency, current, latest, created_usec, updated_usec"
 )
 _VERSION_COLUMNS = "name, version, created_usec, deployed_by, sha256, size, requirements, build_job"
+
+
+def _version(row: tuple[object, ...]) -> FunctionVersion:
+    _, version, created, deployed_by, sha256, size, requirements, build_job = row
+    return FunctionVersion(
+        int(str(version)),
+        int(str(created)),
+        str(deployed_by),
+        str(sha256),
+        int(str(size)),
+        bool(requirements),
+        str(build_job),
+    )
 
 
 def _function(row: tuple[object, ...]) -> Function:
@@ -282,41 +305,79 @@ class UntrustedBuildError(SjobError):
     """What a build left cannot be taken as it is."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.BuildFailed, message, hint="a build may leave only files, directories and links")
+        super().__init__(
+            ErrorCode.BuildFailed, message, hint="a build may leave only files, directories and links, readable"
+        )
 
 
-def seal(top: Path) -> None:
-    """Make everything under `top` root's and read-only to others, never following a link: each entry is opened
-    relative to its directory's descriptor with O_NOFOLLOW. Hard links (which could be another file's) and special
-    files fail the deploy."""
-    top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+MAX_ENTRIES = 200_000  # files, directories and links a build may leave
+MAX_BYTES = 4 << 30  # and bytes in its files
+MAX_DEPTH = 64
+
+
+def copy_built(out: Path, into: Path, names: tuple[str, ...]) -> None:
+    """Copy the entries `names` of a build's output directory `out` into the new directory `into`, as root's files
+    (see the module's docstring). Raises UntrustedBuildError for what may not be taken."""
+    budget = [MAX_ENTRIES, MAX_BYTES]
+    source = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    target = os.open(into, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _seal_dir(top_fd, str(top))
+        for name in os.listdir(source):
+            if name in names:
+                _copy_entry(source, target, name, f"{out}/{name}", budget, 0)
+    except PermissionError as e:
+        raise UntrustedBuildError(f"the build left {e.filename or 'a file'} unreadable") from None
     finally:
-        os.close(top_fd)
+        os.close(source)
+        os.close(target)
 
 
-def _seal_dir(dir_fd: int, where: str) -> None:
-    os.fchown(dir_fd, 0, 0)
-    os.fchmod(dir_fd, 0o755)
-    for name in os.listdir(dir_fd):
-        info = os.lstat(name, dir_fd=dir_fd)
-        if stat.S_ISLNK(info.st_mode):
-            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
-        elif stat.S_ISDIR(info.st_mode):
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                _seal_dir(child, f"{where}/{name}")
-            finally:
-                os.close(child)
-        elif stat.S_ISREG(info.st_mode):
-            if info.st_nlink > 1:
-                raise UntrustedBuildError(f"the build left a hard link, {where}/{name}")
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                os.fchown(fd, 0, 0)
-                os.fchmod(fd, 0o755 if info.st_mode & 0o111 else 0o644)
-            finally:
-                os.close(fd)
-        else:
-            raise UntrustedBuildError(f"the build left a special file, {where}/{name}")
+def _copy_entry(source: int, target: int, name: str, where: str, budget: list[int], depth: int) -> None:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise UntrustedBuildError(f"the build left more than {MAX_ENTRIES} entries, or nested deeper than {MAX_DEPTH}")
+    info = os.lstat(name, dir_fd=source)
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(name, dir_fd=source), name, dir_fd=target)
+    elif stat.S_ISDIR(info.st_mode):
+        os.mkdir(name, 0o700, dir_fd=target)
+        os.chmod(name, 0o755, dir_fd=target)  # noqa: S103 - a version is for everyone to read; sjobd has umask 077
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source)
+        copy = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=target)
+        try:
+            for entry in os.listdir(child):
+                _copy_entry(child, copy, entry, f"{where}/{entry}", budget, depth + 1)
+        finally:
+            os.close(child)
+            os.close(copy)
+    elif stat.S_ISREG(info.st_mode):
+        _copy_file(source, target, name, where, budget)
+    else:
+        raise UntrustedBuildError(f"the build left a special file, {where}")
+
+
+def _copy_file(source: int, target: int, name: str, where: str, budget: list[int]) -> None:
+    try:
+        reading = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source)
+    except BlockingIOError:
+        raise UntrustedBuildError(f"the build holds a lease on {where}") from None
+    try:
+        info = os.fstat(reading)
+        if not stat.S_ISREG(info.st_mode):  # replaced since lstat
+            raise UntrustedBuildError(f"the build left a special file, {where}")
+        budget[1] -= info.st_size
+        if budget[1] < 0:
+            raise UntrustedBuildError(f"the build left more than {MAX_BYTES >> 30} GiB")
+        mode = 0o755 if info.st_mode & 0o111 else 0o644
+        writing = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=target
+        )
+        try:
+            offset = 0
+            while sent := os.sendfile(writing, reading, offset, 1 << 24):
+                offset += sent
+            os.fchmod(writing, mode)  # umask
+        finally:
+            os.close(writing)
+    finally:
+        os.close(reading)

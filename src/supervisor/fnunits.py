@@ -26,23 +26,13 @@ BUILD_DIR = "/opt/sjob/build"
 SCRATCH = "/tmp"  # noqa: S108 - the call's private /tmp (PrivateTmp=): a call's working directory: its private /tmp, the one place it may write
 EXIT_DOES_NOT_COMPILE = 65  # EX_DATAERR: the build's status when the code has a syntax error
 
-# The build: compile the code to bytecode that calls use as it is (unchecked-hash .pyc: versions never change), and
-# with requirements make the version's own environment on top of the shared runtime (a .pth file puts the
-# runtime's packages, pandas among them, after the version's own) and install them with pip.
+# The build: with requirements, make the version's own environment on top of the shared runtime (a .pth file puts
+# the runtime's packages, pandas among them, after the version's own) and install them with pip; then compile the
+# code to bytecode that calls use as it is (unchecked-hash .pyc: versions never change). Compiling comes last, so
+# no requirement's setup.py can replace the compiled code that `versions` vouches for by its source's hash.
 BUILD = r"""
 import os, py_compile, subprocess, sys, sysconfig
 code, out = "/opt/sjob/function", "/opt/sjob/build"
-try:
-    py_compile.compile(
-        f"{code}/main.py",
-        cfile=f"{out}/__pycache__/main.{sys.implementation.cache_tag}.pyc",
-        doraise=True,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
-except py_compile.PyCompileError as e:
-    sys.stderr.write(f"sjob: the code does not compile:\n{e.msg}\n")
-    sys.exit(65)
-print("sjob: compiled main.py", flush=True)
 if os.path.exists(f"{code}/requirements.txt"):
     venv = f"{out}/venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
@@ -55,8 +45,22 @@ if os.path.exists(f"{code}/requirements.txt"):
     pip = [f"{venv}/bin/python", "-m", "pip", "install", "--no-cache-dir", "--progress-bar", "off",
            "--disable-pip-version-check", *sys.argv[1:], "-r", f"{code}/requirements.txt"]
     print("sjob: installing the requirements:", " ".join(pip[3:]), flush=True)
-    sys.exit(subprocess.run(pip).returncode)
+    if (status := subprocess.run(pip).returncode) != 0:
+        sys.exit(status)
+try:
+    py_compile.compile(
+        f"{code}/main.py",
+        cfile=f"{out}/__pycache__/main.{sys.implementation.cache_tag}.pyc",
+        doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+except py_compile.PyCompileError as e:
+    sys.stderr.write(f"sjob: the code does not compile:\n{e.msg}\n")
+    sys.exit(65)
+print("sjob: compiled main.py", flush=True)
 """
+# What a build may leave that becomes part of the version (fnstore copies nothing else).
+BUILT = ("__pycache__", "venv")
 
 # A call: the version's compiled module `main`, as __main__, with the call's arguments in sys.argv[1:].
 BOOT = (
@@ -97,6 +101,10 @@ def build_unit(
         charged_to=deployer.uid,
         binds=[Bind(source, CODE_DIR), Bind(output, BUILD_DIR, read_only=False)],
         shown_as=["build of a function"],
+        # What it leaves must be readable and removable by sjobd, which is root without capabilities (it cannot
+        # read or change another user's 0700 directory): everything world-readable and -writable, in a
+        # directory only the build's bind mount and root (0700 /var/lib/sjob) reach; fnstore copies it.
+        overrides=[("UMask", 0)],
     )
 
 
@@ -140,4 +148,5 @@ def call_unit(
         binds=[Bind(version_dir, CODE_DIR)],
         environment=environment,
         shown_as=[f"function {name}@{version}", *args],
+        relay_input=stdin is not None,
     )

@@ -12,8 +12,13 @@ do what with which function, builds and commits versions, and gates calls.
   caller's ceilings. A function one may not call is reported exactly like a missing one.
 - At most `concurrency` calls of a function run at once; others wait, at most `queue` of them and for at most
   `queue_wait`, then are refused as busy. The count is the job records', so it holds across a restart of sjobd.
-- The caller's stdin is copied into the call by sjobd (splice, no copy through Python's memory), since the code
-  runs as someone else: it gets a pipe, never the caller's file or socket, and sjobd counts the bytes.
+- A call's stdin is a pipe, never the caller's file or socket (the code runs as someone else): `sjob fn call` makes
+  one of anything else. The call's forwarder (sjob-shim --relay-input, inside the call's unit) moves the bytes
+  from it into the code's stdin and counts them: sjobd never copies a caller's bytes (a TCP socket would block its
+  event loop in splice(2): review of G).
+- Fairness: while other callers wait, one caller may hold at most half of a function's slots, and wait in the
+  queue at most once; every call has a timeout ([functions] timeout unless the deploy set one), so no caller can
+  keep a function from everyone else for long.
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from supervisor import fnunits, jobspec, limits
 from supervisor.access import Access
@@ -85,7 +89,6 @@ class FunctionService:
         self._profiles = profiles  # those in force: a reload applies to the next build or call
         self._deploying: dict[str, asyncio.Lock] = {}  # one deploy of a function at a time
         self._gates: dict[str, _Gate] = {}
-        self._pumps: dict[str, asyncio.Task[None]] = {}  # call -> the copy of its caller's stdin into it
         ledger.on_end(self._ended)
 
     # --- deploying -----------------------------------------------------------------------------------------------
@@ -113,6 +116,12 @@ class FunctionService:
         )
         build_limits = dataclasses.replace(build_limits, timeout_usec=timeout)
         async with self._deploying.setdefault(name, asyncio.Lock()):
+            # Again, now that no other deploy of this name runs: the first deploy of a name may have committed
+            # while this one waited, and the function is then its deployer's (review of G: a second deployer
+            # waiting behind the first's build took the function over).
+            existing = self._store.get(name)
+            if existing is not None and not self._manages(principal, existing):
+                raise self._refuse(principal, Action.deploy, name, _not_yours(existing))
             job_id = self._launcher.new_id()
             staging = self._store.stage(name, job_id, code, requirements)
             try:
@@ -148,6 +157,7 @@ class FunctionService:
                 await self._settled(job.unit)  # none of the build's processes may still write its output
                 if built.state is not JobState.exited:
                     raise await self._build_failed(built, name)
+                await asyncio.to_thread(self._store.take_build, staging, fnunits.BUILT)
                 function, version = self._store.commit(
                     name,
                     staging,
@@ -180,19 +190,29 @@ class FunctionService:
         async for record in self._journal.job_records(job.id, job.unit, None, follow=False):
             if isinstance(record, OutputRecord):
                 lines = (lines + record.data.splitlines())[-FAILURE_TAIL:]
-        tail = "\n".join(line.decode("utf-8", "replace") for line in lines)
-        why = "does not compile" if job.exit_status == fnunits.EXIT_DOES_NOT_COMPILE else f"failed ({job.message})"
+        tail = "".join(f"\n  | {line.decode('utf-8', 'replace')}" for line in lines)
+        if job.exit_status == fnunits.EXIT_DOES_NOT_COMPILE:
+            why = "does not compile"
+        else:
+            why = f"failed ({job.message or f'exit status {job.exit_status}'})"
         return SjobError(
             ErrorCode.BuildFailed,
-            f"the build of {name} {why}; nothing was deployed:\n{tail}" if tail else f"the build of {name} {why}",
+            f"the build of {name} {why}; nothing was deployed{':' if tail else ''}{tail}",
             hint=f"'sjob logs {job.id}' shows the whole build",
         )
 
     # --- calling -------------------------------------------------------------------------------------------------
 
-    async def call(self, principal: Principal, reference: str, args: Sequence[str], stdin: int | None) -> Job:
+    async def call(
+        self,
+        principal: Principal,
+        reference: str,
+        args: Sequence[str],
+        stdin: int | None,
+        stdin_kind: Input | None = None,
+    ) -> Job:
         """Start a call of the function (its current version, or `NAME@VERSION`); the caller follows it as a job.
-        `stdin` (the caller's descriptor, already checked) is copied into the call; sjobd keeps its own copy."""
+        `stdin` (the caller's descriptor, checked: of `stdin_kind`) must be a pipe; the call's unit gets it."""
         name, pinned = parse_reference(reference)
         args = _check_args(args)
         rule = self._decide(principal, Action.call, name)
@@ -212,29 +232,42 @@ class FunctionService:
                     hint=f"'sjob fn versions {name}' lists them",
                 ),
             )
+        if stdin is not None and stdin_kind is not Input.pipe:
+            raise self._refuse(
+                principal,
+                Action.call,
+                name,
+                invalid_argument(
+                    "a function's stdin must be a pipe",
+                    hint="'sjob fn call' makes one of a file, a socket or a terminal",
+                ),
+            )
+        wanted = function.limits or Limits()
+        if wanted.timeout_usec is None:
+            wanted = dataclasses.replace(wanted, timeout_usec=self._access.policy.functions.timeout_usec)
         try:
-            call_limits = limits.check(function.limits or Limits(), rule.limits)
+            call_limits = limits.check(wanted, rule.limits)
             profile = self._profiles().get(CALL_PROFILE)
             running = len(self._records.unfinished(principal.uid))
             if rule.max_jobs is not None and running >= rule.max_jobs:
-                raise SjobError(
-                    ErrorCode.TooManyJobs,
-                    f"you have {running} jobs running; policy rule {rule.name!r} allows at most"
-                    f" {rule.max_jobs} at once",
-                    hint="wait for one to end, or stop one ('sjob list --running')",
-                )
+                raise _too_many(running, rule)
         except SjobError as e:
             raise self._refuse(principal, Action.call, name, e) from None
         gate = self._gates.setdefault(name, _Gate())
         policy = self._access.policy.functions
-        async with gate.slot(
-            lambda: self._records.running_calls(name) < function.concurrency,
-            policy.queue,
-            policy.queue_wait_usec / 1e6,
-            name,
-        ) as admitted:
+        share = max(1, function.concurrency // 2)
+
+        def free() -> bool:
+            running = self._records.running_calls(name)
+            mine = self._records.running_calls(name, user=principal.name)
+            return running < function.concurrency and (mine < share or not gate.others_waiting(principal.name))
+
+        async with gate.slot(free, principal.name, policy.queue, policy.queue_wait_usec / 1e6) as admitted:
             if not admitted:
                 raise self._refuse(principal, Action.call, name, _busy(name, function.concurrency), version=number)
+            running = len(self._records.unfinished(principal.uid))
+            if rule.max_jobs is not None and running >= rule.max_jobs:  # again: a call may have waited
+                raise self._refuse(principal, Action.call, name, _too_many(running, rule), version=number)
             job_id = self._launcher.new_id()
             job = Job(
                 id=job_id,
@@ -254,53 +287,34 @@ class FunctionService:
             )
             self._launcher.record(job)  # counted as running from here: the slot is taken
         self._audit(principal, Action.call, True, f"policy rule {rule.name!r}", name, number, job_id)
-        job_end, sjobd_end = os.pipe2(os.O_CLOEXEC) if stdin is not None else (None, None)
-        try:
-            unit = fnunits.call_unit(
-                job.unit,
-                job_id,
-                principal,
-                name,
-                number,
-                str(self._store.version_dir(name, number)),
-                version.requirements,
-                args,
-                self._access.policy.functions,
-                call_limits,
-                profile,
-                self._shim,
-                self._access.policy.output,
-                job_end,
-            )
-            job = await self._launcher.start(job, unit)
-        except BaseException:
-            if sjobd_end is not None:
-                os.close(sjobd_end)
-            raise
-        finally:
-            if job_end is not None:
-                os.close(job_end)  # the unit has its own copy
-        if stdin is not None and sjobd_end is not None:
-            self._copy_in(job_id, os.dup(stdin), sjobd_end)
-        return job
-
-    def _copy_in(self, job_id: str, source: int, into: int) -> None:
-        task = asyncio.create_task(_copy(source, into, lambda n: self._records.set_io(job_id, bytes_in=n)))
-        self._pumps[job_id] = task
-        task.add_done_callback(lambda _: self._pumps.pop(job_id, None))
+        unit = fnunits.call_unit(
+            job.unit,
+            job_id,
+            principal,
+            name,
+            number,
+            str(self._store.version_dir(name, number)),
+            version.requirements,
+            args,
+            self._access.policy.functions,
+            call_limits,
+            profile,
+            self._shim,
+            self._access.policy.output,
+            stdin,
+        )
+        return await self._launcher.start(job, unit)
 
     def _ended(self, job: Job) -> None:
         """A job ended: a function's call frees its slot, and its output is counted."""
         if job.function is None:
             return
-        if (pump := self._pumps.get(job.id)) is not None:
-            pump.cancel()  # nothing reads the call's stdin any more
         if (gate := self._gates.get(job.function)) is not None:
             gate.wake()
         if job.bytes_out is None:
             with contextlib.suppress(SjobError, OSError):
-                if (eof := self._journal.find_eof(job.id, job.unit, job.log_uid)) is not None and eof.bytes is not None:
-                    self._records.set_io(job.id, bytes_out=eof.bytes)
+                if (eof := self._journal.find_eof(job.id, job.unit, job.log_uid)) is not None:
+                    self._records.set_io(job.id, bytes_in=eof.bytes_in, bytes_out=eof.bytes)
 
     # --- looking and managing ------------------------------------------------------------------------------------
 
@@ -320,20 +334,17 @@ class FunctionService:
         function = self._visible(principal, parse_name(name))
         everyone = self._manages(principal, function)
         jobs = self._records.calls(
-            function.name, uid=None if everyone else principal.uid, limit=max(1, min(limit, 1000))
+            function.name,
+            uid=None if everyone else principal.uid,
+            limit=max(1, min(limit, 1000)),
+            since_usec=function.created_usec,  # not the calls of an earlier function of the same name
         )
         if not everyone:
             jobs = [j for j in jobs if j.user == principal.name]
         return [_call_of(j) for j in jobs]
 
     def rollback(self, principal: Principal, name: str, version: int) -> Function:
-        name = parse_name(name)
-        self._decide(principal, Action.deploy, name)
-        function = self._store.get(name)
-        if function is None or not self._sees(principal, function):
-            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
-        if not self._manages(principal, function):
-            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        name = self._managed(principal, name).name
         if self._store.version(name, version) is None:
             raise self._refuse(
                 principal,
@@ -346,13 +357,7 @@ class FunctionService:
         return self.show(principal, name)
 
     async def remove(self, principal: Principal, name: str, *, force: bool = False) -> None:
-        name = parse_name(name)
-        self._decide(principal, Action.deploy, name)
-        function = self._store.get(name)
-        if function is None or not self._sees(principal, function):
-            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
-        if not self._manages(principal, function):
-            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        name = self._managed(principal, name).name
         running = [j for j in self._records.unfinished() if j.function == name]
         if running and not force:
             raise self._refuse(
@@ -390,6 +395,18 @@ class FunctionService:
                 ),
             )
         return decision.rule
+
+    def _managed(self, principal: Principal, name: str) -> Function:
+        """The function `name`, if `principal` may manage it (deploy it again, roll it back, remove it): its owner
+        or an admin, with the policy's `deploy`. Refused (audited) otherwise; as missing to those who cannot see it."""
+        name = parse_name(name)
+        self._decide(principal, Action.deploy, name)
+        function = self._store.get(name)
+        if function is None or not self._sees(principal, function):
+            raise self._refuse(principal, Action.deploy, name, no_such_function(name))
+        if not self._manages(principal, function):
+            raise self._refuse(principal, Action.deploy, name, _not_yours(function))
+        return function
 
     def _manages(self, principal: Principal, function: Function) -> bool:
         own = principal.token is None and principal.uid == function.owner_uid
@@ -435,19 +452,19 @@ class FunctionService:
         self._access.audit(AuditEntry(principal, action.value, allowed, reason, job_id, function=name, version=version))
 
     async def close(self) -> None:
-        pumps = list(self._pumps.values())
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        """Nothing of its own runs in the background (calls and builds are jobs)."""
 
 
 class _Gate:
     """A function's concurrency: calls are admitted while `free()` says so; others wait, at most `queue` of them
-    and for at most `wait` seconds, woken whenever one of its calls ends."""
+    (one per caller) and for at most `wait` seconds, woken whenever one of its calls ends."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Condition()
-        self._waiting = 0
+        self._waiting: dict[str, int] = {}  # caller -> calls of theirs waiting
+
+    def others_waiting(self, caller: str) -> bool:
+        return any(n for who, n in self._waiting.items() if who != caller)
 
     def wake(self) -> None:
         async def notify() -> None:
@@ -457,69 +474,24 @@ class _Gate:
         asyncio.get_running_loop().create_task(notify())
 
     @contextlib.asynccontextmanager
-    async def slot(self, free: Callable[[], bool], queue: int, wait: float, name: str):  # type: ignore[no-untyped-def]
+    async def slot(self, free: Callable[[], bool], caller: str, queue: int, wait: float) -> AsyncIterator[bool]:
         """Yields True once admitted (the caller must record its call before leaving), False if busy."""
         async with self._changed:
             if free():
                 yield True
                 return
-            if self._waiting >= queue:
+            if sum(self._waiting.values()) >= queue or self._waiting.get(caller, 0) >= 1:
                 yield False
                 return
-            self._waiting += 1
+            self._waiting[caller] = self._waiting.get(caller, 0) + 1
             try:
                 admitted = await asyncio.wait_for(self._changed.wait_for(free), wait)
             except TimeoutError:
                 admitted = False
             finally:
-                self._waiting -= 1
+                if (left := self._waiting.pop(caller) - 1) > 0:
+                    self._waiting[caller] = left
             yield bool(admitted)
-
-
-async def _copy(source: int, into: int, counted: Callable[[int], None]) -> None:
-    """Copy `source` (the caller's pipe, file or socket) into `into` (the call's stdin pipe) until its end or the
-    call's, with splice(2): the bytes move inside the kernel, and a call that never reads blocks nothing but this."""
-    loop = asyncio.get_running_loop()
-    total = 0
-    regular = os.path.isfile(f"/proc/self/fd/{source}")  # epoll cannot wait on a regular file: it is always ready
-    os.set_blocking(into, False)
-    try:
-        while True:
-            try:
-                n = os.splice(source, into, 1 << 20, flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
-            except BlockingIOError:
-                await _ready(loop, into, writable=True)
-                if not regular:
-                    await _ready(loop, source, writable=False)
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break  # the call has gone, or closed its stdin
-            except OSError as e:
-                log.info("copying a call's stdin stopped: %s", e)
-                break
-            if n == 0:
-                break
-            total += n
-    finally:
-        os.close(source)
-        os.close(into)  # the call's EOF
-        with contextlib.suppress(SjobError):
-            counted(total)
-
-
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
-    future: asyncio.Future[None] = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
-
-    def ready() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    add(fd, ready)
-    try:
-        await future
-    finally:
-        remove(fd)
 
 
 def _check_source(code: str, requirements: str | None) -> None:
@@ -538,6 +510,14 @@ def _check_source(code: str, requirements: str | None) -> None:
 
 def _check_args(args: Sequence[str]) -> list[str]:
     return jobspec.validate_arguments(list(args), "argument {} of the call") if args else []
+
+
+def _too_many(running: int, rule: Rule) -> SjobError:
+    return SjobError(
+        ErrorCode.TooManyJobs,
+        f"you have {running} jobs running; policy rule {rule.name!r} allows at most {rule.max_jobs} at once",
+        hint="wait for one to end, or stop one ('sjob list --running')",
+    )
 
 
 def _busy(name: str, concurrency: int) -> SjobError:

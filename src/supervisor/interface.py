@@ -31,7 +31,6 @@ from supervisor.protocol import (
     INTERFACE,
     AttemptStart,
     Chunk,
-    FollowReply,
     Input,
     IssuedToken,
     Job,
@@ -73,6 +72,15 @@ def error_classes(interface: str) -> Errors:
 
 
 ERRORS = error_classes(INTERFACE)
+
+
+class FollowReply(typing.TypedDict, total=False):
+    """One reply of Follow: output as it arrives (and where a retried job's next attempt begins), and last of all
+    the finished job."""
+
+    output: Output
+    attempt: AttemptStart
+    job: Job
 
 
 class PipeReply(typing.TypedDict, total=False):

@@ -40,6 +40,7 @@ F_PARTIAL = "SJOB_PARTIAL"
 F_EVENT = "SJOB_EVENT"
 F_RECORDS = "SJOB_RECORDS"
 F_BYTES = "SJOB_BYTES"
+F_BYTES_IN = "SJOB_BYTES_IN"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
@@ -81,6 +82,7 @@ class OutputRecord:
 class EofRecord:
     records: int  # how many output records came before this one
     bytes: int | None = None  # what the job wrote on stdout and stderr together (quota or not); older shims: None
+    bytes_in: int | None = None  # what its stdin brought, where it passed through the shim (--relay-input)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,7 +139,9 @@ def parse_record(fields: dict[str, bytes]) -> Record | None:
             return QuotaRecord(quota, action.decode()) if quota is not None and action in (b"stop", b"drop") else None
         if event == b"eof":
             records = _int(fields.get(F_RECORDS))
-            return EofRecord(records, _int(fields.get(F_BYTES))) if records is not None else None
+            if records is None:
+                return None
+            return EofRecord(records, _int(fields.get(F_BYTES)), _int(fields.get(F_BYTES_IN)))
         if event == b"exit":
             return _exit_record(fields)
         return None
@@ -240,13 +244,6 @@ def signal_number(name: str) -> int | None:
         return int(signal.Signals["SIG" + name.removeprefix("SIG")])
     except KeyError:
         return None
-
-
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
 
 
 def _int(raw: bytes | None) -> int | None:

@@ -121,6 +121,7 @@ class FunctionsPolicy:
     queue: int = 8  # calls that may wait for a free slot, per function; beyond it a call is busy at once
     queue_wait_usec: int = 30 * 1_000_000  # how long a call waits in the queue before it is busy
     build_timeout_usec: int = 15 * 60 * 1_000_000  # a deploy's build (compile, pip install) at most
+    timeout_usec: int = 15 * 60 * 1_000_000  # a call at most, unless its deploy set --timeout
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

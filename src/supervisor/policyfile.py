@@ -126,7 +126,8 @@ def parse_policy(text: str, path: str) -> Policy:
 
 
 def _functions(table: Mapping[str, Any], path: str) -> FunctionsPolicy:
-    _known(table, {"runtime", "pip_args", "concurrency", "queue", "queue_wait", "build_timeout"}, path, "functions")
+    known = {"runtime", "pip_args", "concurrency", "queue", "queue_wait", "build_timeout", "timeout"}
+    _known(table, known, path, "functions")
     policy = FunctionsPolicy()
     if "runtime" in table:
         runtime = table["runtime"]
@@ -146,6 +147,8 @@ def _functions(table: Mapping[str, Any], path: str) -> FunctionsPolicy:
         policy = dataclasses.replace(
             policy, queue_wait_usec=_duration(table["queue_wait"], path, "[functions] queue_wait")
         )
+    if "timeout" in table:
+        policy = dataclasses.replace(policy, timeout_usec=_duration(table["timeout"], path, "[functions] timeout"))
     if "build_timeout" in table:
         policy = dataclasses.replace(
             policy, build_timeout_usec=_duration(table["build_timeout"], path, "[functions] build_timeout")

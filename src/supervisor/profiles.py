@@ -86,6 +86,17 @@ def _paths(key: str, value: object) -> list[tuple[str, object]]:
     return [(key, paths)]
 
 
+def _temporary(key: str, value: object) -> list[tuple[str, object]]:
+    """TemporaryFileSystem=: "PATH" or "PATH:OPTIONS" (mount options such as mode=1777)."""
+    entries = []
+    for entry in _strings(value):
+        path, _, options = entry.partition(":")
+        if not path.startswith("/") or not all(c.isalnum() or c in "=,_" for c in options):
+            raise TypeError('a list of absolute paths, each optionally with ":OPTIONS" such as ":mode=1777"')
+        entries.append((path, options))
+    return [(key, entries)]
+
+
 def _syscalls(allow: bool) -> Callable[[str, object], list[tuple[str, object]]]:
     def convert(key: str, value: object) -> list[tuple[str, object]]:
         names = _strings(value)
@@ -136,6 +147,8 @@ def _ip_deny(key: str, value: object) -> list[tuple[str, object]]:
 
 _CONVERTERS: dict[str, Callable[[str, object], list[tuple[str, object]]]] = {
     "PrivateNetwork": _bool,
+    "PrivateIPC": _bool,
+    "TemporaryFileSystem": _temporary,
     "RestrictAddressFamilies": _address_families,
     "IPAddressDeny": _ip_deny,
     "ProtectSystem": _string("strict", "full", "yes"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import typing
 from collections.abc import Sequence
 
 from supervisor import retries, unitfile
@@ -34,7 +35,7 @@ from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
 from supervisor.policy import OutputQuota
 from supervisor.profiles import Profile
-from supervisor.protocol import Input, JobSpec, Limits, Terminal
+from supervisor.protocol import MAX_GRACE_USEC, Input, JobSpec, Limits, Terminal
 from supervisor.quantities import format_cpu_list
 
 SLICE = "sjob.slice"
@@ -58,7 +59,7 @@ def slice_unit(uid: int, per_user: Limits) -> UnitProperties:
     return UnitProperties(user_slice(uid), tuple(limits_properties(per_user)))
 
 
-DEFAULT_STOP_TIMEOUT_USEC = 90 * 1_000_000  # systemd's DefaultTimeoutStopSec
+DEFAULT_STOP_TIMEOUT_USEC = MAX_GRACE_USEC  # systemd's DefaultTimeoutStopSec
 DESCRIPTION_MAX = 240
 
 SIGNATURES: dict[str, str] = {
@@ -74,6 +75,8 @@ SIGNATURES: dict[str, str] = {
     "NoNewPrivileges": "b",
     "PrivateTmp": "b",
     "StandardInput": "s",
+    "PrivateIPC": "b",
+    "TemporaryFileSystem": "a(ss)",
     "StandardInputFileDescriptor": "h",
     "StandardOutputFileDescriptor": "h",
     "StandardOutput": "s",
@@ -178,14 +181,18 @@ class ShimCommand:
         checks: Sequence[str] = (),
         output: OutputQuota | None = None,
         terminal: Terminal | None = None,
+        relay_input: bool = False,
     ) -> list[str]:
         """The shim runs `command` after verifying `checks` (profiles.CHECKS) from inside the unit, and its
-        forwarder holds the job to the `output` quota; with a `terminal`, on a pseudo-terminal of that size."""
+        forwarder holds the job to the `output` quota; with a `terminal`, on a pseudo-terminal of that size; with
+        `relay_input`, the job's stdin passes through the forwarder, which counts it."""
         options = [f"--check={','.join(checks)}"] if checks else []
         if output is not None:
             options.append(f"--output-max={output.max_bytes}:{output.on_exceed}")
         if terminal is not None:
             options.append(f"--pty={terminal.rows}x{terminal.cols}")
+        if relay_input:
+            options.append("--relay-input")
         return [self.path, *options, job_id, "--", *command]
 
     def report_argv(self, job_id: str) -> list[str]:
@@ -240,6 +247,16 @@ def describe(job_id: str, principal: Principal, argv: Sequence[str], kind: str =
     return text if unitfile.problem(text, unitfile.Kind.line) is None else text.rstrip(" \\") + "…"
 
 
+def _with_inaccessible(props: list[tuple[str, object]], path: str) -> list[tuple[str, object]]:
+    """`props` with `path` added to InaccessiblePaths= (one property: systemd appends a second one's paths, which
+    would not read back as sent)."""
+    for i, (key, value) in enumerate(props):
+        if key == "InaccessiblePaths":
+            props[i] = (key, [*typing.cast(list[str], value), path])
+            return props
+    return [*props, ("InaccessiblePaths", [path])]
+
+
 def checks(profile: Profile, limits: Limits) -> list[str]:
     """What sjob-shim verifies from inside the unit before it runs the job: the profile's sandbox, and the CPUs
     the job may use (the kernel can leave a cpuset it cannot apply unenforced). Comma-separated on its command
@@ -279,6 +296,8 @@ def job_unit(
     binds: Sequence[Bind] = (),
     environment: Sequence[str] = (),
     shown_as: Sequence[str] | None = None,
+    relay_input: bool = False,
+    overrides: Sequence[tuple[str, object]] = (),
 ) -> UnitProperties:
     """The transient service for one job; `spec` must already be validated (jobspec.validate), `limits` checked
     against the policy (limits.check). It runs as `uid`:`gid`, or with uid DYNAMIC as a user of its own; in the
@@ -289,7 +308,7 @@ def job_unit(
         [("DynamicUser", True)] if uid == DYNAMIC else [("User", str(uid)), ("Group", str(gid))]
     )
     report = shim.report_argv(job_id)
-    argv = shim.argv(job_id, spec.argv, checks(profile, limits), output, spec.terminal)
+    argv = shim.argv(job_id, spec.argv, checks(profile, limits), output, spec.terminal, relay_input)
     props: list[tuple[str, object]] = [
         ("Description", describe(job_id, principal, spec.argv if shown_as is None else shown_as)),
         ("Type", "exec"),
@@ -326,6 +345,12 @@ def job_unit(
         *limits_properties(limits),
         *profile.properties,
     ]
+    replaced = {key for key, _ in overrides}
+    props = [(key, value) for key, value in props if key not in replaced] + list(overrides)
+    if stdio.terminal_output is None:
+        # No terminal: none at all. Host's /dev/pts is in PrivateDevices='s /dev, and a job runs as its owner, who
+        # may have other terminals open there: a job could read their keystrokes (review of F).
+        props = _with_inaccessible(props, "-/dev/pts")
     if spec.cwd != "/":
         # The working directory is the one place the job may write (with its private /tmp); never all of /.
         # "-": a missing directory is then reported by WorkingDirectory= (status 200), not as a namespace failure.

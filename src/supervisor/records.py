@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Retention
 from supervisor.protocol import (
     Attempt,
@@ -39,7 +36,7 @@ from supervisor.protocol import (
     from_wire,
     to_wire,
 )
-from supervisor.statedb import open_state_db
+from supervisor.statedb import open_state_db, writing
 
 SCHEMA_VERSION = 6
 _COLUMNS = [f.name for f in dataclasses.fields(Job) if f.name != "position"]  # a queue position is not stored
@@ -193,26 +190,8 @@ class JobRecords:
             )
         return cursor.rowcount
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """One transaction, all of it or nothing (the connection is in autocommit mode otherwise)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            # SQLITE_FULL ("database or disk is full"), SQLITE_IOERR, SQLITE_READONLY: what a full or failing disk
-            # gives. Reads go on working, so sjobd still answers status and list.
-            raise SjobError(
-                ErrorCode.StorageError,
-                f"sjobd cannot write its job records in {self._path}: {e}",
-                hint=f"free space on the file system of {self._path.parent} (df -h {self._path.parent})",
-            ) from None
+    def _writing(self) -> AbstractContextManager[None]:
+        return writing(self._db, self._path, "its job records")
 
     def get(self, job_id: str) -> Job | None:
         row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", [job_id]).fetchone()  # noqa: S608
@@ -229,10 +208,10 @@ class JobRecords:
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
 
-    def calls(self, function: str, *, uid: int | None = None, limit: int = 1000) -> list[Job]:
-        """A function's calls, newest first; only `uid`'s when given."""
-        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE function = ?"  # noqa: S608
-        args: list[object] = [function]
+    def calls(self, function: str, *, uid: int | None = None, limit: int = 1000, since_usec: int = 0) -> list[Job]:
+        """A function's calls since `since_usec`, newest first; only `uid`'s when given."""
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE function = ? AND created_usec >= ?"  # noqa: S608
+        args: list[object] = [function, since_usec]
         if uid is not None:
             query += " AND uid = ?"
             args.append(uid)
@@ -240,11 +219,15 @@ class JobRecords:
         args.append(limit)
         return [_job(row) for row in self._db.execute(query, args)]
 
-    def running_calls(self, function: str) -> int:
-        """How many calls of `function` have not ended."""
+    def running_calls(self, function: str, *, user: str | None = None) -> int:
+        """How many calls of `function` (by `user`, the principal's name, if given) have not ended."""
         states = [s.value for s in JobState if not s.finished]
         query = f"SELECT COUNT(*) FROM jobs WHERE function = ? AND state IN ({', '.join('?' * len(states))})"  # noqa: S608
-        return int(self._db.execute(query, [function, *states]).fetchone()[0])
+        args: list[object] = [function, *states]
+        if user is not None:
+            query += " AND user = ?"
+            args.append(user)
+        return int(self._db.execute(query, args).fetchone()[0])
 
     def unfinished(self, uid: int | None = None) -> list[Job]:
         """Jobs started and not yet ended (not those waiting in a queue); only `uid`'s when given."""

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from supervisor.errors import ErrorCode, SjobError
 
 
 def open_state_db(path: Path) -> sqlite3.Connection:
@@ -19,3 +23,25 @@ def open_state_db(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+@contextmanager
+def writing(db: sqlite3.Connection, path: Path, what: str) -> Iterator[None]:
+    """One transaction, all of it or nothing (the connection is in autocommit mode otherwise). SQLITE_FULL
+    ("database or disk is full"), SQLITE_IOERR, SQLITE_READONLY, what a full or failing disk gives, become a
+    StorageError saying what could not be written (`what`): reads go on working, so sjobd still answers."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise SjobError(
+            ErrorCode.StorageError,
+            f"sjobd cannot write {what} in {path}: {e}",
+            hint=f"free space on the file system of {path.parent} (df -h {path.parent})",
+        ) from None

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from supervisor.logformat import ExitRecord, QuotaRecord, signal_name
-from supervisor.protocol import JobState
+from supervisor.logformat import ExitRecord, QuotaRecord
+from supervisor.protocol import JobState, signal_name
 
 # siginfo si_code values systemd reports in ExecMainCode (see waitid(2)).
 CLD_EXITED = 1

@@ -2,7 +2,7 @@
 """sjob's benchmarks: ratios against a baseline, measured in one run on one machine (the test VM), as root.
 
 - job round trip: `sjob run -- true` vs `systemd-run --wait -q -p Type=exec true` (target <= 1.5)
-- CLI start-up: `sjob --help` vs `python3 -c pass`
+- CLI start-up: `sjob --help`, `sjob list`, `sjob status ID` vs `python3 -c pass` (target <= 1.5 each)
 - log reading: `sjob logs` of a job that wrote 20 MB vs `journalctl -u ... -o cat` (throughput ratio, target >= 0.7)
 - follow latency: from a job writing a line to `sjob logs -f` printing it (median, p95)
 - burst: 200 jobs started with `sjob run -d` vs a `systemd-run --no-block` loop, same concurrency (rate ratio,
@@ -18,6 +18,7 @@ numbers and marks missed targets; it judges nothing (speed is not a test).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import statistics
@@ -32,6 +33,7 @@ RUNS = int(os.environ.get("SJOB_BENCH_RUNS", "11"))
 BURST = int(os.environ.get("SJOB_BENCH_BURST", "200"))
 CONCURRENCY = 4
 SJOB = os.environ.get("SJOB_BIN", "/usr/local/bin/sjob")
+PYTHON = [sys.executable, "-c", "pass"]
 
 
 def timed(argv: Sequence[str]) -> float:
@@ -203,7 +205,7 @@ def section(fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception as e:
-        print(f"{fn.__name__}: FAILED: {e!r}")
+        print(f"{getattr(fn, '__name__', 'a benchmark')}: FAILED: {e!r}")
     sys.stdout.flush()
 
 
@@ -217,7 +219,9 @@ def main() -> int:
             1.5,
         )
     )
-    section(lambda: compare("CLI start-up", [SJOB, "--help"], [sys.executable, "-c", "pass"], None))
+    job_id = start("true")
+    for verb in (["--help"], ["list"], ["status", job_id]):
+        section(functools.partial(compare, f"CLI start-up: sjob {verb[0]}", [SJOB, *verb], PYTHON, 1.5))
     for fn in (log_reading, follow_latency, burst, stdin_throughput, function_calls, sjobd_memory):
         section(fn)
     return 0

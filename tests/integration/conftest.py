@@ -2,18 +2,29 @@
 systemd host as root). Nothing here is faked. Each test cleans up the units it created.
 
 These tests refuse to run, rather than skip, where they cannot be honest: not root, or no systemd.
+
+The test VM runs them in phases (tests/vm/guest-test.sh): every test not marked `serial` or `last` several at a
+time (pytest-xdist), then the `serial` ones alone, then the `last` ones alone. A test is serial when it changes
+what every test shares (sjobd's process or policy, systemd's configuration, the journal files, the test users'
+groups), when what it asserts covers the whole machine (all sjob units), or when it measures time, rates or
+memory. `last` is for tests that must run alone but measure nothing (they reinstall sjob): while they run, the
+next suite's VM boots on the same host. The helpers that make such changes refuse to run in the parallel phase
+(`alone()`), so a test that needs the mark and lacks it fails instead of disturbing others at random.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +34,20 @@ import pytest
 SJOB = os.environ.get("SJOB_BIN", "/usr/local/bin/sjob")
 SOCKET = "/run/sjob/io.sjob.Jobs"
 TEST_USERS = ("sjobtest-alice", "sjobtest-bob")
+# useradd, usermod and gpasswd lock /etc/passwd and /etc/group and give up when another one holds them.
+USERS_LOCK = Path("/run/sjob-tests-users.lock")
+PARALLEL = "PYTEST_XDIST_WORKER" in os.environ  # set in pytest-xdist's workers: other tests run meanwhile
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial(why): the test changes or measures what every test shares; it runs alone (see tests/integration/"
+        "conftest.py)",
+    )
+    config.addinivalue_line(
+        "markers", "last(why): the test runs alone after all others and measures nothing: the host may be busy"
+    )
     problems = []
     if os.geteuid() != 0:
         problems.append("must run as root")
@@ -45,12 +67,32 @@ class User:
     home: str
 
 
+def alone(what: str) -> None:
+    """Called by the helpers that change what every test shares: in the parallel phase the test fails, saying why."""
+    if PARALLEL:
+        pytest.fail(f"{what} changes what every test shares: mark the test @pytest.mark.serial(...)", pytrace=False)
+
+
+@contextlib.contextmanager
+def users_locked() -> Iterator[None]:
+    with USERS_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def change_users(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """usermod, gpasswd, ...: one at a time across the parallel workers."""
+    with users_locked():
+        return run(*argv)
+
+
 def ensure_user(name: str) -> User:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
-        entry = pwd.getpwnam(name)
+    with users_locked():
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+            entry = pwd.getpwnam(name)
     return User(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
@@ -64,6 +106,23 @@ def bob() -> User:
     return ensure_user(TEST_USERS[1])
 
 
+# The jobs the running test started, by id: cleanup_units stops what is left of them. run() and varlink_call() note
+# them: the id a detached `sjob run` prints, and the one sjob names when an attached job ends abnormally.
+started_jobs: set[str] = set()
+JOB_ID = re.compile(r"[0-9a-f]{8}")
+NAMED_JOB = re.compile(r"^(?:Running as unit: sjob-|sjob: (?:stopping |killing )?job )([0-9a-f]{8})\b", re.M)
+
+
+def note_started(args: Sequence[str], result: subprocess.CompletedProcess[bytes]) -> None:
+    if list(args[:2]) != [SJOB, "run"]:
+        return
+    options = args[2 : args.index("--")] if "--" in args else args[2:]
+    printed = result.stdout.split(maxsplit=1)[:1]
+    if {"-d", "--detach"} & set(options) and printed and JOB_ID.fullmatch(printed[0].decode(errors="replace")):
+        started_jobs.add(printed[0].decode())
+    started_jobs.update(NAMED_JOB.findall(result.stderr.decode(errors="replace")))
+
+
 def run(
     *args: str, user: User | None = None, cwd: str | None = None, timeout: float = 120, **kw: Any
 ) -> subprocess.CompletedProcess[bytes]:
@@ -72,7 +131,9 @@ def run(
     if user is not None:
         argv = ["runuser", "-u", user.name, "--", *argv]
         cwd = cwd or user.home
-    return subprocess.run(argv, capture_output=True, cwd=cwd or "/", timeout=timeout, check=False, **kw)
+    result = subprocess.run(argv, capture_output=True, cwd=cwd or "/", timeout=timeout, check=False, **kw)
+    note_started(args, result)
+    return result
 
 
 def sjob(
@@ -84,6 +145,21 @@ def sjob(
 def sjob_units() -> set[str]:
     out = run("systemctl", "list-units", "--all", "--plain", "--no-legend", "--type=service", "sjob-*").stdout.decode()
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+# Polling helpers that start no sjob CLI: under emulation each `sjob` costs 1-2 s of CPU, and a poll loop of them
+# takes that from every test running alongside. The tests still assert on what the CLI says, once the wait is over.
+
+
+def job_state(job_id: str, user: User | None = None) -> str:
+    """The job's state as sjobd answers `Status` (as `user`), or the Varlink error's name."""
+    (reply,) = varlink_call("io.sjob.Jobs.Status", {"id": job_id}, user=user)
+    return str(reply["parameters"]["job"]["state"]) if "error" not in reply else str(reply["error"])
+
+
+def in_journal(job_id: str, text: bytes) -> bool:
+    """Whether the job's records in the journal (its output among them) hold `text`."""
+    return text in run("journalctl", "-q", "-o", "cat", f"SJOB_JOB_ID={job_id}").stdout
 
 
 def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
@@ -106,13 +182,19 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def cleanup_units() -> Iterator[None]:
-    """Stop and forget every sjob unit a test leaves behind, so tests cannot leak into each other."""
-    before = sjob_units()
+    """Stop and forget every sjob unit a test leaves behind, so tests cannot leak into each other: the jobs it
+    started, and when it runs alone also any other sjob unit that appeared meanwhile. In the parallel phase the
+    other units that appear are other tests' jobs, which are theirs to stop."""
+    started_jobs.clear()
+    before = set() if PARALLEL else sjob_units()
     yield
-    leftover = sjob_units() - before
-    for unit in leftover:
-        run("systemctl", "stop", unit)
-        run("systemctl", "reset-failed", unit)
+    units = sjob_units()
+    leftover = sorted({f"sjob-{job_id}.service" for job_id in started_jobs} & units)
+    if not PARALLEL:
+        leftover += sorted(units - before - set(leftover))
+    if leftover:
+        run("systemctl", "stop", *leftover)
+        run("systemctl", "reset-failed", *leftover)
 
 
 def varlink_call(
@@ -153,4 +235,7 @@ def varlink_call(
         data += chunk
     os.close(read)
     os.waitpid(pid, 0)
-    return [json.loads(m) for m in data.split(b"\0")[:-1]]
+    replies = [json.loads(m) for m in data.split(b"\0")[:-1]]
+    if method == "io.sjob.Jobs.Start":
+        started_jobs.update(r["parameters"]["job"]["id"] for r in replies if "job" in r.get("parameters", {}))
+    return replies

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SJOB, SOCKET, User, ensure_user, run, sjob, wait_until
+from .conftest import SJOB, SOCKET, User, alone, change_users, ensure_user, run, sjob, varlink_call, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 POLICY = Path("/etc/sjob/policy.toml")
@@ -32,7 +32,7 @@ RESULTS = Path(os.environ.get("SJOB_RESULTS", "/srv/results"))
 @pytest.fixture(scope="module")
 def admin() -> User:
     user = ensure_user(ADMIN_USER)
-    run("usermod", "-aG", "sjob-admin", user.name).check_returncode()
+    change_users("usermod", "-aG", "sjob-admin", user.name).check_returncode()
     return user
 
 
@@ -48,7 +48,11 @@ def audit_entries(**match: str) -> list[dict[str, Any]]:
 
 
 def reload_sjobd() -> None:
-    assert sjob("list").returncode == 0  # sjobd is socket-activated: make sure it runs, so reload reaches it
+    alone("reloading sjobd")
+    # sjobd is socket-activated: make sure it runs, so reload reaches it (a request over the socket, as `sjob list`
+    # would make, without starting the CLI: this runs twice per policy test, in the serial phase).
+    (answer,) = varlink_call("io.sjob.Jobs.List", {})
+    assert "error" not in answer, answer
     result = run("systemctl", "reload", "sjobd.service")
     assert result.returncode == 0, result.stderr
 
@@ -137,6 +141,7 @@ def test_dangerous_environment_is_refused(alice: User) -> None:
 # --- policy ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_ceilings_concurrency_cap_and_reload(alice: User, policy_edit: Any) -> None:
     running = detach("sleep", "120", user=alice)  # started under the old policy: a reload must not drop it
     policy_edit(
@@ -169,6 +174,7 @@ def test_ceilings_concurrency_cap_and_reload(alice: User, policy_edit: Any) -> N
         sjob("stop", "--grace", "0", job_id, user=alice)
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_a_user_no_rule_grants_may_do_nothing(alice: User, bob: User, policy_edit: Any) -> None:
     policy_edit(POLICY.read_text().replace('users = ["*"]', f'users = ["{alice.name}"]'))
     refused = sjob("run", "--", "true", user=bob)
@@ -221,6 +227,7 @@ def token_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_a_token_runs_jobs_as_its_mapped_user_until_revoked(alice: User, ci_user: User, token_dir: Path) -> None:
     token_file, token_id = issue(token_dir, "--ttl", "1h", "--scope", "run,status,logs")
@@ -240,6 +247,7 @@ def test_a_token_runs_jobs_as_its_mapped_user_until_revoked(alice: User, ci_user
     assert f"token refused: token {token_id} was revoked by root".encode() in refused.stderr
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_a_token_expires(alice: User, token_dir: Path) -> None:
     # Long enough for a first use in a slow VM (CI once took more than 2 s from issue to use), then wait for the
@@ -253,6 +261,7 @@ def test_a_token_expires(alice: User, token_dir: Path) -> None:
     assert b"token refused: token has expired" in refused.stderr
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("token_policy")
 def test_token_attacks_are_refused_with_a_clear_error_and_audited(alice: User, token_dir: Path) -> None:
     real_file, _ = issue(token_dir)
@@ -285,7 +294,8 @@ def test_token_attacks_are_refused_with_a_clear_error_and_audited(alice: User, t
 
 
 def hostile(user: User, seconds: float) -> subprocess.Popen[bytes]:
-    """As `user`: 500 idle connections, a client sending one byte a second, garbage and an oversized request."""
+    """As `user`: 500 idle connections, a client sending one byte a second, garbage and an oversized request. It
+    prints "connected" once the 500 connections are made, and holds them for `seconds` from then."""
     code = f"""
 import os, socket, time
 slow = socket.socket(socket.AF_UNIX)
@@ -306,6 +316,7 @@ for _ in range(500):
     except OSError:
         pass
     socks.append(s)
+print("connected", flush=True)
 end = time.time() + {seconds}
 for b in request[1:]:
     if time.time() > end:
@@ -317,26 +328,35 @@ for b in request[1:]:
     time.sleep(1)
 time.sleep(max(0, end - time.time()))
 """
-    return subprocess.Popen(["runuser", "-u", user.name, "--", "python3", "-c", code], stdout=subprocess.DEVNULL)
+    return subprocess.Popen(["runuser", "-u", user.name, "--", "python3", "-c", code], stdout=subprocess.PIPE)
 
 
+@pytest.mark.serial("holds 32 of bob's connections, the most a user may: bob's requests elsewhere are turned away")
 def test_hostile_clients_leave_sjobd_serving_others(alice: User, bob: User) -> None:
     attacker = hostile(bob, 40)
+    assert attacker.stdout is not None
     try:
-        time.sleep(15)  # the 500 connections are made (and all but a few turned away), the slow one trickles
+        # The 500 connections are made (and all but a few turned away), the slow one trickles.
+        assert attacker.stdout.readline() == b"connected\n"
         started = time.monotonic()
         result = sjob("run", "--", "echo", "still here", user=alice, timeout=60)
         assert (result.returncode, result.stdout) == (0, b"still here\n"), result.stderr
         assert time.monotonic() - started < 30
+
+        def sjobd_log() -> bytes:
+            return run("journalctl", "-q", "-u", "sjobd.service", "-n", "2000").stdout
+
+        # sjobd cuts the slow client off 10 s after it connected.
+        wait_until(lambda: b"request not complete within 10s" in sjobd_log(), what="the slow client to be cut off")
         turned_away = audit_entries(SJOB_ACTION="connect", SJOB_PRINCIPAL=bob.name, SJOB_DECISION="denied")
         assert turned_away, "no connection of bob's was refused"
-        log = run("journalctl", "-q", "-u", "sjobd.service", "-n", "2000").stdout
+        log = sjobd_log()
         assert b"request larger than" in log
         assert b"not UTF-8" in log
-        assert b"request not complete within 10s" in log
     finally:
         attacker.kill()
         attacker.wait()
+        attacker.stdout.close()
     wait_until(lambda: sjob("list", user=bob).returncode == 0, what="bob's connections to be released")
     assert run("systemctl", "is-active", "sjobd.service").stdout.strip() == b"active"
 

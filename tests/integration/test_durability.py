@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run, sjob, sjob_units, wait_until
+from .conftest import alone, in_journal, job_state, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -27,16 +27,22 @@ def unit_active(job_id: str) -> bool:
 @pytest.fixture
 def sjobd_comes_back() -> Iterator[None]:
     """Whatever a test does to sjobd, leave it socket-activated and working."""
+    alone("stopping or restarting sjobd")
     yield
     run("systemctl", "start", "sjobd.socket")
     wait_until(lambda: sjob("list").returncode == 0, what="sjobd to answer again")
 
 
+@pytest.mark.serial("stops, restarts or kills sjobd")
 @pytest.mark.usefixtures("sjobd_comes_back")
 @pytest.mark.parametrize("how", ["stop", "restart", "kill -9"])
-def test_jobs_and_output_outlive_sjobd(how: str) -> None:
-    job_id = detach("python3", str(WRITER), "--lines", "60", "--pause", "0.1")
-    wait_until(lambda: b"line 5\n" in sjob("logs", job_id).stdout, what="the job to write")
+def test_jobs_and_output_outlive_sjobd(how: str, shared_dir: Path) -> None:
+    # The job writes on while sjobd goes, and holds at line 30 until the test has seen it outlive sjobd: a restart
+    # takes over 4 s in the VM, and a job of a fixed length could end meanwhile (seen in CI).
+    go_on = shared_dir / "go-on"
+    job_id = detach("python3", str(WRITER), "--lines", "60", "--pause", "0.1", "--hold-at", "30", "--until", str(go_on))
+    wait_until(lambda: in_journal(job_id, b"line 5\n"), what="the job to write")
+    assert b"line 5\n" in sjob("logs", job_id).stdout
     if how == "stop":
         run("systemctl", "stop", "sjobd.service")
     elif how == "restart":
@@ -44,11 +50,13 @@ def test_jobs_and_output_outlive_sjobd(how: str) -> None:
     else:
         run("systemctl", "kill", "-s", "KILL", "sjobd.service")
     assert unit_active(job_id)
+    go_on.touch()
     info = wait_finished(job_id)
     assert (info["state"], info["exit_status"]) == ("exited", 0)
     assert sjob("logs", job_id).stdout == b"".join(b"line %d\n" % i for i in range(60))
 
 
+@pytest.mark.serial("stops sjobd and its socket")
 @pytest.mark.usefixtures("sjobd_comes_back")
 def test_a_job_that_ends_while_sjobd_is_down_reports_its_true_result() -> None:
     job_id = detach("sh", "-c", "sleep 3; echo done; exit 4")
@@ -67,6 +75,7 @@ def test_a_job_that_ends_while_sjobd_is_down_reports_its_true_result() -> None:
     assert sjob("logs", job_id).stdout == b"done\n"
 
 
+@pytest.mark.serial("stops sjobd and replaces its database")
 @pytest.mark.usefixtures("sjobd_comes_back")
 def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path) -> None:
     job_id = detach("sleep", "120")
@@ -92,9 +101,8 @@ def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path
 
 
 def test_finished_units_do_not_pile_up() -> None:
-    before = sjob_units()
     ids = [detach("sh", "-c", f"exit {n}") for n in range(1, 9)]
-    for job_id in ids:
-        wait_finished(job_id)
-    wait_until(lambda: sjob_units() <= before, what="the failed units to be collected")
+    wait_until(lambda: all(job_state(j) not in ("starting", "running") for j in ids), what="the jobs to end")
+    units = {f"sjob-{job_id}.service" for job_id in ids}
+    wait_until(lambda: not units & sjob_units(), what="the failed units to be collected")
     assert [status(j)["exit_status"] for j in ids] == list(range(1, 9))

@@ -16,7 +16,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from .conftest import SJOB, User, ensure_user, run
+from .conftest import SJOB, User, change_users, ensure_user, run
 from .test_access import policy_edit  # noqa: F401 - rewrites policy.toml for a test and puts it back
 
 HELLO = 'name = input("What\'s your name: ")\nprint("Hello", name)\n'
@@ -36,7 +36,7 @@ SALES = "region,amount\nwest,5\neast,10\nwest,7\neast,20\n"
 def deployer() -> User:
     """A configurator: a member of sjob-fn, which the shipped policy lets deploy functions."""
     user = ensure_user("sjobtest-fn")
-    run("usermod", "-aG", "sjob-fn", user.name)
+    change_users("usermod", "-aG", "sjob-fn", user.name).check_returncode()
     return user
 
 
@@ -141,7 +141,7 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
         Path(user.home).chmod(0o755)
     probe = textwrap.dedent(
         """
-        import json, os, socket, sys
+        import json, os, sys
         seen = {}
         for who, path in (("caller", sys.argv[1]), ("deployer", sys.argv[2])):
             try:
@@ -149,7 +149,8 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
                 seen[who] = "read"
             except OSError as e:
                 seen[who] = type(e).__name__
-        seen["interfaces"] = [name for _, name in socket.if_nameindex()]
+        with open("/proc/self/net/dev") as devices:  # its network namespace's (if_nameindex needs AF_NETLINK)
+            seen["interfaces"] = [line.split(":")[0].strip() for line in devices.readlines()[2:]]
         try:
             open("/opt/sjob/function/main.py", "a").write("#")
             seen["code"] = "written"
@@ -157,11 +158,17 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
             seen["code"] = type(e).__name__
         seen["uid"] = os.getuid()
         seen["caller_env"] = os.environ.get("SJOB_CALLER")
+        seen["shared"] = sorted(os.listdir("/dev/shm") + os.listdir("/run/lock"))
+        seen["pts"] = os.path.exists("/dev/pts/ptmx")
         print(json.dumps(seen))
         """
     )
     name = unique("probe")
     deploy(deployer, name, probe, "--allow", bob.name)
+    # A deployer's meeting places on the host, where code could leave a caller's data (review of G).
+    for place in (Path("/dev/shm/sjobtest-drop"), Path("/run/lock/sjobtest-drop")):
+        place.write_text("")
+        place.chmod(0o666)
     result = fn("call", name, f"{bob.home}/secret.txt", f"{deployer.home}/secret.txt", user=bob)
     assert result.returncode == 0, result.stderr.decode()
     seen = json.loads(result.stdout)
@@ -171,6 +178,8 @@ def test_the_code_is_sandboxed(deployer: User, bob: User) -> None:
     assert seen["code"] != "written"
     assert seen["uid"] not in (bob.uid, deployer.uid, 0)
     assert seen["caller_env"] == bob.name
+    assert seen["shared"] == []  # its own, empty /dev/shm and /run/lock
+    assert seen["pts"] is False
 
 
 def test_a_rollback_serves_the_next_call_while_a_running_call_keeps_its_version(deployer: User) -> None:
@@ -195,6 +204,7 @@ def test_a_rollback_serves_the_next_call_while_a_running_call_keeps_its_version(
         running.wait()
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_the_concurrency_cap_queues_then_says_busy(deployer: User, policy_edit: Any) -> None:  # noqa: F811
     policy = Path("/etc/sjob/policy.toml").read_text()
     policy_edit(policy.replace("queue = 8 ", "queue = 1 ").replace('queue_wait = "30s"', 'queue_wait = "60s"'))

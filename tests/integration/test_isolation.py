@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SJOB, User, ensure_user, run, sjob
+from .conftest import SJOB, User, change_users, ensure_user, run, sjob
 from .test_access import POLICY, admin, ci_user, policy_edit, reload_sjobd, token_dir  # noqa: F401 (fixtures)
 from .test_skeleton import status
 
@@ -67,6 +67,7 @@ def test_a_strict_job_cannot_even_see_sjobd_or_the_buses(alice: User) -> None:
             assert result.returncode != 0, (probe, profile, result.stdout, result.stderr)
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("leaky_profile")
 def test_sjobd_refuses_a_job_that_can_reach_its_socket(alice: User) -> None:
     reached = inside(*connect(SJOBD_SOCKET), user=alice, profile="leaky")
@@ -80,6 +81,7 @@ def test_sjobd_refuses_a_job_that_can_reach_its_socket(alice: User) -> None:
     assert REFUSED.decode() in reasons
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 @pytest.mark.usefixtures("leaky_profile")
 def test_an_admins_job_has_no_admin_powers(admin: User) -> None:
     assert sjob("list", "--all", user=admin).returncode == 0  # the admin may, from outside a job
@@ -106,6 +108,7 @@ def token_rule(subjects: list[str], run_as: str, extra: str = "") -> str:
     return f'\n[[rules]]\nname = "ci"\ntokens = {json.dumps(subjects)}\nrun_as = "{run_as}"\n{extra}'
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_a_token_job_cannot_start_jobs(
     alice: User,
     ci_user: User,
@@ -122,6 +125,7 @@ def test_a_token_job_cannot_start_jobs(
     assert REFUSED in leaky.stderr, leaky.stderr
 
 
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_token_subjects_sharing_a_run_as_user_do_not_see_each_others_jobs(
     alice: User,
     ci_user: User,
@@ -153,9 +157,10 @@ def check_policy() -> subprocess.CompletedProcess[bytes]:
 def privileged_user() -> Iterator[User]:
     user = ensure_user("sjobtest-priv")
     yield user
-    run("gpasswd", "-d", user.name, "adm")
+    change_users("gpasswd", "-d", user.name, "adm")
 
 
+@pytest.mark.serial("edits policy.toml and puts a user in the adm group")
 @pytest.mark.usefixtures("policy_edit")
 def test_a_token_rule_mapped_to_a_system_or_privileged_user_is_refused_at_load(privileged_user: User) -> None:
     original = POLICY.read_text()
@@ -165,7 +170,7 @@ def test_a_token_rule_mapped_to_a_system_or_privileged_user_is_refused_at_load(p
     assert b"/etc/sjob/policy.toml: [rules 'ci'] run_as = 'daemon'" in result.stderr, result.stderr
     assert b"is a system user" in result.stderr
 
-    run("usermod", "-aG", "adm", privileged_user.name).check_returncode()
+    change_users("usermod", "-aG", "adm", privileged_user.name).check_returncode()
     POLICY.write_text(original + token_rule(["ci-runner"], privileged_user.name))
     result = check_policy()
     assert result.returncode != 0
@@ -174,6 +179,7 @@ def test_a_token_rule_mapped_to_a_system_or_privileged_user_is_refused_at_load(p
     assert check_policy().returncode == 0  # the rule says so explicitly
 
 
+@pytest.mark.serial("edits policy.toml, reloads sjobd and puts a user in the adm group")
 def test_a_run_as_user_who_joins_a_privileged_group_after_load_is_refused(
     alice: User,
     privileged_user: User,
@@ -183,7 +189,7 @@ def test_a_run_as_user_who_joins_a_privileged_group_after_load_is_refused(
     policy_edit(POLICY.read_text() + token_rule(["ci-runner"], privileged_user.name))
     token = issue(token_dir, "ci-runner")
     assert as_token(token, "run", "--", "true", user=alice).returncode == 0
-    run("usermod", "-aG", "adm", privileged_user.name).check_returncode()
+    change_users("usermod", "-aG", "adm", privileged_user.name).check_returncode()
     refused = as_token(token, "run", "--", "true", user=alice)
     assert refused.returncode != 0
     assert re.search(rb"token refused: .*privileged group adm", refused.stderr), refused.stderr

@@ -73,6 +73,9 @@ def test_fast_writer_loses_nothing() -> None:
     assert sha256_of([SJOB, "logs", "--stdout", job_id]) == (expected, 50 * 1024 * 1024)
 
 
+@pytest.mark.serial(
+    "counts journal entries, which depend on how fast the forwarder reads: a busy machine merges writes"
+)
 def test_many_small_writes_beat_the_rate_limit() -> None:
     # journald's default rate limit is 10000 messages per 30 s per unit; sjob units switch it off.
     job_id = detach("python3", str(WRITER), "--lines", "20000")
@@ -101,6 +104,7 @@ def test_several_followers_see_every_byte() -> None:
     assert results == [expected] * 4
 
 
+@pytest.mark.serial("rotates the journal")
 def test_reading_survives_journal_rotation() -> None:
     job_id = detach("python3", str(WRITER), "--lines", "40000", "--pause", "0.0002", "--size", "200")
     follower = subprocess.Popen([SJOB, "logs", "-f", "--stdout", job_id], stdout=subprocess.PIPE, cwd="/")

@@ -6,16 +6,17 @@ domain of its own before the command runs, and fails closed where it cannot."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import User, run, sjob
+from .conftest import User, run, sjob, wait_until
 
 UNCONFINED = 125  # sjob-shim's status when the sandbox is not in force
 
@@ -29,21 +30,26 @@ def landlock_abi() -> int:
 def owners_process(alice: User) -> Iterator[int]:
     """A process of alice's outside sjob.slice, as her login shell or editor would be."""
     proc = subprocess.Popen(["runuser", "-u", alice.name, "--", "sleep", "300"], cwd="/")
+    pid = 0
     try:
-        # runuser forks: the sleep is its child, running as alice.
-        pid = 0
-        for _ in range(100):
+        # runuser forks: the sleep is its child, running as alice once it has changed its uid and executed sleep
+        # (under load that takes longer than the child takes to appear).
+        def started() -> bool:
+            nonlocal pid
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            if children:
-                pid = int(children[0])
-                break
-            time.sleep(0.05)
-        assert pid, "runuser did not start its sleep"
+            pid = int(children[0]) if children else 0
+            with contextlib.suppress(OSError):  # gone, or not yet there
+                return pid > 0 and Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x00300\x00"
+            return False
+
+        wait_until(started, what="runuser to start its sleep")
         assert os.stat(f"/proc/{pid}").st_uid == alice.uid
         yield pid
     finally:
         proc.kill()
-        run("pkill", "-u", alice.name, "-x", "sleep")
+        if pid:  # this sleep only: other tests' jobs run sleeps of alice's meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import User, run, sjob
+from .conftest import User, alone, run, sjob
 from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.serial("edits policy.toml; puts sjobd's state on a small tmpfs and restarts it")
 STATE = Path("/var/lib/sjob")
 
 
@@ -39,11 +40,16 @@ def test_each_user_keeps_at_most_keep_per_user_finished_records(bob: User, polic
 
 @pytest.fixture
 def small_state_dir() -> Iterator[Path]:
-    """sjobd's state directory on a 16 MiB tmpfs holding a copy of the real one; the real one comes back after."""
+    """sjobd's state directory on a tmpfs holding a copy of the real one and 16 MiB more; the real one comes back
+    after. (The copy holds what earlier tests left, deployed functions' environments too: a fixed 16 MiB was
+    too small for it once the function tests had run.)"""
+    alone("mounting over sjobd's state directory")
     run("systemctl", "stop", "sjobd.service")
     saved = Path(tempfile.mkdtemp(prefix="sjob-state-"))
     shutil.copytree(STATE, saved / "sjob", symlinks=True)
-    assert run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(STATE)).returncode == 0
+    used = int(run("du", "-s", "--block-size=1", str(STATE)).stdout.split()[0])
+    size = f"size={used * 2 + 16 * 2**20},mode=0700"  # du's blocks are not tmpfs' pages: room for both
+    assert run("mount", "-t", "tmpfs", "-o", size, "tmpfs", str(STATE)).returncode == 0
     try:
         shutil.copytree(saved / "sjob", STATE, symlinks=True, dirs_exist_ok=True)
         yield STATE

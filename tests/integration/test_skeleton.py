@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SOCKET, User, run, sjob, sjob_units, varlink_call, wait_until
+from .conftest import SOCKET, User, job_state, run, sjob, sjob_units, varlink_call, wait_until
 
 
 def detach(*argv: str, user: User | None = None, cwd: str | None = None, options: Sequence[str] = ()) -> str:
@@ -30,7 +30,7 @@ def status(job_id: str, user: User | None = None) -> dict[str, Any]:
 
 
 def wait_finished(job_id: str, user: User | None = None) -> dict[str, Any]:
-    wait_until(lambda: status(job_id, user)["state"] not in ("starting", "running"), what=f"job {job_id} to end")
+    wait_until(lambda: job_state(job_id, user) not in ("starting", "running"), what=f"job {job_id} to end")
     return status(job_id, user)
 
 
@@ -49,6 +49,7 @@ def test_killed_by_signal_is_128_plus_n() -> None:
     assert b"SIGKILL" in result.stderr
 
 
+@pytest.mark.serial("compares the set of all sjob units")
 def test_missing_command_is_a_clear_error_and_leaves_no_unit() -> None:
     before = sjob_units()
     result = sjob("run", "--", "no-such-command-xyz")
@@ -70,6 +71,7 @@ def test_missing_executable_sent_raw_fails_cleanly_and_the_unit_is_collected() -
     wait_until(lambda: job["unit"] not in sjob_units(), what=f"{job['unit']} to be collected")
 
 
+@pytest.mark.serial("compares the set of all sjob units")
 def test_missing_working_directory_says_so(alice: User) -> None:
     before = sjob_units()
     result = sjob("run", "--working-directory", "/nonexistent-dir", "--", "true", user=alice)
@@ -134,7 +136,7 @@ def test_list_and_status(alice: User, bob: User) -> None:
     # Another user's job looks exactly like a missing one.
     theirs = sjob("status", job_id, user=bob)
     missing = sjob("status", "ffffffff", user=bob)
-    assert theirs.returncode == missing.returncode == 1
+    assert theirs.returncode == missing.returncode == 66
     assert theirs.stderr.replace(job_id.encode(), b"ID") == missing.stderr.replace(b"ffffffff", b"ID")
     assert job_id.encode() not in sjob("list", user=bob).stdout
 
@@ -142,7 +144,7 @@ def test_list_and_status(alice: User, bob: User) -> None:
 def test_status_of_unknown_or_malformed_ids_fails_cleanly() -> None:
     for job_id in ("ffffffff", "../x", "sshd.service", "a@b", "x" * 300, "ünïcode"):
         result = sjob("status", job_id)
-        assert result.returncode == 1, job_id
+        assert result.returncode == (66 if job_id == "ffffffff" else 2), job_id  # not found, or not an id at all
         assert result.stderr.startswith(b"sjob: "), result.stderr
         assert b"Traceback" not in result.stderr
 
@@ -184,6 +186,7 @@ def test_output_streams_are_exact_through_journald() -> None:
     assert result.stderr == b"err\n"
 
 
+@pytest.mark.serial("stops sjobd")
 def test_sjobd_is_started_by_its_socket() -> None:
     run("systemctl", "stop", "sjobd.service")
     state = run("systemctl", "is-active", "sjobd.service").stdout.strip()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import User, run, sjob, sjob_units, varlink_call
+from .conftest import User, alone, run, sjob, sjob_units, varlink_call
 from .test_skeleton import detach, wait_finished
 
 # What an attacker reaches for; the same pieces the host's property test draws from (tests/unit/test_unitfile.py).
@@ -69,6 +69,7 @@ def comparable(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def daemon_reload() -> None:
+    alone("systemctl daemon-reload")
     assert run("systemctl", "daemon-reload").returncode == 0
 
 
@@ -83,6 +84,7 @@ def sections_and_stops(unit: str) -> tuple[list[str], list[str]]:
     return headers, [line for line in lines if line.startswith("ExecStop=")]
 
 
+@pytest.mark.serial("daemon-reload: on systemd < 257 it loses every running job's exit report")
 def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
     """The attack of the issue: on the old code this argument wrote `ExecStop=+/bin/sh ...` into the unit file,
     and after a reload stopping the job ran it as root."""
@@ -102,6 +104,7 @@ def test_the_issue_s_argument_cannot_add_a_root_command(alice: User) -> None:
     assert not pwned.exists(), pwned.read_text()
 
 
+@pytest.mark.serial("daemon-reload: on systemd < 257 it loses every running job's exit report")
 def test_hostile_requests_read_back_exactly_after_a_reload(alice: User, shared_dir: Path) -> None:
     """A sample of generated hostile requests, through the raw Varlink API: each is refused as InvalidArgument or
     runs with exactly what it asked for, before and after a daemon-reload."""
@@ -147,6 +150,7 @@ def test_hostile_requests_read_back_exactly_after_a_reload(alice: User, shared_d
         run("systemctl", "stop", "--no-block", unit)
 
 
+@pytest.mark.serial("compares the set of all sjob units")
 def test_a_working_directory_with_a_newline_is_refused_and_makes_no_unit(alice: User, shared_dir: Path) -> None:
     shared_dir.chmod(0o777)
     evil = shared_dir / "x\nExecStop=+bin"
@@ -180,6 +184,7 @@ def test_the_environment_cannot_rewrite_the_recorded_result(alice: User) -> None
     assert (ended["state"], ended["result"]) == ("failed", "timeout")
 
 
+@pytest.mark.serial("daemon-reload: on systemd < 257 it loses every running job's exit report")
 def test_a_daemon_reload_while_a_job_runs_keeps_its_recorded_result(alice: User) -> None:
     """Found by the reload tests above: systemd wrote the report's "${SERVICE_RESULT}" arguments into the unit file
     as "$${SERVICE_RESULT}", so after a reload every running job's exit report was the literal text. On systemd
@@ -191,6 +196,7 @@ def test_a_daemon_reload_while_a_job_runs_keeps_its_recorded_result(alice: User)
         assert (ended["state"], ended["result"], ended["exit_status"]) == want, ended
 
 
+@pytest.mark.serial("daemon-reload: on systemd < 257 it loses every running job's exit report")
 @pytest.mark.xfail(LOSES_EX_COMMANDS, reason="systemd < 257 loses ExecStopPostEx= on daemon-reload", strict=True)
 def test_a_daemon_reload_while_a_job_runs_keeps_its_exit_report(alice: User) -> None:
     job_id = detach("sh", "-c", "sleep 3; exit 3", user=alice)

@@ -8,7 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from .conftest import SJOB, run, sjob, sjob_units
+
+pytestmark = pytest.mark.last("uninstalls and installs sjob; no timing in it")
 
 SRC = Path(__file__).resolve().parents[2]
 INSTALLED = [
@@ -19,6 +23,11 @@ INSTALLED = [
     Path("/usr/local/lib/systemd/system/sjobd.service"),
     Path("/usr/local/lib/systemd/system/sjob.slice"),
     Path("/etc/sjob/policy.toml"),
+    Path("/usr/local/share/man/man1/sjob.1"),
+    Path("/usr/local/share/man/man8/sjobd.8"),
+    Path("/usr/local/share/bash-completion/completions/sjob"),
+    Path("/usr/local/share/zsh/site-functions/_sjob"),
+    Path("/usr/local/share/fish/vendor_completions.d/sjob.fish"),
 ]
 
 

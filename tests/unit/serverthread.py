@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from supervisor.daemon import listening_socket
+from supervisor.fnstore import FunctionStore
+from supervisor.functions import FunctionService
 from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
@@ -54,7 +58,17 @@ class ServerThread:
         queue = JobQueue(records, ledger, launcher, self.access)
         self.service = JobService(self.units, self.log, records, ledger, reaper, launcher, self.access, profiles, queue)
         self.timers = TimerService(self.units, self.log, records, ledger, launcher, self.service, shim, self.access)
-        self.server = Server(self.service, self.access, listening_socket(self.socket), timers=self.timers)
+        # Functions with this test's own Python standing for the runtime (fakes run builds and calls locally).
+        self.access.policy = dataclasses.replace(
+            self.access.policy, functions=dataclasses.replace(self.access.policy.functions, runtime=sys.prefix)
+        )
+        store = FunctionStore(self.db.parent / "state")
+        self.functions = FunctionService(
+            store, self.units, self.log, records, ledger, launcher, shim, self.access, lambda: profiles
+        )
+        self.server = Server(
+            self.service, self.access, listening_socket(self.socket), self.functions, timers=self.timers
+        )
         self.server.start()
         self._stop = asyncio.Event()
         watcher = asyncio.create_task(reaper.watch_exits())
@@ -69,6 +83,7 @@ class ServerThread:
         await self.units.close()
         await reaper.close()
         records.close()
+        store.close()
 
     def call(self, fn: Any) -> Any:
         """Run `fn()` on the server's loop and return its result."""

@@ -44,7 +44,7 @@ def test_retry_shows_every_attempt(server: ServerThread) -> None:
     lines = [json.loads(line) for line in sjob(server, "logs", "--json", job["id"]).stdout.splitlines()]
     assert [line.get("attempt", line.get("text")) for line in lines] == ["try\n", 2, "try\n", 3, "try\n"]
     human = sjob(server, "status", job["id"]).stdout.decode()
-    assert "Attempts: 3 of at most 3 ended (retried on failure, 1.0s apart)" in human
+    assert "Attempts: 3 of at most 3 ended (retried on failure, 1s apart)" in human
     assert "3: exit-code (status 4)" in human
 
 
@@ -53,7 +53,7 @@ def test_retry_shows_every_attempt(server: ServerThread) -> None:
     [
         (["--retry", "x"], b"--retry 'x': give how many times"),
         (["--retry-delay", "5s"], b"--retry-delay and --retry-on go with --retry N"),
-        (["--retry", "1", "--retry-on", "sometimes"], b"--retry-on 'sometimes': give failure or any"),
+        (["--retry", "1", "--retry-on", "sometimes"], b"invalid choice: 'sometimes' (choose from 'failure', 'any')"),
         (["--retry", "1", "--retry-delay", "0.1s"], b"--retry-delay 0.1s is out of range"),
         (["--on-calendar", "daily\nExecStart=/bin/sh"], b"is not a calendar event"),
         (["--on-active", "soon"], b"--on-active 'soon': not a duration"),
@@ -75,7 +75,7 @@ def test_queue_waits_shows_its_place_and_stop_removes_it(server: ServerThread) -
     queued = result.stdout.decode().strip()
     assert result.stderr == f"Queued as job {queued}, place 1 in your queue\n".encode()
     refused = sjob(server, "run", "-d", "--", "true")
-    assert refused.returncode == 1
+    assert refused.returncode == 75  # EX_TEMPFAIL: try again later, or --queue
     assert b"add --queue" in refused.stderr
     assert b"queued (place 1)" in sjob(server, "list").stdout
     assert json.loads(sjob(server, "status", "--json", queued).stdout)["position"] == 1
@@ -97,7 +97,7 @@ def test_queue_refuses_input_it_could_not_keep(server: ServerThread, tmp_path: P
             timeout=60,
             check=False,
         )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert b"--queue: a queued job reads no input" in result.stderr
     assert b"-n" in result.stderr
 
@@ -122,4 +122,4 @@ def test_a_timer_is_listed_and_removed_by_stop(server: ServerThread) -> None:
     assert removed.stdout == f"timer {timer_id} removed (removed by root)\n".encode()
     assert json.loads(sjob(server, "timers", "--json").stdout)[0]["state"] == "removed"
     missing = sjob(server, "stop", "0badc0de")
-    assert (missing.returncode, missing.stderr.splitlines()[0]) == (1, b"sjob: no job with id '0badc0de'")
+    assert (missing.returncode, missing.stderr.splitlines()[0]) == (66, b"sjob: no job with id '0badc0de'")

@@ -1,8 +1,11 @@
 """The function store (issue G): sealing what a build left (never following a link, refusing hard links and special
 files), versions that stay as they were committed, and the units builds and calls become."""
 
+import fcntl
 import os
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from supervisor import fnunits
 from supervisor.auth import Principal
 from supervisor.errors import SjobError
 from supervisor.fnprotocol import FunctionSettings
-from supervisor.fnstore import FunctionStore, seal
+from supervisor.fnstore import FunctionStore, copy_built
 from supervisor.policy import FunctionsPolicy, OutputQuota
 from supervisor.properties import ShimCommand
 from supervisor.protocol import Limits
@@ -22,47 +25,79 @@ ALICE = Principal(1000, 1000, 10, "alice")
 SHIM = ShimCommand("/opt/sjob/bin/sjob-shim")
 
 
-def test_seal_makes_everything_roots_and_read_only_without_following_links(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def test_a_build_is_copied_as_roots_files_never_following_a_link(tmp_path: Path) -> None:
+    os.umask(old := os.umask(0o077))  # as sjobd runs (UMask=0077): the copy's modes must not depend on it
+    os.umask(0o077)
+    try:
+        copy_and_check(tmp_path)
+    finally:
+        os.umask(old)
+
+
+def copy_and_check(tmp_path: Path) -> None:
+    out, into = tmp_path / "out", tmp_path / "into"
     (out / "venv" / "bin").mkdir(parents=True)
     (out / "venv" / "bin" / "tool").write_text("#!/bin/sh\n")
     (out / "venv" / "bin" / "tool").chmod(0o777)
-    (out / "data").write_text("x")
-    (out / "data").chmod(0o666)
+    (out / "__pycache__").mkdir()
+    (out / "__pycache__" / "main.pyc").write_bytes(b"pyc")
+    (out / "__pycache__" / "main.pyc").chmod(0o666)
+    (out / "elsewhere.txt").write_text("not part of a version")
     victim = tmp_path / "victim"
     victim.write_text("not the build's")
-    victim.chmod(0o600)
-    (out / "link").symlink_to(victim)
-    os.chown(victim, 1234, 1234)
-    seal(out)
-    assert stat.S_IMODE((out / "venv" / "bin" / "tool").stat().st_mode) == 0o755
-    assert stat.S_IMODE((out / "data").stat().st_mode) == 0o644
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    assert os.readlink(out / "link") == str(victim)
-    # The link's target is not the build's: neither its owner nor its mode changed.
-    assert (victim.stat().st_uid, stat.S_IMODE(victim.stat().st_mode)) == (1234, 0o600)
+    (out / "venv" / "link").symlink_to(victim)
+    into.mkdir()
+    copy_built(out, into, ("__pycache__", "venv"))
+    assert sorted(p.name for p in into.iterdir()) == ["__pycache__", "venv"]  # nothing else is taken
+    assert stat.S_IMODE((into / "venv" / "bin").stat().st_mode) == 0o755
+    assert stat.S_IMODE((into / "venv" / "bin" / "tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((into / "__pycache__" / "main.pyc").stat().st_mode) == 0o644
+    assert (into / "__pycache__" / "main.pyc").read_bytes() == b"pyc"
+    assert os.readlink(into / "venv" / "link") == str(victim)  # a link stays a link
+    assert (into / "venv" / "bin" / "tool").stat().st_ino != (out / "venv" / "bin" / "tool").stat().st_ino
 
 
-@pytest.mark.parametrize("kind", ["hard link", "fifo"])
-def test_seal_refuses_what_a_build_may_not_leave(tmp_path: Path, kind: str) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    if kind == "hard link":
-        (tmp_path / "elsewhere").write_text("x")
-        os.link(tmp_path / "elsewhere", out / "linked")
-    else:
-        os.mkfifo(out / "pipe")
+def test_a_build_may_not_leave_special_files(tmp_path: Path) -> None:
+    out, into = tmp_path / "out", tmp_path / "into"
+    (out / "venv").mkdir(parents=True)
+    os.mkfifo(out / "venv" / "pipe")
+    into.mkdir()
     with pytest.raises(SjobError) as refused:
-        seal(out)
-    assert kind.rsplit(maxsplit=1)[-1] in refused.value.message or "special" in refused.value.message
+        copy_built(out, into, ("venv",))
+    assert "special file" in refused.value.message
+
+
+def test_a_file_the_build_holds_a_lease_on_fails_the_deploy_at_once(tmp_path: Path) -> None:
+    """A lease would make root's open() wait for lease-break-time (45 s) per file, freezing sjobd (review of G)."""
+    out, into = tmp_path / "out", tmp_path / "into"
+    (out / "__pycache__").mkdir(parents=True)
+    leased = out / "__pycache__" / "main.pyc"
+    leased.write_bytes(b"x")
+    into.mkdir()
+    holder = os.open(leased, os.O_RDWR)
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease's holder is told by SIGIO, which would end us
+    try:
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_WRLCK)  # broken by anyone's open: they wait for it
+        started = time.monotonic()
+        with pytest.raises(SjobError) as refused:
+            copy_built(out, into, ("__pycache__",))
+        assert time.monotonic() - started < 2
+        assert "lease" in refused.value.message
+    finally:
+        os.close(holder)
+        signal.signal(signal.SIGIO, previous)
 
 
 def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> None:
     store = FunctionStore(tmp_path)
+    old = os.umask(0o077)  # as sjobd runs: what builds and calls read must be readable to them all the same
     try:
         staging = store.stage("f", "1a2b3c4d", "print(1)\n", None)
+        assert stat.S_IMODE(staging.src.stat().st_mode) == 0o755
+        assert stat.S_IMODE((staging.src / "main.py").stat().st_mode) == 0o644
         (staging.out / "__pycache__").mkdir()
         (staging.out / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"pyc")
+        store.take_build(staging, ("__pycache__", "venv"))
         function, version = store.commit(
             "f",
             staging,
@@ -78,8 +113,13 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         assert not staging.root.exists()
         directory = store.version_dir("f", 1)
         assert sorted(p.name for p in directory.iterdir()) == ["__pycache__", "main.py"]
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
         assert (version.size, version.requirements) == (len("print(1)\n"), False)
+        # As read back: bool, not SQLite's 0 (asyncvarlink refuses an int for a bool: seen as an internal error)
+        assert store.versions("f")[0] == version
+        assert store.versions("f")[0].requirements is False
         second = store.stage("f", "5e6f7a8b", "print(2)\n", None)
+        store.take_build(second, ("__pycache__", "venv"))
         store.commit(
             "f",
             second,
@@ -96,6 +136,7 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         assert (again.version, again.owner, again.allow) == (2, "alice", ["bob"])  # settings carry over
         assert (directory / "main.py").read_text() == "print(1)\n"
     finally:
+        os.umask(old)
         store.close()
 
 

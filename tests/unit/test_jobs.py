@@ -318,7 +318,8 @@ def test_follow_waits_for_the_exit_record_when_the_command_was_killed(tmp_path: 
 def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
-        await asyncio.sleep(0.2)  # let the fake start the process
+        while not units.processes.get(job.unit):  # the fake's process runs (under load, 0.2 s were not enough)
+            await asyncio.sleep(0.01)
         stopping = await service.stop(ALICE, job.id, grace_usec=5_000_000)
         assert (stopping.state, stopping.stopped_by) == (JobState.running, "alice")
         assert units.stopped == [job.unit]
@@ -481,3 +482,18 @@ def test_units_without_records_are_adopted_once(tmp_path: Path) -> None:
         assert adopted.state is JobState.running
 
     scenario(body, tmp_path, run_commands=False)
+
+
+def test_a_users_slice_gets_its_caps_once_until_the_policy_changes(tmp_path: Path) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        for _ in range(3):
+            await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        assert [u.name for u in units.property_sets] == ["sjob-u1000.slice"]  # one D-Bus round trip, not three
+        await service.start(BOB, JobSpec(["/bin/true"], "/"))
+        policy = service._access.policy
+        service.set_policy(dataclasses.replace(policy, per_user=Limits(tasks_max=99)), service.profiles)
+        await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        assert [u.name for u in units.property_sets] == ["sjob-u1000.slice", "sjob-u1001.slice", "sjob-u1000.slice"]
+        assert units.property_sets[-1].get("TasksMax") == 99
+
+    scenario(body, tmp_path)

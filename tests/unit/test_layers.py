@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "supervisor"
 
 LAYERS = {
     "errors": 0,
+    "environment": 0,
     "quantities": 0,
     "protocol": 0,
     "fnprotocol": 0,
@@ -54,6 +55,7 @@ LAYERS = {
     "daemon": 4,
     "client": 4,
     "cli": 4,
+    "manpages": 4,  # documentation made from the CLI's and sjobd's declarations: it reads both, neither reads it
 }
 EDGE_ONLY_LAYER0 = {"client", "cli"}  # the unprivileged side may use only layer-0 modules
 
@@ -63,7 +65,7 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "supervisor":
-                found.update(alias.name for alias in node.names)
+                found.update(alias.name for alias in node.names if not alias.name.startswith("__"))  # __version__
             elif node.module.startswith("supervisor."):
                 found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -121,11 +123,22 @@ DAEMON_ONLY = {
 }
 
 
-def test_the_cli_does_not_load_daemon_libraries() -> None:
-    loaded = loaded_by("from supervisor.cli import build_app; build_app()")
-    assert loaded & (DAEMON_ONLY | {"rich"}) == set()
+# What `sjob --help` may load: the verb table, the exit statuses and the environment, nothing a verb needs.
+HELP_ONLY = {"argparse", "dataclasses", "typing", "json", "socket", "supervisor.protocol", "supervisor.client"}
+HELP_ONLY |= {"re", "textwrap"}  # re alone is a quarter of sjob --help's start-up in the test VM
 
 
-def test_sjob_run_parses_without_typer() -> None:
-    loaded = loaded_by("from supervisor.cli import run; run.parse_fast(['--', 'true'])")
-    assert loaded & (DAEMON_ONLY | {"typer", "rich", "click"}) == set()
+def test_sjob_help_loads_no_verb_and_no_parser() -> None:
+    loaded = loaded_by("from supervisor.cli import execute; execute(['--help'])")
+    assert loaded & (DAEMON_ONLY | HELP_ONLY | {"rich", "typer"}) == set()
+    assert not {m for m in loaded if m.startswith("supervisor.cli.") and m.split(".")[2] in ("run", "list", "status")}
+
+
+@pytest.mark.parametrize("verb", ["run", "logs", "status", "list", "wait", "stop", "token", "completion"])
+def test_a_verb_loads_only_itself_and_never_the_daemon(verb: str) -> None:
+    code = "from supervisor.cli.commands import COMMANDS; from supervisor.cli.command import build_parser"
+    loaded = loaded_by(f"{code}; build_parser(COMMANDS[{verb!r}].command())")  # what `sjob VERB` loads to parse
+    assert loaded & (DAEMON_ONLY | {"rich", "typer", "typing"}) == set()  # typing alone costs ~2 ms natively
+    others = {"run", "logs", "status", "list", "wait", "stop", "token", "completion"} - {verb}
+    if verb != "completion":  # which reads every verb's declaration
+        assert {m.removeprefix("supervisor.cli.") for m in loaded if m.startswith("supervisor.cli.")} & others == set()

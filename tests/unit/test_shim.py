@@ -334,3 +334,32 @@ def test_a_job_that_ignores_the_quotas_sigterm_gets_sigkill(shim: str, journal: 
     status, took, _ = quota_run(shim, journal, "1000:stop", script)
     assert status == -signal.SIGKILL
     assert 9 < took < 30
+
+
+def test_relayed_input_reaches_the_job_and_is_counted(shim: str, journal: FakeJournal) -> None:
+    """--relay-input (a function's call): the job's stdin passes through the forwarder, which counts it."""
+    r, w = os.pipe()
+    os.write(w, b"hello")
+    os.close(w)
+    command = [shim, "--journal-socket", journal.path, "--relay-input", "1a2b3c4d", "--", "wc", "-c"]
+    journal.entries.clear()
+    assert subprocess.run(command, stdin=r, timeout=60, check=False).returncode == 0
+    os.close(r)
+    journal.wait_for(logformat.F_EVENT, b"eof")
+    assert streams_of(list(journal.entries))["stdout"].strip() == b"5"
+    (eof,) = [e for e in journal.entries if e.get(logformat.F_EVENT) == b"eof"]
+    assert logformat.parse_record(eof) == logformat.EofRecord(1, 2, 5)
+
+
+def test_a_job_that_stops_reading_its_relayed_input_does_not_hang(shim: str, journal: FakeJournal) -> None:
+    feeder = subprocess.Popen(["sh", "-c", "yes | head -c 50000000"], stdout=subprocess.PIPE)
+    command = [shim, "--journal-socket", journal.path, "--relay-input", "1a2b3c4d", "--", "head", "-c", "3"]
+    journal.entries.clear()
+    started = time.monotonic()
+    assert subprocess.run(command, stdin=feeder.stdout, timeout=60, check=False).returncode == 0
+    journal.wait_for(logformat.F_EVENT, b"eof")
+    assert time.monotonic() - started < 30
+    assert feeder.stdout is not None
+    feeder.stdout.close()
+    feeder.wait()
+    assert streams_of(list(journal.entries))["stdout"] == b"y\ny"

@@ -99,6 +99,8 @@ QEMU_MACHINE = ("-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", 
 KERNEL_ARGS = ("root=/dev/vda", "rw", "console=ttyS0", "panic=1", "fsck.mode=skip", "mitigations=off")
 DEFAULT_TIMEOUT = 40 * 60
 RESULT_RE = re.compile(r"SJOB-VM-RESULT rc=(\d+)")  # the whole line, see watch_vm()
+# guest-test.sh prints this line when only tests remain that tolerate a busy host: the next suite may boot.
+TAIL_LINE = "SJOB-VM-TAIL"
 # qemu gets this long to power off after the result line before it is killed.
 POWEROFF_GRACE = 60.0
 TOOL_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap e2fsprogs git"
@@ -673,8 +675,10 @@ class Outcome:
     total_s: float = 0.0
 
 
-def watch_vm(cmd: list[str], files: VMFiles, timeout: float, suite: str, reporter: Reporter) -> Outcome:
-    """Boot, stream progress live, enforce the hard timeout, always kill qemu."""
+def watch_vm(
+    cmd: list[str], files: VMFiles, timeout: float, suite: str, reporter: Reporter, in_tail: threading.Event
+) -> Outcome:
+    """Boot, stream progress live, enforce the hard timeout, always kill qemu; set `in_tail` at the tail line."""
     outcome = Outcome()
     tail = ProgressTail(files.progress)
     started = time.monotonic()
@@ -684,6 +688,8 @@ def watch_vm(cmd: list[str], files: VMFiles, timeout: float, suite: str, reporte
         for text in lines:
             if outcome.first_line_s is None:
                 outcome.first_line_s = time.monotonic() - started
+            if text.strip() == TAIL_LINE:
+                in_tail.set()
             if match := RESULT_RE.fullmatch(text.strip()):
                 outcome.rc = int(match[1])
                 outcome.result_s = time.monotonic() - started
@@ -729,6 +735,11 @@ def extra_kernel_args() -> list[str]:
     return shlex.split(os.environ.get("SJOB_VM_APPEND", ""))
 
 
+def guest_args(args: argparse.Namespace) -> list[str]:
+    """What guest-test.sh reads from the kernel command line (test workers, benchmarks), then $SJOB_VM_APPEND."""
+    return [f"sjob.workers={args.workers}", *(["sjob.bench=1"] if args.bench else []), *extra_kernel_args()]
+
+
 def guest_timeout(host_timeout: float) -> int:
     """Leave the guest time to ship journal and partial results on a hang."""
     return max(30, int(host_timeout - min(240.0, host_timeout / 2)))
@@ -772,7 +783,9 @@ def judge(outcome: Outcome, timeout: float) -> tuple[bool, str]:
     return True, "passed"
 
 
-def run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload) -> SuiteResult:
+def run_suite(
+    suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event
+) -> SuiteResult:
     logs = (args.results / suite).resolve()
     reset_dir(logs)
     with acquire_image(suite, args.rebuild, reporter) as image, work_dir(suite) as work:
@@ -781,8 +794,9 @@ def run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload:
         reporter.line(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
-        append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *extra_kernel_args()]
-        outcome = watch_vm(qemu_command(image, files, append, interactive=False), files, args.timeout, suite, reporter)
+        append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
+        cmd = qemu_command(image, files, append, interactive=False)
+        outcome = watch_vm(cmd, files, args.timeout, suite, reporter, in_tail)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
             reporter.line(suite, "warning: the results disk holds no readable tar")
     ok, status = judge(outcome, args.timeout)
@@ -799,9 +813,12 @@ def write_run_record(path: Path, suite: str, image: Image, ok: bool, status: str
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload) -> SuiteResult:
+def safe_run_suite(
+    suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event | None = None
+) -> SuiteResult:
+    in_tail = in_tail or threading.Event()
     try:
-        return run_suite(suite, args, reporter, payload)
+        return run_suite(suite, args, reporter, payload, in_tail)
     except VMTestError as error:
         reporter.line(suite, f"error: {error}")
         return SuiteResult(suite, False, f"error: {error}")
@@ -811,6 +828,29 @@ def safe_run_suite(suite: str, args: argparse.Namespace, reporter: Reporter, pay
     except OSError as error:
         reporter.line(suite, f"error: {error}")
         return SuiteResult(suite, False, f"error: {error}")
+    finally:
+        in_tail.set()  # however it ended, the next suite need not wait for it
+
+
+def run_overlapped(
+    suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
+) -> list[SuiteResult]:
+    """One suite after another, except that the next one boots as soon as the previous one's guest prints its tail
+    line: from there on it runs only tests that tolerate a busy host (they reinstall sjob), so the next VM's boot and
+    install.sh overlap them instead of following them. No test that measures time runs while two VMs do."""
+    with ThreadPoolExecutor(max_workers=len(suites)) as pool:
+        futures = []
+        try:
+            for suite in suites:
+                in_tail = threading.Event()
+                futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail))
+                while not in_tail.wait(0.5):
+                    if STOP.is_set():
+                        raise KeyboardInterrupt
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            STOP.set()  # workers kill their qemu and clean up
+            raise
 
 
 def run_suites(args: argparse.Namespace) -> int:
@@ -825,6 +865,8 @@ def run_suites(args: argparse.Namespace) -> int:
                 except KeyboardInterrupt:
                     STOP.set()  # workers kill their qemu and clean up
                     raise
+        elif args.overlap and len(suites) > 1:
+            results = run_overlapped(suites, args, reporter, payload)
         else:
             results = [safe_run_suite(s, args, reporter, payload) for s in suites]
     print("vmtest summary:", flush=True)
@@ -892,7 +934,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=[],
         metavar="ARG",
         help="extra argument for the guest's pytest, repeatable (e.g. --pytest=-k --pytest=ctrl_c, or a test path "
-        "such as --pytest=tests/integration/test_output.py); a run with these skips the benchmarks",
+        "such as --pytest=tests/integration/test_output.py)",
+    )
+    parser.add_argument(
+        "--bench", action="store_true", help="also run the benchmarks (tests/bench/bench.py) once the tests passed"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=3,
+        metavar="N",
+        help="integration tests run N at a time inside the VM, except the ones marked serial (default %(default)s: "
+        "with 3 the VM's 2 CPUs were 92%% busy in that phase, so more only makes each test slower)",
     )
     parser.add_argument(
         "--timeout",
@@ -911,6 +964,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "measurements on 2 cores, but slows each VM and skews benchmarks)",
     )
     parser.add_argument(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots while the "
+        "previous one runs its last tests, the ones that reinstall sjob and measure nothing)",
+    )
+    parser.add_argument(
         "--source",
         type=Path,
         default=Path(os.environ.get("SJOB_VM_SOURCE") or REPO),
@@ -919,6 +979,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.shell and args.suite and len(args.suite) > 1:
         parser.error("--shell takes a single --suite")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     args.suite = args.suite or (["trixie"] if args.shell else list(SUITES))
     args.suite = list(dict.fromkeys(args.suite))
     args.source = args.source.resolve()

@@ -1,74 +1,78 @@
-"""The `sjob` command line: one module per verb, rendering in `render`, errors through `die`.
+"""The `sjob` command line: one module per verb (`commands.COMMANDS` names them), errors through `die`.
 
 The CLI runs unprivileged and must start fast: it talks to sjobd through the synchronous `client`, never imports
-D-Bus, journal or daemon code, and imports rich only to render. `sjob run` and `sjob logs` are the hot paths: their
-common forms are parsed without importing typer at all (run.parse_fast, logs.parse_fast), which saves ~85 ms of
-start-up per call natively and about a second in the test VM; anything unusual (help, a mistake) goes through
-typer, which owns the documentation and the error messages.
+D-Bus, journal or daemon code, and imports only the verb it runs. Each verb declares its options once
+(`command.Command`); argparse parses them, and the completions and the man page are generated from the same
+declarations. typer parsed them before, but importing it cost ~50 ms of every call natively, 1-2 times Python's
+own start-up in the test VM, while argparse costs a few ms (README, "Dependencies and why").
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
-from supervisor.errors import ErrorCode, SjobError
-from supervisor.unitfile import escape
-
-if TYPE_CHECKING:
-    import typer
-
-# 69 EX_UNAVAILABLE, 75 EX_TEMPFAIL (a function at its concurrency cap: try again), 65 EX_DATAERR (code that does
-# not build)
-EXIT_CODES = {
-    ErrorCode.ExecutableNotFound: 127,
-    ErrorCode.NotConnected: 69,
-    ErrorCode.Busy: 75,
-    ErrorCode.BuildFailed: 65,
-}
+from supervisor.cli.exitcodes import ExitCode, for_error
+from supervisor.errors import SjobError
 
 
 def die(error: SjobError) -> int:
-    # Messages can quote what a request held (a path, an argument): never let them drive the terminal.
-    sys.stderr.write(f"sjob: {escape(error.message, backslashes=False)}\n")
+    """Print the error as one line and its hint, and return the exit status it calls for."""
+    from supervisor.unitfile import escape  # noqa: PLC0415 - only failures need it
+
+    # Messages can quote what a request held (a path, an argument): never let them drive the terminal. Line by line:
+    # a message may quote several (a failed build's last lines).
+    prog = getattr(error, "prog", "sjob")
+    lines = (escape(line, backslashes=False) for line in error.message.split("\n"))
+    sys.stderr.write(f"{prog}: {chr(10).join(lines)}\n")
     if error.hint:
         sys.stderr.write(f"hint: {escape(error.hint, backslashes=False)}\n")
-    return EXIT_CODES.get(error.code, 1)
-
-
-def build_app() -> typer.Typer:
-    import typer  # noqa: PLC0415 - the fast path of `sjob run` never needs it
-
-    from supervisor.cli import fn, logs, run, status, stop, timers, token  # noqa: PLC0415
-    from supervisor.cli import list as list_verb  # noqa: PLC0415
-
-    app = typer.Typer(
-        name="sjob",
-        help="Run commands as supervised systemd services, with their output kept in journald.",
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
-    for verb in (run, stop, status, logs, list_verb, timers, token, fn):
-        verb.register(app)
-    return app
+    return for_error(error.code)
 
 
 def main() -> None:
+    sys.exit(execute(sys.argv[1:]))
+
+
+def execute(args: list[str]) -> int:
+    """Run the command line `sjob ARGS...` and return its exit status."""
     try:
-        args = sys.argv[1:]
-        # Each fast path imports only its own verb: `sjob logs` has no use for run's limit parsing.
-        if args[:1] == ["run"]:
-            from supervisor.cli import run  # noqa: PLC0415
-
-            if (fast := run.parse_fast(args[1:])) is not None:
-                sys.exit(run.run(fast))
-        elif args[:1] == ["logs"]:
-            from supervisor.cli import logs  # noqa: PLC0415
-
-            if (fast_logs := logs.parse_fast(args[1:])) is not None:
-                sys.exit(logs.show_logs(fast_logs))
-        build_app()()
+        return _execute(args)
     except SjobError as e:
-        sys.exit(die(e))
+        return die(e)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output has gone (`sjob list | head -1`): end quietly, as a program killed by SIGPIPE.
+        import os  # noqa: PLC0415
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
+
+
+def _execute(args: list[str]) -> int:
+    from supervisor.cli.commands import COMMANDS, overview, version  # noqa: PLC0415
+
+    if not args:
+        sys.stderr.write(overview())
+        return ExitCode.USAGE
+    first = args[0]
+    if first in ("-h", "--help"):
+        sys.stdout.write(overview())
+        return ExitCode.OK
+    if first == "--version":
+        sys.stdout.write(version())
+        return ExitCode.OK
+    from supervisor.cli.command import UsageError, build_parser  # noqa: PLC0415
+
+    if first.startswith("-"):
+        raise UsageError("sjob", f"unknown option {first[:40]!r}", hint="'sjob --help' shows sjob's own options")
+    verb = COMMANDS.get(first)
+    if verb is None:
+        import difflib  # noqa: PLC0415
+
+        close = difflib.get_close_matches(first, list(COMMANDS), n=1)
+        maybe = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UsageError("sjob", f"unknown command {first[:40]!r}{maybe}", hint="'sjob --help' lists the commands")
+    namespace = build_parser(verb.command()).parse_args(args[1:])
+    status = namespace.handler(namespace)
+    return ExitCode.OK if status is None else int(status)

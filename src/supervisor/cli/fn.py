@@ -7,19 +7,22 @@ output streamed back, and look after its versions and callers.
     sjob fn list | show NAME | versions NAME | calls NAME | rollback NAME VERSION | rm [--force] NAME
 
 A call is a job: `sjob status ID`, `sjob logs ID`, `systemctl status sjob-ID.service` show it. Its stdin is yours:
-a pipe or a file is handed to sjobd, which copies it into the call; on a terminal, what you type is sent line by
-line (your terminal edits the line; Ctrl-D ends the input), since the function's code, which runs as another user,
-never gets your terminal.
+a pipe is handed to the call as it is; anything else (a file, a socket, your terminal) is copied into a pipe by
+`sjob` (on a terminal, line by line: your terminal edits the line; Ctrl-D ends the input), since the function's
+code, which runs as another user, only ever gets a pipe.
 """
 
+import argparse
 import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
-from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli.command import Argument, Command, Complete, Many, Option
+from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
 from supervisor.client import Client
@@ -28,155 +31,214 @@ from supervisor.fnprotocol import Function, FunctionSettings
 from supervisor.protocol import Job, to_wire
 from supervisor.unitfile import escape
 
-if TYPE_CHECKING:
-    import typer
 
-EXIT_TIMED_OUT = 124  # as timeout(1) says it
-EXIT_INTERRUPTED = 130
-
-
-def register(app: "typer.Typer") -> None:
-    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
-    import typer  # noqa: PLC0415
-
-    fn = typer.Typer(name="fn", help="Functions: Python code deployed under a name, called with your stdin.")
-    app.add_typer(fn)
-
-    @fn.command(name="deploy")
-    def deploy_command(
-        name: Annotated[str, typer.Argument(help="The function's name (a-z, 0-9, '-', '_').")],
-        file: Annotated[str, typer.Argument(metavar="FILE", help="Its Python code; it runs as a script.")],
-        requirements: Annotated[
-            str | None,
-            typer.Option("--requirements", "-r", metavar="FILE", help="pip requirements, installed at deploy."),
-        ] = None,
-        allow: Annotated[
-            list[str] | None,
-            typer.Option("--allow", metavar="USER|@GROUP|*", help="Who may call it (default: only you)."),
-        ] = None,
-        concurrency: Annotated[int | None, typer.Option(help="Calls at once (more wait, then are busy).")] = None,
-        timeout: Annotated[str | None, typer.Option(metavar="DURATION", help="Each call at most (30s, 5m).")] = None,
-        memory: Annotated[str | None, typer.Option(metavar="SIZE", help="Each call's memory at most.")] = None,
-        cpu: Annotated[str | None, typer.Option(metavar="50%|2", help="Each call's CPU time.")] = None,
-        description: Annotated[str | None, typer.Option(help="One line saying what it does.")] = None,
-    ) -> None:
-        """Deploy FILE as the next version of the function NAME; it is compiled (and its requirements are
-        installed) first, and a failed build changes nothing."""
-        limits = [(o, v) for o, v in (("--timeout", timeout), ("--memory", memory), ("--cpu", cpu)) if v is not None]
-        settings = FunctionSettings(description, allow, build_limits(limits), concurrency)
-        raise typer.Exit(deploy(name, file, requirements, settings))
-
-    @fn.command(name="call", context_settings={"allow_interspersed_args": False})
-    def call_command(
-        reference: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="The function (and version).")],
-        args: Annotated[list[str] | None, typer.Argument(metavar="[ARGS]...", help="Its arguments.")] = None,
-    ) -> None:
-        """Call a function: your stdin goes in, its stdout and stderr come out as it writes them, and sjob exits
-        with its exit status (124 if it timed out)."""
-        raise typer.Exit(call(reference, args or []))
-
-    _register_looking(fn)
-
-
-def _register_looking(fn: "typer.Typer") -> None:
-    import typer  # noqa: PLC0415
-
-    @fn.command(name="list")
-    def list_command(as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
-        """The functions you may call, and yours."""
-        with Client() as client:
-            functions = client.functions()
-        if as_json:
-            _json([to_wire(f) for f in functions])
-        else:
-            _table(["NAME", "VERSION", "OWNER", "RUNNING", "DESCRIPTION"], [_row(f) for f in functions])
-
-    @fn.command(name="show")
-    def show_command(name: str, as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
-        """One function: owner, version, callers, limits."""
-        with Client() as client:
-            function = client.function(name)
-        if as_json:
-            _json(to_wire(function))
-            return
-        limits = {k: v for k, v in to_wire(function.limits).items() if v is not None} if function.limits else {}
-        for label, value in (
-            ("name", function.name),
-            ("description", function.description or "-"),
-            ("owner", function.owner),
-            ("version", f"{function.version} (latest {function.latest})"),
-            ("callers", ", ".join(function.allow) or "only its owner"),
-            ("concurrency", f"{function.concurrency} ({function.running} running)"),
-            ("limits", ", ".join(f"{k}={v}" for k, v in limits.items()) or "the policy's"),
-        ):
-            sys.stdout.write(f"{label:>12}: {escape(str(value), backslashes=False)}\n")
-
-    @fn.command(name="versions")
-    def versions_command(name: str, as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
-        """A function's versions, newest first."""
-        with Client() as client:
-            versions = client.versions(name)
-        if as_json:
-            _json([to_wire(v) for v in versions])
-        else:
-            rows = [
-                [
-                    str(v.version),
-                    _when(v.created_usec),
-                    v.deployed_by,
-                    v.sha256[:12],
-                    "yes" if v.requirements else "-",
-                    v.build_job,
-                ]
-                for v in versions
-            ]
-            _table(["VERSION", "DEPLOYED", "BY", "SHA256", "REQUIREMENTS", "BUILD"], rows)
-
-    @fn.command(name="rollback")
-    def rollback_command(name: str, version: int) -> None:
-        """Make VERSION the one calls get (running calls keep theirs)."""
-        with Client() as client:
-            function = client.rollback(name, version)
-        sys.stderr.write(f"{function.name}: calls now get version {function.version} (latest {function.latest})\n")
-
-    @fn.command(name="rm")
-    def remove_command(
-        name: str, force: Annotated[bool, typer.Option("--force", help="Stop its running calls first.")] = False
-    ) -> None:
-        """Remove a function and all its versions (refused while calls run, unless --force)."""
-        with Client() as client:
-            client.remove_function(name, force=force)
-        sys.stderr.write(f"removed {name}\n")
-
-    @fn.command(name="calls")
-    def calls_command(
-        name: str,
-        limit: Annotated[int, typer.Option("-n", help="At most this many, newest first.")] = 20,
-        as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
-    ) -> None:
-        """A function's calls: who, which version, when, how long, how it ended, bytes in and out."""
-        with Client() as client:
-            calls = client.function_calls(name, limit)
-        if as_json:
-            _json([to_wire(c) for c in calls])
-            return
-        rows = []
-        for c in calls:
-            took = f"{(c.ended_usec - c.started_usec) / 1e6:.1f}s" if c.ended_usec and c.started_usec else "-"
-            ended = f"status {c.exit_status}" if c.exit_status is not None else c.result or c.state
-            rows.append(
-                [
-                    c.job,
-                    c.caller,
-                    str(c.version),
-                    _when(c.created_usec),
-                    took,
-                    ended,
-                    _bytes(c.bytes_in),
-                    _bytes(c.bytes_out),
-                ]
+def deploy_main(args: argparse.Namespace) -> int:
+    limits = [(flag, value) for flag in ("--timeout", "--memory", "--cpu") if (value := getattr(args, flag[2:]))]
+    concurrency = None
+    if args.concurrency is not None:
+        if not args.concurrency.isdigit() or int(args.concurrency) < 1:
+            raise SjobError(
+                ErrorCode.InvalidArgument,
+                f"--concurrency {args.concurrency!r}: not a number of calls",
+                hint="give a whole number, 1 or more",
             )
-        _table(["JOB", "CALLER", "VERSION", "STARTED", "TOOK", "ENDED", "IN", "OUT"], rows)
+        concurrency = int(args.concurrency)
+    settings = FunctionSettings(args.description, args.allow or None, build_limits(limits), concurrency)
+    return deploy(args.name, args.file, args.requirements, settings)
+
+
+def call_main(args: argparse.Namespace) -> int:
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return call(args.reference, rest)
+
+
+def list_main(args: argparse.Namespace) -> None:
+    with Client() as client:
+        functions = client.functions()
+    if args.json:
+        _json([to_wire(f) for f in functions])
+    else:
+        _table(["NAME", "VERSION", "OWNER", "RUNNING", "DESCRIPTION"], [_row(f) for f in functions])
+
+
+def show_main(args: argparse.Namespace) -> None:
+    with Client() as client:
+        function = client.function(args.name)
+    if args.json:
+        _json(to_wire(function))
+        return
+    limits = {k: v for k, v in to_wire(function.limits).items() if v is not None} if function.limits else {}
+    for label, value in (
+        ("name", function.name),
+        ("description", function.description or "-"),
+        ("owner", function.owner),
+        ("version", f"{function.version} (latest {function.latest})"),
+        ("callers", ", ".join(function.allow) or "only its owner"),
+        ("concurrency", f"{function.concurrency} ({function.running} running)"),
+        ("limits", ", ".join(f"{k}={v}" for k, v in limits.items()) or "the policy's"),
+    ):
+        sys.stdout.write(f"{label:>12}: {escape(str(value), backslashes=False)}\n")
+
+
+def versions_main(args: argparse.Namespace) -> None:
+    with Client() as client:
+        versions = client.versions(args.name)
+    if args.json:
+        _json([to_wire(v) for v in versions])
+        return
+    rows = [
+        [
+            str(v.version),
+            _when(v.created_usec),
+            v.deployed_by,
+            v.sha256[:12],
+            "yes" if v.requirements else "-",
+            v.build_job,
+        ]
+        for v in versions
+    ]
+    _table(["VERSION", "DEPLOYED", "BY", "SHA256", "REQUIREMENTS", "BUILD"], rows)
+
+
+def rollback_main(args: argparse.Namespace) -> None:
+    if not args.version.isdigit():
+        raise SjobError(
+            ErrorCode.InvalidArgument,
+            f"version {args.version!r} is not a version number",
+            hint=f"'sjob fn versions {args.name}' lists them",
+        )
+    with Client() as client:
+        function = client.rollback(args.name, int(args.version))
+    sys.stderr.write(f"{function.name}: calls now get version {function.version} (latest {function.latest})\n")
+
+
+def remove_main(args: argparse.Namespace) -> None:
+    with Client() as client:
+        client.remove_function(args.name, force=args.force)
+    sys.stderr.write(f"removed {args.name}\n")
+
+
+def calls_main(args: argparse.Namespace) -> None:
+    count = args.n or "20"
+    if not count.isdigit():
+        raise SjobError(ErrorCode.InvalidArgument, f"-n {count!r}: not a number", hint="give a whole number")
+    with Client() as client:
+        calls = client.function_calls(args.name, int(count))
+    if args.json:
+        _json([to_wire(c) for c in calls])
+        return
+    rows = []
+    for c in calls:
+        took = f"{(c.ended_usec - c.started_usec) / 1e6:.1f}s" if c.ended_usec and c.started_usec else "-"
+        ended = f"status {c.exit_status}" if c.exit_status is not None else c.result or c.state
+        row = [c.job, c.caller, str(c.version), _when(c.created_usec), took, ended, _bytes(c.bytes_in)]
+        rows.append([*row, _bytes(c.bytes_out)])
+    _table(["JOB", "CALLER", "VERSION", "STARTED", "TOOK", "ENDED", "IN", "OUT"], rows)
+
+
+JSON = Option(("--json",), "print what sjobd answered as JSON")
+NAME = Argument("name", "NAME", "the function's name")
+COMMAND = Command(
+    name="fn",
+    description="""Functions: Python code deployed under a name, that others call with their stdin streamed in and
+its output streamed back. A call is a job (sjob status ID, sjob logs ID, systemctl status sjob-ID.service), run as a
+user of its own (DynamicUser), sandboxed, without network; the caller's name is in $SJOB_CALLER. Deploying needs
+the deploy action (shipped policy: members of the group sjob-fn).""",
+    subcommands=(
+        Command(
+            name="deploy",
+            summary="deploy FILE as the next version of function NAME (built and checked first)",
+            description="""Deploy FILE as the next version of the function NAME. It is compiled (and its requirements
+are installed, in a build job that may use the network) first; a build that fails changes nothing and sjob exits 65.
+Each deploy makes a new immutable version; the settings given here apply to the function from now on.""",
+            options=(
+                Option(
+                    ("-r", "--requirements"),
+                    "pip requirements, installed at deploy time into this version's own environment",
+                    metavar="FILE",
+                    complete=Complete.files,
+                ),
+                Option(
+                    ("--allow",),
+                    "who may call it: a user, @group or * (default: only you); repeatable",
+                    metavar="USER|@GROUP|*",
+                    repeat=True,
+                ),
+                Option(("--concurrency",), "calls at once; more wait briefly, then are refused as busy", metavar="N"),
+                Option(
+                    ("--timeout",),
+                    "each call at most this long (30s, 5min); then it fails with 124",
+                    metavar="DURATION",
+                ),
+                Option(("--memory",), "each call's memory at most (512M, 2G)", metavar="SIZE"),
+                Option(("--cpu",), "each call's CPU time: percent of one CPU, or CPUs", metavar="50%|2"),
+                Option(("--description",), "one line saying what it does", metavar="TEXT"),
+            ),
+            arguments=(NAME, Argument("file", "FILE", "its Python code; it runs as a script", complete=Complete.files)),
+            handler=deploy_main,
+        ),
+        Command(
+            name="call",
+            summary="call a function: your stdin in, its output out, its exit status",
+            description="""Call a function (a given VERSION, or the current one): your stdin goes in, its stdout and
+stderr come out as it writes them, and sjob exits with its exit status (124 if it ran over its timeout, 75 if it is
+busy, 66 if there is no such function you may call). On a terminal your input goes line by line (your terminal edits
+each line; Ctrl-D ends it); the function never gets a terminal.""",
+            arguments=(
+                Argument("reference", "NAME[@VERSION]", "the function, and a version of it"),
+                Argument("args", "ARG...", "its arguments (sys.argv[1:])", Many.rest),
+            ),
+            handler=call_main,
+        ),
+        Command(
+            name="list",
+            summary="the functions you may call, and yours",
+            description="List the functions you may call and those you deployed: name, version, owner, running calls.",
+            options=(JSON,),
+            handler=list_main,
+        ),
+        Command(
+            name="show",
+            summary="one function: owner, version, callers, limits",
+            description="Show one function: description, owner, current and latest version, callers, limits.",
+            options=(JSON,),
+            arguments=(NAME,),
+            handler=show_main,
+        ),
+        Command(
+            name="versions",
+            summary="a function's versions, newest first",
+            description="List a function's versions, newest first: when, by whom, the code's hash, its build job.",
+            options=(JSON,),
+            arguments=(NAME,),
+            handler=versions_main,
+        ),
+        Command(
+            name="rollback",
+            summary="make VERSION the one calls get (running calls keep theirs)",
+            description="Make VERSION the one the next calls get; calls already running finish on theirs.",
+            arguments=(NAME, Argument("version", "VERSION", "a version number, as 'sjob fn versions' lists them")),
+            handler=rollback_main,
+        ),
+        Command(
+            name="rm",
+            summary="remove a function and all its versions",
+            description="Remove a function and all its versions; refused while calls run, unless --force stops them.",
+            options=(Option(("--force",), "stop its running calls first"),),
+            arguments=(NAME,),
+            handler=remove_main,
+        ),
+        Command(
+            name="calls",
+            summary="a function's calls: caller, version, start, duration, exit, bytes in and out",
+            description="""List a function's calls, newest first: the job, caller, version, start, duration, how it
+ended, and the bytes that went in and came out. Each call's output is its job's: sjob logs JOB.""",
+            options=(Option(("-n",), "at most this many (default 20)", metavar="N"), JSON),
+            arguments=(NAME,),
+            handler=calls_main,
+        ),
+    ),
+)
 
 
 def deploy(name: str, file: str, requirements_file: str | None, settings: FunctionSettings) -> int:
@@ -189,18 +251,20 @@ def deploy(name: str, file: str, requirements_file: str | None, settings: Functi
         f"sjob: deployed {deployed.function.name} version {deployed.version.version}"
         f" (build job {deployed.version.build_job})\n"
     )
-    return 0
+    return ExitCode.OK
 
 
 def call(reference: str, args: list[str]) -> int:
     relay: _TypedInput | None = None
     stdin: int | None = None
     if _readable(0):
-        if os.isatty(0):
+        if stat.S_ISFIFO(os.fstat(0).st_mode):
+            stdin = 0  # a pipe goes as it is
+        else:
+            # A terminal (line by line, as the terminal edits it), a file or a socket: into a pipe of ours, since
+            # the function's code runs as someone else and gets only a pipe.
             relay = _TypedInput()
             stdin = relay.read_end
-        else:
-            stdin = 0
     with Client() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
             cleanup.callback(relay.close)
@@ -218,7 +282,7 @@ def call(reference: str, args: list[str]) -> int:
             sys.stderr.write(f"\nsjob: stopping call {job.id}\n")
             with Client() as stopper:
                 stopper.stop(job.id)
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
     return status_of(final)
 
 
@@ -226,15 +290,14 @@ def status_of(job: Job) -> int:
     """The call's exit status as a shell's; 124 if it ran out of time, as timeout(1)."""
     if job.result == "timeout":
         sys.stderr.write(f"sjob: call {job.id} timed out\n")
-        return EXIT_TIMED_OUT
-    if job.signal is not None or (job.message and job.exit_status is None):
+    elif job.signal is not None or (job.message and job.exit_status is None):
         sys.stderr.write(f"sjob: call {job.id} {escape(job.message or job.state.value, backslashes=False)}\n")
-    return job.shell_status
+    return of_job(job)
 
 
 class _TypedInput:
-    """What the user types on our terminal, line by line into a pipe for the call: the terminal stays in its
-    normal mode (it edits and echoes each line); Ctrl-D ends the input."""
+    """Our stdin copied into a pipe for the call, in a thread. On a terminal, what the user types, line by line:
+    the terminal stays in its normal mode (it edits and echoes each line); Ctrl-D ends the input."""
 
     def __init__(self) -> None:
         self.read_end, self._write_end = os.pipe2(os.O_CLOEXEC)

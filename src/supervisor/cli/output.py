@@ -6,10 +6,13 @@ import json
 import signal
 import sys
 from collections.abc import Iterable
-from typing import BinaryIO
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import AttemptStart, Chunk, Job, Stream
+
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 class OutputCopier:

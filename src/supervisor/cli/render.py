@@ -1,15 +1,24 @@
-"""How jobs look on a terminal. Plain text for one job; a rich table (imported only here) for many."""
+"""How jobs look: plain text for one job; for many, plain columns, at full width when piped and fitted to the
+terminal on one, with the state in colour there.
+
+Durations and sizes are written as systemd writes them (quantities), and everything a request held (argv, cwd,
+owner, messages) is escaped before it is printed.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
-import sys
 import time
 
-from supervisor.logformat import signal_name
-from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState
-from supervisor.quantities import format_cpu_list
+from supervisor import environment
+from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState, signal_name
+from supervisor.quantities import format_age, format_cpu_list, format_duration, format_size
 from supervisor.unitfile import escape
+
+TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
+if TYPE_CHECKING:
+    from typing import TextIO
 
 DOTS = {
     JobState.queued: "…",
@@ -29,6 +38,7 @@ STYLES = {
     JobState.stopped: "yellow",
     JobState.unknown: "magenta",
 }
+COLUMNS = ("ID", "STATE", "AGE", "OWNER", "COMMAND")
 
 
 def outcome(job: Job) -> str:
@@ -82,7 +92,7 @@ def attempts(job: Job) -> str:
         return ""
     ended = job.attempts or []
     allowed = job.retry.count + 1
-    how = f"retried on {job.retry.on.value}, {duration(job.retry.delay_usec / 1e6)} apart"
+    how = f"retried on {job.retry.on.value}, {format_duration(job.retry.delay_usec)} apart"
     if not job.state.finished and job.state is not JobState.queued:
         how += f"; attempt {len(ended) + 1} {'runs' if job.state is JobState.running else 'starts'}"
     lines = [f"{len(ended)} of at most {allowed} ended ({how})"]
@@ -108,18 +118,18 @@ def limits(given: Limits | None) -> str:
         parts.append(f"on CPUs {format_cpu_list(given.allowed_cpus)}")
     for name, value in (("memory", given.memory_max), ("memory high", given.memory_high)):
         if value is not None:
-            parts.append(f"{name} {size(value)}")
+            parts.append(f"{name} {format_size(value)}")
     if given.memory_swap_max is not None:
-        parts.append(f"swap {size(given.memory_swap_max)}")
+        parts.append(f"swap {format_size(given.memory_swap_max)}")
     if given.tasks_max is not None:
         parts.append(f"tasks {given.tasks_max}")
     if given.timeout_usec is not None:
-        parts.append(f"timeout {duration(given.timeout_usec / 1e6)}")
+        parts.append(f"timeout {format_duration(given.timeout_usec)}")
     for name, entries in (
         ("read", given.io_read_bps),
         ("write", given.io_write_bps),
     ):
-        parts += [f"{name} {e.device} {size(e.rate)}/s" for e in entries or []]
+        parts += [f"{name} {e.device} {format_size(e.rate)}/s" for e in entries or []]
     for name, entries in (("read", given.io_read_iops), ("write", given.io_write_iops)):
         parts += [f"{name} {e.device} {e.rate} IOPS" for e in entries or []]
     for name, weight in (("CPU weight", given.cpu_weight), ("IO weight", given.io_weight)):
@@ -133,40 +143,42 @@ def usage(resources: Resources | None) -> str:
         return ""
     parts = []
     if resources.cpu_usec is not None:
-        parts.append(f"CPU {duration(resources.cpu_usec / 1e6)}")
+        parts.append(f"CPU {format_duration(resources.cpu_usec)}")
     if resources.memory_peak_bytes is not None:
-        parts.append(f"memory peak {size(resources.memory_peak_bytes)}")
+        parts.append(f"memory peak {format_size(resources.memory_peak_bytes)}")
     if resources.io_read_bytes is not None or resources.io_write_bytes is not None:
-        parts.append(f"IO read {size(resources.io_read_bytes or 0)}, written {size(resources.io_write_bytes or 0)}")
+        parts.append(
+            f"IO read {format_size(resources.io_read_bytes or 0)}, written {format_size(resources.io_write_bytes or 0)}"
+        )
     if resources.tasks_peak is not None:
         parts.append(f"tasks peak {resources.tasks_peak}")
     return "; ".join(parts)
 
 
-def size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{count}B"  # not reached
-
-
 def timestamp(usec: int | None, now: float) -> str:
+    """'Wed 2026-12-02 17:39:16 UTC; 5min ago', as systemctl status writes it."""
     if not usec:
         return ""
-    seconds = usec / 1e6
-    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(seconds)) + f" ({age(now - seconds)} ago)"
+    when = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6))
+    return f"{when}; {ago(now, usec)}"
+
+
+def ago(now: float, usec: int) -> str:
+    age = round(now * 1e6) - usec
+    return format_age(age) + " ago" if age > 0 else "now"
 
 
 def when(usec: int | None) -> str:
-    """A time to come (or past): 'Mon 2025-06-02 02:00:00 UTC (in 5h 3min)'; 'never' for None."""
+    """A time to come (or past): 'Mon 2025-06-02 02:00:00 UTC; in 5h 3min'; 'never' for None."""
     if not usec:
         return "never"
-    seconds = usec / 1e6
-    left = seconds - time.time()
-    relative = f"in {duration(left)}" if left >= 0 else f"{age(-left)} ago"
-    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(seconds)) + f" ({relative})"
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6)) + f"; {relative(usec)}"
+
+
+def relative(usec: int, now: float | None = None) -> str:
+    """'in 5h 3min' for a time to come, '2min ago' for one past, as systemctl list-timers writes them."""
+    left = usec - round((time.time() if now is None else now) * 1e6)
+    return f"in {format_age(left)}" if left > 0 else f"{format_age(-left)} ago" if left < 0 else "now"
 
 
 def schedule(given: Schedule) -> str:
@@ -175,89 +187,107 @@ def schedule(given: Schedule) -> str:
     if given.on_calendar is not None:
         parts.append(given.on_calendar)
     if given.on_active_usec is not None:
-        parts.append(f"{duration(given.on_active_usec / 1e6)} after it was made")
+        parts.append(f"{format_duration(given.on_active_usec)} after it was made")
     if given.on_unit_active_usec is not None:
-        parts.append(f"every {duration(given.on_unit_active_usec / 1e6)} after a run started")
+        parts.append(f"every {format_duration(given.on_unit_active_usec)} after a run started")
     return "; ".join(parts)
 
 
 def ran_for(job: Job) -> str:
     if job.ended_usec and job.started_usec:
-        return f"; ran {duration((job.ended_usec - job.started_usec) / 1e6)}"
+        return f"; ran {format_duration(job.ended_usec - job.started_usec)}"
     return ""
 
 
-def age(seconds: float) -> str:
-    return duration(max(seconds, 0.0))
+def colour(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never with $NO_COLOR set (no-color.org) or TERM=dumb."""
+    return stream.isatty() and not os.environ.get(environment.NO_COLOR) and os.environ.get("TERM") != "dumb"
 
 
-def duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}min {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes}min"
-    return f"{hours // 24}d {hours % 24}h"
+SGR = {"cyan": "36", "yellow": "33", "green": "32", "dim": "2", "red": "31", "magenta": "35", "bold": "1"}
 
 
-def print_table(rows: list[list[object]], columns: tuple[str, ...], wrapped: tuple[str, ...], empty: str) -> None:
-    """Rows under `columns` (only `wrapped` ones may wrap) as a rich table on stdout; `empty` if there are none."""
-    from rich.console import Console  # noqa: PLC0415 - rich costs startup time; only tables need it
-    from rich.table import Table  # noqa: PLC0415
-
-    console = Console(file=sys.stdout)
-    if not rows:
-        console.print(empty, highlight=False)
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, no_wrap=column not in wrapped, overflow="ellipsis")
-    for row in rows:
-        table.add_row(*row)  # type: ignore[arg-type]
-    console.print(table, highlight=False)
-
-
-def job_table(jobs: list[Job]) -> None:
-    from rich.text import Text  # noqa: PLC0415 - rich costs startup time; only tables need it
-
-    now = time.time()
-    rows: list[list[object]] = []
-    for job in jobs:
-        # Text, not markup strings: a command like `echo [red]` must print as written.
-        rows.append(
-            [
-                job.id,
-                Text(outcome(job), style=STYLES[job.state]),
-                age(now - job.created_usec / 1e6),
-                Text(escape(job.user, backslashes=False)),
-                Text(command(job.argv)),
-            ]
+def job_table(jobs: list[Job], stream: TextIO) -> None:
+    """The jobs, one line each, in columns: piped, at full width for grep, awk and cut; on a terminal, the command
+    cut short to fit (as systemctl list-units does), and the state in colour unless colour is unwanted."""
+    now = round(time.time() * 1e6)
+    rows: list[tuple[str, ...]] = [
+        (
+            job.id,
+            outcome(job),
+            format_age(max(now - job.created_usec, 0)),
+            escape(job.user, backslashes=False),
+            command(job.argv),
         )
-    columns = ("ID", "STATE", "AGE", "OWNER", "COMMAND")
-    print_table(rows, columns, ("COMMAND",), "No jobs. Start one with: sjob run -- COMMAND")
+        for job in jobs
+    ]
+    styles = [STYLES[job.state] for job in jobs]
+    _table(COLUMNS, rows, styles, stream, "No jobs. Start one with: sjob run -- COMMAND")
 
 
-def timer_table(timers: list[Timer]) -> None:
-    from rich.text import Text  # noqa: PLC0415 - rich costs startup time; only tables need it
+TIMER_COLUMNS = ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND")
 
+
+def timer_table(timers: list[Timer], stream: TextIO) -> None:
+    """The timers, as job_table lays out jobs: when each runs next and ran last (as systemctl list-timers says it),
+    its runs and its latest run's job, its schedule and command."""
     now = time.time()
-    rows: list[list[object]] = [
-        [
+    rows: list[tuple[str, ...]] = [
+        (
             timer.id,
-            Text(timer.state.value, style="green" if timer.state is TimerState.active else "dim"),
-            Text(f"in {duration(timer.next_usec / 1e6 - now)}" if timer.next_usec else "-"),
-            Text(f"{age(now - timer.last_usec / 1e6)} ago" if timer.last_usec else "-"),
-            Text(f"{timer.runs}" + (f" (last {timer.last_job})" if timer.last_job else "")),
-            Text(escape(schedule(timer.schedule), backslashes=False)),
-            Text(command(timer.argv)),
-        ]
+            timer.state.value,
+            relative(timer.next_usec, now) if timer.next_usec else "-",
+            relative(timer.last_usec, now) if timer.last_usec else "-",
+            f"{timer.runs}" + (f" (last {timer.last_job})" if timer.last_job else ""),
+            escape(schedule(timer.schedule), backslashes=False),
+            command(timer.argv),
+        )
         for timer in timers
     ]
-    columns = ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND")
+    styles = ["green" if timer.state is TimerState.active else "dim" for timer in timers]
     empty = "No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND"
-    print_table(rows, columns, ("SCHEDULE", "COMMAND"), empty)
+    _table(TIMER_COLUMNS, rows, styles, stream, empty)
+
+
+def _table(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], styles: list[str], stream: TextIO, empty: str
+) -> None:
+    """Rows under `columns`, the second cell painted in its row's style; the last column, the command, is cut to
+    fit a terminal and whole when piped."""
+    if not rows:
+        stream.write(empty + "\n")
+        return
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns) - 1)]
+    room = _terminal_width(stream) - sum(widths) - 2 * len(widths) if stream.isatty() else None
+    paint = colour(stream)
+    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)) + "  " + columns[-1]
+    stream.write((_paint(header, "bold") if paint else header) + "\n")
+    for style, row in zip(styles, rows, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if paint:
+            cells[1] = _paint(cells[1], style)
+        stream.write("  ".join(cells) + "  " + (_fit(row[-1], room) if room is not None else row[-1]) + "\n")
+
+
+def _paint(text: str, style: str) -> str:
+    return f"\x1b[{SGR[style]}m{text}\x1b[0m"
+
+
+def _terminal_width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except OSError:
+        return 80
+
+
+def _fit(text: str, room: int) -> str:
+    """`text` cut to `room` terminal cells, with an ellipsis where it was cut (wide characters take two)."""
+    import unicodedata  # noqa: PLC0415 - only a terminal needs it
+
+    room = max(room, 10)
+    used = 0
+    for i, char in enumerate(text):
+        used += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        if used > room - 1 and i < len(text) - 1:
+            return text[:i] + "…"
+    return text

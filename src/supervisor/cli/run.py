@@ -1,252 +1,180 @@
 """`sjob run`: start a command as a job, and by default stay attached to it like a local command would."""
 
+import argparse
 import contextlib
-import dataclasses
+import json
 import os
 import signal
 import stat
 import sys
-from typing import TYPE_CHECKING, Annotated
 
+from supervisor.cli import schedargs
+from supervisor.cli.command import Argument, Command, Complete, Many, Option
+from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
-from supervisor.cli.schedargs import SchedArgs
 from supervisor.cli.stdin import TerminalRelay, passed_stdin, terminal_size
 from supervisor.client import Client
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.errors import ErrorCode, SjobError, invalid_argument
+from supervisor.limitforms import DEVICE_KINDS
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
-from supervisor.protocol import Job, JobSpec, JobState, Schedule
+from supervisor.protocol import Job, JobSpec, JobState, Retry, Schedule, to_wire
 from supervisor.unitfile import escape
 
-if TYPE_CHECKING:
-    import typer
-
-EXIT_INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
-
-HELP = """Run COMMAND as a transient systemd service, as you, in the current directory.
-
-Attached (the default), output appears as it is written, and sjob exits with the job's exit status.
-
-Ctrl-C stops the job (a second Ctrl-C kills it). The output is also kept in journald: journalctl -u sjob-ID.service
-
-The job reads your stdin when it is a pipe or a file (cat data | sjob run ..., sjob run ... < FILE), nothing
-otherwise (or with -n). With --pty it runs on a terminal of its own, attached to yours: interactive programs,
-line editing, Ctrl-C and Ctrl-Z work as locally.
-"""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunArgs:
-    command: list[str]
-    detach: bool = False
-    setenv: list[str] = dataclasses.field(default_factory=list)
-    working_directory: str | None = None
-    quiet: bool = False
-    profile: str | None = None
-    limits: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (option, value), as given
-    pty: bool = False
-    no_stdin: bool = False
-    sched: SchedArgs = dataclasses.field(default_factory=SchedArgs)
+# What --help says of each limit of limitforms.OPTIONS: the value's name, and what it does.
+LIMIT_HELP = {
+    "--cpu": ("50%|2", "CPU time: percent of one CPU, or CPUs (CPUQuota=)"),
+    "--cpu-weight": ("1-10000", "share of CPU under contention (CPUWeight=)"),
+    "--allowed-cpus": ("LIST", "run only on these CPUs: 0-3,6 (AllowedCPUs=)"),
+    "--memory": ("SIZE", "memory at most: 512M, 2G; above it the job is OOM-killed (MemoryMax=)"),
+    "--memory-high": ("SIZE", "memory above which the job is slowed down (MemoryHigh=)"),
+    "--memory-swap": ("SIZE", "swap at most, 0 for none (MemorySwapMax=)"),
+    "--io-weight": ("1-10000", "share of IO under contention (IOWeight=)"),
+    "--io-read-bps": ("DEV=RATE", "read bytes per second from a disk: /=10M; repeatable (IOReadBandwidthMax=)"),
+    "--io-write-bps": ("DEV=RATE", "write bytes per second to a disk; repeatable (IOWriteBandwidthMax=)"),
+    "--io-read-iops": ("DEV=N", "read operations per second; repeatable (IOReadIOPSMax=)"),
+    "--io-write-iops": ("DEV=N", "write operations per second; repeatable (IOWriteIOPSMax=)"),
+    "--tasks": ("N", "processes and threads at most (TasksMax=)"),
+    "--timeout": ("DURATION", "stop the job after this long: 10min, 1h 30min; it then fails as timed out (124)"),
+}
+LIMITS = tuple(
+    Option((flag,), text, metavar=metavar, repeat=LIMIT_OPTIONS[flag][1] in DEVICE_KINDS, group="limits")
+    for flag, (metavar, text) in LIMIT_HELP.items()
+)
 
 
-def register(app: "typer.Typer") -> None:
-    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
-    import typer  # noqa: PLC0415
-
-    def _limit(option: str, metavar: str, text: str) -> typer.models.OptionInfo:
-        info: typer.models.OptionInfo = typer.Option(option, metavar=metavar, help=text, rich_help_panel="Limits")
-        return info
-
-    def _sched(option: str) -> typer.models.OptionInfo:
-        from supervisor.cli.schedargs import OPTIONS  # noqa: PLC0415
-
-        _, metavar, text = next(row for row in OPTIONS if row[0] == option)
-        info: typer.models.OptionInfo = typer.Option(
-            option, metavar=metavar or None, help=text, rich_help_panel="Scheduling"
+def main(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise invalid_argument(
+            "no command to run", hint="give it after the options: sjob run [OPTIONS] -- COMMAND [ARG]..."
         )
-        return info
-
-    @app.command(
-        help=HELP,
-        context_settings={"allow_interspersed_args": False},
-        no_args_is_help=True,
+    limits = [(option.flags[0], value) for option in LIMITS for value in _values(getattr(args, option.name))]
+    return run(
+        command,
+        detach=args.detach,
+        quiet=args.quiet,
+        as_json=args.json,
+        setenv=args.setenv,
+        working_directory=args.working_directory,
+        profile=args.profile,
+        limits=limits,
+        pty=args.pty,
+        no_stdin=args.no_stdin,
+        queue=args.queue,
+        retry=schedargs.retry_policy(args),
+        schedule=schedargs.schedule(args),
     )
-    def run_command(
-        command: Annotated[
-            list[str], typer.Argument(metavar="COMMAND [ARG]...", help="What to run.", show_default=False)
-        ],
-        detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the job id and return at once.")] = False,
-        pty: Annotated[
-            bool, typer.Option("--pty", "-t", help="Give the job a terminal of its own, attached to yours.")
-        ] = False,
-        no_stdin: Annotated[
-            bool, typer.Option("--no-stdin", "-n", help="The job reads nothing (/dev/null), even from a pipe.")
-        ] = False,
-        setenv: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--setenv",
-                "-E",
-                metavar="NAME[=VALUE]",
-                help="Set an environment variable for the job; NAME alone copies it from yours.",
-            ),
-        ] = None,
-        working_directory: Annotated[
-            str | None,
-            typer.Option("--working-directory", metavar="DIR", help="Run in DIR instead of the current directory."),
-        ] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="With --detach, print only the job id.")] = False,
-        profile: Annotated[
-            str | None,
-            typer.Option(
-                "--profile", "-p", metavar="NAME", help="Sandbox profile (default: strict; network: has one)."
-            ),
-        ] = None,
-        cpu: Annotated[
-            str | None, _limit("--cpu", "50%|2", "CPU time: percent of one CPU, or CPUs (CPUQuota).")
-        ] = None,
-        cpu_weight: Annotated[str | None, _limit("--cpu-weight", "1-10000", "Share of CPU under contention.")] = None,
-        allowed_cpus: Annotated[
-            str | None, _limit("--allowed-cpus", "LIST", "Run only on these CPUs (0-3,6; AllowedCPUs).")
-        ] = None,
-        memory: Annotated[
-            str | None, _limit("--memory", "SIZE", "Memory at most (512M, 2G); over it: OOM kill.")
-        ] = None,
-        memory_high: Annotated[str | None, _limit("--memory-high", "SIZE", "Memory above which it is slowed.")] = None,
-        memory_swap: Annotated[str | None, _limit("--memory-swap", "SIZE", "Swap at most.")] = None,
-        io_weight: Annotated[str | None, _limit("--io-weight", "1-10000", "Share of IO under contention.")] = None,
-        io_read_bps: Annotated[list[str] | None, _limit("--io-read-bps", "DEV=RATE", "Read bytes/s (/=10M).")] = None,
-        io_write_bps: Annotated[list[str] | None, _limit("--io-write-bps", "DEV=RATE", "Write bytes/s.")] = None,
-        io_read_iops: Annotated[list[str] | None, _limit("--io-read-iops", "DEV=N", "Read operations/s.")] = None,
-        io_write_iops: Annotated[list[str] | None, _limit("--io-write-iops", "DEV=N", "Write operations/s.")] = None,
-        tasks: Annotated[str | None, _limit("--tasks", "N", "Processes and threads at most.")] = None,
-        timeout: Annotated[str | None, _limit("--timeout", "DURATION", "Stop it after this long (10m, 2h).")] = None,
-        queue: Annotated[bool, _sched("--queue")] = False,
-        retry: Annotated[str | None, _sched("--retry")] = None,
-        retry_delay: Annotated[str | None, _sched("--retry-delay")] = None,
-        retry_on: Annotated[str | None, _sched("--retry-on")] = None,
-        on_calendar: Annotated[str | None, _sched("--on-calendar")] = None,
-        on_active: Annotated[str | None, _sched("--on-active")] = None,
-        on_unit_active: Annotated[str | None, _sched("--on-unit-active")] = None,
-    ) -> None:
-        given: dict[str, str | list[str] | None] = {
-            "--cpu": cpu,
-            "--cpu-weight": cpu_weight,
-            "--allowed-cpus": allowed_cpus,
-            "--memory": memory,
-            "--memory-high": memory_high,
-            "--memory-swap": memory_swap,
-            "--io-weight": io_weight,
-            "--io-read-bps": io_read_bps,
-            "--io-write-bps": io_write_bps,
-            "--io-read-iops": io_read_iops,
-            "--io-write-iops": io_write_iops,
-            "--tasks": tasks,
-            "--timeout": timeout,
-        }
-        limits = [(option, value) for option in LIMIT_OPTIONS for value in _values(given[option])]
-        sched = SchedArgs(queue, retry, retry_delay, retry_on, on_calendar, on_active, on_unit_active)
-        args = RunArgs(command, detach, setenv or [], working_directory, quiet, profile, limits, pty, no_stdin, sched)
-        raise typer.Exit(run(args))
-
-    run_command.__name__ = "run"
 
 
 def _values(given: str | list[str] | None) -> list[str]:
     return [] if given is None else [given] if isinstance(given, str) else given
 
 
-_FLAGS = {"-d": "detach", "--detach": "detach", "-q": "quiet", "--quiet": "quiet", "-t": "pty", "--pty": "pty"}
-_FLAGS |= {"-n": "no_stdin", "--no-stdin": "no_stdin"}
+COMMAND = Command(
+    name="run",
+    description="""Start COMMAND as a transient systemd service (sjob-ID.service), as you, in your current directory,
+sandboxed and limited. sjob looks COMMAND up in your PATH first, as systemd-run does: a typo fails at once and
+starts nothing. The job gets systemd's environment for services plus what -E gives, not your shell's; its
+arguments reach it literally.
+
+Attached (the default), the job's output appears as it is written, stdout on stdout and stderr on stderr, and sjob
+exits with the job's status (128+N when signal N killed it, 124 when it ran over its --timeout). Ctrl-C stops the
+job (a second Ctrl-C kills it) and exits 130. With -d, sjob prints the job id and returns at once; 'sjob logs -f ID'
+attaches later. The output is also in journald: journalctl -u sjob-ID.service
+
+The job reads your stdin when it is a pipe or a file (cat data | sjob run ..., sjob run ... < FILE), nothing
+(/dev/null) when it is your terminal, with -d or with -n. With --pty it runs on a terminal of its own, attached to
+yours: interactive programs, line editing, Ctrl-C, Ctrl-Z and window size work as locally; its stdout and stderr
+are then one stream, kept in journald as stdout.
+
+Scheduling (issue J): with --queue, a job over your cap on running jobs waits in your queue (state queued, with
+its place) and starts when one of yours ends, even across a restart of sjobd; it reads no input. --retry N runs a
+failed job again, up to N more times, as one unit with systemd's Restart=: 'sjob status' shows each attempt and
+'sjob logs' every attempt's output in order. --on-calendar, --on-active and --on-unit-active make a timer instead
+of a job (sjob-ID.timer, as systemd-run --on-calendar does): sjob prints its id; each run is a job of its own;
+'sjob timers' lists timers and 'sjob stop ID' removes one.""",
+    options=(
+        Option(("-d", "--detach"), "print the job id and return at once"),
+        Option(("-q", "--quiet"), "with --detach, print only the job id"),
+        Option(("-t", "--pty"), "give the job a terminal of its own, attached to yours (not with --detach)"),
+        Option(("-n", "--no-stdin"), "the job reads nothing (/dev/null), even when your stdin is a pipe or a file"),
+        Option(
+            ("--json",),
+            "with --detach, print the started job as JSON; attached, each piece of output as a "
+            "JSON object, as 'sjob logs --json' does",
+        ),
+        Option(
+            ("-E", "--setenv"),
+            "set an environment variable for the job; NAME alone copies yours; repeatable",
+            metavar="NAME[=VALUE]",
+            repeat=True,
+        ),
+        Option(
+            ("--working-directory",),
+            "run in DIR instead of the current directory",
+            metavar="DIR",
+            complete=Complete.directories,
+        ),
+        Option(
+            ("-p", "--profile"),
+            "the sandbox profile (default strict, without network; network has one)",
+            metavar="NAME",
+            complete=Complete.profiles,
+        ),
+        *LIMITS,
+        *schedargs.OPTIONS,
+    ),
+    arguments=(Argument("command", "COMMAND [ARG]...", "what to run", Many.rest, Complete.command),),
+    handler=main,
+)
 
 
-def parse_fast(args: list[str]) -> RunArgs | None:
-    """Parse the common forms of `sjob run`'s arguments exactly as typer would, or return None to let typer do it.
-
-    Options end at `--` or at the first argument that is not an option (typer's allow_interspersed_args=False).
-    Anything this does not know for certain (help, combined short flags, unknown options) is left to typer.
-    """
-    flags = {"detach": False, "quiet": False, "pty": False, "no_stdin": False}
-    setenv: list[str] = []
-    workdir: str | None = None
-    profile: str | None = None
-    limits: list[tuple[str, str]] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            break
-        if arg in _FLAGS:
-            flags[_FLAGS[arg]] = True
-        elif arg in ("-E", "--setenv", "--working-directory", "-p", "--profile", *LIMIT_OPTIONS):
-            if i + 1 >= len(args):
-                return None
-            i += 1
-            if arg == "--working-directory":
-                workdir = args[i]
-            elif arg in ("-p", "--profile"):
-                profile = args[i]
-            elif arg in LIMIT_OPTIONS:
-                limits.append((arg, args[i]))
-            else:
-                setenv.append(args[i])
-        elif (option := arg.partition("=")[0]) in LIMIT_OPTIONS and "=" in arg:
-            limits.append((option, arg.partition("=")[2]))
-        elif arg.startswith("--profile="):
-            profile = arg.partition("=")[2]
-        elif arg.startswith("--setenv="):
-            setenv.append(arg.partition("=")[2])
-        elif arg.startswith("--working-directory="):
-            workdir = arg.partition("=")[2]
-        elif arg.startswith("-E") and len(arg) > 2:
-            setenv.append(arg[2:])
-        else:
-            return None
-        i += 1
-    command = args[i:]
-    if not command:
-        return None
-    # In the order typer gives them: by option, repeated ones (the IO limits) as given; a repeated scalar is
-    # left to typer, where the last one wins.
-    order = list(LIMIT_OPTIONS)
-    limits.sort(key=lambda pair: order.index(pair[0]))
-    scalars = [option for option, _ in limits if not option.startswith("--io-") or option == "--io-weight"]
-    if len(scalars) != len(set(scalars)):
-        return None
-    return RunArgs(
-        command, flags["detach"], setenv, workdir, flags["quiet"], profile, limits, flags["pty"], flags["no_stdin"]
-    )
-
-
-def run(args: RunArgs) -> int:
-    """Start the job; detached, print its id; attached, copy its output and return its exit status."""
-    if args.pty and args.detach:
-        raise SjobError(
-            ErrorCode.InvalidArgument,
+def run(
+    command: list[str],
+    *,
+    detach: bool = False,
+    quiet: bool = False,
+    as_json: bool = False,
+    setenv: list[str] | None = None,
+    working_directory: str | None = None,
+    profile: str | None = None,
+    limits: list[tuple[str, str]] | None = None,
+    pty: bool = False,
+    no_stdin: bool = False,
+    queue: bool = False,
+    retry: Retry | None = None,
+    schedule: Schedule | None = None,
+) -> int:
+    """Start the job; detached, print its id; attached, copy its output and return its exit status. With a
+    `schedule`, make a timer instead, and print its id."""
+    if pty and (queue or schedule is not None):
+        raise invalid_argument(
+            "--pty needs an attached job that starts now: a queued job or a timer's runs have no terminal",
+            hint="leave out --pty",
+        )
+    if pty and detach:
+        raise invalid_argument(
             "--pty needs an attached job: its terminal is yours",
             hint="leave out -d; 'sjob logs -f ID' shows a detached job's output",
         )
-    cwd = os.path.abspath(args.working_directory) if args.working_directory else os.getcwd()
-    argv = [resolve_executable(args.command[0], cwd), *args.command[1:]]
-    setenv = args.setenv
-    if args.pty and not any(item.partition("=")[0] == "TERM" for item in setenv):
+    cwd = os.path.abspath(working_directory) if working_directory else os.getcwd()
+    argv = [resolve_executable(command[0], cwd), *command[1:]]
+    setenv = setenv or []
+    if pty and not any(item.partition("=")[0] == "TERM" for item in setenv):
         setenv = [*setenv, f"TERM={os.environ.get('TERM') or 'xterm-256color'}"]  # the job's terminal is like ours
-    schedule = args.sched.schedule()
     spec = JobSpec(
         argv=argv,
         cwd=cwd,
         environment=environment(setenv),
-        limits=build_limits(args.limits),
-        profile=args.profile,
-        terminal=terminal_size() if args.pty else None,
-        retry=args.sched.retry_policy(),
+        limits=build_limits(limits or []),
+        profile=profile,
+        terminal=terminal_size() if pty else None,
+        retry=retry,
     )
     if schedule is not None:
-        return make_timer(spec, schedule, quiet=args.quiet)
-    relay = TerminalRelay() if args.pty else None
+        return make_timer(spec, schedule, quiet=quiet, as_json=as_json)
+    relay = TerminalRelay() if pty else None
     with Client() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
             cleanup.callback(relay.close)
@@ -257,57 +185,60 @@ def run(args: RunArgs) -> int:
                 job = client.start(spec, stdin=relay.typed_read, stdout=relay.shown_write)
                 relay.close_job_ends()
             else:
-                stdin = passed_stdin(detach=args.detach, no_stdin=args.no_stdin)
-                if args.sched.queue:
+                stdin = passed_stdin(detach=detach, no_stdin=no_stdin)
+                if queue:
                     refuse_input(stdin)
                     stdin = None
-                job = client.start(spec, stdin=stdin, queue=True if args.sched.queue else None)
+                job = client.start(spec, stdin=stdin, queue=True if queue else None)
         finally:
-            if args.detach:
+            if detach:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if relay is not None:
             return on_terminal(client, job, relay)
-        if args.detach:
-            sys.stdout.write(job.id + "\n")
-            if not args.quiet:
+        if detach:
+            sys.stdout.write(json.dumps(to_wire(job), indent=2) + "\n" if as_json else job.id + "\n")
+            if not quiet and not as_json:
                 sys.stderr.write(
                     f"Queued as job {job.id}, place {job.position} in your queue\n"
                     if job.state is JobState.queued
                     else f"Running as unit: {job.unit}\n"
                 )
-            return 0
+            return ExitCode.OK
         if job.state is JobState.queued:
             sys.stderr.write(f"sjob: job {job.id} waits in your queue (place {job.position}) for one of yours to end\n")
-        copier = OutputCopier()
+        copier = OutputCopier(as_json=as_json)
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             final = copier.copy(client.follow(job.id))
         except KeyboardInterrupt:
             return interrupted(job, copier)
     report_abnormal_end(final)
-    return final.shell_status
+    return of_job(final)
 
 
 def refuse_input(stdin: int | None) -> None:
-    """A queued job reads nothing: refuse real input (a pipe, a file) rather than drop it."""
+    """A queued job reads nothing: refuse real input (a pipe, a file) rather than drop it. A descriptor cannot wait
+    in a queue on disk, and a queue that kept it open in sjobd would not survive sjobd's restart."""
     if stdin is not None and not stat.S_ISCHR(os.fstat(stdin).st_mode):
-        raise SjobError(
-            ErrorCode.InvalidArgument,
+        raise invalid_argument(
             "--queue: a queued job reads no input, and your stdin is a pipe or a file",
             hint="add -n to give it nothing, or have the command open the file itself",
         )
 
 
-def make_timer(spec: JobSpec, schedule: Schedule, *, quiet: bool) -> int:
+def make_timer(spec: JobSpec, schedule: Schedule, *, quiet: bool, as_json: bool) -> int:
     """Make a timer for the job: print its id, and when it runs first."""
     with Client() as client:
         timer = client.schedule(spec, schedule)
+    if as_json:
+        sys.stdout.write(json.dumps(to_wire(timer), indent=2) + "\n")
+        return ExitCode.OK
     sys.stdout.write(timer.id + "\n")
     if not quiet:
-        from supervisor.cli import render  # noqa: PLC0415
+        from supervisor.cli import render  # noqa: PLC0415 - only needed for human output
 
         sys.stderr.write(f"Timer: {timer.unit}; next run {render.when(timer.next_usec)}\n")
-    return 0
+    return ExitCode.OK
 
 
 def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:
@@ -321,9 +252,9 @@ def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:
         sys.stderr.write(f"\r\nsjob: stopping job {job.id}\r\n")
         with Client() as stopper:
             stopper.stop(job.id)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     report_abnormal_end(final)
-    return final.shell_status
+    return of_job(final)
 
 
 def interrupted(job: Job, copier: OutputCopier) -> int:
@@ -340,8 +271,8 @@ def interrupted(job: Job, copier: OutputCopier) -> int:
         except KeyboardInterrupt:
             sys.stderr.write(f"\nsjob: killing job {job.id}\n")
             signal_name = "KILL"
-    sys.stderr.write(f"sjob: job {job.id} {final.message or final.state.value}\n")
-    return EXIT_INTERRUPTED
+    sys.stderr.write(f"sjob: job {job.id} {escape(final.message or final.state.value, backslashes=False)}\n")
+    return ExitCode.INTERRUPTED
 
 
 def report_abnormal_end(job: Job) -> None:

@@ -1,80 +1,120 @@
 """`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal; a queued job
-leaves its queue. The id of a timer removes the timer."""
+leaves its queue. The id of a timer removes the timer (issue J).
 
+Like `systemctl stop`, it waits until the job has ended. While it waits it says so on stderr when stderr is a
+terminal (as systemd shows a stop job that takes long only on the console): that SIGTERM went out, how long the grace
+period is, and when it is over and SIGKILL goes to what is left. Piped or scripted, it prints only the result.
+"""
+
+import argparse
+import json
+import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated
 
-from supervisor.cli.timers import removed
+from supervisor.cli.command import Argument, Command, Complete, Option
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.logformat import signal_name
-from supervisor.protocol import REMOVED_FROM_QUEUE, parse_job_id, parse_signal
-from supervisor.quantities import parse_duration
+from supervisor.protocol import (
+    MAX_GRACE_USEC,
+    REMOVED_FROM_QUEUE,
+    Job,
+    Timer,
+    parse_job_id,
+    parse_signal,
+    signal_name,
+    to_wire,
+)
+from supervisor.quantities import format_duration, parse_duration
 
 STOP_POLL = 0.2  # seconds between looks at a stopping job
 
-if TYPE_CHECKING:
-    import typer
 
-
-def register(app: "typer.Typer") -> None:
-    # Annotations are evaluated here, where typer is imported: no `from __future__ import annotations` above.
-    import typer  # noqa: PLC0415
-
-    @app.command()
-    def stop(
-        job_id: Annotated[str, typer.Argument(metavar="ID", help="The job to stop.")],
-        grace: Annotated[
-            str | None,
-            typer.Option(
-                "--grace",
-                metavar="DURATION",
-                help="Time between SIGTERM and SIGKILL (default and at most 90s, as systemd).",
-            ),
-        ] = None,
-        signal: Annotated[
-            str | None,
-            typer.Option("--signal", "-s", metavar="SIGNAL", help="Only send SIGNAL (e.g. HUP, USR1) to the job."),
-        ] = None,
-        no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the stop is requested.")] = False,
-    ) -> None:
-        """Stop a job: SIGTERM to all its processes, SIGKILL to what is left after the grace period."""
-        raise typer.Exit(stop_job(job_id, grace, signal, wait=not no_wait))
-
-
-def stop_job(job_id: str, grace: str | None, signal: str | None, *, wait: bool) -> int:
+def main(args: argparse.Namespace) -> None:
     from supervisor.cli import render  # noqa: PLC0415
 
-    job_id = parse_job_id(job_id)
-    grace_usec = parse_duration(grace, "--grace") if grace is not None else None
-    signo = parse_signal(signal) if signal is not None else None  # a bad name fails here, with the same words
+    job_id = parse_job_id(args.id)
+    grace_usec = parse_duration(args.grace, "--grace") if args.grace is not None else None
+    signo = parse_signal(args.signal) if args.signal is not None else None  # a bad name fails here, in our words
     with Client() as client:
         try:
-            job = client.stop(job_id, signal=signal, grace_usec=grace_usec)
+            job = client.stop(job_id, signal=args.signal, grace_usec=grace_usec)
         except SjobError as e:
-            if e.code is not ErrorCode.NoSuchJob or signal is not None or grace is not None:
+            if e.code is not ErrorCode.NoSuchJob or args.signal is not None or args.grace is not None:
                 raise
-            # Not a job of ours: perhaps a timer (one id space). If not that either, the same words as for a job.
-            sys.stdout.write(removed(client.remove_timer(job_id)) + "\n")
-            return 0
+            # Not a job of ours: perhaps a timer (jobs and timers share one id space). If not that either, sjobd
+            # answers as for a job, in the same words.
+            timer = client.remove_timer(job_id)
+            say(args, timer, removed(timer))
+            return
         if job.result == REMOVED_FROM_QUEUE:  # a queued job: it left the queue, never having run
-            sys.stdout.write(f"job {job.id} {job.message}\n")
-            return 0
+            say(args, job, f"job {job.id} {job.message}")
+            return
         if job.state.finished:
-            sys.stdout.write(f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop\n")
-            return 0
+            say(args, job, f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop")
+            return
         if signo is not None:
-            sys.stdout.write(f"sent {signal_name(signo)} to job {job.id}\n")
-            return 0
-        if not wait:
-            sys.stdout.write(f"stopping job {job.id}\n")
-            return 0
-        # Poll rather than follow: following would read all the job's output (a fork bomb's error messages can
-        # be a great many) only to skip it.
-        final = job
-        while not final.state.finished:
-            time.sleep(STOP_POLL)
-            final = client.status(job_id)
-    sys.stdout.write(f"job {final.id} {render.outcome(final)}\n")
-    return 0
+            say(args, job, f"sent {signal_name(signo)} to job {job.id}")
+            return
+        if args.no_wait:
+            say(args, job, f"stopping job {job.id}")
+            return
+        final = wait_stopped(client, job, MAX_GRACE_USEC if grace_usec is None else grace_usec)
+    say(args, final, f"job {final.id} {render.outcome(final)}")
+
+
+def wait_stopped(client: Client, job: Job, grace_usec: int) -> Job:
+    # Poll rather than follow: following would read all the job's output (a fork bomb's error messages can be a
+    # great many) only to skip it.
+    progress = sys.stderr.isatty()
+    if progress:
+        sys.stderr.write(
+            f"sjob: SIGTERM sent to job {job.id}; waiting for it to end, SIGKILL in {format_duration(grace_usec)}\n"
+        )
+    kill_at = time.monotonic() + grace_usec / 1e6
+    told = not progress
+    while not job.state.finished:
+        time.sleep(STOP_POLL)
+        job = client.status(job.id)
+        # Still there after the grace period, or seen only once SIGKILL has ended it (between two looks).
+        if not told and ((time.monotonic() >= kill_at and not job.state.finished) or job.signal == signal.SIGKILL):
+            sys.stderr.write(f"sjob: job {job.id} is still there after the grace period: SIGKILL sent\n")
+            told = True
+    return job
+
+
+def say(args: argparse.Namespace, item: Job | Timer, words: str) -> None:
+    sys.stdout.write(json.dumps(to_wire(item), indent=2) + "\n" if args.json else words + "\n")
+
+
+def removed(timer: Timer) -> str:
+    """What `sjob stop` says of a timer it was given."""
+    if timer.removed_by is not None:
+        return f"timer {timer.id} removed ({timer.message})"
+    return f"timer {timer.id} is {timer.state.value}: {timer.message}; nothing to remove"
+
+
+COMMAND = Command(
+    name="stop",
+    description="""Stop job ID as systemctl stop stops a unit: SIGTERM to all its processes, then SIGKILL to what is
+left after the grace period (default and at most 90s, the job unit's TimeoutStopSec, as systemd's default), and wait
+until it has ended. On a terminal it says on stderr that it is waiting and when SIGKILL goes out. With --signal it
+only sends that signal to all the job's processes (sjob's output forwarder ignores it) and returns.
+
+A job waiting in your queue (sjob run --queue) leaves it and never runs. A retried job is not run again. ID may also
+be a timer's (sjob timers): the timer is removed; a run under way goes on (sjob stop RUN stops it), and the
+jobs it ran stay listed.""",
+    options=(
+        Option(("--grace",), "time between SIGTERM and SIGKILL: 10s, 1min 30s (at most 90s)", metavar="DURATION"),
+        Option(
+            ("-s", "--signal"),
+            "only send SIGNAL (HUP, USR1, ... or a number) and return",
+            metavar="SIGNAL",
+            complete=Complete.signals,
+        ),
+        Option(("--no-wait",), "return once the stop is requested"),
+        Option(("--json",), "print the job as JSON: as it ended, or, with --no-wait or --signal, as it is"),
+    ),
+    arguments=(Argument("id", "ID", "the job to stop, or the timer to remove", complete=Complete.running_jobs),),
+    handler=main,
+)
