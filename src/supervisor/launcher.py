@@ -120,7 +120,7 @@ class Launcher:
         owner = job.uid if slice_owner is None else slice_owner
         log.info("starting %s for %s: %s", job.unit, job.user, job.argv)
         try:
-            await self._cap_slice(owner)
+            await self.cap_slice(owner)
             result = await self._units.start_transient(unit)
         except SjobError as e:
             self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
@@ -131,7 +131,7 @@ class Launcher:
             return job
         raise await self._start_failed(job, result)
 
-    async def _cap_slice(self, uid: int) -> None:
+    async def cap_slice(self, uid: int) -> None:
         """Give the user's slice the policy's caps on all their jobs together, unless it has them already: one D-Bus
         round trip less per start (issue H), and a reloaded policy still reaches the next start."""
         wanted = properties.slice_unit(uid, self._policy().per_user)

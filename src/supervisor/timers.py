@@ -138,7 +138,7 @@ class TimerService:
             raise self._access.refuse(principal, Action.schedule, e) from None
         self._ids.add(timer_id)
         try:
-            await self._units.set_properties(properties.slice_unit(principal.uid, policy.per_user))
+            await self._launcher.cap_slice(principal.uid)  # the runs go into the user's slice, as jobs do
             result = await self._units.start_transient(unit, [service])
             if result != "done":
                 raise SjobError(ErrorCode.StartFailed, f"systemd reported '{result}' while starting {timer.unit}")
