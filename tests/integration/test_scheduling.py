@@ -20,8 +20,11 @@ from .test_unit_file import LOSES_EX_COMMANDS, daemon_reload
 LOCAL_USERS_MAX = "max_jobs = 64  # running at once, per user (function calls count)"
 
 
-def at_most(policy_edit: Callable[[str], None], jobs: int) -> None:  # noqa: F811
-    """The policy with the local users' rule allowing `jobs` running at once."""
+def at_most(policy_edit: Callable[[str], None], jobs: int, user: User) -> None:  # noqa: F811
+    """The policy with the local users' rule allowing `jobs` running at once; `user` runs nothing yet (a job an
+    earlier test left running would hold one of so few slots)."""
+    for job in json.loads(sjob("list", "--running", "--json", user=user).stdout):
+        sjob("stop", job["id"], user=user)
     text = POLICY.read_text()
     assert LOCAL_USERS_MAX in text, "the shipped policy changed: update LOCAL_USERS_MAX"
     policy_edit(text.replace(LOCAL_USERS_MAX, f"max_jobs = {jobs}"))
@@ -51,7 +54,7 @@ def wait_state(job_id: str, user: User, *states: str, timeout: float = 120) -> d
 
 @pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_the_queue_starts_jobs_in_order_as_slots_free(alice: User, shared_dir: Path, policy_edit: Any) -> None:  # noqa: F811
-    at_most(policy_edit, 2)
+    at_most(policy_edit, 2, alice)
     gates = [shared_dir / f"gate{i}" for i in range(5)]
     jobs = [submit(alice, *gated(gate)) for gate in gates]
     assert [j["state"] for j in jobs] == ["running", "running", "queued", "queued", "queued"]
@@ -79,7 +82,7 @@ def test_the_queue_starts_jobs_in_order_as_slots_free(alice: User, shared_dir: P
 
 @pytest.mark.serial("edits policy.toml and reloads sjobd")
 def test_a_queued_job_refuses_input_and_can_be_removed(alice: User, shared_dir: Path, policy_edit: Any) -> None:  # noqa: F811
-    at_most(policy_edit, 1)
+    at_most(policy_edit, 1, alice)
     gate = shared_dir / "gate"
     blocker = submit(alice, *gated(gate), queue=False)
     piped = run("sh", "-c", f"echo data | {SJOB} run --queue -- cat", user=alice)
@@ -100,7 +103,7 @@ def test_a_queued_job_refuses_input_and_can_be_removed(alice: User, shared_dir: 
 @pytest.mark.serial("edits policy.toml and kills sjobd")
 @pytest.mark.usefixtures("sjobd_comes_back")
 def test_the_queue_survives_sjobd_being_killed(alice: User, shared_dir: Path, policy_edit: Any) -> None:  # noqa: F811
-    at_most(policy_edit, 1)
+    at_most(policy_edit, 1, alice)
     gate = shared_dir / "gate"
     blocker = submit(alice, *gated(gate), queue=False)
     queued = [submit(alice, "sh", "-c", f"echo from the queue {n}") for n in range(2)]
