@@ -37,7 +37,7 @@ COMMANDS = {
     "status": Verb("status", "Show a job: state, command, owner, times, limits, how it ended and what it used"),
     "list": Verb("list", "List your jobs, newest first"),
     "wait": Verb("wait", "Wait until jobs have ended; exit with the last one's status"),
-    "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal"),
+    "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period) or send it a signal; remove a timer"),
     "timers": Verb("timers", "List your timers (sjob run --on-calendar, --on-active): next and last run, runs"),
     "fn": Verb("fn", "Functions: deploy Python code under a name, call it with your stdin, manage its versions"),
     "token": Verb("token", "Issue, list and revoke tokens for callers the kernel cannot name (admins)"),
