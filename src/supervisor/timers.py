@@ -163,6 +163,10 @@ class TimerService:
         timer_id = parse_job_id(timer_id)
         timer = self._records.get_timer(timer_id)
         if timer is None:
+            if self._records.get(timer_id) is not None:
+                # A job's id: `sjob stop` asks for a timer only after Stop found no job of the caller's by this id,
+                # and Stop has audited why (someone else's job). A second entry here would tell a different story.
+                raise no_such_job(timer_id)
             raise self._access.refuse(principal, Action.stop, no_such_job(timer_id), timer_id)
         self._access.authorize(principal, Action.stop, job_id=timer_id, owner=Owner(timer.uid, timer.user))
         if timer.state is not TimerState.active:

@@ -177,3 +177,23 @@ def test_the_timer_remembers_who_made_it(tmp_path: Path) -> None:
         assert json.loads(raw)["user"] == "alice"
 
     run(tmp_path, body)
+
+
+def test_stop_of_someone_elses_job_is_audited_once_and_truly(tmp_path: Path) -> None:
+    """`sjob stop ID` asks for a timer by ID only after Stop found no job of the caller's: for someone else's job
+    the audit keeps Stop's one true entry, not a second one saying there is no such job."""
+
+    async def body(w: World) -> None:
+        job = await w.jobs.start(ALICE, JobSpec(argv=["/bin/sleep", "30"], cwd="/"))
+        for attempt in (w.jobs.stop(BOB, job.id), w.timers.remove(BOB, job.id)):
+            with pytest.raises(SjobError) as e:
+                await attempt
+            assert e.value.code is ErrorCode.NoSuchJob
+        denied = [(e.action, e.reason) for e in w.audit.entries if e.job_id == job.id and not e.allowed]
+        assert denied == [("stop", "the job belongs to another user")]
+        with pytest.raises(SjobError):
+            await w.timers.remove(BOB, "0badc0de")  # neither a job nor a timer: refused and audited as one
+        assert [(e.action, e.allowed) for e in w.audit.entries if e.job_id == "0badc0de"] == [("stop", False)]
+        await w.jobs.stop(ALICE, job.id, grace_usec=0)
+
+    run(tmp_path, body)
