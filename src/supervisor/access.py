@@ -160,6 +160,21 @@ class Access:
 
     # --- tokens --------------------------------------------------------------------------------------------
 
+    def token_problem(self, principal: Principal, now_usec: int) -> str | None:
+        """Why what a token's bearer asked for earlier (a queued job) may no longer go ahead: the token was revoked
+        or has expired since. None for a local user, or a token still good."""
+        if principal.token is None:
+            return None
+        token_id = principal.token.token_id
+        record = self._tokens.get(token_id) if self._tokens is not None else None
+        if record is None:
+            return f"token {token_id} is not known to this sjobd"
+        if record.revoked_usec is not None:
+            return f"token {token_id} was revoked by {record.revoked_by}"
+        if record.expires_usec <= now_usec:
+            return f"token {token_id} has expired"
+        return None
+
     def authenticate(self, peer: Principal, token: str, now_usec: int) -> Principal:
         """The principal a token stands for, connected from `peer`; raises PermissionDenied (audited) if refused."""
         try:

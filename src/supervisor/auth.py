@@ -9,6 +9,7 @@ supplementary groups), never by anything it sends. A token principal is a connec
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,3 +45,24 @@ class Principal:
         if self.token is not None:
             return f"token {self.token.subject} (as {self.user}, uid {self.uid})"
         return f"{self.user} (uid {self.uid})"
+
+
+def principal_to_wire(principal: Principal) -> dict[str, object]:
+    """A principal as JSON, to act for it later (a queued job's start, a timer's recheck): who the kernel or the
+    token said it was at the time of the request. The pid is not kept: no decision depends on it."""
+    token = principal.token
+    return {
+        "uid": principal.uid,
+        "gid": principal.gid,
+        "user": principal.user,
+        "groups": sorted(principal.groups),
+        "token": None if token is None else [token.subject, token.token_id, sorted(token.scope)],
+    }
+
+
+def principal_from_wire(data: dict[str, Any]) -> Principal:
+    """The principal `principal_to_wire` wrote (KeyError, TypeError or ValueError if it is not that)."""
+    token = data["token"]
+    identity = None if token is None else TokenIdentity(str(token[0]), str(token[1]), frozenset(map(str, token[2])))
+    groups = frozenset(map(str, data["groups"]))
+    return Principal(int(data["uid"]), int(data["gid"]), 0, str(data["user"]), groups, identity)

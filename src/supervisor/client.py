@@ -20,12 +20,15 @@ from supervisor.fnprotocol import Deployed, Function, FunctionCall, FunctionSett
 from supervisor.fnprotocol import Method as FnMethod
 from supervisor.protocol import (
     DEFAULT_SOCKET,
+    AttemptStart,
     Chunk,
     IssuedToken,
     Job,
     JobSpec,
     Method,
+    Schedule,
     Stream,
+    Timer,
     TokenInfo,
     error_from_wire,
     from_wire,
@@ -111,11 +114,16 @@ class Client:
 
     # --- io.sjob.Jobs --------------------------------------------------------------------------------------
 
-    def start(self, spec: JobSpec, *, stdin: int | None = None, stdout: int | None = None) -> Job:
+    def start(
+        self, spec: JobSpec, *, stdin: int | None = None, stdout: int | None = None, queue: bool | None = None
+    ) -> Job:
         """Start a job; `stdin` (a pipe, file or socket) is what it reads, passed to it as it is. With
         `spec.terminal`, `stdin` is the pipe of frames for its terminal and `stdout` the pipe its terminal's
-        output comes through (protocol.TTY_FRAME)."""
+        output comes through (protocol.TTY_FRAME). `queue`: at the policy's cap on running jobs, wait in the queue
+        (True) or be refused (False); None: as the policy says."""
         parameters: dict[str, Any] = {"spec": to_wire(spec)}
+        if queue is not None:
+            parameters["queue"] = queue
         fds: list[int] = []
         for name, fd in (("stdin", stdin), ("stdout", stdout)):
             if fd is not None:
@@ -125,9 +133,10 @@ class Client:
 
     def follow(
         self, job_id: str, *, wait: bool = True, streams: list[Stream] | None = None, after_seq: int = 0
-    ) -> Iterator[Chunk | Job]:
+    ) -> Iterator[Chunk | AttemptStart | Job]:
         """The job's output from its start (or after record `after_seq`), then the job: as it ended, or without
-        `wait`, as it is once the output so far has been sent."""
+        `wait`, as it is once the output so far has been sent. A retried job's output has an AttemptStart where each
+        next attempt begins."""
         parameters: dict[str, Any] = {"id": job_id, "wait": wait, "after_seq": after_seq}
         if streams is not None:
             parameters["streams"] = [s.value for s in streams]
@@ -157,6 +166,18 @@ class Client:
         if not isinstance(jobs, list):
             raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'jobs' is not a list")
         return [from_wire(Job, j) for j in jobs]
+
+    def schedule(self, spec: JobSpec, schedule: Schedule) -> Timer:
+        """Make a timer that runs `spec` on `schedule`."""
+        return from_wire(
+            Timer, self.call(Method.Schedule, {"spec": to_wire(spec), "schedule": to_wire(schedule)})["timer"]
+        )
+
+    def timers(self, *, everyone: bool = False) -> list[Timer]:
+        return [from_wire(Timer, t) for t in _list(self.call(Method.ListTimers, {"all": everyone}), "timers")]
+
+    def remove_timer(self, timer_id: str) -> Timer:
+        return from_wire(Timer, self.call(Method.RemoveTimer, {"id": timer_id})["timer"])
 
     def issue_token(self, subject: str, scope: list[str] | None, ttl_usec: int | None) -> IssuedToken:
         parameters: dict[str, Any] = {"subject": subject}
@@ -297,8 +318,9 @@ def _list(reply: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _frames(pipe: int) -> Iterator[Chunk]:
-    """The chunks framed in what is read from `pipe` until its end (protocol.FRAME)."""
+def _frames(pipe: int) -> Iterator[Chunk | AttemptStart]:
+    """The chunks (and a retried job's attempt markers) framed in what is read from `pipe` until its end
+    (protocol.FRAME)."""
     buffer = bytearray()
     offset = 0
     while data := os.read(pipe, 1 << 20):

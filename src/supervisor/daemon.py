@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -40,10 +41,12 @@ from supervisor.profiles import ProfileError, Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import ShimCommand
 from supervisor.protocol import DEFAULT_SOCKET
+from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.server import Server
 from supervisor.systemd import Systemd
+from supervisor.timers import TimerService
 from supervisor.tokens import Keys, TokenStore
 
 log = logging.getLogger("sjobd")
@@ -198,14 +201,64 @@ def policy_or_exit(config_dir: Path) -> tuple[Policy, Profiles]:
         raise SystemExit(str(e)) from None
 
 
-def reload_policy(config_dir: Path, service: JobService) -> None:
+def reload_policy(config_dir: Path, service: JobService) -> bool:
     try:
         policy, profiles = load_policy(config_dir)
     except PolicyLoadError as e:
         log.error("reload refused, the policy in force stays: %s", e)
-        return
+        return False
     service.set_policy(policy, profiles)
     log.info("policy reloaded from %s", config_dir)
+    return True
+
+
+@dataclasses.dataclass
+class Services:
+    """sjobd's parts, wired: the stores, the policy's access, and the services over them."""
+
+    records: JobRecords
+    tokens: TokenStore
+    store: FunctionStore
+    access: Access
+    reaper: Reaper
+    queue: JobQueue
+    jobs: JobService
+    timers: TimerService
+    functions: FunctionService
+
+    @classmethod
+    def wire(cls, units: Systemd, state: Path, policy: Policy, profiles: Profiles, shim: ShimCommand) -> Services:
+        records = JobRecords(state / "jobs.sqlite")
+        if not any((state / "keys").glob("*.pem")):
+            log.info("created token signing key %s", Keys.create(state / "keys"))
+        tokens = TokenStore(state / "tokens.sqlite")
+        access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens, uid_min=read_uid_min())
+        journal = Journal()
+        ledger = Ledger(records, journal)
+        reaper = Reaper(units, journal, records, ledger, lambda: access.policy.retention)
+        launcher = Launcher(units, records, ledger, reaper, lambda: access.policy, shim)
+        queue = JobQueue(records, ledger, launcher, access)
+        jobs = JobService(units, journal, records, ledger, reaper, launcher, access, profiles, queue)
+        timers = TimerService(units, journal, records, ledger, launcher, jobs, shim, access)
+        store = FunctionStore(state)
+        functions = FunctionService(
+            store, units, journal, records, ledger, launcher, shim, access, lambda: jobs.profiles
+        )
+        return cls(records, tokens, store, access, reaper, queue, jobs, timers, functions)
+
+    async def reconcile(self) -> None:
+        """At startup: settle what happened while sjobd was away, then start what queues may start now."""
+        await self.reaper.reconcile()
+        await self.timers.reconcile()
+        self.queue.resume()
+
+    async def close(self) -> None:
+        await self.functions.close()
+        await self.queue.close()
+        await self.reaper.close()
+        self.records.close()
+        self.store.close()
+        self.tokens.close()
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -217,32 +270,22 @@ async def serve(args: argparse.Namespace) -> int:
     except SjobError as e:
         log.error("%s (%s)", e.message, e.hint)
         return 1
-    state = Path(args.state_dir)
-    records = JobRecords(state / "jobs.sqlite")
-    if not any((state / "keys").glob("*.pem")):
-        log.info("created token signing key %s", Keys.create(state / "keys"))
-    tokens = TokenStore(state / "tokens.sqlite")
-    access = Access(policy, JournalAudit(), Keys(state / "keys"), tokens, uid_min=read_uid_min())
-    journal = Journal()
-    ledger = Ledger(records, journal)
-    reaper = Reaper(units, journal, records, ledger, lambda: access.policy.retention)
-    launcher = Launcher(units, records, ledger, reaper, lambda: access.policy)
-    service = JobService(units, journal, records, ledger, reaper, launcher, shim, access, profiles)
-    store = FunctionStore(state)
-    functions = FunctionService(
-        store, units, journal, records, ledger, launcher, shim, access, lambda: service.profiles
-    )
-    await reaper.reconcile()
-    watcher = asyncio.create_task(reaper.watch_exits(), name="watch-exits")
-    sweeper = asyncio.create_task(reaper.keep_swept(), name="sweep")
-    server = Server(service, access, sock, functions)
+    sjobd = Services.wire(units, Path(args.state_dir), policy, profiles, shim)
+    await sjobd.reconcile()
+    watcher = asyncio.create_task(sjobd.reaper.watch_exits(), name="watch-exits")
+    background = [
+        watcher,
+        asyncio.create_task(sjobd.reaper.keep_swept(), name="sweep"),
+        asyncio.create_task(sjobd.timers.watch_runs(), name="watch-timer-runs"),
+    ]
+    server = Server(sjobd.jobs, sjobd.access, sock, sjobd.functions, sjobd.timers)
     server.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), service)
+    loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), sjobd.jobs, sjobd.timers)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
     log.info("sjobd ready on %s", sock.getsockname())
     done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
@@ -253,13 +296,9 @@ async def serve(args: argparse.Namespace) -> int:
     sd_daemon.notify("STOPPING=1\nSTATUS=Shutting down")
     log.info("shutting down")
     await server.close(SHUTDOWN_TIMEOUT)
-    await _cancelled(watcher, sweeper)
-    await functions.close()
-    await reaper.close()
+    await _cancelled(*background)
+    await sjobd.close()
     units.close()
-    records.close()
-    store.close()
-    tokens.close()
     return 1 if failed else 0
 
 
@@ -275,9 +314,15 @@ async def _cancelled(*tasks: asyncio.Task[None]) -> None:
             log.warning("%d background tasks did not stop when cancelled; cancelling again", len(pending))
 
 
-def _reload(config_dir: Path, service: JobService) -> None:
+_rechecks: set[asyncio.Task[None]] = set()
+
+
+def _reload(config_dir: Path, service: JobService, timers: TimerService) -> None:
     sd_daemon.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=Reloading policy")
-    reload_policy(config_dir, service)
+    if reload_policy(config_dir, service):
+        task = asyncio.create_task(timers.recheck())  # timers the new policy no longer allows go
+        _rechecks.add(task)
+        task.add_done_callback(_rechecks.discard)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
 
 

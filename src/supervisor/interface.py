@@ -29,6 +29,7 @@ from supervisor.jobs import JobService
 from supervisor.properties import JobStdio
 from supervisor.protocol import (
     INTERFACE,
+    AttemptStart,
     Chunk,
     Input,
     IssuedToken,
@@ -36,10 +37,13 @@ from supervisor.protocol import (
     JobSpec,
     Output,
     Stream,
+    Timer,
     TokenInfo,
     frame,
     parse_signal,
 )
+from supervisor.protocol import Schedule as TimerSchedule  # a method is named Schedule
+from supervisor.timers import TimerService
 from supervisor.tokens import TokenRecord
 
 PIPE_SIZE = 1 << 20  # FollowPipe's pipe buffer: fewer wake-ups for a fast reader (best effort)
@@ -71,9 +75,11 @@ ERRORS = error_classes(INTERFACE)
 
 
 class FollowReply(typing.TypedDict, total=False):
-    """One reply of Follow: output as it arrives, and last of all the finished job."""
+    """One reply of Follow: output as it arrives (and where a retried job's next attempt begins), and last of all
+    the finished job."""
 
     output: Output
+    attempt: AttemptStart
     job: Job
 
 
@@ -168,8 +174,10 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
         principal: Principal,
         socket_path: str = "",
         authenticated: Callable[[Principal], None] | None = None,
+        timers: TimerService | None = None,
     ) -> None:
         self._service = service
+        self._timers = timers
         self._access = access
         self._principal = principal
         self._socket_path = socket_path  # where sjobd listens: a job's stdin must not be a connection to it
@@ -210,13 +218,18 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
     @varlinkmethod(return_parameter="job")
     @answers_sjob_errors
     async def Start(  # noqa: N802 - Varlink method names are CamelCase
-        self, spec: JobSpec, stdin: FileDescriptor | None = None, stdout: FileDescriptor | None = None
+        self,
+        spec: JobSpec,
+        stdin: FileDescriptor | None = None,
+        stdout: FileDescriptor | None = None,
+        queue: bool | None = None,
     ) -> Job:
         """Start a job as the calling user; returns once systemd has executed it (or says why it could not).
         `stdin` is what the job reads (a pipe, file or stream socket; without it, nothing). With `spec.terminal`,
         the job runs on a pseudo-terminal of its own: `stdin` then carries frames of what the caller types and
         its window size, and `stdout` is a pipe the terminal's output goes to as it is written (it is recorded
-        in the journal too)."""
+        in the journal too). At the policy's cap on running jobs, `queue` true puts the job in the caller's queue
+        (state queued; it takes no stdin) instead of refusing it; unset, the policy says which."""
         stdin_fd = stdin.fileno() if stdin else None
         stdout_fd = stdout.fileno() if stdout else None
         if spec.terminal is not None:
@@ -232,7 +245,7 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
             passed = JobStdio(stdin_fd, kind)
         else:
             passed = JobStdio()
-        return await self._service.start(self._principal, spec, passed)
+        return await self._service.start(self._principal, spec, passed, queue=queue)
 
     # delay_generator=False: asyncvarlink otherwise holds each reply back until the next one exists (to know
     # whether it "continues"), so a job's line would reach the client only when the job wrote another.
@@ -253,6 +266,8 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
             async for item in follow:
                 if isinstance(item, Chunk):
                     yield FollowReply(output=Output.of(item))
+                elif isinstance(item, AttemptStart):
+                    yield FollowReply(attempt=item)
                 else:
                     raise LastResult(FollowReply(job=item))  # the one reply that does not continue
         raise _ended_without_state(id)
@@ -268,8 +283,9 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
     ) -> AsyncIterator[PipeReply]:
         """Follow, with the output through a pipe instead of JSON: the first reply carries the pipe's read end
         (a file descriptor, as systemd's Varlink passes them), the output arrives there as frames (a header of
-        stream, length, seq and usec, then the bytes as the job wrote them), and once the pipe is closed the last
-        reply carries the job. For clients that can receive file descriptors: no base64, no JSON per piece."""
+        stream, length, seq and usec, then the bytes as the job wrote them; stream 3, without bytes, marks where a
+        retried job's next attempt begins, seq being its number), and once the pipe is closed the last reply
+        carries the job. For clients that can receive file descriptors: no base64, no JSON per piece."""
         try:
             follow = self._service.follow(self._principal, id, wait=wait, streams=streams, after_seq=after_seq)
             async with contextlib.aclosing(follow):
@@ -283,7 +299,7 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
                     yield PipeReply(pipe=FileDescriptor(read_end))
                     os.close(read_end)
                     read_end = -1
-                    while isinstance(item, Chunk):
+                    while isinstance(item, Chunk | AttemptStart):
                         if not await _write_all(write_end, frame(item)):
                             raise LastResult(PipeReply())  # the client closed the pipe: it is gone
                         item = await anext(follow)
@@ -320,6 +336,30 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
         (TERM, HUP, USR1, 9, ...) only send that signal. Returns at once; a finished job is left as it is."""
         signo = parse_signal(signal) if signal is not None else None
         return await self._service.stop(self._principal, id, signo=signo, grace_usec=grace_usec)
+
+    @varlinkmethod(return_parameter="timer")
+    @answers_sjob_errors
+    async def Schedule(self, spec: JobSpec, schedule: TimerSchedule) -> Timer:  # noqa: N802
+        """Make a timer that runs `spec` as the calling user on `schedule` (sjob-ID.timer and its service); each run
+        is a job of its own. Its id names it to RemoveTimer; `spec` takes no terminal and no retry."""
+        return await self._timer_service().schedule(self._principal, spec, schedule)
+
+    @varlinkmethod(return_parameter="timers")
+    @answers_sjob_errors
+    async def ListTimers(self, all: bool = False) -> list[Timer]:  # noqa: N802
+        """The caller's timers, newest first, with their next and last run; everyone's with `all` (admins)."""
+        return await self._timer_service().list_timers(self._principal, everyone=all)
+
+    @varlinkmethod(return_parameter="timer")
+    @answers_sjob_errors
+    async def RemoveTimer(self, id: str) -> Timer:  # noqa: N802
+        """Remove one of the caller's timers: systemd runs it no more (a run under way goes on)."""
+        return await self._timer_service().remove(self._principal, id)
+
+    def _timer_service(self) -> TimerService:
+        if self._timers is None:
+            raise SjobError(ErrorCode.InternalError, "this sjobd serves no timers")
+        return self._timers
 
 
 def _ended_without_state(job_id: str) -> SjobError:

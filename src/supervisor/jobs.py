@@ -10,6 +10,11 @@ The life of a job:
 3. `Reaper.watch_exits` runs for the daemon's lifetime: for every exit record it records the job's result and resets
    the unit if it failed, so finished units do not pile up in systemd. It starts reading from the oldest unfinished
    job, so exits that happened while sjobd was down are recorded too.
+
+At the policy's max_jobs a start is refused, or with `queue` (or the rule's queue_by_default) the job waits in its
+owner's queue (queue.py) and starts from there, checked against the policy again. A retried job (spec.retry) is one
+unit that systemd runs again (retries.py); its output is every attempt's, in order, with a marker where each next
+attempt begins.
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.backends import JobLog, RecordStore, UnitManager
 from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
-from supervisor.launcher import Launcher
+from supervisor.launcher import Admission, Launcher
 from supervisor.ledger import Ledger, now_usec
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
-from supervisor.policy import Action, Owner, Policy, ProfilePolicy, owns
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, StartRecord
+from supervisor.policy import Action, Owner, Policy, ProfilePolicy, Rule, owns
 from supervisor.profiles import Profile, Profiles
-from supervisor.properties import JobStdio, ShimCommand
-from supervisor.protocol import MAX_CPUS, Chunk, Job, JobSpec, JobState, Stream, parse_job_id, unit_for
+from supervisor.properties import JobStdio
+from supervisor.protocol import MAX_CPUS, AttemptStart, Chunk, Job, JobSpec, JobState, Stream, parse_job_id
 from supervisor.quantities import format_cpu_list, parse_cpu_list
+from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
+from supervisor.units import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +70,9 @@ class JobService:
         ledger: Ledger,
         reaper: Reaper,
         launcher: Launcher,
-        shim: ShimCommand,
         access: Access,
         profiles: Profiles,
+        queue: JobQueue,
         is_block_device: Callable[[str], bool] = is_block_device,
         online_cpus: Callable[[], frozenset[int]] = online_cpus,
     ) -> None:
@@ -75,16 +82,59 @@ class JobService:
         self._ledger = ledger
         self._reaper = reaper
         self._launcher = launcher
-        self._shim = shim
         self._access = access
         self._profiles = profiles
         self._is_block_device = is_block_device
         self._online_cpus = online_cpus
+        self._queue = queue
+        queue.bind(self.admit)
 
-    async def start(self, principal: Principal, spec: JobSpec, stdio: JobStdio = JobStdio()) -> Job:  # noqa: B008
-        """Start `spec` as `principal`, reading `stdio` (descriptors the caller passed, already checked)."""
+    async def start(
+        self,
+        principal: Principal,
+        spec: JobSpec,
+        stdio: JobStdio = JobStdio(),  # noqa: B008
+        *,
+        queue: bool | None = None,
+    ) -> Job:
+        """Start `spec` as `principal`, reading `stdio` (descriptors the caller passed, already checked). At the
+        policy's max_jobs, queue it if `queue` says so (None: as the rule says) rather than refuse it."""
         spec = jobspec.validate(spec)
-        uid, gid = principal.uid, principal.gid  # a token's principal is already the local user it maps to
+        if queue and (stdio.stdin is not None or spec.terminal is not None):
+            raise invalid_argument(
+                "--queue: a queued job reads no input, and this one was given "
+                + ("a terminal" if spec.terminal is not None else "a stdin"),
+                hint="leave out --pty, or give -n (nothing to read) or the input as a file the command opens",
+            )
+        admission = self.admit(principal, spec)
+        # A token's principal is already the local user it maps to: caps are per uid.
+        running = len(self._records.unfinished(principal.uid))
+        rule = admission.rule
+        if rule.max_jobs is not None and running >= rule.max_jobs:
+            wanted = queue if queue is not None else rule.queue_by_default and stdio == JobStdio() and not spec.terminal
+            if not wanted:
+                raise self._access.refuse(
+                    principal,
+                    Action.run,
+                    SjobError(
+                        ErrorCode.TooManyJobs,
+                        f"you have {running} jobs running; policy rule {rule.name!r} allows at most"
+                        f" {rule.max_jobs} at once",
+                        hint="wait for one to end, stop one ('sjob list --running'), or add --queue to start this"
+                        " one when one ends",
+                    ),
+                )
+            return self._queue.add(principal, spec, admission)
+        job = self._launcher.job_of(principal, spec, admission, JobState.starting, stdio)
+        try:
+            self._launcher.record(job)
+        except SjobError as e:  # a full disk: refused before any unit exists
+            raise self._access.refuse(principal, Action.run, e) from None
+        self._access.allow(principal, Action.run, admission.reason(spec), job.id)
+        return await self._launcher.start_spec(principal, spec, job, admission, stdio)
+
+    def admit(self, principal: Principal, spec: JobSpec) -> Admission:
+        """The policy's word on running `spec` (all but the cap on running jobs); refusals are audited."""
         decision = self._access.decide(principal, Action.run)
         if not decision.allowed or decision.rule is None:
             raise self._access.refuse(
@@ -97,6 +147,8 @@ class JobService:
                 ),
             )
         rule = decision.rule
+        if spec.retry is not None:
+            self._check_retry(principal, spec.retry.count, rule)
         try:
             profile = self._profile(spec.profile, rule.profiles)
             job_limits = limits.check(spec.limits, rule.limits)
@@ -113,40 +165,20 @@ class JobService:
                         f"--allowed-cpus: this machine has no CPU {format_cpu_list(sorted(offline))} online",
                         hint=f"its CPUs are {format_cpu_list(sorted(online))}",
                     )
-            running = len(self._records.unfinished(uid))
-            if rule.max_jobs is not None and running >= rule.max_jobs:
-                raise SjobError(
-                    ErrorCode.TooManyJobs,
-                    f"you have {running} jobs running; policy rule {rule.name!r} allows at most"
-                    f" {rule.max_jobs} at once",
-                    hint="wait for one to end, or stop one ('sjob list --running')",
-                )
         except SjobError as e:
             raise self._access.refuse(principal, Action.run, e) from None
-        job_id = self._launcher.new_id()
-        job = Job(
-            id=job_id,
-            unit=unit_for(job_id),
-            state=JobState.starting,
-            uid=uid,
-            user=principal.name,
-            argv=spec.argv,
-            cwd=spec.cwd,
-            created_usec=now_usec(),
-            limits=job_limits,
-            profile=profile.name,
-            input=stdio.input,
-        )
-        try:
-            self._launcher.record(job)
-        except SjobError as e:  # a full disk: refused before any unit exists
-            raise self._access.refuse(principal, Action.run, e) from None
-        self._access.allow(principal, Action.run, f"{decision.reason}, profile {profile.name}", job.id)
-        output = self._access.policy.output
-        unit = properties.job_unit(
-            job.unit, job.id, spec, principal, uid, gid, self._shim, job_limits, profile, output, stdio
-        )
-        return await self._launcher.start(job, unit)
+        return Admission(decision, rule, profile, job_limits)
+
+    def _check_retry(self, principal: Principal, count: int, rule: Rule) -> None:
+        decision = self._access.decide(principal, Action.retry)
+        if not decision.allowed:
+            why = f"{principal.name} may not have jobs retried: {decision.reason}"
+        elif count > rule.max_retries:
+            why = f"--retry {count} is above the {rule.max_retries} retries policy rule {rule.name!r} allows"
+        else:
+            return
+        hint = "ask an administrator to grant it in /etc/sjob/policy.toml"
+        raise self._access.refuse(principal, Action.retry, SjobError(ErrorCode.PermissionDenied, why, hint=hint))
 
     async def follow(
         self,
@@ -156,20 +188,31 @@ class JobService:
         wait: bool = True,
         streams: Collection[Stream] | None = None,
         after_seq: int = 0,
-    ) -> AsyncGenerator[Chunk | Job]:
+    ) -> AsyncGenerator[Chunk | AttemptStart | Job]:
         """The job's output from the very start (or after record `after_seq`), then the job: as it ended, or,
         without `wait`, as it is once the output written so far has been sent. For a finished job this is a
-        replay. `streams` selects the output."""
+        replay. `streams` selects the output. A queued job's output begins once it starts: with `wait`, this
+        waits for that. A retried job's is every attempt's, each next one after an AttemptStart."""
         job = self._visible(principal, job_id, Action.logs)
+        if job.state is JobState.queued:
+            if not wait:
+                yield self._queue.placed(job)
+                return
+            job = await self._queue.left(job.id) or job
         live = not job.state.finished and wait
         ended_elsewhere = False
-        async for record in self._journal.job_records(job.id, job.unit, job.log_uid, follow=live):
+        records = self._journal.job_records(job.log_id, job.unit, job.log_uid, follow=live, invocation=job.invocation)
+        async for record in records:
             if isinstance(record, OutputRecord):
                 if record.seq > after_seq and (streams is None or record.stream in streams):
                     yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
+            elif isinstance(record, StartRecord) and record.attempt > 1:
+                yield AttemptStart(record.attempt, record.when_usec)
             elif isinstance(record, ExitRecord):
-                yield self._ledger.record_exit(job.id, record) or job
-                return
+                current = self._ledger.record_exit(job.id, record) or job
+                if _last_exit(current, record):
+                    yield current
+                    return
             elif live and isinstance(record, EofRecord) and (ended := await self._reaper.main_exited(job)) is not None:
                 # All output is in and the command exited by itself: answer now rather than after the unit's
                 # ExecStopPost has run and its record has reached us. That record still comes, and is applied.
@@ -187,6 +230,8 @@ class JobService:
 
     async def status(self, principal: Principal, job_id: str) -> Job:
         job = self._visible(principal, job_id, Action.status)
+        if job.state is JobState.queued:
+            return self._queue.placed(job)
         return job if job.state.finished else await self._reaper.refresh(job)
 
     async def stop(
@@ -195,6 +240,8 @@ class JobService:
         """Stop the job (SIGTERM to all its processes, SIGKILL after the grace period), or with `signo` only send
         that signal. Returns at once; the job's end comes through follow/status. A finished job is left alone."""
         job = self._visible(principal, job_id, Action.stop)
+        if job.state is JobState.queued:
+            return self._queue.remove(job, principal.name)
         if not job.state.finished:
             job = await self._reaper.refresh(job)
         if job.state.finished:
@@ -211,13 +258,30 @@ class JobService:
         job = dataclasses.replace(job, stopped_by=principal.name)
         self._records.update(job)
         log.info("%s: stopped by %s", job.unit, principal)
+        between = job.retry is not None and await self._reaper.between_attempts(job)
         await self._units.stop(job.unit)
+        if between:  # nothing runs, so no exit record will come: the stop is the job's end
+            why = f"stopped by {principal.name} before attempt {len(job.attempts or []) + 1}"
+            return self._ledger.finish(
+                job, Outcome(JobState.stopped, job.result or "success", None, None, why), now_usec()
+            )
         if grace_usec is not None and grace_usec < MAX_GRACE_USEC:
             self._reaper.kill_later(job.unit, grace_usec)
         return job
 
     def list_jobs(self, principal: Principal, *, everyone: bool = False, running: bool = False) -> list[Job]:
         """The principal's jobs, newest first; with `everyone`, all users' jobs (root and sjob admins)."""
+        self.authorize_list(principal, everyone=everyone)
+        jobs = self._records.list_jobs(None if everyone else principal.uid)
+        if not everyone:  # a token sees only its subject's jobs, not all of its run_as user's
+            jobs = [j for j in jobs if owns(principal, Owner(j.uid, j.user))]
+        if any(j.state is JobState.queued for j in jobs):
+            places = self._queue.positions(None if everyone else principal.uid)
+            jobs = [dataclasses.replace(j, position=places.get(j.id)) if j.id in places else j for j in jobs]
+        return [j for j in jobs if not j.state.finished] if running else jobs
+
+    def authorize_list(self, principal: Principal, *, everyone: bool) -> None:
+        """May the principal list their jobs (and timers), or with `everyone` all users' (root and sjob admins)?"""
         self._access.authorize(principal, Action.list)
         if everyone and not self._access.is_admin(principal):
             raise self._access.refuse(
@@ -229,10 +293,6 @@ class JobService:
                     hint="leave out --all",
                 ),
             )
-        jobs = self._records.list_jobs(None if everyone else principal.uid)
-        if not everyone:  # a token sees only its subject's jobs, not all of its run_as user's
-            jobs = [j for j in jobs if owns(principal, Owner(j.uid, j.user))]
-        return [j for j in jobs if not j.state.finished] if running else jobs
 
     @property
     def profiles(self) -> Profiles:
@@ -240,9 +300,11 @@ class JobService:
         return self._profiles
 
     def set_policy(self, policy: Policy, profiles: Profiles) -> None:
-        """Apply a reloaded policy to the requests that follow; running jobs keep what they started with."""
+        """Apply a reloaded policy to the requests that follow; running jobs keep what they started with. Queued
+        jobs may start now (caps may have risen), each checked against the new policy."""
         self._access.policy = policy
         self._profiles = profiles
+        self._queue.resume()
 
     def _profile(self, name: str | None, choice: ProfilePolicy) -> Profile:
         allowed = choice.allowed
@@ -263,3 +325,10 @@ class JobService:
             raise self._access.refuse(principal, action, no_such_job(job_id), job_id)
         self._access.authorize(principal, action, job_id=job_id, owner=Owner(job.uid, job.user))
         return job
+
+
+def _last_exit(job: Job, record: ExitRecord) -> bool:
+    """Whether the job has ended with this exit record: a retried job's earlier attempts' are not its end."""
+    if not job.state.finished:
+        return False
+    return job.retry is None or not job.attempts or record.invocation in ("", job.attempts[-1].invocation)

@@ -10,7 +10,7 @@ import dataclasses
 import posixpath
 import re
 
-from supervisor import unitfile
+from supervisor import retries, unitfile
 from supervisor.errors import invalid_argument
 from supervisor.protocol import MAX_TERMINAL_SIZE, JobSpec
 
@@ -101,7 +101,8 @@ def validate(spec: JobSpec) -> JobSpec:
             f"a terminal of {spec.terminal.rows} rows and {spec.terminal.cols} columns is out of range",
             hint=f"rows and columns are 1 to {MAX_TERMINAL_SIZE}",
         )
-    return dataclasses.replace(spec, argv=argv, cwd=cwd, environment=environment or None)
+    retry = retries.validate(spec.retry) if spec.retry is not None else None
+    return dataclasses.replace(spec, argv=argv, cwd=cwd, environment=environment or None, retry=retry)
 
 
 def _validate_argv(argv: list[str]) -> list[str]:

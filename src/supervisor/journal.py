@@ -21,12 +21,12 @@ import contextlib
 import dataclasses
 import logging
 import typing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from systemd import journal
 
 from supervisor import logformat
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord, UnitEvent
 from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX
 
 R = typing.TypeVar("R", bound=Record)
@@ -68,9 +68,13 @@ def _fields(reader: journal.Reader) -> dict[str, bytes]:
     return {key: value for key, value in reader._get_all().items() if isinstance(value, bytes)}
 
 
-def _stamped(record: R, reader: journal.Reader) -> R:
-    if isinstance(record, ExitRecord | OutputRecord):
+def _stamped(record: R, reader: journal.Reader, fields: dict[str, bytes]) -> R:
+    """The record with what journald says of its entry: when it came, and from which run of the unit."""
+    if isinstance(record, OutputRecord):
         return dataclasses.replace(record, when_usec=reader._get_realtime())
+    if isinstance(record, ExitRecord | StartRecord):
+        run = fields.get("_SYSTEMD_INVOCATION_ID", b"").decode("ascii", "replace")
+        return dataclasses.replace(record, when_usec=reader._get_realtime(), invocation=run)
     return record
 
 
@@ -94,14 +98,20 @@ class _JobReader:
     ignoring file", systemd issue 40053) and so miss entries. Output records are numbered (SJOB_SEQ) and the eof
     record says how many there were, so a gap shows; then the reader is reopened after the last record it
     delivered and reads again, until the gap closes or GAP_RETRIES run out.
+
+    A retried job's unit runs more than once, each run (attempt) with its own start record and output numbered
+    from 1: the reader numbers the attempts' start records (1, 2, ...) and the output on across them, so a job's
+    output has one sequence however many attempts it took (`after_seq` resumes anywhere in it).
     """
 
-    def __init__(self, job_id: str, unit: str, owner_uid: int | None) -> None:
+    def __init__(self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None) -> None:
         self.job_id = job_id
-        self.filter = logformat.RecordFilter(unit, owner_uid)  # kept across reopens: it knows the forwarder's pid
+        # Kept across reopens: it knows the forwarders' pids.
+        self.filter = logformat.RecordFilter(unit, owner_uid, invocation)
         self.cursor: str | None = None  # of the last record delivered
         self.gap = False  # whether a missing record stopped the last read()
-        self.expected = 1  # the SJOB_SEQ of the next output record
+        self.expected = 1  # the SJOB_SEQ of the next output record of the current attempt
+        self.before = 0  # output records of the earlier attempts
         self.gaps = 0
         self.reader = self._open()
 
@@ -110,7 +120,10 @@ class _JobReader:
         # _SYSTEMD_UNIT too, in the match, not only in the filter: journald indexes it and takes it from the
         # kernel, so entries others planted with this job's id are never even loaded (review of E: a flood of
         # large planted entries, each decoded and then refused, stalled the loop).
-        reader.add_match(f"{logformat.F_JOB_ID}={self.job_id}", f"_SYSTEMD_UNIT={self.filter.unit}")
+        match = [f"{logformat.F_JOB_ID}={self.job_id}", f"_SYSTEMD_UNIT={self.filter.unit}"]
+        if self.filter.invocation is not None:
+            match.append(f"_SYSTEMD_INVOCATION_ID={self.filter.invocation}")
+        reader.add_match(*match)
         if self.cursor is None:
             reader.seek_head()
         else:
@@ -150,13 +163,19 @@ class _JobReader:
                     self.gap = True
                     return
                 self.expected = record.seq + 1
+                record = dataclasses.replace(record, seq=self.before + record.seq)
             elif (
                 isinstance(record, EofRecord) and record.records >= self.expected and not self._give_up(record.records)
             ):
                 self.gap = True
                 return
+            elif isinstance(record, StartRecord):
+                if self.filter.runs > 1:  # the next attempt: its output is numbered from 1 again
+                    self.before += self.expected - 1
+                    self.expected = 1
+                record = dataclasses.replace(record, attempt=self.filter.runs)
             self.cursor = reader._get_cursor()
-            yield _stamped(record, reader)
+            yield _stamped(record, reader, fields)
 
     def _give_up(self, seq: int) -> bool:
         self.gaps += 1
@@ -176,18 +195,18 @@ class Journal:
     """Reads job records from journald."""
 
     async def job_records(
-        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool
+        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
     ) -> AsyncIterator[Record | None]:
-        """The job's records from its first on, in order and complete (see _JobReader). With `follow`, keep
-        waiting for more, and yield None after each quiet TICK so the caller can check on the job; the caller
-        decides when to stop.
+        """The job's records from its first on, in order and complete (see _JobReader); with `invocation`, only that
+        run's of the unit (a timer's run). With `follow`, keep waiting for more, and yield None after each quiet
+        TICK so the caller can check on the job; the caller decides when to stop.
 
         journald tells readers about new entries through inotify only every ~250 ms (it coalesces its change
         notifications), but its writes land in the mmap'd journal file at once. So a follower also polls: every
         POLL_MIN after new records, backing off to POLL_MAX while the job is quiet.
         """
         loop = asyncio.get_running_loop()
-        job = _JobReader(job_id, unit, owner_uid)
+        job = _JobReader(job_id, unit, owner_uid, invocation)
         try:
             poll = POLL_MIN
             last_tick = loop.time()
@@ -219,16 +238,46 @@ class Journal:
             job.close()
 
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
-        """Every job exit recorded since `since_usec` (realtime), then every new one, forever.
+        """Every job exit recorded since `since_usec` (realtime), then every new one, forever."""
+        exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
+        async for fields, reader in self._entries(since_usec, exit_match):
+            record = logformat.parse_record(fields)
+            job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
+            # Root's, and from the job's own unit: its ExecStopPost (a root job elsewhere is not).
+            unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}".encode()
+            if isinstance(record, ExitRecord) and job_id and fields.get("_SYSTEMD_UNIT") == unit:
+                yield job_id, _stamped(record, reader, fields)
 
-        When journal files come and go (rotation), the reader is reopened after the last record it delivered, so
+    async def runs(self, since_usec: int, wanted: Callable[[str], bool]) -> AsyncIterator[UnitEvent]:
+        """The start and exit records of the units `wanted` says yes to, since `since_usec`, then every new one,
+        forever: how a timer's runs are seen (each is a run of the timer's service). Start records come from the
+        unit's own processes, exit records from root in the unit (its ExecStopPost)."""
+        start_match = [f"{logformat.F_EVENT}={logformat.Event.start.value}"]
+        exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
+        async for fields, reader in self._entries(since_usec, start_match, exit_match):
+            unit = fields.get("_SYSTEMD_UNIT", b"").decode("ascii", "replace")
+            record = logformat.parse_record(fields)
+            if isinstance(record, StartRecord | ExitRecord) and fields.get("_SYSTEMD_INVOCATION_ID") and wanted(unit):
+                uid = fields.get("_UID", b"").decode("ascii", "replace")
+                yield UnitEvent(unit, int(uid) if uid.isdigit() else -1, _stamped(record, reader, fields))
+
+    async def _entries(
+        self, since_usec: int, *matches: list[str]
+    ) -> AsyncIterator[tuple[dict[str, bytes], journal.Reader]]:
+        """The entries that match any of `matches` since `since_usec` (realtime), then every new one, forever, with
+        the reader positioned on each (for its timestamp).
+
+        When journal files come and go (rotation), the reader is reopened after the last entry it delivered, so
         that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053)."""
         cursor: str | None = None
         while True:
             reader = _open_reader()
             try:
                 with _watching(reader) as changed:
-                    reader.add_match(f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0")
+                    for i, match in enumerate(matches):
+                        if i:
+                            reader.add_disjunction()
+                        reader.add_match(*match)
                     if cursor is None:
                         reader.seek_realtime(since_usec)
                     else:
@@ -238,14 +287,8 @@ class Journal:
                     state = journal.NOP
                     while state != journal.INVALIDATE:
                         while reader._next():
-                            fields = _fields(reader)
-                            record = logformat.parse_record(fields)
-                            job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
                             cursor = reader._get_cursor()
-                            # Root's, and from the job's own unit: its ExecStopPost (a root job elsewhere is not).
-                            unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}".encode()
-                            if isinstance(record, ExitRecord) and job_id and fields.get("_SYSTEMD_UNIT") == unit:
-                                yield job_id, _stamped(record, reader)
+                            yield _fields(reader), reader
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
                         await _changed_within(changed, TICK)
                         changed.clear()
@@ -253,25 +296,33 @@ class Journal:
             finally:
                 reader.close()
 
-    def find_quota(self, job_id: str, unit: str, owner_uid: int | None) -> QuotaRecord | None:
-        """The job's quota record, if its forwarder wrote one."""
-        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.quota)
+    def find_quota(
+        self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None
+    ) -> QuotaRecord | None:
+        """The job's quota record, if its forwarder wrote one (with `invocation`: that run's forwarder)."""
+        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.quota, invocation)
         return record if isinstance(record, QuotaRecord) else None
 
-    def find_eof(self, job_id: str, unit: str, owner_uid: int | None) -> EofRecord | None:
+    def find_eof(
+        self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None
+    ) -> EofRecord | None:
         """The job's end-of-output record (what it wrote in all), once its forwarder has written it."""
-        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.eof)
+        record = self._forwarders(job_id, unit, owner_uid, logformat.Event.eof, invocation)
         return record if isinstance(record, EofRecord) else None
 
-    def _forwarders(self, job_id: str, unit: str, owner_uid: int | None, event: logformat.Event) -> Record | None:
-        """The job's first record of `event` from its forwarder: the pid of the job's first start record, and only
-        entries from that pid are looked at (both matches are indexed, so entries the job forged cost nothing
-        here). `owner_uid` None: any uid of the unit's own (a DynamicUser= unit)."""
+    def _forwarders(
+        self, job_id: str, unit: str, owner_uid: int | None, event: logformat.Event, invocation: str | None
+    ) -> Record | None:
+        """The job's first record of `event` from its forwarder: the pid of the job's first start record (of the run
+        `invocation`, if given), and only entries from that pid are looked at (both matches are indexed, so entries
+        the job forged cost nothing here). `owner_uid` None: any uid of the unit's own (a DynamicUser= unit)."""
         reader = _open_reader()
         try:
             match = [f"{logformat.F_JOB_ID}={job_id}", f"_SYSTEMD_UNIT={unit}"]
             if owner_uid is not None:
                 match.append(f"_UID={owner_uid}")
+            if invocation:
+                match.append(f"_SYSTEMD_INVOCATION_ID={invocation}")
             reader.add_match(*match, f"{logformat.F_EVENT}={logformat.Event.start.value}")
             reader.seek_head()
             if not reader._next() or not isinstance(logformat.parse_record(start := _fields(reader)), StartRecord):
@@ -284,15 +335,18 @@ class Journal:
         finally:
             reader.close()
 
-    def find_manager_exit(self, unit: str) -> ExitRecord | None:
+    def find_manager_exit(self, unit: str, invocation: str | None = None) -> ExitRecord | None:
         """How `unit` ended, as the service manager itself logged it, for a job whose own exit record is missing (its
         ExecStopPost could not run; or systemd < 257 lost it on a daemon-reload). Only PID 1's entries (_PID=1 and
-        _UID=0 are journald's, from the kernel; nobody else has them) about the unit (UNIT=): its "Main process
-        exited" (EXIT_CODE, EXIT_STATUS; logged for failures only) and its final "Deactivated successfully" or
-        "Failed with result" (UNIT_RESULT). None if the manager logged no end of it."""
+        _UID=0 are journald's, from the kernel; nobody else has them) about the unit (UNIT=), of the run
+        `invocation` if given (a timer's run): its "Main process exited" (EXIT_CODE, EXIT_STATUS; logged for
+        failures only) and its final "Deactivated successfully" or "Failed with result" (UNIT_RESULT). None if the
+        manager logged no end of it."""
         reader = _open_reader()
         try:
-            reader.add_match("_PID=1", "_UID=0", f"UNIT={unit}")
+            reader.add_match(
+                "_PID=1", "_UID=0", f"UNIT={unit}", *([f"INVOCATION_ID={invocation}"] if invocation else [])
+            )
             reader.seek_head()
             result: str | None = None
             code, status, when = "", "", 0
@@ -316,19 +370,21 @@ class Journal:
         finally:
             reader.close()
 
-    def find_exit(self, job_id: str) -> ExitRecord | None:
-        """The job's exit record if journald has one."""
+    def find_exits(self, job_id: str, unit: str, invocation: str | None = None) -> list[ExitRecord]:
+        """The job's exit records in journald, in order: one for each run of its unit (a retried job's attempts), or
+        with `invocation` that run's only (a timer's run)."""
         reader = _open_reader()
         try:
-            unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}"
-            reader.add_match(
-                f"{logformat.F_JOB_ID}={job_id}", f"{logformat.F_EVENT}=exit", "_UID=0", f"_SYSTEMD_UNIT={unit}"
-            )
-            reader.seek_tail()
-            if reader._previous():
-                record = logformat.parse_record(_fields(reader))
-                if isinstance(record, ExitRecord):
-                    return _stamped(record, reader)
-            return None
+            match = [f"{logformat.F_JOB_ID}={job_id}", f"{logformat.F_EVENT}=exit", "_UID=0", f"_SYSTEMD_UNIT={unit}"]
+            if invocation:
+                match.append(f"_SYSTEMD_INVOCATION_ID={invocation}")
+            reader.add_match(*match)
+            reader.seek_head()
+            found = []
+            while reader._next():
+                fields = _fields(reader)
+                if isinstance(record := logformat.parse_record(fields), ExitRecord):
+                    found.append(_stamped(record, reader, fields))
+            return found
         finally:
             reader.close()

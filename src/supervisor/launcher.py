@@ -1,6 +1,7 @@
 """Starting a job that is ready to start: its record, its user's slice, its transient unit, and what became of the
-start. The requests that make jobs (jobs.py for `sjob run`, functions.py for a function's builds and calls) decide
-who may start what and with which properties; this is where the job comes into being, the same way for all.
+start. The requests that make jobs (jobs.py for `sjob run`, queue.py when a queued job's turn comes, functions.py
+for a function's builds and calls) decide who may start what and with which properties (an `Admission`, for a job
+spec); this is where the job comes into being, the same way for all.
 
 1. The record is written first (state starting), so a job never runs without one; a full disk refuses the start
    here, before any unit exists.
@@ -17,16 +18,33 @@ import secrets
 from collections.abc import Callable
 
 from supervisor import properties
+from supervisor.auth import Principal
 from supervisor.backends import RecordStore, UnitManager
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.ledger import Ledger, now_usec
-from supervisor.policy import Policy
-from supervisor.properties import UnitProperties
-from supervisor.protocol import Job, JobState
+from supervisor.policy import Decision, Policy, Rule
+from supervisor.profiles import Profile
+from supervisor.properties import JobStdio, ShimCommand, UnitProperties
+from supervisor.protocol import Job, JobSpec, JobState, Limits, unit_for
 from supervisor.reaper import Reaper
 from supervisor.units import Outcome, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """A job spec the policy allows (JobService.admit): under which rule, with which profile and limits."""
+
+    decision: Decision
+    rule: Rule
+    profile: Profile
+    limits: Limits
+
+    def reason(self, spec: JobSpec) -> str:
+        """Why it is allowed, for the audit entry."""
+        retried = f", retried up to {spec.retry.count} times" if spec.retry is not None else ""
+        return f"{self.decision.reason}, profile {self.profile.name}{retried}"
 
 
 class Launcher:
@@ -37,24 +55,64 @@ class Launcher:
         ledger: Ledger,
         reaper: Reaper,
         policy: Callable[[], Policy],
+        shim: ShimCommand,
     ) -> None:
         self._units = units
         self._records = records
         self._ledger = ledger
         self._reaper = reaper
         self._policy = policy  # the policy in force at each start: a reload applies to the next
+        self._shim = shim
         self._slices: dict[int, UnitProperties] = {}  # user -> what their slice was last given
 
     def new_id(self) -> str:
+        """An id no job or timer has."""
         while True:
             job_id = secrets.token_hex(4)
-            if self._records.get(job_id) is None:
+            if not self._records.id_taken(job_id):
                 return job_id
 
-    def record(self, job: Job) -> None:
+    def job_of(
+        self,
+        principal: Principal,
+        spec: JobSpec,
+        admission: Admission,
+        state: JobState,
+        stdio: JobStdio = JobStdio(),  # noqa: B008
+    ) -> Job:
+        """A new job (not yet recorded) running `spec` as `principal`, as admitted."""
+        job_id = self.new_id()
+        return Job(
+            id=job_id,
+            unit=unit_for(job_id),
+            state=state,
+            uid=principal.uid,
+            user=principal.name,
+            argv=spec.argv,
+            cwd=spec.cwd,
+            created_usec=now_usec(),
+            limits=admission.limits,
+            profile=admission.profile.name,
+            input=stdio.input,
+            retry=spec.retry,
+        )
+
+    async def start_spec(
+        self, principal: Principal, spec: JobSpec, job: Job, admission: Admission, stdio: JobStdio
+    ) -> Job:
+        """Start the recorded `job` as the unit `spec` becomes (properties.job_unit), as `start` does."""
+        uid, gid = principal.uid, principal.gid  # a token's principal is already the local user it maps to
+        output = self._policy().output
+        limits, profile = admission.limits, admission.profile
+        unit = properties.job_unit(
+            job.unit, job.id, spec, principal, uid, gid, self._shim, limits, profile, output, stdio
+        )
+        return await self.start(job, unit)
+
+    def record(self, job: Job, pending: str | None = None) -> None:
         """Write the new job's record, dropping the owner's oldest per the retention (StorageError on a full
-        disk: nothing has been started yet)."""
-        self._records.insert(job, self._policy().retention)
+        disk: nothing has been started yet); a queued job's with what starting it later takes (`pending`)."""
+        self._records.insert(job, self._policy().retention, pending)
 
     async def start(self, job: Job, unit: UnitProperties, slice_owner: int | None = None) -> Job:
         """Start the recorded `job` as `unit`, in the slice of `slice_owner` (the job's owner by default); the job as
@@ -62,7 +120,7 @@ class Launcher:
         owner = job.uid if slice_owner is None else slice_owner
         log.info("starting %s for %s: %s", job.unit, job.user, job.argv)
         try:
-            await self._cap_slice(owner)
+            await self.cap_slice(owner)
             result = await self._units.start_transient(unit)
         except SjobError as e:
             self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
@@ -73,7 +131,7 @@ class Launcher:
             return job
         raise await self._start_failed(job, result)
 
-    async def _cap_slice(self, uid: int) -> None:
+    async def cap_slice(self, uid: int) -> None:
         """Give the user's slice the policy's caps on all their jobs together, unless it has them already: one D-Bus
         round trip less per start (issue H), and a reloaded policy still reaches the next start."""
         wanted = properties.slice_unit(uid, self._policy().per_user)

@@ -2,6 +2,10 @@
 record from the journal (`record_exit`, the authority on how a job ended), and the record of a job systemd runs but
 sjobd had lost (`adopt`); and it keeps the grace a unit that ended or vanished without an exit record gets before
 its job is settled without one. It works on the record store and asks the job log only for a quota record.
+
+A retried job (issue J) has an exit record for each attempt, each from its own run of the unit: the ledger adds
+each attempt to the record once (by its run's invocation id, whichever reader brings it first), and only the
+attempt systemd starts no other after (`retries.is_final`) ends the job.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from supervisor import retries
 from supervisor.backends import JobLog, RecordStore
 from supervisor.logformat import ExitRecord
 from supervisor.protocol import Job, JobState, Resources
@@ -82,6 +87,10 @@ class Ledger:
         job = self._records.get(job_id)
         if job is None:
             return None
+        if job.retry is not None:
+            if (attempted := self._record_attempt(job, record)) is not None:
+                return attempted
+            job = self._records.get(job_id) or job
         outcome = outcome_of_exit(record, job.stopped_by)
         if job.state.finished and (job.state, job.result, job.exit_status, job.signal, job.resources) == (
             outcome.state,
@@ -93,9 +102,33 @@ class Ledger:
             return job
         # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
         # reaches this method from the watcher, every follower and the sweep. It changes only the message.
-        if (quota := self._journal.find_quota(job.id, job.unit, job.log_uid)) is not None:
+        run = record.invocation or job.invocation
+        if (quota := self._journal.find_quota(job.log_id, job.unit, job.log_uid, run)) is not None:
             outcome = over_quota(outcome, quota)
         return self.finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
+
+    def _record_attempt(self, job: Job, record: ExitRecord) -> Job | None:
+        """Add an attempt of a retried job to its record: the job as it stands if the job goes on (another attempt
+        follows) or this attempt was recorded before; None if it is the last, whose outcome is then the job's. An
+        exit record without a run's id (the service manager's log, for a lost report) ends the job."""
+        retry = job.retry
+        if retry is None:
+            return None
+        if not record.invocation:
+            return job if job.state.finished else None
+        attempts = list(job.attempts or [])
+        attempt = next((a for a in attempts if a.invocation == record.invocation), None)
+        if attempt is None:
+            attempt = retries.attempt_of(record, len(attempts) + 1)
+            job = dataclasses.replace(job, attempts=[*attempts, attempt])
+            self._records.update(job)
+            log.info("%s: attempt %d ended (%s)", job.unit, attempt.number, record.result)
+        elif job.state.finished:
+            return job
+        last = attempt.number == len(job.attempts or [])
+        if last and retries.is_final(retry, attempt.number, record.result, job.stopped_by is not None):
+            return None
+        return job
 
     def adopt(self, job_id: str, unit: UnitState) -> None:
         # What systemd still knows; the shim's argv is `sjob-shim [--check=...] ID -- COMMAND...`.

@@ -14,6 +14,11 @@ stream's records in SJOB_SEQ order gives back exactly the bytes the job wrote.
 Before the command runs, the shim's forwarder writes a `start` entry (SJOB_EVENT=start): its _PID, which the
 kernel vouches for, is the only sender whose output records count for the job (see RecordFilter).
 
+A retried job's unit runs again (systemd's Restart=), and a timer's service runs again for every run: each run is a
+new *invocation* of the unit, and journald stamps every entry with it (_SYSTEMD_INVOCATION_ID, from the unit's
+cgroup, which no job can change). Each invocation has a forwarder and a start entry of its own, output numbered
+from 1, an eof and an exit entry; readers tell the runs apart by that stamp.
+
 When both pipes reach end-of-file the shim writes an `eof` entry (SJOB_EVENT=eof, SJOB_RECORDS=<count>) so a
 reader can tell that it has every record. After the unit's processes are gone, a privileged ExecStopPost= writes
 an `exit` entry with systemd's SERVICE_RESULT, EXIT_CODE and EXIT_STATUS: the job's durable result, readable even
@@ -58,7 +63,11 @@ class Event(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StartRecord:
-    """The forwarder's first entry, written before the command runs."""
+    """The forwarder's first entry, written before the command runs: one per run of the unit (invocation)."""
+
+    attempt: int = 0  # which run of the unit it starts, 1 first; counted by the reader of a job's records
+    invocation: str = ""  # journald's _SYSTEMD_INVOCATION_ID; filled in by the reader
+    when_usec: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,6 +92,7 @@ class ExitRecord:
     exit_status: int | None  # the exit status, or the signal number when killed or dumped
     when_usec: int = 0  # when journald received the record (realtime); filled in by the reader
     resources: Resources | None = None
+    invocation: str = ""  # which run of the unit ended (journald's _SYSTEMD_INVOCATION_ID); filled in by the reader
 
     @property
     def signal(self) -> int | None:
@@ -102,6 +112,16 @@ class QuotaRecord:
 
 
 Record = StartRecord | OutputRecord | QuotaRecord | EofRecord | ExitRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitEvent:
+    """A run of some unit began or ended: its start record (from the unit's processes, as `uid`) or its exit
+    record (from root's ExecStopPost in the unit). How sjobd sees a timer's runs."""
+
+    unit: str
+    uid: int
+    record: StartRecord | ExitRecord
 
 
 def parse_record(fields: dict[str, bytes]) -> Record | None:
@@ -143,20 +163,27 @@ class RecordFilter:
       cannot add output or end the job. (journald attributes a sender's unit only while the sender lives; the
       shim waits for journald to have read its last entries before it exits, sjob-shim.c journal_drain.)
     - The exit record must also come from root: the unit's privileged ExecStopPost.
-    - Output and eof must come from the forwarder: the pid of the job's start record, which the forwarder writes
-      before the command runs, so nothing in the job precedes it. The job's own processes share the unit and the
-      uid, but not that pid: they cannot add output, nor move the reader on with a forged SJOB_SEQ.
+    - Output and eof must come from the forwarder: the pid of the start record of the same run (invocation), which
+      the forwarder writes before the command runs, so nothing in that run precedes it. The job's own processes
+      share the unit and the uid, but not that pid: they cannot add output, nor move the reader on with a forged
+      SJOB_SEQ. A run's processes are all gone before the next run starts (KillMode=control-group), and journald
+      stamps each entry with the run it came from (_SYSTEMD_INVOCATION_ID), so no run can speak for another.
+    - With `invocation`, only that run counts (a timer's run: the timer's service runs again for every run).
     - Jobs started before there were start records (an older sjob) have none: their output is taken from the unit.
 
-    Stateful: it learns the forwarder's pid from the start record, so use one filter per reading of a job.
+    Stateful: it learns each run's forwarder pid from its start record, so use one filter per reading of a job.
     """
 
     unit: str
     owner_uid: int | None  # None: any uid of the unit's own (a DynamicUser= unit: a function's call or build)
-    forwarder_pid: bytes | None = None
+    invocation: str | None = None
+    forwarders: dict[bytes, bytes] = dataclasses.field(default_factory=dict)  # invocation -> forwarder's pid
 
     def admits(self, fields: dict[str, bytes], record: Record) -> bool:
         if fields.get("_SYSTEMD_UNIT") != self.unit.encode():
+            return False
+        run = fields.get("_SYSTEMD_INVOCATION_ID", b"")
+        if self.invocation is not None and run != self.invocation.encode():
             return False
         uid = fields.get("_UID")
         if isinstance(record, ExitRecord):
@@ -164,11 +191,16 @@ class RecordFilter:
         if self.owner_uid is not None and uid != str(self.owner_uid).encode():
             return False
         if isinstance(record, StartRecord):
-            if self.forwarder_pid is not None:
-                return False  # one forwarder per job: a second start is the job's forgery
-            self.forwarder_pid = fields.get("_PID")
+            if run in self.forwarders:
+                return False  # one forwarder per run: a second start is the job's forgery
+            self.forwarders[run] = fields.get("_PID", b"")
             return True
-        return self.forwarder_pid is None or fields.get("_PID") == self.forwarder_pid
+        return not self.forwarders or self.forwarders.get(run) == fields.get("_PID")
+
+    @property
+    def runs(self) -> int:
+        """How many runs (start records) it has admitted."""
+        return len(self.forwarders)
 
 
 # The service manager's own structured entries about a unit's end (systemd's sd-messages.h), for jobs whose exit

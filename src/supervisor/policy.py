@@ -3,8 +3,9 @@ audited by the caller (`access`).
 
 The model, read from policy.toml by `policyfile`:
 - Rules, tried in order; the first whose `users`, `groups` or `tokens` match the principal applies. It grants
-  actions (run, stop, status, logs, list), sandbox profiles, default and maximum limits, and a cap on concurrent
-  jobs; for token subjects it names the local user their jobs run as. A principal no rule matches may do nothing.
+  actions (run, stop, status, logs, list; queue, retry, schedule; call, deploy), sandbox profiles, default and
+  maximum limits, and caps on concurrent jobs, queued jobs, retries and timers; for token subjects it names the
+  local user their jobs run as. A principal no rule matches may do nothing. Tokens never make timers.
 - Everyone acts on their own jobs only. Another user's job looks exactly like a missing one, except to admins:
   root and the users and groups of [admins] may see, read and stop everyone's jobs, and issue tokens. A token's
   bearer is never an admin. A token's own jobs are those its subject started: two subjects mapped to one
@@ -34,11 +35,16 @@ class Action(enum.StrEnum):
     list = "list"
     call = "call"  # call functions (each function's own allow list says which)
     deploy = "deploy"  # deploy functions, and roll back and remove one's own
+    queue = "queue"  # wait in one's queue when at max_jobs instead of being refused (sjob run --queue)
+    retry = "retry"  # have a failed job run again (sjob run --retry)
+    schedule = "schedule"  # make timers that run jobs later and again (sjob run --on-calendar, --on-active)
     tokens = "tokens"  # issue, list and revoke tokens: admins only, never granted by a rule
     authenticate = "authenticate"  # present a token (audited; decided by the token's checks)
 
 
-JOB_ACTIONS = frozenset({Action.run, Action.stop, Action.status, Action.logs, Action.list})
+JOB_ACTIONS = frozenset(
+    {Action.run, Action.stop, Action.status, Action.logs, Action.list, Action.queue, Action.retry, Action.schedule}
+)
 RULE_ACTIONS = JOB_ACTIONS | {Action.call, Action.deploy}  # what a rule may grant
 DEFAULT_ACTIONS = JOB_ACTIONS | {Action.call}  # what a rule grants when it does not say
 ON_OTHERS_JOBS = frozenset({Action.stop, Action.status, Action.logs})  # what admins may do to anyone's job
@@ -60,6 +66,10 @@ class Rule:
     profiles: ProfilePolicy = dataclasses.field(default_factory=ProfilePolicy)
     limits: LimitPolicy = dataclasses.field(default_factory=LimitPolicy)
     max_jobs: int | None = None  # running at once, per user the jobs run as
+    max_queued: int = 16  # waiting in the user's queue at once (with the `queue` action)
+    queue_by_default: bool = False  # at max_jobs, `sjob run` queues without being asked (--queue)
+    max_retries: int = 10  # the most a job may be retried (with the `retry` action)
+    max_timers: int = 16  # timers a user may have at once (with the `schedule` action)
     run_as: str | None = None  # for token subjects: the local user; local users always run as themselves
     allow_privileged_run_as: bool = False  # run_as may be a system user or in a privileged group (never root)
 
@@ -169,6 +179,9 @@ def decide(policy: Policy, principal: Principal, action: Action, owner: Owner | 
         if admin and action in ON_OTHERS_JOBS:
             return Decision(True, "admin, on another user's job")
         return Decision(False, "the job belongs to another user", not_owner=True)
+    if action is Action.schedule and principal.token is not None:
+        # A timer runs jobs long after the request, and revoking the token would not stop it.
+        return Decision(False, "tokens may not make timers")
     rule = rule_for(policy, principal)
     if rule is None:
         if admin and action in ON_OTHERS_JOBS | {Action.list}:

@@ -12,6 +12,7 @@
     [functions]                runtime, pip_args, concurrency, queue, queue_wait, build_timeout (issue G)
     [[rules]]                  name; users | groups | tokens; actions; max_jobs; run_as (tokens);
                                allow_privileged_run_as (tokens: run_as may be a system user or in a privileged group);
+                               max_queued, queue_by_default, max_retries, max_timers (issue J);
                                [rules.profiles]; [rules.limits.default]; [rules.limits.max]
 """
 
@@ -52,12 +53,19 @@ _RULE_KEYS = {
     "tokens",
     "actions",
     "max_jobs",
+    "max_queued",
+    "queue_by_default",
+    "max_retries",
+    "max_timers",
     "run_as",
     "allow_privileged_run_as",
     "profiles",
     "limits",
 }
 MAX_JOBS_CEILING = 100_000
+MAX_QUEUED_CEILING = 100_000
+MAX_RETRIES_CEILING = 100
+MAX_TIMERS_CEILING = 10_000
 MAX_KEEP_PER_USER = 1_000_000
 
 
@@ -216,6 +224,13 @@ def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePo
         isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or not 0 <= max_jobs <= MAX_JOBS_CEILING
     ):
         raise PolicyError(f"{path}: [{where}] max_jobs must be a whole number from 0 to {MAX_JOBS_CEILING}")
+    queue_by_default = table.get("queue_by_default", False)
+    if not isinstance(queue_by_default, bool):
+        raise PolicyError(f"{path}: [{where}] queue_by_default must be true or false")
+    defaults = Rule(name)
+    max_queued = _whole(table, "max_queued", defaults.max_queued, MAX_QUEUED_CEILING, path, where)
+    max_retries = _whole(table, "max_retries", defaults.max_retries, MAX_RETRIES_CEILING, path, where)
+    max_timers = _whole(table, "max_timers", defaults.max_timers, MAX_TIMERS_CEILING, path, where)
     profiles = _profiles(_sub(table, "profiles", path), path, f"{where}.profiles", base_profiles)
     limits_table = _sub(table, "limits", path)
     _known(limits_table, {"default", "max"}, path, f"{where}.limits")
@@ -233,9 +248,20 @@ def _rule(table: dict[str, Any], index: int, path: str, base_profiles: ProfilePo
         profiles=profiles,
         limits=limits,
         max_jobs=max_jobs,
+        max_queued=max_queued,
+        queue_by_default=queue_by_default,
+        max_retries=max_retries,
+        max_timers=max_timers,
         run_as=run_as if tokens else None,
         allow_privileged_run_as=privileged,
     )
+
+
+def _whole(table: Mapping[str, Any], key: str, default: int, ceiling: int, path: str, where: str) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= ceiling:
+        raise PolicyError(f"{path}: [{where}] {key} must be a whole number from 0 to {ceiling}")
+    return value
 
 
 def _profiles(table: Mapping[str, Any], path: str, where: str, base: ProfilePolicy) -> ProfilePolicy:

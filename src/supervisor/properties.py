@@ -29,7 +29,7 @@ import shlex
 import typing
 from collections.abc import Sequence
 
-from supervisor import unitfile
+from supervisor import retries, unitfile
 from supervisor.auth import Principal
 from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
@@ -135,6 +135,16 @@ SIGNATURES: dict[str, str] = {
     "SystemCallErrorNumber": "i",
     "SystemCallArchitectures": "as",
     "SyslogLevelPrefix": "b",
+    # retries (dbus-service.c, dbus-unit.c; see retries)
+    "Restart": "s",
+    "RestartUSec": "t",
+    "StartLimitBurst": "u",
+    "StartLimitIntervalUSec": "t",
+    # timers (dbus-timer.c; see timerunits)
+    "TimersCalendar": "a(ss)",
+    "TimersMonotonic": "a(st)",
+    "AccuracyUSec": "t",
+    "RemainAfterElapse": "b",
 }
 # The properties systemd C-escapes and quotes when it writes the unit file (exec_command_append_...,
 # unit_concat_strv(..., UNIT_ESCAPE_C)): any string survives there. Every other string is checked (unitfile).
@@ -225,10 +235,11 @@ def _check_unit_file_value(key: str, value: object, kind: unitfile.Kind) -> None
             _check_unit_file_value(key, item, unitfile.Kind.word)
 
 
-def describe(job_id: str, principal: Principal, argv: Sequence[str]) -> str:
+def describe(job_id: str, principal: Principal, argv: Sequence[str], kind: str = "sjob") -> str:
     """The unit's Description=: who ran what, short enough for `systemctl status`, and printable: it is written into
-    the unit file as it is, so a newline in an argument would start a setting of its own (see unitfile)."""
-    text = unitfile.escape(f"sjob {job_id} by {principal.name} (uid {principal.uid}): {shlex.join(argv)}")
+    the unit file as it is, so a newline in an argument would start a setting of its own (see unitfile). `kind`
+    leads it: "sjob" for a job, "sjob timer" for a timer."""
+    text = unitfile.escape(f"{kind} {job_id} by {principal.name} (uid {principal.uid}): {shlex.join(argv)}")
     if len(text) > DESCRIPTION_MAX:
         text = text[: DESCRIPTION_MAX - 1] + "…"
     # shlex.join quotes an argument that ends in a backslash, and escape() doubles it; should that ever change, a
@@ -349,4 +360,6 @@ def job_unit(
             props.append((kind, chosen))
     if spec.environment or environment:
         props.append(("Environment", [*(spec.environment or []), *environment]))
+    if spec.retry is not None:
+        props += retries.unit_properties(spec.retry)
     return UnitProperties(unit, tuple(props))

@@ -33,11 +33,12 @@ INTERFACE = "io.sjob.Jobs"
 DEFAULT_SOCKET = "/run/sjob/io.sjob.Jobs"
 UNIT_PREFIX = "sjob-"
 UNIT_SUFFIX = ".service"
+TIMER_SUFFIX = ".timer"
 
 # A job id is 8 lowercase hex digits; the unit is sjob-<id>.service. Nothing else is ever turned into a unit name.
 _JOB_ID = re.compile(r"[0-9a-f]{8}")
 MAX_SIGNAL = 64
-_UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service)?")
+_UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service|\.timer)?")
 
 
 class Method(enum.StrEnum):
@@ -51,11 +52,15 @@ class Method(enum.StrEnum):
     IssueToken = f"{INTERFACE}.IssueToken"
     ListTokens = f"{INTERFACE}.ListTokens"
     RevokeToken = f"{INTERFACE}.RevokeToken"
+    Schedule = f"{INTERFACE}.Schedule"
+    ListTimers = f"{INTERFACE}.ListTimers"
+    RemoveTimer = f"{INTERFACE}.RemoveTimer"
 
 
 class JobState(enum.StrEnum):
     """Where a job is in its life. Member names equal values: asyncvarlink sends enum names."""
 
+    queued = "queued"  # waiting in its owner's queue until one of their jobs ends (sjob run --queue)
     starting = "starting"
     running = "running"
     exited = "exited"  # the command exited with status 0
@@ -66,6 +71,10 @@ class JobState(enum.StrEnum):
     @property
     def finished(self) -> bool:
         return self in (JobState.exited, JobState.failed, JobState.stopped, JobState.unknown)
+
+
+# The `result` of a queued job stopped before it ran (it left its queue); other results are systemd's Result=.
+REMOVED_FROM_QUEUE = "removed"
 
 
 class Stream(enum.StrEnum):
@@ -109,6 +118,43 @@ class Limits:
     timeout_usec: int | None = None  # RuntimeMaxUSec=: the job is stopped and reported as timed out
 
 
+class RetryOn(enum.StrEnum):
+    """Which ends of an attempt start another (systemd's Restart=)."""
+
+    failure = "failure"  # Restart=on-failure: a non-zero status, a signal, a timeout, an OOM kill; not a success
+    any = "any"  # Restart=always: every end but a stop
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the job again when an attempt ends (sjob run --retry): at most `count` more attempts, each `delay_usec`
+    after the last ended. systemd does it (Restart=), so it happens whether sjobd runs or not."""
+
+    count: int
+    delay_usec: int = 1_000_000
+    on: RetryOn = RetryOn.failure
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one attempt of a retried job ended (its exit record)."""
+
+    number: int  # 1 for the first run
+    ended_usec: int
+    result: str  # systemd's Result= of that run
+    exit_status: int | None = None
+    signal: int | None = None
+    invocation: str = ""  # systemd's invocation id of the run (journald's _SYSTEMD_INVOCATION_ID)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """In a retried job's output: where its next attempt begins."""
+
+    attempt: int
+    usec: int = 0  # when its output forwarder started (realtime, microseconds)
+
+
 MAX_TERMINAL_SIZE = 0xFFFF  # rows and columns are unsigned shorts in the kernel's struct winsize
 
 
@@ -132,6 +178,7 @@ class JobSpec:
     # With a terminal, the job runs on a pseudo-terminal of its own: Start's `stdin` is then a pipe of TTY_FRAME
     # frames (what the caller types, and window sizes) and its `stdout` the pipe the terminal's output goes to.
     terminal: Terminal | None = None
+    retry: Retry | None = None  # run it again when it fails (systemd's Restart=)
 
 
 class Input(enum.StrEnum):
@@ -184,6 +231,16 @@ class Job:
     bytes_in: int | None = None
     bytes_out: int | None = None
     dynamic: bool = False  # runs as a user systemd made for it alone (a function's call or build), not as `uid`
+    retry: Retry | None = None  # how it is retried (sjob run --retry)
+    attempts: list[Attempt] | None = None  # a retried job's attempts that ended, in order
+    timer: str | None = None  # for a timer's run: the timer's id (its unit is the timer's service, sjob-TIMER)
+    invocation: str | None = None  # for a timer's run: systemd's invocation id of that run of the service
+    position: int | None = None  # a queued job's place in its owner's queue, 1 first (not stored: as asked)
+
+    @property
+    def log_id(self) -> str:
+        """The SJOB_JOB_ID its journal entries carry: its own id, or for a timer's run the timer's."""
+        return self.timer or self.id
 
     @property
     def log_uid(self) -> int | None:
@@ -227,25 +284,31 @@ class Chunk:
     seq: int = 0
 
 
-# FollowPipe's frames: a header, then `length` bytes of output. Stream 1 is stdout, 2 stderr.
+# FollowPipe's frames: a header, then `length` bytes of output. Stream 1 is stdout, 2 stderr; 3 marks where a
+# retried job's next attempt begins (no bytes; `seq` is the attempt's number).
 FRAME = struct.Struct("<BIQQ")  # stream, length, seq, usec
 FRAME_STREAMS = {Stream.stdout: 1, Stream.stderr: 2}
+FRAME_ATTEMPT = 3
 MAX_FRAME_DATA = 1 << 24
 
 
-def frame(chunk: Chunk) -> bytes:
-    return FRAME.pack(FRAME_STREAMS[chunk.stream], len(chunk.data), chunk.seq, chunk.usec) + chunk.data
+def frame(item: Chunk | AttemptStart) -> bytes:
+    if isinstance(item, AttemptStart):
+        return FRAME.pack(FRAME_ATTEMPT, 0, item.attempt, item.usec)
+    return FRAME.pack(FRAME_STREAMS[item.stream], len(item.data), item.seq, item.usec) + item.data
 
 
-def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk, int] | None:
-    """The chunk framed at `offset` and the offset after it, or None if the buffer does not hold all of it yet;
+def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk | AttemptStart, int] | None:
+    """The item framed at `offset` and the offset after it, or None if the buffer does not hold all of it yet;
     a malformed header raises ProtocolError."""
     if len(buffer) - offset < FRAME.size:
         return None
     code, length, seq, usec = FRAME.unpack_from(buffer, offset)
-    if code not in (1, 2) or length > MAX_FRAME_DATA:
+    if code not in (1, 2, FRAME_ATTEMPT) or length > MAX_FRAME_DATA or (code == FRAME_ATTEMPT and length):
         raise SjobError(ErrorCode.ProtocolError, f"sjobd sent a malformed output frame (stream {code}, {length} bytes)")
     start = offset + FRAME.size
+    if code == FRAME_ATTEMPT:
+        return AttemptStart(seq, usec), start
     if len(buffer) - start < length:
         return None
     stream = Stream.stdout if code == 1 else Stream.stderr
@@ -296,11 +359,56 @@ class IssuedToken:
     info: TokenInfo
 
 
+# --- timers (sjob run --on-calendar, --on-active) ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a timer runs its job, as systemd's timer settings: at calendar times, or after a time since the timer
+    started, and again after a time since each run started. At least one is set."""
+
+    on_calendar: str | None = None  # OnCalendar=, e.g. "Mon..Fri 02:00" (systemd.time(7))
+    on_active_usec: int | None = None  # OnActiveSec=: once, this long after the timer is made
+    on_unit_active_usec: int | None = None  # OnUnitActiveSec=: again, this long after each run started
+
+
+class TimerState(enum.StrEnum):
+    active = "active"  # systemd runs it
+    elapsed = "elapsed"  # it will not run again (a one-off --on-active timer that fired)
+    removed = "removed"  # removed by sjob stop
+    gone = "gone"  # its unit vanished otherwise (the machine rebooted: transient units do not survive it)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timer:
+    """A timer that runs a job's spec on a schedule: sjob-<id>.timer, and sjob-<id>.service for its runs. Each run is
+    a job of its own (its `timer` is this id)."""
+
+    id: str
+    unit: str  # sjob-<id>.timer
+    state: TimerState
+    uid: int
+    user: str
+    argv: list[str]
+    cwd: str
+    created_usec: int
+    schedule: Schedule
+    limits: Limits | None = None
+    profile: str | None = None
+    next_usec: int | None = None  # when it runs next (realtime), as systemd says; None: not again
+    last_usec: int | None = None  # when it last ran, as systemd says
+    last_job: str | None = None  # the job id of its latest run
+    runs: int = 0  # its runs sjob has recorded
+    ended_usec: int | None = None  # when it was removed or found gone
+    removed_by: str | None = None
+    message: str | None = None
+
+
 # --- job ids -------------------------------------------------------------------------------------------------
 
 
 def parse_job_id(text: str) -> str:
-    """Accept `1a2b3c4d`, `sjob-1a2b3c4d` or `sjob-1a2b3c4d.service`; refuse everything else."""
+    """Accept `1a2b3c4d`, `sjob-1a2b3c4d`, `sjob-1a2b3c4d.service` or `.timer`; refuse everything else."""
     if _JOB_ID.fullmatch(text):
         return text
     if m := _UNIT_FORM.fullmatch(text):
@@ -314,6 +422,10 @@ def parse_job_id(text: str) -> str:
 
 def unit_for(job_id: str) -> str:
     return f"{UNIT_PREFIX}{parse_job_id(job_id)}{UNIT_SUFFIX}"
+
+
+def timer_unit_for(timer_id: str) -> str:
+    return f"{UNIT_PREFIX}{parse_job_id(timer_id)}{TIMER_SUFFIX}"
 
 
 def parse_signal(text: str) -> int:

@@ -32,6 +32,7 @@ KILL_ROUNDS = 120
 KILL_INTERVAL = 0.5
 WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
 WATCH_RETRY_MAX = 30.0
+AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
 
 
 class Reaper:
@@ -71,7 +72,8 @@ class Reaper:
                     except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
                         log.error("cannot record the end of job %s: %s", job_id, e.message)
                         continue
-                    if job is not None:
+                    if job is not None and job.state.finished:
+                        # Never between a retried job's attempts: resetting the unit would reset its start limit.
                         self.collect_later(job.unit)
             except OSError as e:
                 log.error("reading job exits from the journal failed (%s); again in %.0fs", e, delay)
@@ -84,7 +86,8 @@ class Reaper:
         for unit in await self._units.list_units(f"{UNIT_PREFIX}*{UNIT_SUFFIX}"):
             with contextlib.suppress(SjobError):  # a unit name that is not one of ours
                 job_id = parse_job_id(unit.removesuffix(UNIT_SUFFIX))
-                if self._records.get(job_id) is None and (state := await self._units.unit_state(unit)) is not None:
+                # A timer's service has the timer's id: its runs are the timers' business.
+                if not self._records.id_taken(job_id) and (state := await self._units.unit_state(unit)) is not None:
                     self._ledger.adopt(job_id, state)
         await self.sweep()
 
@@ -119,12 +122,17 @@ class Reaper:
     async def refresh(self, job: Job) -> Job:
         """Bring an unfinished job's record up to date with the journal and systemd."""
         current = self._records.get(job.id)
-        if current is None or current.state.finished:
+        if current is None or current.state.finished or current.state is JobState.queued:
             return current or job
         job = current
-        if (found := self._journal.find_exit(job.id)) is not None:
-            return self._ledger.record_exit(job.id, found) or job
+        # Every exit record of its unit's runs, in order: one for a job, one per attempt for a retried job.
+        for found in self._journal.find_exits(job.log_id, job.unit, job.invocation):
+            job = self._ledger.record_exit(job.id, found) or job
+        if job.state.finished:
+            return job
         state = await self._units.unit_state(job.unit)
+        if job.invocation and state is not None and state.invocation_id not in ("", job.invocation):
+            state = None  # a timer's service has begun another run since: this one is over
         if state is not None and state.exists and state.finished:
             # Settled, yet no exit record: systemd could not run the ExecStopPost that writes it (seen in CI: "Failed
             # to spawn 'stop-post' task: Resource temporarily unavailable" when a fork bomb filled the cgroup's
@@ -164,7 +172,7 @@ class Reaper:
         """The job, finished as the service manager logged its unit's end, when its own exit record never came:
         systemd could not run the ExecStopPost that writes it, or (systemd < 257) lost it on a daemon-reload, or the
         unit was collected meanwhile. Without resource figures, which only the exit record has."""
-        record = self._journal.find_manager_exit(job.unit)
+        record = self._journal.find_manager_exit(job.unit, job.invocation)
         if record is None:
             return None
         log.warning("%s has no exit record; its result comes from the service manager's log", job.unit)
@@ -174,17 +182,28 @@ class Reaper:
         """The finished job if systemd reports that its main process exited by itself (not killed: a kill may
         yet be reported as an OOM kill or a timeout, which only the exit record tells reliably)."""
         current = self._records.get(job.id) or job
-        if current.state.finished:
-            return current
+        if current.state.finished or current.retry is not None:
+            # A retried job's main process exits once per attempt: only the exit records say which is its last.
+            return current if current.state.finished else None
         try:
             state = await self._units.unit_state(job.unit)
         except SjobError:
             return None
         if state is None or state.exec_main_code != CLD_EXITED:
             return None
+        if current.invocation and state.invocation_id != current.invocation:
+            return None  # a timer's service already in its next run: what it says is not this run's
         status = state.exec_main_status
         record = ExitRecord("success" if status == 0 else "exit-code", "exited", status, state.exec_main_exit_usec)
         return self._ledger.finish(current, outcome_of_exit(record, current.stopped_by), record.when_usec or now_usec())
+
+    async def between_attempts(self, job: Job) -> bool:
+        """Whether a retried job's unit waits to start its next attempt (nothing of it runs)."""
+        try:
+            state = await self._units.unit_state(job.unit)
+        except SjobError:
+            return False
+        return state is not None and state.sub_state in AUTO_RESTART
 
     def collect_later(self, unit: str) -> None:
         """Reset `unit` once it has settled, if it failed (in the background)."""
@@ -242,6 +261,7 @@ class Reaper:
         The exit record is written by ExecStopPost, while the unit is still deactivating; resetting then would be
         a no-op and leave a failed unit behind, so wait for the final state.
         """
+        waited_out = False
         for _ in range(COLLECT_TRIES):
             try:
                 state = await self._units.unit_state(unit)
@@ -250,6 +270,11 @@ class Reaper:
                 if state.active_state == "failed":
                     await self._units.reset_failed(unit)
                     return
+                if state.sub_state in AUTO_RESTART and not waited_out:
+                    # A retried job's last attempt failed: systemd waits out RestartSec= only to find the start
+                    # limit reached. The job has ended; end the wait.
+                    await self._units.stop(unit)
+                    waited_out = True
             except SjobError as e:
                 log.warning("cannot collect %s: %s", unit, e.message)
                 return

@@ -8,6 +8,10 @@ Records of finished jobs are pruned by the policy's retention ([records]): a use
 each new job is inserted, and by age at every sweep, so the database stays bounded. A write that fails (a full
 disk) is a StorageError: a start is refused before any unit exists, and sjobd keeps serving; a job's end that
 could not be written is written again by the next sweep, from the journal.
+
+A queued job (issue J) is a record in state queued whose `pending` column holds what starting it later needs (the
+queue's own JSON): one row, written in one transaction, so the queue survives sjobd being killed at any point.
+Timers are records of their own (the `timers` table), in the same id space as jobs: `sjob stop ID` names either.
 """
 
 from __future__ import annotations
@@ -18,14 +22,53 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from supervisor.policy import Retention
-from supervisor.protocol import Input, Job, JobState, Limits, Resources, from_wire, to_wire
+from supervisor.protocol import (
+    Attempt,
+    Input,
+    Job,
+    JobState,
+    Limits,
+    Resources,
+    Retry,
+    Schedule,
+    Timer,
+    TimerState,
+    from_wire,
+    to_wire,
+)
 from supervisor.statedb import open_state_db, writing
 
-SCHEMA_VERSION = 5
-_COLUMNS = [f.name for f in dataclasses.fields(Job)]
+SCHEMA_VERSION = 6
+_COLUMNS = [f.name for f in dataclasses.fields(Job) if f.name != "position"]  # a queue position is not stored
+_TIMER_COLUMNS = [
+    f.name for f in dataclasses.fields(Timer) if f.name not in ("next_usec", "last_usec", "last_job", "runs")
+]
 _FINISHED = tuple(s.value for s in JobState if s.finished)
+_RUNNING = tuple(s.value for s in JobState if not s.finished and s is not JobState.queued)
 _IO_COLUMNS = ("bytes_in", "bytes_out")
-_SCHEMA = """
+_TIMERS_SCHEMA = """
+CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (timer, invocation);
+CREATE TABLE IF NOT EXISTS timers (
+    id TEXT PRIMARY KEY,
+    unit TEXT NOT NULL,
+    state TEXT NOT NULL,
+    uid INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    created_usec INTEGER NOT NULL,
+    schedule TEXT NOT NULL,
+    limits TEXT,
+    profile TEXT,
+    ended_usec INTEGER,
+    removed_by TEXT,
+    message TEXT,
+    principal TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timers_by_owner ON timers (uid, created_usec);
+"""
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     unit TEXT NOT NULL,
@@ -50,12 +93,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     version INTEGER,
     bytes_in INTEGER,
     bytes_out INTEGER,
-    dynamic INTEGER NOT NULL DEFAULT 0
+    dynamic INTEGER NOT NULL DEFAULT 0,
+    retry TEXT,
+    attempts TEXT,
+    timer TEXT,
+    invocation TEXT,
+    pending TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function, created_usec);
 """
+    + _TIMERS_SCHEMA
+)
 # How to bring a database of schema version N (the key) up to N+1.
 _MIGRATIONS = {
     1: "ALTER TABLE jobs ADD COLUMN stopped_by TEXT; ALTER TABLE jobs ADD COLUMN resources TEXT;",
@@ -65,6 +115,9 @@ _MIGRATIONS = {
     " ALTER TABLE jobs ADD COLUMN bytes_in INTEGER; ALTER TABLE jobs ADD COLUMN bytes_out INTEGER;"
     " ALTER TABLE jobs ADD COLUMN dynamic INTEGER NOT NULL DEFAULT 0;"
     " CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function, created_usec);",
+    5: "ALTER TABLE jobs ADD COLUMN retry TEXT; ALTER TABLE jobs ADD COLUMN attempts TEXT;"
+    " ALTER TABLE jobs ADD COLUMN timer TEXT; ALTER TABLE jobs ADD COLUMN invocation TEXT;"
+    " ALTER TABLE jobs ADD COLUMN pending TEXT;" + _TIMERS_SCHEMA,
 }
 
 
@@ -88,13 +141,18 @@ class JobRecords:
     def close(self) -> None:
         self._db.close()
 
-    def insert(self, job: Job, retention: Retention | None = None) -> None:
+    def insert(self, job: Job, retention: Retention | None = None, pending: str | None = None) -> None:
         """Record a new job; with `retention`, drop the owner's oldest finished records so that, this one counted,
-        no more than its count remain once this one has ended too."""
+        no more than its count remain once this one has ended too. A queued job comes with what starting it
+        later needs (`pending`), kept until it leaves the queue."""
         finished = ", ".join("?" * len(_FINISHED))
-        placeholders = ", ".join("?" * len(_COLUMNS))
+        columns = [*_COLUMNS, "pending"]
+        placeholders = ", ".join("?" * len(columns))
         with self._writing():
-            self._db.execute(f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})", _row(job))  # noqa: S608
+            self._db.execute(
+                f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({placeholders})",  # noqa: S608
+                [*_row(job), pending],
+            )
             if retention is not None:
                 self._db.execute(
                     f"DELETE FROM jobs WHERE uid = ? AND state IN ({finished}) AND id NOT IN"  # noqa: S608
@@ -108,9 +166,11 @@ class JobRecords:
         later: a stale copy of the job must not undo them)."""
         columns = [c for c in _COLUMNS[1:] if c not in _IO_COLUMNS]
         row = dict(zip(_COLUMNS, _row(job), strict=True))
+        # A job that left the queue no longer needs what starting it took.
+        keep = ", pending = NULL" if job.state is not JobState.queued else ""
         with self._writing():
             self._db.execute(
-                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",  # noqa: S608
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)}{keep} WHERE id = ?",  # noqa: S608
                 [*(row[c] for c in columns), job.id],
             )
 
@@ -170,13 +230,95 @@ class JobRecords:
         return int(self._db.execute(query, args).fetchone()[0])
 
     def unfinished(self, uid: int | None = None) -> list[Job]:
-        """Jobs not yet ended; only `uid`'s when given."""
-        args: list[object] = [s.value for s in JobState if not s.finished]
+        """Jobs started and not yet ended (not those waiting in a queue); only `uid`'s when given."""
+        args: list[object] = list(_RUNNING)
         query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({', '.join('?' * len(args))})"  # noqa: S608
         if uid is not None:
             query += " AND uid = ?"
             args.append(uid)
         return [_job(row) for row in self._db.execute(query, args)]
+
+    def queued(self, uid: int | None = None) -> list[tuple[Job, str]]:
+        """Queued jobs with what starting each needs, first come first; only `uid`'s when given."""
+        query = f"SELECT {', '.join(_COLUMNS)}, pending FROM jobs WHERE state = ?"  # noqa: S608
+        args: list[object] = [JobState.queued.value]
+        if uid is not None:
+            query += " AND uid = ?"
+            args.append(uid)
+        query += " ORDER BY created_usec, rowid"
+        return [(_job(row[:-1]), str(row[-1] or "")) for row in self._db.execute(query, args)]
+
+    def find_run(self, timer: str, invocation: str) -> Job | None:
+        """The job that is the run of `timer` systemd started as `invocation`."""
+        query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE timer = ? AND invocation = ?"  # noqa: S608
+        row = self._db.execute(query, [timer, invocation]).fetchone()
+        return _job(row) if row else None
+
+    def runs(self, timer: str) -> tuple[int, str | None]:
+        """How many runs of `timer` are recorded, and the id of the latest."""
+        count = self._db.execute("SELECT COUNT(*) FROM jobs WHERE timer = ?", [timer]).fetchone()[0]
+        latest = self._db.execute(
+            "SELECT id FROM jobs WHERE timer = ? ORDER BY created_usec DESC, rowid DESC LIMIT 1", [timer]
+        ).fetchone()
+        return int(count), latest[0] if latest else None
+
+    def id_taken(self, some_id: str) -> bool:
+        """Whether a job or a timer has this id (they share the id space)."""
+        return any(
+            self._db.execute(f"SELECT 1 FROM {table} WHERE id = ?", [some_id]).fetchone()  # noqa: S608
+            for table in ("jobs", "timers")
+        )
+
+    # --- timers ----------------------------------------------------------------------------------------------
+
+    def insert_timer(self, timer: Timer, principal: str) -> None:
+        """Record a new timer, with who made it (JSON, to check it against a reloaded policy)."""
+        columns = [*_TIMER_COLUMNS, "principal"]
+        with self._writing():
+            self._db.execute(
+                f"INSERT INTO timers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608
+                [*_timer_row(timer), principal],
+            )
+
+    def delete_timer(self, timer_id: str) -> None:
+        """Forget a timer systemd refused to make."""
+        with self._writing():
+            self._db.execute("DELETE FROM timers WHERE id = ?", [timer_id])
+
+    def timer_principal(self, timer_id: str) -> str | None:
+        row = self._db.execute("SELECT principal FROM timers WHERE id = ?", [timer_id]).fetchone()
+        return str(row[0]) if row else None
+
+    def update_timer(self, timer: Timer) -> None:
+        columns = _TIMER_COLUMNS[1:]
+        row = dict(zip(_TIMER_COLUMNS, _timer_row(timer), strict=True))
+        with self._writing():
+            self._db.execute(
+                f"UPDATE timers SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",  # noqa: S608
+                [*(row[c] for c in columns), timer.id],
+            )
+
+    def get_timer(self, timer_id: str) -> Timer | None:
+        query = f"SELECT {', '.join(_TIMER_COLUMNS)} FROM timers WHERE id = ?"  # noqa: S608
+        row = self._db.execute(query, [timer_id]).fetchone()
+        return _timer(row) if row else None
+
+    def timers(self, uid: int | None = None, *, active: bool = False) -> list[Timer]:
+        """Timers, newest first: only `uid`'s when given, only those systemd runs with `active`."""
+        query = f"SELECT {', '.join(_TIMER_COLUMNS)} FROM timers WHERE 1"  # noqa: S608
+        args: list[object] = []
+        if uid is not None:
+            query += " AND uid = ?"
+            args.append(uid)
+        if active:
+            query += " AND state = ?"
+            args.append(TimerState.active.value)
+        query += " ORDER BY created_usec DESC"
+        return [_timer(row) for row in self._db.execute(query, args)]
+
+
+def _json(value: object) -> str | None:
+    return json.dumps(to_wire(value)) if value else None
 
 
 def _row(job: Job) -> list[object]:
@@ -184,8 +326,8 @@ def _row(job: Job) -> list[object]:
     values[_COLUMNS.index("argv")] = json.dumps(job.argv)
     values[_COLUMNS.index("state")] = job.state.value
     values[_COLUMNS.index("input")] = job.input.value if job.input is not None else None
-    values[_COLUMNS.index("resources")] = json.dumps(to_wire(job.resources)) if job.resources else None
-    values[_COLUMNS.index("limits")] = json.dumps(to_wire(job.limits)) if job.limits else None
+    for column in ("resources", "limits", "retry", "attempts"):
+        values[_COLUMNS.index(column)] = _json(getattr(job, column))
     return values
 
 
@@ -193,11 +335,31 @@ def _job(row: tuple[object, ...]) -> Job:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["argv"] = json.loads(str(values["argv"]))
     values["state"] = JobState(str(values["state"]))
-    if values["resources"] is not None:
-        values["resources"] = from_wire(Resources, json.loads(str(values["resources"])))
-    if values["limits"] is not None:
-        values["limits"] = from_wire(Limits, json.loads(str(values["limits"])))
+    for column, kind in (("resources", Resources), ("limits", Limits), ("retry", Retry)):
+        if values[column] is not None:
+            values[column] = from_wire(kind, json.loads(str(values[column])))
+    if values["attempts"] is not None:
+        values["attempts"] = [from_wire(Attempt, a) for a in json.loads(str(values["attempts"]))]
     if values["input"] is not None:
         values["input"] = Input(str(values["input"]))
     values["dynamic"] = bool(values["dynamic"])
     return Job(**values)  # type: ignore[arg-type]
+
+
+def _timer_row(timer: Timer) -> list[object]:
+    values = [getattr(timer, c) for c in _TIMER_COLUMNS]
+    values[_TIMER_COLUMNS.index("argv")] = json.dumps(timer.argv)
+    values[_TIMER_COLUMNS.index("state")] = timer.state.value
+    values[_TIMER_COLUMNS.index("schedule")] = json.dumps(to_wire(timer.schedule))
+    values[_TIMER_COLUMNS.index("limits")] = _json(timer.limits)
+    return values
+
+
+def _timer(row: tuple[object, ...]) -> Timer:
+    values = dict(zip(_TIMER_COLUMNS, row, strict=True))
+    values["argv"] = json.loads(str(values["argv"]))
+    values["state"] = TimerState(str(values["state"]))
+    values["schedule"] = from_wire(Schedule, json.loads(str(values["schedule"])))
+    if values["limits"] is not None:
+        values["limits"] = from_wire(Limits, json.loads(str(values["limits"])))
+    return Timer(**values)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from supervisor.interface import JobsInterface
 from supervisor.jobs import JobService
 from supervisor.peer import identify, refuse_peer
 from supervisor.protocol import INTERFACE
+from supervisor.timers import TimerService
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,16 @@ class Server:
     """Accepts connections on a listening Unix socket and serves io.sjob.Jobs on each."""
 
     def __init__(
-        self, service: JobService, access: Access, sock: socket.socket, functions: FunctionService | None = None
+        self,
+        service: JobService,
+        access: Access,
+        sock: socket.socket,
+        functions: FunctionService | None = None,
+        timers: TimerService | None = None,
     ) -> None:
         self._service = service
         self._functions = functions
+        self._timers = timers
         self._access = access
         self._sock = sock
         name = sock.getsockname()
@@ -122,6 +129,7 @@ class Server:
                 principal,
                 self._path,
                 functions.authenticated_as if functions is not None else None,
+                self._timers,
             )
         )
         if functions is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -21,13 +23,14 @@ from dbus_fast.aio import MessageBus
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.units import UnitState
+from supervisor.units import TimerUnitState, UnitState
 
 DEST = "org.freedesktop.systemd1"
 PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 SERVICE = "org.freedesktop.systemd1.Service"
+TIMER = "org.freedesktop.systemd1.Timer"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
@@ -74,10 +77,18 @@ class Systemd:
 
     # --- the calls sjob makes ------------------------------------------------------------------------------
 
-    async def start_transient(self, unit: UnitProperties) -> str:
-        """Start a transient unit and wait until its start job finishes; return the job's result."""
+    async def start_transient(self, unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
+        """Start a transient unit and wait until its start job finishes; return the job's result. `aux` are units
+        made with it and not started, which it triggers: a timer's service, as `systemd-run --on-calendar` makes
+        it (src/run/run.c)."""
         props, fds = _variants(unit)
-        reply = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit.name, "fail", props, []], fds)
+        others = []
+        for extra in aux:
+            extra_props, extra_fds = _variants(extra)
+            if extra_fds:
+                raise ValueError(f"{extra.name}: an auxiliary unit cannot take file descriptors")  # a bug
+            others.append([extra.name, extra_props])
+        reply = await self._manager("StartTransientUnit", "ssa(sv)a(sa(sv))", [unit.name, "fail", props, others], fds)
         job_path: str = reply.body[0]
         if (result := self._early.pop(job_path, None)) is not None:
             return result
@@ -96,13 +107,8 @@ class Systemd:
 
     async def unit_state(self, name: str) -> UnitState | None:
         """The unit's state, or None if systemd has no such unit loaded (never existed, or garbage-collected)."""
-        try:
-            reply = await self._manager("GetUnit", "s", [name])
-        except SjobError as e:
-            if e.code is ErrorCode.NoSuchJob:
-                return None
-            raise
-        path: str = reply.body[0]
+        if (path := await self._unit_path(name)) is None:
+            return None
         unit = await self._get_all(path, UNIT)
         service = await self._get_all(path, SERVICE)
         return UnitState(
@@ -123,6 +129,29 @@ class Systemd:
             cpu_usec=_accounted(service.get("CPUUsageNSec"), 1000),
             memory_bytes=_accounted(service.get("MemoryCurrent")),
             tasks=_accounted(service.get("TasksCurrent")),
+            invocation_id=bytes(unit.get("InvocationID", b"")).hex(),
+        )
+
+    async def timer_state(self, name: str) -> TimerUnitState | None:
+        """A timer unit's state and its next and last run, or None if systemd has no such unit loaded."""
+        if (path := await self._unit_path(name)) is None:
+            return None
+        unit = await self._get_all(path, UNIT)
+        timer = await self._get_all(path, TIMER)
+        # A calendar timer's next run is on the realtime clock, a monotonic one's (OnActiveSec=...) on CLOCK_MONOTONIC,
+        # shown here as realtime, as `systemctl list-timers` does.
+        candidates = []
+        if (realtime := _accounted(timer.get("NextElapseUSecRealtime"))) is not None and realtime > 0:
+            candidates.append(realtime)
+        if (monotonic := _accounted(timer.get("NextElapseUSecMonotonic"))) is not None and monotonic > 0:
+            candidates.append(time.time_ns() // 1000 + monotonic - time.monotonic_ns() // 1000)
+        last = _accounted(timer.get("LastTriggerUSec"))
+        return TimerUnitState(
+            name=name,
+            load_state=unit.get("LoadState", ""),
+            active_state=unit.get("ActiveState", ""),
+            next_usec=min(candidates) if candidates else None,
+            last_usec=last or None,
         )
 
     async def stop(self, name: str) -> None:
@@ -153,6 +182,17 @@ class Systemd:
                 raise
 
     # --- plumbing ------------------------------------------------------------------------------------------
+
+    async def _unit_path(self, name: str) -> str | None:
+        """The unit's object path, or None if systemd has no such unit loaded."""
+        try:
+            reply = await self._manager("GetUnit", "s", [name])
+        except SjobError as e:
+            if e.code is ErrorCode.NoSuchJob:
+                return None
+            raise
+        path: str = reply.body[0]
+        return path
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL or msg.member != "JobRemoved" or msg.interface != MANAGER:
@@ -230,6 +270,9 @@ def _check(reply: Message, member: str) -> Message:
     if reply.error_name == NO_SUCH_UNIT:
         # Callers that expect "no such unit" catch this; it never reaches a client as is.
         raise SjobError(ErrorCode.NoSuchJob, text or "no such unit")
+    if reply.error_name == "org.freedesktop.DBus.Error.InvalidArgs":
+        # What systemd found wrong in a property it was sent: for sjob, a timer's calendar spec it cannot parse.
+        raise SjobError(ErrorCode.InvalidArgument, f"systemd refused {member}: {text}")
     if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
         raise SjobError(ErrorCode.PermissionDenied, f"systemd refused {member}: {text}", hint="sjobd must run as root")
     raise SjobError(ErrorCode.SystemdError, f"systemd refused {member}: {text} ({reply.error_name})")

@@ -58,6 +58,7 @@ class UnitState:
     cpu_usec: int | None = None
     memory_bytes: int | None = None
     tasks: int | None = None
+    invocation_id: str = ""  # the current (or last) run of the unit, 32 hex digits; "" if it never ran
 
     @property
     def exists(self) -> bool:
@@ -66,6 +67,21 @@ class UnitState:
     @property
     def finished(self) -> bool:
         return self.active_state in ("inactive", "failed")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimerUnitState:
+    """What systemd says of a timer unit: whether it is there, and when it runs its service next and last did."""
+
+    name: str
+    load_state: str
+    active_state: str  # active (waiting for its next time), inactive (elapsed, or stopped), ...
+    next_usec: int | None = None  # realtime; None: it will not run again
+    last_usec: int | None = None  # realtime; None: it never ran
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state == "loaded"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 `FakeUnits` "starts" a unit by running its command locally (as the test user) and feeding its output and exit
 into a `FakeJobLog`, the way the shim and ExecStopPost feed journald; `start_result` and `states` let a test script
-systemd's answers instead.
+systemd's answers instead. Like systemd it runs a unit with Restart= again (each run a new invocation, up to its
+StartLimitBurst=), and a timer's service at the timer's times (OnActiveSec=, OnUnitActiveSec=); delays are scaled
+by `time_scale`, so a test's seconds pass in milliseconds. Its log records what journald's readers would deliver:
+start records numbered by attempt, output numbered on across a unit's runs.
 """
 
 from __future__ import annotations
@@ -14,45 +17,59 @@ import os
 import signal
 import time
 import typing
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from supervisor.access import Access
 from supervisor.audit import AuditEntry
-from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record
+from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord, UnitEvent
 from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.units import UnitState
+from supervisor.units import TimerUnitState, UnitState
 
 
 class FakeJobLog:
     def __init__(self) -> None:
         self.records: dict[str, list[Record]] = {}
+        self.invocations: dict[str, list[str]] = {}  # job id -> the run each of its records came from ("": any)
         self.exit_queue: asyncio.Queue[tuple[str, ExitRecord]] = asyncio.Queue()
+        self.events: list[UnitEvent] = []  # start and exit records of every unit, for `runs`
         self.changed = asyncio.Event()
         self.open_readers = 0
         self.exit_failures = 0  # exits() fails this many times first, as a journal sjobd cannot open would
         self.manager_exits: dict[str, ExitRecord] = {}  # unit -> what PID 1 logged of its end
 
-    def add(self, job_id: str, record: Record) -> None:
-        if isinstance(record, OutputRecord | ExitRecord) and not record.when_usec:
+    def add(self, job_id: str, record: Record, invocation: str = "", uid: int = 1000) -> None:
+        if isinstance(record, OutputRecord | ExitRecord | StartRecord) and not record.when_usec:
             record = dataclasses.replace(record, when_usec=time.time_ns() // 1000)  # as journald stamps entries
+        if isinstance(record, ExitRecord | StartRecord) and invocation and not record.invocation:
+            record = dataclasses.replace(record, invocation=invocation)
         self.records.setdefault(job_id, []).append(record)
+        self.invocations.setdefault(job_id, []).append(invocation)
         if isinstance(record, ExitRecord):
             self.exit_queue.put_nowait((job_id, record))
+        if isinstance(record, ExitRecord | StartRecord):
+            self.events.append(
+                UnitEvent(f"sjob-{job_id}.service", 0 if isinstance(record, ExitRecord) else uid, record)
+            )
         self.changed.set()
 
+    def _of(self, job_id: str, invocation: str | None) -> list[Record]:
+        runs = self.invocations.get(job_id, [])
+        return [r for r, run in zip(self.records.get(job_id, []), runs, strict=True) if invocation in (None, run)]
+
     async def job_records(
-        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool
+        self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
     ) -> AsyncIterator[Record | None]:
         self.open_readers += 1
         try:
             seen = 0
             while True:
-                records = self.records.get(job_id, [])
+                records = self._of(job_id, invocation)
                 while seen < len(records):
                     seen += 1
                     yield records[seen - 1]
@@ -73,17 +90,33 @@ class FakeJobLog:
         while True:
             yield await self.exit_queue.get()
 
-    def find_quota(self, job_id: str, unit: str, owner_uid: int | None) -> QuotaRecord | None:
-        return next((r for r in self.records.get(job_id, []) if isinstance(r, QuotaRecord)), None)
+    async def runs(self, since_usec: int, wanted: Callable[[str], bool]) -> AsyncIterator[UnitEvent]:
+        seen = 0
+        while True:
+            while seen < len(self.events):
+                event = self.events[seen]
+                seen += 1
+                if event.record.when_usec >= since_usec and wanted(event.unit):
+                    yield event
+            # A poll, not wait_for(changed.wait()): on Python 3.11, wait_for can swallow a cancellation that comes
+            # as the event is set, and the fake's events come often.
+            await asyncio.sleep(0.01)
 
-    def find_eof(self, job_id: str, unit: str, owner_uid: int | None) -> EofRecord | None:
-        return next((r for r in self.records.get(job_id, []) if isinstance(r, EofRecord)), None)
+    def find_quota(
+        self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None
+    ) -> QuotaRecord | None:
+        return next((r for r in self._of(job_id, invocation) if isinstance(r, QuotaRecord)), None)
 
-    def find_manager_exit(self, unit: str) -> ExitRecord | None:
+    def find_eof(
+        self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None
+    ) -> EofRecord | None:
+        return next((r for r in self._of(job_id, invocation) if isinstance(r, EofRecord)), None)
+
+    def find_manager_exit(self, unit: str, invocation: str | None = None) -> ExitRecord | None:
         return self.manager_exits.get(unit)
 
-    def find_exit(self, job_id: str) -> ExitRecord | None:
-        return next((r for r in self.records.get(job_id, []) if isinstance(r, ExitRecord)), None)
+    def find_exits(self, job_id: str, unit: str, invocation: str | None = None) -> list[ExitRecord]:
+        return [r for r in self._of(job_id, invocation) if isinstance(r, ExitRecord)]
 
 
 @dataclasses.dataclass
@@ -101,13 +134,19 @@ class FakeUnits:
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     calls: list[str] = dataclasses.field(default_factory=list)  # set_properties and kill, in order
     stdin: dict[str, int | None] = dataclasses.field(default_factory=dict)  # unit -> its copy of a passed stdin
+    time_scale: float = 0.01  # systemd's delays (RestartUSec=, a timer's times) pass this much faster
+    seq: dict[str, int] = dataclasses.field(default_factory=dict)  # job id -> its last output record's number
+    timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
+    timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
         self.calls.append("set " + " ".join(f"{k}={v}" for k, v in unit.properties))
 
-    async def start_transient(self, unit: UnitProperties) -> str:
+    async def start_transient(self, unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
         self.started.append(unit)
+        if unit.name.endswith(".timer"):
+            return self._start_timer(unit, aux)
         # systemd takes its own copy of a passed descriptor with the call, as the kernel does with SCM_RIGHTS.
         stdin = (
             unit.get("StandardInputFileDescriptor") if "StandardInputFileDescriptor" in dict(unit.properties) else None
@@ -115,15 +154,41 @@ class FakeUnits:
         self.stdin[unit.name] = os.dup(stdin.fd) if isinstance(stdin, PassedFd) else None
         if self.start_result == "done" and self.run_commands:
             self.states[unit.name] = UnitState(unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
-            task = asyncio.create_task(self._run(unit))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._in_background(self._attempts(unit))
         return self.start_result
 
-    async def _run(self, unit: UnitProperties) -> None:
+    def _in_background(self, work: typing.Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _attempts(self, unit: UnitProperties) -> None:
+        """Run the unit, and again as its Restart= says (up to StartLimitBurst= runs in all), as systemd would."""
+        props = dict(unit.properties)
+        restart = str(props.get("Restart", "no"))
+        burst = int(typing.cast(int, props.get("StartLimitBurst", 1))) if restart != "no" else 1
+        delay = int(typing.cast(int, props.get("RestartUSec", 0))) / 1e6 * self.time_scale
+        for attempt in range(1, burst + 1):
+            record = await self._run(unit, attempt)
+            again = restart == "always" or (restart == "on-failure" and record.result != "success")
+            if not again or attempt == burst or unit.name in self.stopped:
+                break
+            self.states[unit.name] = UnitState(
+                unit.name, "loaded", "activating", "auto-restart", record.result, 0, 1, 0, 0, 0, ""
+            )
+            await asyncio.sleep(delay)
+            if unit.name in self.stopped:
+                break
+            self.states[unit.name] = UnitState(unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
+        self.states.pop(unit.name, None)  # garbage-collected, as systemd does with a transient unit
+
+    async def _run(self, unit: UnitProperties, attempt: int = 1) -> ExitRecord:
         _, argv, _ = exec_entry(unit)
         end = argv.index("--")
         job_id, command = argv[end - 1], argv[end + 1 :]
+        run = uuid.uuid4().hex  # a new invocation of the unit, as systemd makes for every start
+        uid = int(str(unit.get("User"))) if "User" in dict(unit.properties) else 61000
+        self.log.add(job_id, StartRecord(attempt=attempt), run, uid)
         cwd = str(unit.get("WorkingDirectory"))
         # Bind mounts, as far as a test without namespaces can have them: paths under a bind's target are
         # rewritten to its source (a function's code and build directories).
@@ -151,7 +216,6 @@ class FakeUnits:
             if stdin is not None and not relay:
                 os.close(stdin)
         self.processes.setdefault(unit.name, []).append(proc)
-        seq = 0
         relayed = [0]
 
         async def pass_stdin() -> None:
@@ -175,15 +239,14 @@ class FakeUnits:
         async def counted(stream: asyncio.StreamReader, name: str) -> None:
             while chunk := await stream.read(65536):
                 written[0] += len(chunk)
-                nonlocal seq
-                seq += 1
-                self.log.add(job_id, OutputRecord(seq, name, chunk))
+                self.seq[job_id] = self.seq.get(job_id, 0) + 1  # on across runs, as the journal's reader numbers
+                self.log.add(job_id, OutputRecord(self.seq[job_id], name, chunk), run)
 
         try:
             await asyncio.gather(
                 counted(proc.stdout, "stdout"), counted(proc.stderr, "stderr"), *([pass_stdin()] if relay else [])
             )
-            self.log.add(job_id, EofRecord(seq, written[0], relayed[0] if relay else None))
+            self.log.add(job_id, EofRecord(self.seq.get(job_id, 0), written[0], relayed[0] if relay else None), run)
             status = await proc.wait()
         except asyncio.CancelledError:
             # The test is over and its "unit" still runs: end it as systemd would end the unit, and wait until the
@@ -198,11 +261,37 @@ class FakeUnits:
         else:  # systemd counts death by SIGTERM, SIGINT, SIGHUP, SIGPIPE as success
             clean = -status in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
             record = ExitRecord("success" if clean else "signal", "killed", -status)
-        self.log.add(job_id, record)
-        self.states.pop(unit.name, None)  # garbage-collected, as systemd does with a transient unit
+        self.log.add(job_id, record, run)
+        return record
 
     async def unit_state(self, name: str) -> UnitState | None:
         return self.states.get(name)
+
+    async def timer_state(self, name: str) -> TimerUnitState | None:
+        return self.timers.get(name)
+
+    def _start_timer(self, timer: UnitProperties, aux: Sequence[UnitProperties]) -> str:
+        (service,) = aux
+        props = dict(timer.properties)
+        monotonic = dict(typing.cast(list[tuple[str, int]], props.get("TimersMonotonic", [])))
+        first, again = monotonic.get("OnActiveSec"), monotonic.get("OnUnitActiveSec")
+        now = time.time_ns() // 1000
+        self.timers[timer.name] = TimerUnitState(timer.name, "loaded", "active", now + (first or 0), None)
+
+        async def fire() -> None:
+            delay = first
+            while delay is not None:
+                await asyncio.sleep(delay / 1e6 * self.time_scale)
+                self.timers[timer.name] = dataclasses.replace(
+                    self.timers[timer.name], last_usec=time.time_ns() // 1000, next_usec=None
+                )
+                self._in_background(self._attempts(service))
+                delay = again
+            self.timers.pop(timer.name, None)  # RemainAfterElapse=false: gone once it will not fire again
+
+        if first is not None:
+            self.timer_tasks[timer.name] = asyncio.create_task(fire())
+        return self.start_result
 
     async def reset_failed(self, name: str) -> None:
         self.reset.append(name)
@@ -210,6 +299,9 @@ class FakeUnits:
 
     async def stop(self, name: str) -> None:
         self.stopped.append(name)
+        if (task := self.timer_tasks.pop(name, None)) is not None:
+            task.cancel()
+            self.timers.pop(name, None)
         if name in self.states:  # waiting for the processes to go, as systemd after its SIGTERM
             self.states[name] = dataclasses.replace(
                 self.states[name], active_state="deactivating", sub_state="stop-sigterm"
@@ -235,9 +327,9 @@ class FakeUnits:
         """End what still runs, as a test ends: kill each "unit's" processes and wait for them, so that no
         subprocess transport is left for the garbage collector to warn about in a later test (warnings are errors
         there: seen as a flaky ResourceWarning in whichever test ran next)."""
-        for task in list(self.tasks):
+        for task in [*self.tasks, *self.timer_tasks.values()]:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, *self.timer_tasks.values(), return_exceptions=True)
         for procs in self.processes.values():
             for proc in procs:
                 if proc.returncode is None:

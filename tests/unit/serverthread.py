@@ -17,9 +17,11 @@ from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
 from supervisor.properties import ShimCommand
+from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.server import Server
+from supervisor.timers import TimerService
 
 from .fakes import FakeAudit, FakeJobLog, FakeUnits, shipped_access
 
@@ -52,8 +54,10 @@ class ServerThread:
         ledger = Ledger(records, self.log)
         reaper = Reaper(self.units, self.log, records, ledger, lambda: self.access.policy.retention)
         shim = ShimCommand("/opt/sjob/bin/sjob-shim")
-        launcher = Launcher(self.units, records, ledger, reaper, lambda: self.access.policy)
-        self.service = JobService(self.units, self.log, records, ledger, reaper, launcher, shim, self.access, profiles)
+        launcher = Launcher(self.units, records, ledger, reaper, lambda: self.access.policy, shim)
+        queue = JobQueue(records, ledger, launcher, self.access)
+        self.service = JobService(self.units, self.log, records, ledger, reaper, launcher, self.access, profiles, queue)
+        self.timers = TimerService(self.units, self.log, records, ledger, launcher, self.service, shim, self.access)
         # Functions with this test's own Python standing for the runtime (fakes run builds and calls locally).
         self.access.policy = dataclasses.replace(
             self.access.policy, functions=dataclasses.replace(self.access.policy.functions, runtime=sys.prefix)
@@ -62,15 +66,20 @@ class ServerThread:
         self.functions = FunctionService(
             store, self.units, self.log, records, ledger, launcher, shim, self.access, lambda: profiles
         )
-        self.server = Server(self.service, self.access, listening_socket(self.socket), self.functions)
+        self.server = Server(
+            self.service, self.access, listening_socket(self.socket), self.functions, timers=self.timers
+        )
         self.server.start()
         self._stop = asyncio.Event()
         watcher = asyncio.create_task(reaper.watch_exits())
+        runs = asyncio.create_task(self.timers.watch_runs())
         self._ready.set()
         await self._stop.wait()
         await self.server.close(2)
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        runs.cancel()
+        await asyncio.gather(watcher, runs, return_exceptions=True)
+        await queue.close()
         await self.units.close()
         await reaper.close()
         records.close()

@@ -61,6 +61,26 @@ def test_shipped_policy_grants_local_users_their_own_jobs_and_admins_everyones()
     assert not policy.decide(p, ALICE, Action.tokens).allowed
 
 
+def test_scheduling_is_granted_and_capped_by_rules_and_never_to_tokens() -> None:
+    p = load()
+    local = next(r for r in p.rules if r.name == "local users")
+    assert {Action.queue, Action.retry, Action.schedule} <= local.actions
+    assert (local.max_queued, local.max_retries, local.max_timers, local.queue_by_default) == (64, 10, 16, False)
+    custom = parse_policy(
+        '[[rules]]\nname = "x"\nusers = ["*"]\nactions = ["run"]\nmax_queued = 0\nqueue_by_default = true\n'
+        '[[rules]]\nname = "ci"\ntokens = ["*"]\nrun_as = "ci"\n',
+        "p.toml",
+    )
+    plain = custom.rules[0]
+    assert (plain.max_queued, plain.queue_by_default, plain.max_retries, plain.max_timers) == (0, True, 10, 16)
+    for action in (Action.queue, Action.retry, Action.schedule):
+        assert not policy.decide(custom, ALICE, action).allowed
+    token = Principal(1002, 1002, 3, "ci", token=TokenIdentity("ci", "t", frozenset({"run", "schedule", "retry"})))
+    assert policy.decide(custom, token, Action.retry).allowed
+    refused = policy.decide(custom, token, Action.schedule)
+    assert (refused.allowed, refused.reason) == (False, "tokens may not make timers")
+
+
 def test_deny_by_default_and_first_matching_rule_wins() -> None:
     text = SHIPPED.replace('users = ["*"]', 'users = ["alice"]')
     p = parse_policy(text, "policy.toml")
@@ -94,6 +114,13 @@ def test_deny_by_default_and_first_matching_rule_wins() -> None:
         ('[[rules]]\nname = "x"\nusers = ["a"]\n[rules.limits.max]\nmemory = "1X"\n', "rules 'x'.limits.max"),
         ('[[rules]]\nname = "x"\nusers = ["a"]\n[rules.limits.max]\ntasks = 10\n', "is above"),
         ('[[rules]]\nname = "local users"\nusers = ["a"]\n', "two [[rules]] are named 'local users'"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nmax_queued = -1\n', "max_queued must be a whole number"),
+        (
+            '[[rules]]\nname = "x"\nusers = ["a"]\nmax_retries = 101\n',
+            "max_retries must be a whole number from 0 to 100",
+        ),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nmax_timers = "3"\n', "max_timers must be a whole number"),
+        ('[[rules]]\nname = "x"\nusers = ["a"]\nqueue_by_default = "yes"\n', "queue_by_default must be true or false"),
     ],
 )
 def test_policy_rule_errors_name_the_file_and_rule(extra: str, words: str) -> None:
@@ -200,6 +227,19 @@ def test_only_admins_issue_tokens_and_ttl_is_capped(tmp_path: Path) -> None:
     assert "at most 2592000s" in e.value.message
     with pytest.raises(SjobError):
         s.access.issue_token(ADMIN, "ci-runner", frozenset({"tokens"}), None, now())
+
+
+def test_a_token_revoked_or_expired_since_a_request_stops_what_it_queued(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    _, record = s.access.issue_token(ROOT, "ci-runner", None, 60_000_000, now())
+    bearer = Principal(1002, 1002, 3, "ci", token=TokenIdentity("ci-runner", record.token_id, frozenset({"run"})))
+    assert s.access.token_problem(ALICE, now()) is None
+    assert s.access.token_problem(bearer, now()) is None
+    assert s.access.token_problem(bearer, record.expires_usec) == f"token {record.token_id} has expired"
+    s.access.revoke_token(ROOT, record.token_id, now())
+    assert s.access.token_problem(bearer, now()) == f"token {record.token_id} was revoked by root"
+    stranger = Principal(1002, 1002, 3, "ci", token=TokenIdentity("ci-runner", "nope", frozenset({"run"})))
+    assert s.access.token_problem(stranger, now()) == "token nope is not known to this sjobd"
 
 
 def test_revoked_and_unknown_tokens_are_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from supervisor.cli import execute, run
 from supervisor.cli.command import Command, Many, build_parser
 from supervisor.cli.commands import COMMANDS, overview
 from supervisor.cli.exitcodes import MEANINGS
+from supervisor.protocol import Retry, RetryOn, Schedule
 
 # `sjob run ARGS` -> the command and what run() is asked to do with it.
 RUN_FORMS: list[tuple[list[str], list[str], dict[str, Any]]] = [
@@ -36,6 +37,19 @@ RUN_FORMS: list[tuple[list[str], list[str], dict[str, Any]]] = [
     (["-t", "python3", "-q"], ["python3", "-q"], {"pty": True}),
     (["-n", "--", "cat", "-n"], ["cat", "-n"], {"no_stdin": True}),
     (["--pty", "--no-stdin", "sh"], ["sh"], {"pty": True, "no_stdin": True}),
+    (["--queue", "-d", "make"], ["make"], {"queue": True, "detach": True}),
+    (["--retry", "2", "--", "sh", "--retry"], ["sh", "--retry"], {"retry": Retry(2)}),
+    (
+        ["--retry=3", "--retry-delay", "10s", "--retry-on", "any", "x"],
+        ["x"],
+        {"retry": Retry(3, 10_000_000, RetryOn.any)},
+    ),
+    (["--on-calendar", "Mon..Fri 02:00", "backup"], ["backup"], {"schedule": Schedule("Mon..Fri 02:00")}),
+    (
+        ["--on-active=5s", "--on-unit-active", "1min", "tick"],
+        ["tick"],
+        {"schedule": Schedule(None, 5_000_000, 60_000_000)},
+    ),
 ]
 LIMIT_FORMS = [
     (["--memory", "1G", "--cpu=50%", "true"], [("--cpu", "50%"), ("--memory", "1G")]),
@@ -68,7 +82,7 @@ def test_run_takes_options_before_the_command_and_leaves_the_rest_to_it(
 ) -> None:
     got_command, got = parsed_run(monkeypatch, args)
     defaults = {"detach": False, "quiet": False, "as_json": False, "setenv": [], "working_directory": None}
-    defaults |= {"pty": False, "no_stdin": False}
+    defaults |= {"pty": False, "no_stdin": False, "queue": False, "retry": None, "schedule": None}
     assert got_command == command
     assert {k: v for k, v in got.items() if k != "limits"} == {"profile": None, **defaults, **options}
 

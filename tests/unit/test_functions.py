@@ -27,6 +27,7 @@ from supervisor.ledger import Ledger
 from supervisor.policy import Action, FunctionsPolicy
 from supervisor.properties import ShimCommand
 from supervisor.protocol import Chunk, Input, Job, JobState, Limits
+from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 
@@ -64,9 +65,10 @@ def scenario(body: Callable[[World], Awaitable[T]], tmp_path: Path, **functions:
         )
         ledger = Ledger(records, log)
         reaper = Reaper(units, log, records, ledger, lambda: access.policy.retention)
-        launcher = Launcher(units, records, ledger, reaper, lambda: access.policy)
         shim = ShimCommand("/opt/sjob/bin/sjob-shim")
-        jobs = JobService(units, log, records, ledger, reaper, launcher, shim, access, profiles)
+        launcher = Launcher(units, records, ledger, reaper, lambda: access.policy, shim)
+        queue = JobQueue(records, ledger, launcher, access)
+        jobs = JobService(units, log, records, ledger, reaper, launcher, access, profiles, queue)
         store = FunctionStore(tmp_path / "state")
         service = FunctionService(store, units, log, records, ledger, launcher, shim, access, lambda: profiles)
         watcher = asyncio.create_task(reaper.watch_exits())
@@ -93,7 +95,7 @@ async def output(world: World, principal: Principal, job: Job) -> tuple[bytes, b
                 out += item.data
             else:
                 err += item.data
-        else:
+        elif isinstance(item, Job):
             final = item
     assert final is not None
     return out, err, final

@@ -35,6 +35,9 @@ CALLING = {
     "Stop": (True, False),
     "Follow": (True, True),
     "FollowPipe": (True, True),
+    "Schedule": (True, False),
+    "ListTimers": (True, False),
+    "RemoveTimer": (True, False),
 }
 
 

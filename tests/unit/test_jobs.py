@@ -3,7 +3,7 @@
 import asyncio
 import dataclasses
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,14 +17,16 @@ from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
-from supervisor.properties import ShimCommand
+from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources, Stream
+from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.units import CLD_EXITED, CLD_KILLED
 
 from .fakes import FakeJobLog, FakeUnits, exec_entry, failed_unit, shipped_access
 
+SHIM = ShimCommand("/opt/sjob/bin/sjob-shim")
 ALICE = Principal(1000, 1000, 10, "alice")
 BOB = Principal(1001, 1001, 11, "bob")
 ROOT = Principal(0, 0, 1, "root")
@@ -41,16 +43,17 @@ def scenario(
         access, profiles = shipped_access()
         ledger = Ledger(records, log)
         reaper = Reaper(fake_units, log, records, ledger, lambda: access.policy.retention)
+        launcher = Launcher(fake_units, records, ledger, reaper, lambda: access.policy, SHIM)
         service = JobService(
             fake_units,
             log,
             records,
             ledger,
             reaper,
-            Launcher(fake_units, records, ledger, reaper, lambda: access.policy),
-            ShimCommand("/opt/sjob/bin/sjob-shim"),
+            launcher,
             access,
             profiles,
+            JobQueue(records, ledger, launcher, access),
             is_block_device=lambda path: path == "/dev/vda",
             online_cpus=lambda: frozenset({0, 1}),
         )
@@ -63,13 +66,17 @@ def scenario(
     return asyncio.run(main())
 
 
+def wrote(log: FakeJobLog, job_id: str) -> bool:
+    return any(isinstance(r, OutputRecord) for r in log.records.get(job_id, []))
+
+
 async def collect(service: JobService, principal: Principal, job_id: str) -> tuple[dict[str, bytes], Job]:
     streams = {"stdout": b"", "stderr": b""}
     final = None
     async for item in service.follow(principal, job_id):
         if isinstance(item, Chunk):
             streams[item.stream.value] += item.data
-        else:
+        elif isinstance(item, Job):
             final = item
     assert final is not None
     return streams, final
@@ -128,8 +135,8 @@ def test_start_failure_explains_and_collects_the_unit(tmp_path: Path, monkeypatc
 
         original = units.start_transient
 
-        async def start(unit: object) -> str:
-            await original(unit)  # type: ignore[arg-type]
+        async def start(unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
+            await original(unit)
             return await deactivating_then_failed(unit)
 
         units.start_transient = start  # type: ignore[method-assign]
@@ -329,7 +336,7 @@ def test_stop_records_who_and_ends_as_stopped(tmp_path: Path) -> None:
 def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
-        while not log.records.get(job.id):  # the trap is set once the job has written
+        while not wrote(log, job.id):  # the trap is set once the job has written
             await asyncio.sleep(0.02)
         before = len(units.calls)  # the user's slice was set up at the start
         await service.stop(ALICE, job.id, grace_usec=300_000)
@@ -350,7 +357,7 @@ def test_grace_period_ends_in_sigkill(tmp_path: Path) -> None:
 def test_repeated_stops_keep_one_grace_period_and_the_shortest_wins(tmp_path: Path) -> None:
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/"))
-        while not log.records.get(job.id):
+        while not wrote(log, job.id):
             await asyncio.sleep(0.02)
         before = len(asyncio.all_tasks())
         for _ in range(50):  # a client hammering Stop must not make sjobd hold a task per call

@@ -45,6 +45,10 @@ LAYERS = {
     "fnunits": 1,
     "fninterface": 4,
     "jobs": 3,
+    "queue": 3,
+    "timers": 3,
+    "retries": 1,
+    "timerunits": 1,
     "interface": 4,
     "connection": 4,
     "server": 4,
@@ -89,7 +93,7 @@ def test_imports_point_downward(name: str, path: Path) -> None:
 
 # Orchestration reaches systemd, journald and the job records only through the Protocols of `backends`, so host
 # tests can put fakes behind them; sjobd's wiring (daemon) is what hands it the real adapters.
-ORCHESTRATION = {"backends", "ledger", "reaper", "jobs"}
+ORCHESTRATION = {"backends", "ledger", "reaper", "jobs", "queue", "timers"}
 ADAPTERS = {"systemd", "journal", "records", "statedb"}
 
 

@@ -103,3 +103,28 @@ def test_only_the_unit_and_its_forwarder_speak_for_a_job() -> None:
     assert not trusted.admits(sent(uid=1000, pid=77), exit_record)  # a job cannot forge its own end
     assert not trusted.admits(sent(uid=0, unit="sjob-ffffffff.service"), exit_record)  # nor root's job another's
     assert not trusted.admits(sent(uid=0, unit=None), exit_record)
+
+
+def test_each_run_of_a_unit_has_its_own_forwarder() -> None:
+    """A retried job's unit runs again, each run (invocation) with a forwarder of its own; a timer's run is read by
+    its invocation alone. journald stamps each entry with its run (_SYSTEMD_INVOCATION_ID, from the cgroup)."""
+    out, start = OutputRecord(1, "stdout", b"x\n"), logformat.StartRecord()
+    unit = "sjob-1a2b3c4d.service"
+
+    def sent(run: str, pid: int, uid: int = 1000) -> dict[str, bytes]:
+        return {**entry([], uid=uid, unit=unit), "_PID": str(pid).encode(), "_SYSTEMD_INVOCATION_ID": run.encode()}
+
+    runs = logformat.RecordFilter(unit, 1000)
+    assert runs.admits(sent("a" * 32, 77), start)
+    assert runs.admits(sent("a" * 32, 77), out)
+    assert runs.admits(sent("b" * 32, 88), start)  # the next attempt's forwarder
+    assert runs.admits(sent("b" * 32, 88), out)
+    assert runs.runs == 2
+    assert not runs.admits(sent("b" * 32, 77), out)  # the first forwarder's pid, reused in the second run
+    assert not runs.admits(sent("a" * 32, 99), start)  # a second start in a run: the job's forgery
+    assert not runs.admits(sent("c" * 32, 55), out)  # a run without a start record
+    one = logformat.RecordFilter(unit, 1000, "b" * 32)
+    assert not one.admits(sent("a" * 32, 77), start)
+    assert one.admits(sent("b" * 32, 88), start)
+    assert not one.admits(sent("a" * 32, 0, uid=0), ExitRecord("success", "exited", 0))
+    assert one.admits(sent("b" * 32, 0, uid=0), ExitRecord("success", "exited", 0))

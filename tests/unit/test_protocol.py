@@ -10,6 +10,7 @@ from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import (
     FRAME,
     MAX_FRAME_DATA,
+    AttemptStart,
     Chunk,
     Job,
     JobSpec,
@@ -20,6 +21,7 @@ from supervisor.protocol import (
     frame,
     from_wire,
     parse_job_id,
+    timer_unit_for,
     to_wire,
     unframe,
     unit_for,
@@ -118,6 +120,24 @@ def test_output_is_binary_safe_as_json_and_as_frames(data: bytes, stream: Stream
     assert unframe(framed, 1 + FRAME.size + len(data)) is None  # not all there yet
 
 
+def test_an_attempt_marker_is_a_frame_without_bytes() -> None:
+    framed = (
+        frame(Chunk(Stream.stdout, b"one\n", 5, 1))
+        + frame(AttemptStart(2, 9))
+        + frame(Chunk(Stream.stdout, b"2", 6, 2))
+    )
+    items, offset = [], 0
+    while (found := unframe(framed, offset)) is not None:
+        item, offset = found
+        items.append(item)
+    assert items == [Chunk(Stream.stdout, b"one\n", 5, 1), AttemptStart(2, 9), Chunk(Stream.stdout, b"2", 6, 2)]
+
+
+def test_ids_of_timers_name_them_too() -> None:
+    assert parse_job_id("sjob-1a2b3c4d.timer") == "1a2b3c4d"
+    assert timer_unit_for("1a2b3c4d") == "sjob-1a2b3c4d.timer"
+
+
 def test_a_malformed_frame_is_a_protocol_error() -> None:
     for header in (FRAME.pack(3, 1, 1, 1), FRAME.pack(1, MAX_FRAME_DATA + 1, 1, 1)):
         with pytest.raises(SjobError) as e:
@@ -133,6 +153,7 @@ def test_spec_wire_form_is_what_varlinkctl_users_write() -> None:
         "limits": None,
         "profile": None,
         "terminal": None,
+        "retry": None,
     }
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Retention
-from supervisor.protocol import Job, JobState
+from supervisor.protocol import Attempt, Job, JobState, Retry, RetryOn, Schedule, Timer, TimerState
 from supervisor.records import JobRecords
 
 
@@ -73,3 +73,86 @@ def test_a_full_disk_is_a_storage_error_and_reads_go_on(tmp_path: Path) -> None:
     assert "df -h" in (e.value.hint or "")
     assert records.get("00000001") is not None
     assert not records._db.in_transaction  # rolled back: the next write can succeed once there is room
+
+
+def test_a_queued_job_keeps_what_starting_it_needs_until_it_leaves_the_queue(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    for i in (2, 1, 3):
+        records.insert(job(f"0000000{i}", 1000, created=i, state=JobState.queued), pending=f"pending {i}")
+    records.insert(job("00000009", 1001, created=0, state=JobState.queued), pending="bob's")
+    records.insert(job("0000000a", 1000, created=0))
+    assert [(j.id, p) for j, p in records.queued(1000)] == [
+        ("00000001", "pending 1"),
+        ("00000002", "pending 2"),
+        ("00000003", "pending 3"),
+    ]
+    assert [j.id for j in records.unfinished(1000)] == ["0000000a"]  # waiting is not running
+    records.update(dataclasses.replace(job("00000001", 1000, created=1), state=JobState.starting))
+    assert [j.id for j, _ in records.queued()] == ["00000009", "00000002", "00000003"]
+    pending = records._db.execute("SELECT pending FROM jobs WHERE id = '00000001'").fetchone()[0]
+    assert pending is None  # gone with the queue
+
+
+def test_retries_attempts_and_timer_runs_round_trip(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    retried = dataclasses.replace(
+        job("00000001", 1000, created=1),
+        retry=Retry(2, 5_000_000, RetryOn.any),
+        attempts=[Attempt(1, 10, "exit-code", 1, None, "a" * 32), Attempt(2, 20, "signal", None, 9, "b" * 32)],
+    )
+    records.insert(retried)
+    assert records.get("00000001") == retried
+    run = dataclasses.replace(job("00000002", 1000, created=2), timer="0000000f", invocation="c" * 32)
+    records.insert(run)
+    assert records.find_run("0000000f", "c" * 32) == run
+    assert records.find_run("0000000f", "d" * 32) is None
+    assert records.runs("0000000f") == (1, "00000002")
+
+
+def test_timers_share_the_id_space_of_jobs(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    timer = Timer(
+        "0000000f",
+        "sjob-0000000f.timer",
+        TimerState.active,
+        1000,
+        "alice",
+        ["/bin/true"],
+        "/",
+        5,
+        Schedule("daily", None, None),
+        profile="strict",
+    )
+    records.insert_timer(timer, '{"who": "alice"}')
+    records.insert(job("00000001", 1000, created=1))
+    assert records.get_timer("0000000f") == timer
+    assert records.timer_principal("0000000f") == '{"who": "alice"}'
+    assert [records.id_taken(i) for i in ("0000000f", "00000001", "00000002")] == [True, True, False]
+    removed = dataclasses.replace(timer, state=TimerState.removed, removed_by="alice", ended_usec=9)
+    records.update_timer(removed)
+    assert records.timers(1000) == [removed]
+    assert records.timers(1000, active=True) == []
+    records.delete_timer("0000000f")
+    assert records.get_timer("0000000f") is None
+
+
+def test_a_schema_5_database_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, unit TEXT NOT NULL, state TEXT NOT NULL, uid INTEGER NOT NULL,"
+        " user TEXT NOT NULL, argv TEXT NOT NULL, cwd TEXT NOT NULL, created_usec INTEGER NOT NULL,"
+        " started_usec INTEGER, ended_usec INTEGER, result TEXT, exit_status INTEGER, signal INTEGER, message TEXT,"
+        " stopped_by TEXT, resources TEXT, limits TEXT, profile TEXT, input TEXT, function TEXT, version INTEGER,"
+        " bytes_in INTEGER, bytes_out INTEGER, dynamic INTEGER NOT NULL DEFAULT 0);"
+        " INSERT INTO jobs (id, unit, state, uid, user, argv, cwd, created_usec)"
+        " VALUES ('00000001', 'sjob-00000001.service', 'exited', 1000, 'alice', '[\"/bin/true\"]', '/', 1);"
+        " PRAGMA user_version=5;"
+    )
+    db.close()
+    records = JobRecords(path)
+    old = records.get("00000001")
+    assert old is not None
+    assert (old.state, old.retry, old.attempts, old.timer) == (JobState.exited, None, None, None)
+    assert records.timers() == []
+    assert records._db.execute("PRAGMA user_version").fetchone()[0] == 6

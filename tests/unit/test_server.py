@@ -54,7 +54,7 @@ def follow_all(client: Client, job_id: str) -> tuple[bytes, bytes, Job]:
                 out += item.data
             else:
                 err += item.data
-        else:
+        elif isinstance(item, Job):
             final = item
     assert final is not None
     return out, err, final

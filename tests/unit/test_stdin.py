@@ -29,7 +29,7 @@ def output_of(client: Client, job: Job) -> tuple[bytes, Job]:
     for item in client.follow(job.id):
         if isinstance(item, Chunk):
             out += item.data
-        else:
+        elif isinstance(item, Job):
             final = item
     assert final is not None
     return out, final
@@ -84,8 +84,9 @@ def test_without_stdin_the_job_reads_nothing(server: ServerThread) -> None:  # n
 
 
 def refused(server: ServerThread, **fds: int) -> SjobError:  # noqa: F811
+    spec = JobSpec(["/bin/true"], "/", terminal=Terminal(24, 80) if "stdout" in fds else None)
     with Client(server.socket) as client, pytest.raises(SjobError) as caught:
-        client.start(JobSpec(["/bin/true"], "/", terminal=Terminal(24, 80) if "stdout" in fds else None), **fds)
+        client.start(spec, stdin=fds.get("stdin"), stdout=fds.get("stdout"))
     assert not server.units.started, "a unit was started with a refused descriptor"
     return caught.value
 

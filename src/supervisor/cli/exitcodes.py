@@ -40,10 +40,11 @@ MEANINGS = {
     ExitCode.USAGE: "a bad command line: unknown option, missing argument, a value that is not accepted",
     ExitCode.BUILD_FAILED: "fn deploy: the code does not compile, or its requirements do not install; nothing was "
     "deployed",
-    ExitCode.NOT_FOUND: "no such job or function (someone else's job, or a function you may not call, is reported "
-    "the same way)",
+    ExitCode.NOT_FOUND: "no such job, timer or function (someone else's job or timer, or a function you may not call, "
+    "is reported the same way)",
     ExitCode.UNAVAILABLE: "sjobd cannot be reached: not installed, its socket not enabled, or it went away",
-    ExitCode.BUSY: "too many jobs or connections, a full disk, or a function at its concurrency cap; try again later",
+    ExitCode.BUSY: "too many jobs (run --queue waits instead), a full queue, too many timers or connections, a full "
+    "disk, or a function at its concurrency cap; try again later",
     ExitCode.PROTOCOL: "sjobd answered something this sjob does not understand (different versions?)",
     ExitCode.DENIED: "policy does not allow it (an action, a profile, a limit above your ceiling)",
     ExitCode.TIMED_OUT: "the job ran over its --timeout and was stopped, as with timeout(1); or wait --timeout ran out",

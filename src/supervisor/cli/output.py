@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.protocol import Chunk, Job, Stream
+from supervisor.protocol import AttemptStart, Chunk, Job, Stream
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
 if TYPE_CHECKING:
@@ -16,18 +16,22 @@ if TYPE_CHECKING:
 
 
 class OutputCopier:
-    """Writes each piece of output to our own stdout or stderr as it arrives, and remembers where it got to."""
+    """Writes each piece of output to our own stdout or stderr as it arrives, and remembers where it got to.
+    Where a retried job's next attempt begins, `--json` has a line of its own ({"attempt": N, ...}); plain output
+    stays the job's bytes, with a note on stderr only when that is a terminal."""
 
     def __init__(self, as_json: bool = False) -> None:
         self.as_json = as_json
         self.last_seq = 0
         self._sinks: dict[Stream, BinaryIO] = {Stream.stdout: sys.stdout.buffer, Stream.stderr: sys.stderr.buffer}
 
-    def copy(self, items: Iterable[Chunk | Job]) -> Job:
+    def copy(self, items: Iterable[Chunk | AttemptStart | Job]) -> Job:
         """Copy until the stream of items ends; return the job it ended with."""
         job = None
         for item in items:
-            if isinstance(item, Chunk):
+            if isinstance(item, AttemptStart):
+                self._attempt(item)
+            elif isinstance(item, Chunk):
                 # Ctrl-C must not fall between printing an item and remembering that it was printed: after a
                 # Ctrl-C, `sjob run` prints the rest from last_seq on, and would print this item twice.
                 held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -41,6 +45,15 @@ class OutputCopier:
         if job is None:
             raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output without saying how the job stands")
         return job
+
+    def _attempt(self, item: AttemptStart) -> None:
+        if self.as_json:
+            line = json.dumps({"attempt": item.attempt, "timestamp": _stamp(item.usec), "usec": item.usec}) + "\n"
+            sys.stdout.buffer.write(line.encode())
+            sys.stdout.buffer.flush()
+        elif sys.stderr.isatty():
+            sys.stderr.write(f"sjob: attempt {item.attempt}\n")
+            sys.stderr.flush()
 
     def _write(self, item: Chunk) -> None:
         data = item.data
@@ -56,11 +69,19 @@ class OutputCopier:
 
 def json_entry(item: Chunk) -> dict[str, object]:
     """One record as JSON: text where the bytes are UTF-8, base64 where they are not (like journalctl's arrays)."""
-    stamp = datetime.datetime.fromtimestamp(item.usec / 1e6, tz=datetime.UTC).isoformat(timespec="microseconds")
-    entry: dict[str, object] = {"timestamp": stamp, "usec": item.usec, "seq": item.seq, "stream": item.stream.value}
+    entry: dict[str, object] = {
+        "timestamp": _stamp(item.usec),
+        "usec": item.usec,
+        "seq": item.seq,
+        "stream": item.stream.value,
+    }
     data = item.data
     try:
         entry["text"] = data.decode("utf-8")
     except UnicodeDecodeError:
         entry["base64"] = base64.b64encode(data).decode("ascii")
     return entry
+
+
+def _stamp(usec: int) -> str:
+    return datetime.datetime.fromtimestamp(usec / 1e6, tz=datetime.UTC).isoformat(timespec="microseconds")

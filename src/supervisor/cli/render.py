@@ -12,7 +12,7 @@ import shlex
 import time
 
 from supervisor import environment
-from supervisor.protocol import Job, JobState, Limits, Resources, signal_name
+from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState, signal_name
 from supervisor.quantities import format_age, format_cpu_list, format_duration, format_size
 from supervisor.unitfile import escape
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import TextIO
 
 DOTS = {
+    JobState.queued: "…",
     JobState.starting: "◌",
     JobState.running: "●",
     JobState.exited: "○",
@@ -29,6 +30,7 @@ DOTS = {
     JobState.unknown: "?",
 }
 STYLES = {
+    JobState.queued: "cyan",
     JobState.starting: "yellow",
     JobState.running: "green",
     JobState.exited: "dim",
@@ -40,7 +42,9 @@ COLUMNS = ("ID", "STATE", "AGE", "OWNER", "COMMAND")
 
 
 def outcome(job: Job) -> str:
-    """The state with how it ended: 'exited (status 0)', 'failed (signal SIGKILL)', 'running'."""
+    """The state with how it ended: 'exited (status 0)', 'failed (signal SIGKILL)', 'running', 'queued (place 2)'."""
+    if job.state is JobState.queued and job.position is not None:
+        return f"queued (place {job.position})"
     if job.signal is not None:
         return f"{job.state.value} (signal {signal_name(job.signal)})"
     if job.exit_status is not None:
@@ -66,6 +70,8 @@ def status(job: Job) -> str:
         ("Created", timestamp(job.created_usec, now)),
         ("Started", timestamp(job.started_usec, now)),
         ("Ended", timestamp(job.ended_usec, now) + ran_for(job)),
+        ("Attempts", attempts(job)),
+        ("Timer", f"run of timer {job.timer} (sjob timers)" if job.timer else ""),
         ("Limits", limits(job.limits)),
         ("Sandbox", f"profile {job.profile}" if job.profile else ""),
         ("Used", usage(job.resources)),
@@ -78,6 +84,28 @@ def status(job: Job) -> str:
         elif line[1]:
             out.append(f"{line[0]:>11}: {line[1]}")
     return "\n".join(out) + "\n"
+
+
+def attempts(job: Job) -> str:
+    """A retried job's attempts: how many of how many, and how each that ended did."""
+    if job.retry is None:
+        return ""
+    ended = job.attempts or []
+    allowed = job.retry.count + 1
+    how = f"retried on {job.retry.on.value}, {format_duration(job.retry.delay_usec)} apart"
+    if not job.state.finished and job.state is not JobState.queued:
+        how += f"; attempt {len(ended) + 1} {'runs' if job.state is JobState.running else 'starts'}"
+    lines = [f"{len(ended)} of at most {allowed} ended ({how})"]
+    lines += [f"{'':>13}{a.number}: {attempt_outcome(a)} at {timestamp(a.ended_usec, time.time())}" for a in ended]
+    return "\n".join(lines)
+
+
+def attempt_outcome(attempt: Attempt) -> str:
+    if attempt.signal is not None:
+        return f"{attempt.result} (signal {signal_name(attempt.signal)})"
+    if attempt.exit_status is not None:
+        return f"{attempt.result} (status {attempt.exit_status})"
+    return attempt.result
 
 
 def limits(given: Limits | None) -> str:
@@ -140,6 +168,31 @@ def ago(now: float, usec: int) -> str:
     return format_age(age) + " ago" if age > 0 else "now"
 
 
+def when(usec: int | None) -> str:
+    """A time to come (or past): 'Mon 2025-06-02 02:00:00 UTC; in 5h 3min'; 'never' for None."""
+    if not usec:
+        return "never"
+    return time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6)) + f"; {relative(usec)}"
+
+
+def relative(usec: int, now: float | None = None) -> str:
+    """'in 5h 3min' for a time to come, '2min ago' for one past, as systemctl list-timers writes them."""
+    left = usec - round((time.time() if now is None else now) * 1e6)
+    return f"in {format_age(left)}" if left > 0 else f"{format_age(-left)} ago" if left < 0 else "now"
+
+
+def schedule(given: Schedule) -> str:
+    """A timer's schedule in words: 'Mon..Fri 02:00', 'in 10min after it was made; every 10min'."""
+    parts = []
+    if given.on_calendar is not None:
+        parts.append(given.on_calendar)
+    if given.on_active_usec is not None:
+        parts.append(f"{format_duration(given.on_active_usec)} after it was made")
+    if given.on_unit_active_usec is not None:
+        parts.append(f"every {format_duration(given.on_unit_active_usec)} after a run started")
+    return "; ".join(parts)
+
+
 def ran_for(job: Job) -> str:
     if job.ended_usec and job.started_usec:
         return f"; ran {format_duration(job.ended_usec - job.started_usec)}"
@@ -151,17 +204,14 @@ def colour(stream: TextIO) -> bool:
     return stream.isatty() and not os.environ.get(environment.NO_COLOR) and os.environ.get("TERM") != "dumb"
 
 
-SGR = {"yellow": "33", "green": "32", "dim": "2", "red": "31", "magenta": "35", "bold": "1"}
+SGR = {"cyan": "36", "yellow": "33", "green": "32", "dim": "2", "red": "31", "magenta": "35", "bold": "1"}
 
 
 def job_table(jobs: list[Job], stream: TextIO) -> None:
     """The jobs, one line each, in columns: piped, at full width for grep, awk and cut; on a terminal, the command
     cut short to fit (as systemctl list-units does), and the state in colour unless colour is unwanted."""
-    if not jobs:
-        stream.write("No jobs. Start one with: sjob run -- COMMAND\n")
-        return
     now = round(time.time() * 1e6)
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             job.id,
             outcome(job),
@@ -171,15 +221,51 @@ def job_table(jobs: list[Job], stream: TextIO) -> None:
         )
         for job in jobs
     ]
-    widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS) - 1)]
+    styles = [STYLES[job.state] for job in jobs]
+    _table(COLUMNS, rows, styles, stream, "No jobs. Start one with: sjob run -- COMMAND")
+
+
+TIMER_COLUMNS = ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND")
+
+
+def timer_table(timers: list[Timer], stream: TextIO) -> None:
+    """The timers, as job_table lays out jobs: when each runs next and ran last (as systemctl list-timers says it),
+    its runs and its latest run's job, its schedule and command."""
+    now = time.time()
+    rows: list[tuple[str, ...]] = [
+        (
+            timer.id,
+            timer.state.value,
+            relative(timer.next_usec, now) if timer.next_usec else "-",
+            relative(timer.last_usec, now) if timer.last_usec else "-",
+            f"{timer.runs}" + (f" (last {timer.last_job})" if timer.last_job else ""),
+            escape(schedule(timer.schedule), backslashes=False),
+            command(timer.argv),
+        )
+        for timer in timers
+    ]
+    styles = ["green" if timer.state is TimerState.active else "dim" for timer in timers]
+    empty = "No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND"
+    _table(TIMER_COLUMNS, rows, styles, stream, empty)
+
+
+def _table(
+    columns: tuple[str, ...], rows: list[tuple[str, ...]], styles: list[str], stream: TextIO, empty: str
+) -> None:
+    """Rows under `columns`, the second cell painted in its row's style; the last column, the command, is cut to
+    fit a terminal and whole when piped."""
+    if not rows:
+        stream.write(empty + "\n")
+        return
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns) - 1)]
     room = _terminal_width(stream) - sum(widths) - 2 * len(widths) if stream.isatty() else None
     paint = colour(stream)
-    header = "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=False)) + "  " + COLUMNS[-1]
+    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)) + "  " + columns[-1]
     stream.write((_paint(header, "bold") if paint else header) + "\n")
-    for job, row in zip(jobs, rows, strict=True):
+    for style, row in zip(styles, rows, strict=True):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         if paint:
-            cells[1] = _paint(cells[1], STYLES[job.state])
+            cells[1] = _paint(cells[1], style)
         stream.write("  ".join(cells) + "  " + (_fit(row[-1], room) if room is not None else row[-1]) + "\n")
 
 

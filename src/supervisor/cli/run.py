@@ -5,8 +5,10 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 
+from supervisor.cli import schedargs
 from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
@@ -16,7 +18,7 @@ from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.limitforms import DEVICE_KINDS
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
-from supervisor.protocol import Job, JobSpec, JobState, to_wire
+from supervisor.protocol import Job, JobSpec, JobState, Retry, Schedule, to_wire
 from supervisor.unitfile import escape
 
 # What --help says of each limit of limitforms.OPTIONS: the value's name, and what it does.
@@ -59,6 +61,9 @@ def main(args: argparse.Namespace) -> int:
         limits=limits,
         pty=args.pty,
         no_stdin=args.no_stdin,
+        queue=args.queue,
+        retry=schedargs.retry_policy(args),
+        schedule=schedargs.schedule(args),
     )
 
 
@@ -81,7 +86,14 @@ attaches later. The output is also in journald: journalctl -u sjob-ID.service
 The job reads your stdin when it is a pipe or a file (cat data | sjob run ..., sjob run ... < FILE), nothing
 (/dev/null) when it is your terminal, with -d or with -n. With --pty it runs on a terminal of its own, attached to
 yours: interactive programs, line editing, Ctrl-C, Ctrl-Z and window size work as locally; its stdout and stderr
-are then one stream, kept in journald as stdout.""",
+are then one stream, kept in journald as stdout.
+
+Scheduling (issue J): with --queue, a job over your cap on running jobs waits in your queue (state queued, with
+its place) and starts when one of yours ends, even across a restart of sjobd; it reads no input. --retry N runs a
+failed job again, up to N more times, as one unit with systemd's Restart=: 'sjob status' shows each attempt and
+'sjob logs' every attempt's output in order. --on-calendar, --on-active and --on-unit-active make a timer instead
+of a job (sjob-ID.timer, as systemd-run --on-calendar does): sjob prints its id; each run is a job of its own;
+'sjob timers' lists timers and 'sjob stop ID' removes one.""",
     options=(
         Option(("-d", "--detach"), "print the job id and return at once"),
         Option(("-q", "--quiet"), "with --detach, print only the job id"),
@@ -111,6 +123,7 @@ are then one stream, kept in journald as stdout.""",
             complete=Complete.profiles,
         ),
         *LIMITS,
+        *schedargs.OPTIONS,
     ),
     arguments=(Argument("command", "COMMAND [ARG]...", "what to run", Many.rest, Complete.command),),
     handler=main,
@@ -129,8 +142,17 @@ def run(
     limits: list[tuple[str, str]] | None = None,
     pty: bool = False,
     no_stdin: bool = False,
+    queue: bool = False,
+    retry: Retry | None = None,
+    schedule: Schedule | None = None,
 ) -> int:
-    """Start the job; detached, print its id; attached, copy its output and return its exit status."""
+    """Start the job; detached, print its id; attached, copy its output and return its exit status. With a
+    `schedule`, make a timer instead, and print its id."""
+    if pty and (queue or schedule is not None):
+        raise invalid_argument(
+            "--pty needs an attached job that starts now: a queued job or a timer's runs have no terminal",
+            hint="leave out --pty",
+        )
     if pty and detach:
         raise invalid_argument(
             "--pty needs an attached job: its terminal is yours",
@@ -148,7 +170,10 @@ def run(
         limits=build_limits(limits or []),
         profile=profile,
         terminal=terminal_size() if pty else None,
+        retry=retry,
     )
+    if schedule is not None:
+        return make_timer(spec, schedule, quiet=quiet, as_json=as_json)
     relay = TerminalRelay() if pty else None
     with Client() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
@@ -160,7 +185,11 @@ def run(
                 job = client.start(spec, stdin=relay.typed_read, stdout=relay.shown_write)
                 relay.close_job_ends()
             else:
-                job = client.start(spec, stdin=passed_stdin(detach=detach, no_stdin=no_stdin))
+                stdin = passed_stdin(detach=detach, no_stdin=no_stdin)
+                if queue:
+                    refuse_input(stdin)
+                    stdin = None
+                job = client.start(spec, stdin=stdin, queue=True if queue else None)
         finally:
             if detach:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -169,8 +198,14 @@ def run(
         if detach:
             sys.stdout.write(json.dumps(to_wire(job), indent=2) + "\n" if as_json else job.id + "\n")
             if not quiet and not as_json:
-                sys.stderr.write(f"Running as unit: {job.unit}\n")
+                sys.stderr.write(
+                    f"Queued as job {job.id}, place {job.position} in your queue\n"
+                    if job.state is JobState.queued
+                    else f"Running as unit: {job.unit}\n"
+                )
             return ExitCode.OK
+        if job.state is JobState.queued:
+            sys.stderr.write(f"sjob: job {job.id} waits in your queue (place {job.position}) for one of yours to end\n")
         copier = OutputCopier(as_json=as_json)
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -179,6 +214,31 @@ def run(
             return interrupted(job, copier)
     report_abnormal_end(final)
     return of_job(final)
+
+
+def refuse_input(stdin: int | None) -> None:
+    """A queued job reads nothing: refuse real input (a pipe, a file) rather than drop it. A descriptor cannot wait
+    in a queue on disk, and a queue that kept it open in sjobd would not survive sjobd's restart."""
+    if stdin is not None and not stat.S_ISCHR(os.fstat(stdin).st_mode):
+        raise invalid_argument(
+            "--queue: a queued job reads no input, and your stdin is a pipe or a file",
+            hint="add -n to give it nothing, or have the command open the file itself",
+        )
+
+
+def make_timer(spec: JobSpec, schedule: Schedule, *, quiet: bool, as_json: bool) -> int:
+    """Make a timer for the job: print its id, and when it runs first."""
+    with Client() as client:
+        timer = client.schedule(spec, schedule)
+    if as_json:
+        sys.stdout.write(json.dumps(to_wire(timer), indent=2) + "\n")
+        return ExitCode.OK
+    sys.stdout.write(timer.id + "\n")
+    if not quiet:
+        from supervisor.cli import render  # noqa: PLC0415 - only needed for human output
+
+        sys.stderr.write(f"Timer: {timer.unit}; next run {render.when(timer.next_usec)}\n")
+    return ExitCode.OK
 
 
 def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:

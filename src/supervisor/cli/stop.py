@@ -1,4 +1,5 @@
-"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal.
+"""`sjob stop ID`: stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal; a queued job
+leaves its queue. The id of a timer removes the timer (issue J).
 
 Like `systemctl stop`, it waits until the job has ended. While it waits it says so on stderr when stderr is a
 terminal (as systemd shows a stop job that takes long only on the console): that SIGTERM went out, how long the grace
@@ -13,7 +14,17 @@ import time
 
 from supervisor.cli.command import Argument, Command, Complete, Option
 from supervisor.client import Client
-from supervisor.protocol import MAX_GRACE_USEC, Job, parse_job_id, parse_signal, signal_name, to_wire
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.protocol import (
+    MAX_GRACE_USEC,
+    REMOVED_FROM_QUEUE,
+    Job,
+    Timer,
+    parse_job_id,
+    parse_signal,
+    signal_name,
+    to_wire,
+)
 from supervisor.quantities import format_duration, parse_duration
 
 STOP_POLL = 0.2  # seconds between looks at a stopping job
@@ -26,7 +37,19 @@ def main(args: argparse.Namespace) -> None:
     grace_usec = parse_duration(args.grace, "--grace") if args.grace is not None else None
     signo = parse_signal(args.signal) if args.signal is not None else None  # a bad name fails here, in our words
     with Client() as client:
-        job = client.stop(job_id, signal=args.signal, grace_usec=grace_usec)
+        try:
+            job = client.stop(job_id, signal=args.signal, grace_usec=grace_usec)
+        except SjobError as e:
+            if e.code is not ErrorCode.NoSuchJob or args.signal is not None or args.grace is not None:
+                raise
+            # Not a job of ours: perhaps a timer (jobs and timers share one id space). If not that either, sjobd
+            # answers as for a job, in the same words.
+            timer = client.remove_timer(job_id)
+            say(args, timer, removed(timer))
+            return
+        if job.result == REMOVED_FROM_QUEUE:  # a queued job: it left the queue, never having run
+            say(args, job, f"job {job.id} {job.message}")
+            return
         if job.state.finished:
             say(args, job, f"job {job.id} has already ended ({render.outcome(job)}); nothing to stop")
             return
@@ -60,8 +83,15 @@ def wait_stopped(client: Client, job: Job, grace_usec: int) -> Job:
     return job
 
 
-def say(args: argparse.Namespace, job: Job, words: str) -> None:
-    sys.stdout.write(json.dumps(to_wire(job), indent=2) + "\n" if args.json else words + "\n")
+def say(args: argparse.Namespace, item: Job | Timer, words: str) -> None:
+    sys.stdout.write(json.dumps(to_wire(item), indent=2) + "\n" if args.json else words + "\n")
+
+
+def removed(timer: Timer) -> str:
+    """What `sjob stop` says of a timer it was given."""
+    if timer.removed_by is not None:
+        return f"timer {timer.id} removed ({timer.message})"
+    return f"timer {timer.id} is {timer.state.value}: {timer.message}; nothing to remove"
 
 
 COMMAND = Command(
@@ -69,7 +99,11 @@ COMMAND = Command(
     description="""Stop job ID as systemctl stop stops a unit: SIGTERM to all its processes, then SIGKILL to what is
 left after the grace period (default and at most 90s, the job unit's TimeoutStopSec, as systemd's default), and wait
 until it has ended. On a terminal it says on stderr that it is waiting and when SIGKILL goes out. With --signal it
-only sends that signal to all the job's processes (sjob's output forwarder ignores it) and returns.""",
+only sends that signal to all the job's processes (sjob's output forwarder ignores it) and returns.
+
+A job waiting in your queue (sjob run --queue) leaves it and never runs. A retried job is not run again. ID may also
+be a timer's (sjob timers): the timer is removed; a run under way goes on (sjob stop RUN stops it), and the
+jobs it ran stay listed.""",
     options=(
         Option(("--grace",), "time between SIGTERM and SIGKILL: 10s, 1min 30s (at most 90s)", metavar="DURATION"),
         Option(
@@ -81,6 +115,6 @@ only sends that signal to all the job's processes (sjob's output forwarder ignor
         Option(("--no-wait",), "return once the stop is requested"),
         Option(("--json",), "print the job as JSON: as it ended, or, with --no-wait or --signal, as it is"),
     ),
-    arguments=(Argument("id", "ID", "the job to stop", complete=Complete.running_jobs),),
+    arguments=(Argument("id", "ID", "the job to stop, or the timer to remove", complete=Complete.running_jobs),),
     handler=main,
 )

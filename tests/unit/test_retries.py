@@ -1,0 +1,174 @@
+"""Retries (issue J): the unit properties, which attempt ends the job, and a retried job over the fakes (which run a
+unit again as systemd's Restart= does): every attempt recorded, every attempt's output in order with a marker
+between, the policy's say, and a stop between attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import retries
+from supervisor.errors import ErrorCode, SjobError
+from supervisor.logformat import ExitRecord
+from supervisor.policy import Action
+from supervisor.protocol import Job, JobSpec, JobState, Retry, RetryOn
+from supervisor.units import UnitState
+
+from .schedworld import ALICE, World, world
+
+
+def run(tmp_path: Path, body: Callable[[World], Awaitable[None]], **rule: Any) -> None:
+    async def main() -> None:
+        async with world(tmp_path, **rule) as w:
+            await asyncio.wait_for(body(w), 30)
+
+    asyncio.run(main())
+
+
+def test_a_retry_is_systemds_restart_with_a_start_limit() -> None:
+    assert retries.unit_properties(Retry(2, 10_000_000, RetryOn.failure)) == [
+        ("Restart", "on-failure"),
+        ("RestartUSec", 10_000_000),
+        ("StartLimitBurst", 3),  # the first start and two more
+        ("StartLimitIntervalUSec", 2**64 - 1),
+    ]
+    assert retries.unit_properties(Retry(1, on=RetryOn.any))[0] == ("Restart", "always")
+
+
+@pytest.mark.parametrize(
+    ("retry", "message"),
+    [
+        (Retry(0), "--retry 0: a job can be retried 1 to 100 times"),
+        (Retry(101), "--retry 101: a job can be retried 1 to 100 times"),
+        (Retry(1, 500_000), "--retry-delay 0.5s is out of range"),
+        (Retry(1, 2 * 86400 * 1_000_000), "--retry-delay 172800s is out of range"),
+    ],
+)
+def test_retries_out_of_range_are_refused(retry: Retry, message: str) -> None:
+    with pytest.raises(SjobError) as e:
+        retries.validate(retry)
+    assert (e.value.code, e.value.message) == (ErrorCode.InvalidArgument, message)
+
+
+@pytest.mark.parametrize(
+    ("on", "number", "result", "stopped", "final"),
+    [
+        (RetryOn.failure, 1, "exit-code", False, False),
+        (RetryOn.failure, 2, "exit-code", False, False),
+        (RetryOn.failure, 3, "exit-code", False, True),  # the last of 1 + 2
+        (RetryOn.failure, 1, "success", False, True),
+        (RetryOn.failure, 1, "timeout", False, False),
+        (RetryOn.any, 1, "success", False, False),
+        (RetryOn.any, 3, "success", False, True),
+        (RetryOn.failure, 1, "signal", True, True),  # a stop: systemd starts nothing after it
+    ],
+)
+def test_which_attempt_is_the_last(on: RetryOn, number: int, result: str, stopped: bool, final: bool) -> None:
+    assert retries.is_final(Retry(2, on=on), number, result, stopped) is final
+
+
+def test_a_failing_job_retried_twice_has_three_attempts(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        spec = JobSpec(["/bin/sh", "-c", "echo try; echo oops >&2; exit 3"], "/", retry=Retry(2, 1_000_000))
+        job = await w.jobs.start(ALICE, spec)
+        (unit,) = w.units.started
+        assert dict(unit.properties)["Restart"] == "on-failure"
+        data, marks, final = await w.output(ALICE, job.id)
+        assert data.count(b"try\n") == 3
+        assert marks == [2, 3]  # where the second and third attempts begin
+        assert (final.state, final.exit_status) == (JobState.failed, 3)
+        assert [(a.number, a.result, a.exit_status) for a in final.attempts or []] == [
+            (1, "exit-code", 3),
+            (2, "exit-code", 3),
+            (3, "exit-code", 3),
+        ]
+        assert len({a.invocation for a in final.attempts or []}) == 3
+        # A replay gives the same, and so do status and the records after the watcher saw every exit again.
+        assert await w.output(ALICE, job.id) == (data, marks, final)
+        assert (await w.jobs.status(ALICE, job.id)).attempts == final.attempts
+
+    run(tmp_path, body)
+
+
+def test_a_retried_job_that_succeeds_ends_there(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        marker = tmp_path / "tried"
+        script = f"if [ -e {marker} ]; then echo second; else touch {marker}; echo first; exit 1; fi"
+        job = await w.jobs.start(ALICE, JobSpec(["/bin/sh", "-c", script], "/", retry=Retry(5)))
+        data, marks, final = await w.output(ALICE, job.id)
+        assert (data, marks, final.state, final.exit_status) == (b"first\nsecond\n", [2], JobState.exited, 0)
+        assert [a.result for a in final.attempts or []] == ["exit-code", "success"]
+
+    run(tmp_path, body)
+
+
+def test_the_policy_says_who_may_retry_and_how_often(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        with pytest.raises(SjobError) as e:
+            await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/", retry=Retry(4)))
+        assert e.value.code is ErrorCode.PermissionDenied
+        assert e.value.message == "--retry 4 is above the 3 retries policy rule 'local users' allows"
+        rule = w.access.policy.rules[-1]
+        w.rules(actions=rule.actions - {Action.retry})
+        with pytest.raises(SjobError) as e:
+            await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/", retry=Retry(1)))
+        assert e.value.message.startswith("alice may not have jobs retried")
+        assert [(a.action, a.allowed) for a in w.audit.entries] == [("retry", False), ("retry", False)]
+        assert w.units.started == []
+
+    run(tmp_path, body, max_retries=3)
+
+
+def test_stopping_a_job_between_attempts_ends_it_at_once(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        w.units.time_scale = 10.0  # a long wait before the next attempt: the stop comes in it
+        job = await w.jobs.start(ALICE, JobSpec(["/bin/sh", "-c", "exit 1"], "/", retry=Retry(3, 1_000_000)))
+        async with asyncio.timeout(10):
+            while (state := await w.units.unit_state(job.unit)) is None or state.sub_state != "auto-restart":
+                await asyncio.sleep(0.01)
+        await w.until(job.id, JobState.running)
+        while not (w.records.get(job.id) or job).attempts:
+            await asyncio.sleep(0.01)  # the first attempt's exit record, through the watcher
+        stopped = await w.jobs.stop(ALICE, job.id)
+        assert (stopped.state, stopped.message) == (JobState.stopped, "stopped by alice before attempt 2")
+        assert [a.number for a in stopped.attempts or []] == [1]
+
+    run(tmp_path, body)
+
+
+def test_an_exit_record_counts_once_whoever_brings_it(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        w.units.run_commands = False
+        job = await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/", retry=Retry(1)))
+        first = ExitRecord("exit-code", "exited", 1, when_usec=5, invocation="a" * 32)
+        for _ in range(3):  # the watcher, a follower and the sweep
+            w.jobs._ledger.record_exit(job.id, first)
+        recorded = w.records.get(job.id)
+        assert recorded is not None
+        assert (recorded.state, [a.number for a in recorded.attempts or []]) == (JobState.running, [1])
+        last = dataclasses.replace(first, result="success", exit_code="exited", exit_status=0, invocation="b" * 32)
+        ended: Job | None = w.jobs._ledger.record_exit(job.id, last)
+        assert ended is not None
+        assert (ended.state, [a.number for a in ended.attempts or []]) == (JobState.exited, [1, 2])
+
+    run(tmp_path, body)
+
+
+def test_after_the_last_attempt_the_wait_for_another_is_cut_short(tmp_path: Path) -> None:
+    """systemd waits RestartSec= after a failed last attempt, only to refuse the start (start-limit-hit): once the
+    job has ended, collecting its unit stops that wait, so a long --retry-delay leaves no unit behind."""
+
+    async def body(w: World) -> None:
+        name = "sjob-0000abcd.service"
+        w.units.states[name] = UnitState(name, "loaded", "activating", "auto-restart", "exit-code", 0, 1, 1, 0, 0, "")
+        w.reaper.collect_later(name)
+        async with asyncio.timeout(5):
+            while name not in w.units.stopped:
+                await asyncio.sleep(0.01)
+
+    run(tmp_path, body)
