@@ -25,7 +25,7 @@ from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.units import UnitState
+from supervisor.units import UnitState, UnitUsage
 
 
 class FakeJobLog:
@@ -101,6 +101,7 @@ class FakeUnits:
     tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     calls: list[str] = dataclasses.field(default_factory=list)  # set_properties and kill, in order
     stdin: dict[str, int | None] = dataclasses.field(default_factory=dict)  # unit -> its copy of a passed stdin
+    usages: dict[str, UnitUsage] = dataclasses.field(default_factory=dict)  # unit -> its accounting now
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
@@ -203,6 +204,11 @@ class FakeUnits:
 
     async def unit_state(self, name: str) -> UnitState | None:
         return self.states.get(name)
+
+    async def usage(self, name: str) -> UnitUsage | None:
+        if name not in self.states:
+            return None
+        return self.usages.get(name, UnitUsage())
 
     async def reset_failed(self, name: str) -> None:
         self.reset.append(name)

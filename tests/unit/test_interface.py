@@ -35,6 +35,7 @@ CALLING = {
     "Stop": (True, False),
     "Follow": (True, True),
     "FollowPipe": (True, True),
+    "Usage": (True, False),
 }
 
 
