@@ -43,20 +43,34 @@ COMMANDS = {
     "completion": Verb("completion", "Print the shell completion script for bash, zsh or fish"),
 }
 
+SYNOPSIS = "sjob [-h] [--version] [-H [USER@]HOST] COMMAND [ARG]..."
 DESCRIPTION = "Run commands as supervised systemd services, with their output kept in journald."
 
 
 class GlobalOption:
-    __slots__ = ("flags", "help")
+    __slots__ = ("flags", "help", "metavar")
 
-    def __init__(self, flags: tuple[str, ...], help: str) -> None:
+    def __init__(self, flags: tuple[str, ...], help: str, metavar: str | None = None) -> None:
         self.flags = flags
         self.help = help
+        self.metavar = metavar  # what its value is called; None for a flag
+
+    @property
+    def shown(self) -> str:
+        """`-H, --host [USER@]HOST`, as help texts show it."""
+        return ", ".join(self.flags) + (f" {self.metavar}" if self.metavar else "")
 
 
+HOST = GlobalOption(
+    ("-H", "--host"),
+    "run the command against sjobd on HOST, over ssh, as USER there (default: your ssh login); no stdin or"
+    " terminal reaches a job there (run refuses --pty and a piped stdin: give -n)",
+    "[USER@]HOST",
+)
 GLOBAL_OPTIONS = (
     GlobalOption(("-h", "--help"), "show this help; 'sjob COMMAND --help' shows a command's"),
     GlobalOption(("--version",), "print sjob's version"),
+    HOST,
 )
 
 
@@ -66,8 +80,8 @@ def version() -> str:
 
 def overview() -> str:
     """`sjob --help`: the verbs, the environment and the exit statuses."""
-    lines = ["usage: sjob [-h] [--version] COMMAND [ARG]...", "", DESCRIPTION, "", "options:"]
-    lines += _rows((", ".join(o.flags), o.help) for o in GLOBAL_OPTIONS)
+    lines = [f"usage: {SYNOPSIS}", "", DESCRIPTION, "", "options:"]
+    lines += _rows((o.shown, o.help) for o in GLOBAL_OPTIONS)
     lines += ["", "commands:"]
     lines += _rows((name, verb.summary) for name, verb in COMMANDS.items())
     lines += ["", "environment:"]
