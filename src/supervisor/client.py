@@ -28,6 +28,7 @@ from supervisor.protocol import (
     IssuedToken,
     Job,
     JobSpec,
+    JobUsage,
     Method,
     Output,
     Stream,
@@ -190,6 +191,10 @@ class Client:
         if not isinstance(jobs, list):
             raise SjobError(ErrorCode.ProtocolError, "malformed reply from sjobd: 'jobs' is not a list")
         return [from_wire(Job, j) for j in jobs]
+
+    def usage(self, *, everyone: bool = False) -> list[JobUsage]:
+        """What the running jobs use now (sjob top)."""
+        return [from_wire(JobUsage, u) for u in _list(self.call(Method.Usage, {"all": everyone}), "usage")]
 
     def issue_token(self, subject: str, scope: list[str] | None, ttl_usec: int | None) -> IssuedToken:
         parameters: dict[str, Any] = {"subject": subject}

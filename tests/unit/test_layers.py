@@ -132,11 +132,11 @@ def test_sjob_help_loads_no_verb_and_no_parser() -> None:
     assert not {m for m in loaded if m.startswith("supervisor.cli.") and m.split(".")[2] in ("run", "list", "status")}
 
 
-@pytest.mark.parametrize("verb", ["run", "logs", "status", "list", "wait", "stop", "token", "completion"])
+@pytest.mark.parametrize("verb", ["run", "logs", "status", "list", "top", "wait", "stop", "token", "completion"])
 def test_a_verb_loads_only_itself_and_never_the_daemon(verb: str) -> None:
     code = "from supervisor.cli.commands import COMMANDS; from supervisor.cli.command import build_parser"
     loaded = loaded_by(f"{code}; build_parser(COMMANDS[{verb!r}].command())")  # what `sjob VERB` loads to parse
     assert loaded & (DAEMON_ONLY | {"rich", "typer", "typing"}) == set()  # typing alone costs ~2 ms natively
-    others = {"run", "logs", "status", "list", "wait", "stop", "token", "completion"} - {verb}
+    others = {"run", "logs", "status", "list", "top", "wait", "stop", "token", "completion"} - {verb}
     if verb != "completion":  # which reads every verb's declaration
         assert {m.removeprefix("supervisor.cli.") for m in loaded if m.startswith("supervisor.cli.")} & others == set()

@@ -36,6 +36,7 @@ COMMANDS = {
     "logs": Verb("logs", "Print a job's output, stdout and stderr apart, byte for byte; -f follows it to the end"),
     "status": Verb("status", "Show a job: state, command, owner, times, limits, how it ended and what it used"),
     "list": Verb("list", "List your jobs, newest first"),
+    "top": Verb("top", "Show your running jobs' CPU, memory, tasks and IO as they run, refreshed in place"),
     "wait": Verb("wait", "Wait until jobs have ended; exit with the last one's status"),
     "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period), or send it a signal"),
     "fn": Verb("fn", "Functions: deploy Python code under a name, call it with your stdin, manage its versions"),
