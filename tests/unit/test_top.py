@@ -4,6 +4,7 @@
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -121,3 +122,18 @@ def test_ctrl_c_and_sigterm_restore_the_terminal(server: ServerThread) -> None:
         top.expect(pexpect.EOF)
         top.close()
         assert top.exitstatus == (130 if stop == "\x03" else 143)
+
+
+def test_ctrl_z_gives_the_terminal_back_until_continued(server: ServerThread) -> None:
+    env = {**os.environ, "SJOB_SOCKET": server.socket, "TERM": "xterm"}
+    top = pexpect.spawn(sys.executable, [*SJOB[1:], "top"], env=env, timeout=20)
+    top.expect_exact("No running jobs")
+    top.send("\x1a")
+    top.expect_exact("\x1b[?25h\x1b[?1049l")  # the shell's screen while it is stopped
+    top.kill(signal.SIGCONT)  # as the shell's fg does
+    top.expect_exact("\x1b[?1049h")
+    top.expect_exact("No running jobs")  # redrawn at once
+    top.send("q")
+    top.expect(pexpect.EOF)
+    top.close()
+    assert top.exitstatus == 0

@@ -1,6 +1,7 @@
 """A full-screen view on the terminal for `sjob top`, with plain ANSI sequences: the alternate screen (so the shell's
 screen comes back as it was), the cursor hidden, keys read one at a time without echo, and the view redrawn in place
-from the top left. `Screen` restores all of it on every way out (q, Ctrl-C, an error, SIGTERM or SIGHUP).
+from the top left. `Screen` restores all of it on every way out (q, Ctrl-C, an error, SIGTERM or SIGHUP), and
+while Ctrl-Z has it stopped: the shell gets its screen and terminal back, and `fg` brings the view back.
 """
 
 from __future__ import annotations
@@ -43,21 +44,36 @@ class Screen:
                 signal.SIGWINCH: signal.signal(signal.SIGWINCH, lambda *_: None),
                 signal.SIGTERM: signal.signal(signal.SIGTERM, _leave),
                 signal.SIGHUP: signal.signal(signal.SIGHUP, _leave),
+                signal.SIGTSTP: signal.signal(signal.SIGTSTP, self._suspend),
             }
-            tty.setcbreak(self._in, termios.TCSANOW)  # keys one by one, no echo; Ctrl-C is still SIGINT
-            self._write(ENTER)
+            self._enter()
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def _enter(self) -> None:
+        tty.setcbreak(self._in, termios.TCSANOW)  # keys one by one, no echo; Ctrl-C is still SIGINT
+        self._write(ENTER)
+
+    def _restore(self) -> None:
         with contextlib.suppress(OSError):
             self._write(LEAVE)
         if self._saved is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(self._in, termios.TCSADRAIN, self._saved)  # type: ignore[arg-type]
-            self._saved = None
+
+    def _suspend(self, _signo: int, _frame: object) -> None:
+        """Ctrl-Z: give the shell its terminal back, stop, and take the terminal again on `fg` (the wake-up pipe
+        has the signal, so the view is redrawn at once)."""
+        self._restore()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        with contextlib.suppress(OSError, termios.error):
+            self._enter()
+
+    def __exit__(self, *_: object) -> None:
+        self._restore()
+        self._saved = None
         for signo, handler in self._handlers.items():
             signal.signal(signo, handler)  # type: ignore[arg-type]
         self._handlers = {}
