@@ -5,6 +5,10 @@ more than the whole call. Varlink framing is one JSON object per message, each t
 
 Output comes through FollowPipe: sjobd passes a pipe (SCM_RIGHTS, as systemd's Varlink does) and writes framed raw
 bytes into it, which costs a fraction of base64 inside JSON per piece (the `Follow` method, kept for other clients).
+
+The connection is sjobd's socket here, or, with `sjob -H [USER@]HOST` (`use_host`), an ssh session to HOST whose
+remote end runs `sjob --bridge` (`bridge`), as `systemctl -H` runs systemd-stdio-bridge: the same bytes, but no file
+descriptors can cross it, so output comes through `Follow` and nothing can be passed to a job's stdin.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from supervisor.protocol import (
     IssuedToken,
     Job,
     JobSpec,
+    JobUsage,
     Method,
+    Output,
     Schedule,
     Stream,
     Timer,
@@ -41,10 +47,28 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_REPLY = 64 * 1024 * 1024
+RECEIVE_SIZE = 256 * 1024
+
+_host: str | None = None  # sjob -H: the [USER@]HOST every Client of this process talks to
 
 
 def socket_path() -> str:
     return os.environ.get(environment.SOCKET) or DEFAULT_SOCKET
+
+
+def use_host(host: str | None) -> None:
+    """Make every Client of this process talk to sjobd on `host` ([USER@]HOST) over ssh; None: the local one."""
+    global _host  # noqa: PLW0603 - one choice per process, made once from `sjob -H`
+    if host is not None:
+        from supervisor.remote import parse_host  # noqa: PLC0415 - only -H needs it
+
+        parse_host(host)  # refuse a malformed one before anything runs
+    _host = host
+
+
+def remote_host() -> str | None:
+    """The host given with `sjob -H`, or None when sjobd is the local one."""
+    return _host
 
 
 def token_from_environment() -> str | None:
@@ -73,20 +97,17 @@ class Client:
 
     def __init__(self, path: str | None = None, token: str | None = None) -> None:
         """Connect; with a token (by default the environment's, see `token_from_environment`), act as its
-        principal instead of as the calling user."""
-        self.path = path or socket_path()
-        token = token if token is not None else token_from_environment()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._sock.connect(self.path)
-        except OSError as e:
-            self._sock.close()
-            raise SjobError(
-                ErrorCode.NotConnected,
-                f"cannot connect to sjobd at {self.path}: {e.strerror}",
-                hint="is sjob installed and its socket enabled? 'systemctl status sjobd.socket' tells; "
-                "install with 'sudo ./install.sh'",
-            ) from e
+        principal instead of as the calling user. With `sjob -H` (and no `path`), connect over ssh: the remote
+        identity is the ssh login user, so no token of this machine is sent there."""
+        self._transport: Transport
+        if path is None and _host is not None:
+            from supervisor.remote import SshTransport  # noqa: PLC0415 - only -H needs it (and subprocess)
+
+            self._transport = SshTransport(_host)
+            token = None
+        else:
+            self._transport = UnixTransport(path or socket_path())
+            token = token if token is not None else token_from_environment()
         self._buffer = b""
         self._fds: list[int] = []  # passed with the reply being read (SCM_RIGHTS); owned until taken
         self.principal: str | None = None
@@ -97,9 +118,14 @@ class Client:
                 self.close()
                 raise
 
+    @property
+    def passes_fds(self) -> bool:
+        """Whether descriptors can go to sjobd and come back (not over ssh)."""
+        return self._transport.passes_fds
+
     def close(self) -> None:
         self._close_fds()
-        self._sock.close()
+        self._transport.close()
 
     def _close_fds(self) -> None:
         for fd in self._fds:
@@ -129,6 +155,7 @@ class Client:
             if fd is not None:
                 parameters[name] = len(fds)
                 fds.append(fd)
+        self._check_passing(fds)
         return from_wire(Job, self.call(Method.Start, parameters, fds)["job"])
 
     def follow(
@@ -140,6 +167,13 @@ class Client:
         parameters: dict[str, Any] = {"id": job_id, "wait": wait, "after_seq": after_seq}
         if streams is not None:
             parameters["streams"] = [s.value for s in streams]
+        if not self.passes_fds:  # over ssh: the pieces come inline, in base64
+            for reply in self.call_more(Method.Follow, parameters):
+                if "output" in reply:
+                    yield from_wire(Output, reply["output"]).chunk()
+                elif "job" in reply:
+                    yield from_wire(Job, reply["job"])
+            return
         replies = self.call_more(Method.FollowPipe, parameters)
         pipe = self._take_fd(next(replies).get("pipe"))
         try:
@@ -178,6 +212,10 @@ class Client:
 
     def remove_timer(self, timer_id: str) -> Timer:
         return from_wire(Timer, self.call(Method.RemoveTimer, {"id": timer_id})["timer"])
+
+    def usage(self, *, everyone: bool = False) -> list[JobUsage]:
+        """What the running jobs use now (sjob top)."""
+        return [from_wire(JobUsage, u) for u in _list(self.call(Method.Usage, {"all": everyone}), "usage")]
 
     def issue_token(self, subject: str, scope: list[str] | None, ttl_usec: int | None) -> IssuedToken:
         parameters: dict[str, Any] = {"subject": subject}
@@ -224,6 +262,7 @@ class Client:
         parameters: dict[str, Any] = {"name": reference, "args": args}
         if stdin is not None:
             parameters["stdin"] = 0
+            self._check_passing([stdin])
         return from_wire(Job, self.call(FnMethod.Call, parameters, [stdin] if stdin is not None else None)["job"])
 
     def function_calls(self, name: str, limit: int = 100) -> list[FunctionCall]:
@@ -248,6 +287,13 @@ class Client:
             if not reply.get("continues"):
                 return
 
+    def _check_passing(self, fds: list[int]) -> None:
+        if fds and not self.passes_fds:
+            raise SjobError(
+                ErrorCode.InvalidArgument,
+                f"{self._transport.name} cannot take file descriptors: no stdin or terminal can reach a job there",
+            )
+
     def _take_fd(self, index: object) -> int:
         """The file descriptor a reply names by its index among those passed with it; the caller closes it."""
         if not isinstance(index, int) or not 0 <= index < len(self._fds):
@@ -260,12 +306,7 @@ class Client:
         self._close_fds()
         data = json.dumps(message, separators=(",", ":")).encode() + b"\0"
         try:
-            if fds:
-                # The descriptors travel with the first bytes; the rest follows as usual.
-                sent = socket.send_fds(self._sock, [data], fds)
-                self._sock.sendall(data[sent:])
-            else:
-                self._sock.sendall(data)
+            self._transport.send(data, fds or [])
         except OSError as e:
             # sjobd refuses some connections at once (too many, from inside a job): it sends why and closes, and
             # our request then meets a closed socket. The refusal is still ours to read, and says more.
@@ -281,7 +322,7 @@ class Client:
             if len(self._buffer) > MAX_REPLY:
                 raise SjobError(ErrorCode.ProtocolError, f"sjobd sent a reply larger than {MAX_REPLY} bytes")
             try:
-                chunk, fds, _, _ = socket.recv_fds(self._sock, 256 * 1024, 8, socket.MSG_CMSG_CLOEXEC)
+                chunk, fds = self._transport.receive()
             except OSError as e:
                 raise self._lost(e) from e
             self._fds += fds
@@ -304,11 +345,67 @@ class Client:
 
     def _lost(self, e: OSError | None) -> SjobError:
         detail = f": {e.strerror}" if e is not None and e.strerror else ""
+        return self._transport.lost(detail)
+
+
+class Transport:
+    """How the Varlink messages reach sjobd: its socket, or ssh to another host (remote.SshTransport)."""
+
+    name = "sjobd"
+    passes_fds = False
+
+    def send(self, data: bytes, fds: list[int]) -> None:
+        raise NotImplementedError
+
+    def receive(self) -> tuple[bytes, list[int]]:
+        """What arrived (b"" at the end), with any descriptors passed along (the caller owns them)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def lost(self, detail: str) -> SjobError:
+        """The error for a connection that broke (`detail`: ': why', or empty)."""
         return SjobError(
             ErrorCode.NotConnected,
-            f"lost the connection to sjobd{detail}",
+            f"lost the connection to {self.name}{detail}",
             hint="'journalctl -u sjobd' shows why; running jobs are not affected",
         )
+
+
+class UnixTransport(Transport):
+    """sjobd's Unix socket on this machine: descriptors go both ways (SCM_RIGHTS)."""
+
+    passes_fds = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.connect(path)
+        except OSError as e:
+            self._sock.close()
+            raise SjobError(
+                ErrorCode.NotConnected,
+                f"cannot connect to sjobd at {path}: {e.strerror}",
+                hint="is sjob installed and its socket enabled? 'systemctl status sjobd.socket' tells; "
+                "install with 'sudo ./install.sh'",
+            ) from e
+
+    def send(self, data: bytes, fds: list[int]) -> None:
+        if fds:
+            # The descriptors travel with the first bytes; the rest follows as usual.
+            sent = socket.send_fds(self._sock, [data], fds)
+            self._sock.sendall(data[sent:])
+        else:
+            self._sock.sendall(data)
+
+    def receive(self) -> tuple[bytes, list[int]]:
+        chunk, fds, _, _ = socket.recv_fds(self._sock, RECEIVE_SIZE, 8, socket.MSG_CMSG_CLOEXEC)
+        return chunk, fds
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _list(reply: dict[str, Any], key: str) -> list[Any]:

@@ -35,6 +35,7 @@ from supervisor.protocol import (
     IssuedToken,
     Job,
     JobSpec,
+    JobUsage,
     Output,
     Stream,
     Timer,
@@ -323,6 +324,14 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
     def List(self, all: bool = False, running: bool = False) -> list[Job]:  # noqa: N802
         """The caller's jobs, newest first: only running ones with `running`, everyone's with `all` (root)."""
         return self._service.list_jobs(self._principal, everyone=all, running=running)
+
+    @varlinkmethod(return_parameter="usage")
+    @answers_sjob_errors
+    async def Usage(self, all: bool = False) -> list[JobUsage]:  # noqa: N802
+        """What the caller's running jobs use now (everyone's with `all`, for root and admins), newest first: CPU
+        time, memory, tasks and IO bytes as systemd's accounting has them, each sample with the CLOCK_MONOTONIC
+        time it was taken, so that two calls give rates."""
+        return await self._service.usage(self._principal, everyone=all)
 
     @varlinkmethod(return_parameter="job")
     @answers_sjob_errors

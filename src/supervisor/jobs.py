@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Callable, Collection
 
 from supervisor import jobspec, limits, properties
@@ -35,7 +36,17 @@ from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, StartRecor
 from supervisor.policy import Action, Owner, Policy, ProfilePolicy, Rule, owns
 from supervisor.profiles import Profile, Profiles
 from supervisor.properties import JobStdio
-from supervisor.protocol import MAX_CPUS, AttemptStart, Chunk, Job, JobSpec, JobState, Stream, parse_job_id
+from supervisor.protocol import (
+    MAX_CPUS,
+    AttemptStart,
+    Chunk,
+    Job,
+    JobSpec,
+    JobState,
+    JobUsage,
+    Stream,
+    parse_job_id,
+)
 from supervisor.quantities import format_cpu_list, parse_cpu_list
 from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
@@ -293,6 +304,17 @@ class JobService:
                     hint="leave out --all",
                 ),
             )
+
+    async def usage(self, principal: Principal, *, everyone: bool = False) -> list[JobUsage]:
+        """What the principal's running jobs (everyone's, for admins) use now, newest first (`sjob top`). Who may
+        see which job is decided as for `list_jobs`; a job whose unit is already gone is left out."""
+        found = []
+        for job in self.list_jobs(principal, everyone=everyone, running=True):
+            used = await self._units.usage(job.unit)
+            if used is not None:
+                sampled = time.monotonic_ns() // 1000  # after the reply: the counters are at most this old
+                found.append(JobUsage(job, sampled, **dataclasses.asdict(used)))
+        return found
 
     @property
     def profiles(self) -> Profiles:

@@ -35,7 +35,15 @@ stops or restarts.
 
 A job id is 8 hex digits, as sjob run -d and sjob list print it; sjob-ID and sjob-ID.service are accepted too. A \
 job of someone else's is reported exactly like one that does not exist. Durations are written as systemd writes \
-them (500ms, 90s, 10min, 1h 30min, 2d), sizes in powers of 1024 (512M, 1.5G)."""
+them (500ms, 90s, 10min, 1h 30min, 2d), sizes in powers of 1024 (512M, 1.5G).
+
+With -H [USER@]HOST, the command runs against sjobd on HOST, over ssh, as systemctl -H does: sjob runs ssh -xT \
+[-l USER] HOST sjob --bridge ($SJOB_SSH names the ssh command and its options), and on HOST the caller is the \
+ssh login user, as for an sjob run in that ssh session; no token is sent there. No file descriptor crosses ssh, \
+so the output comes inline (Varlink Follow) and a job there reads nothing: run refuses --pty, and a piped or \
+redirected stdin unless -n is given; fn call refuses a piped stdin. The command is looked up in the PATH of the \
+job's unit there, not in yours, and runs in / unless --working-directory names a directory there. Ctrl-C stops \
+the job, as locally."""
 
 SJOB_FILES = {
     "/run/sjob/io.sjob.Jobs": "sjobd's socket (Varlink; varlinkctl introspect shows the interface)",
@@ -117,12 +125,26 @@ def _closing(files: dict[str, str], see_also: str) -> list[str]:
     return [*lines, ".SH SEE ALSO", roff(see_also), ""]
 
 
+def _global_flags(flags: tuple[str, ...], metavar: str | None) -> str:
+    shown = ", ".join(f"\\fB{roff(f)}\\fR" for f in flags)
+    return shown + (f" \\fI{roff(metavar)}\\fR" if metavar else "")
+
+
 def sjob_page() -> str:
     what = DESCRIPTION[:1].lower() + DESCRIPTION[1:].rstrip(".")
-    synopsis = "\\fBsjob\\fR [\\fB\\-h\\fR] [\\fB\\-\\-version\\fR] \\fICOMMAND\\fR [\\fIARG\\fR]..."
+    synopsis = (
+        "\\fBsjob\\fR [\\fB\\-h\\fR] [\\fB\\-\\-version\\fR] [\\fB\\-H\\fR \\fI[USER@]HOST\\fR] \\fICOMMAND\\fR"
+        " [\\fIARG\\fR]..."
+    )
     lines = _opening("sjob", 1, "User Commands", what, synopsis, SJOB_DESCRIPTION)
     lines += [".SH OPTIONS"]
-    lines += _definitions((", ".join(f"\\fB{roff(f)}\\fR" for f in o.flags), o.help) for o in GLOBAL_OPTIONS)
+    lines += _definitions(
+        (
+            ", ".join(f"\\fB{roff(f)}\\fR" for f in o.flags) + (f" \\fI{roff(o.metavar)}\\fR" if o.metavar else ""),
+            o.help,
+        )
+        for o in GLOBAL_OPTIONS
+    )
     lines += [".SH COMMANDS"]
     for command, _ in commands():
         lines += [f'.SS "sjob {command.name}"', ".PP", f"\\fB{roff(command.synopsis())}\\fR"]

@@ -55,6 +55,7 @@ class Method(enum.StrEnum):
     Schedule = f"{INTERFACE}.Schedule"
     ListTimers = f"{INTERFACE}.ListTimers"
     RemoveTimer = f"{INTERFACE}.RemoveTimer"
+    Usage = f"{INTERFACE}.Usage"
 
 
 class JobState(enum.StrEnum):
@@ -255,6 +256,22 @@ class Job:
         if self.exit_status is not None:
             return self.exit_status
         return 0 if self.state is JobState.exited else 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobUsage:
+    """A running job and what its unit uses right now, as systemd's accounting reports it (`sjob top`). Counters
+    (CPU time, IO bytes) only grow: a rate is the difference of two samples over the difference of their
+    `sampled_usec`, which is CLOCK_MONOTONIC on sjobd's machine (so it also holds for a client on another host).
+    A field is None where systemd does not account for it."""
+
+    job: Job
+    sampled_usec: int
+    cpu_usec: int | None = None  # CPUUsageNSec, in microseconds
+    memory_bytes: int | None = None  # MemoryCurrent
+    tasks: int | None = None  # TasksCurrent
+    io_read_bytes: int | None = None  # IOReadBytes
+    io_write_bytes: int | None = None  # IOWriteBytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from dbus_fast.aio import MessageBus
 
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.units import TimerUnitState, UnitState
+from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
 DEST = "org.freedesktop.systemd1"
 PATH = "/org/freedesktop/systemd1"
@@ -152,6 +152,24 @@ class Systemd:
             active_state=unit.get("ActiveState", ""),
             next_usec=min(candidates) if candidates else None,
             last_usec=last or None,
+        )
+
+    async def usage(self, name: str) -> UnitUsage | None:
+        """What the unit uses now, as `systemctl status` shows it; None if systemd has no such unit loaded."""
+        try:
+            reply = await self._manager("GetUnit", "s", [name])
+        except SjobError as e:
+            if e.code is ErrorCode.NoSuchJob:
+                return None
+            raise
+        # One GetAll of the service's properties: one round trip, where Get would take one per counter.
+        service = await self._get_all(reply.body[0], SERVICE)
+        return UnitUsage(
+            cpu_usec=_accounted(service.get("CPUUsageNSec"), 1000),
+            memory_bytes=_accounted(service.get("MemoryCurrent")),
+            tasks=_accounted(service.get("TasksCurrent")),
+            io_read_bytes=_accounted(service.get("IOReadBytes")),
+            io_write_bytes=_accounted(service.get("IOWriteBytes")),
         )
 
     async def stop(self, name: str) -> None:

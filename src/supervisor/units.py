@@ -85,6 +85,17 @@ class TimerUnitState:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UnitUsage:
+    """What a unit uses now (its service's accounting properties); None where systemd does not account for it."""
+
+    cpu_usec: int | None = None
+    memory_bytes: int | None = None
+    tasks: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
     """How a finished job ended, in the terms of protocol.Job."""
 

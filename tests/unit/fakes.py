@@ -29,7 +29,7 @@ from supervisor.policyfile import parse_policy
 from supervisor.profiles import Profiles
 from supervisor.profiles import load as load_profiles
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.units import TimerUnitState, UnitState
+from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
 
 class FakeJobLog:
@@ -138,6 +138,7 @@ class FakeUnits:
     seq: dict[str, int] = dataclasses.field(default_factory=dict)  # job id -> its last output record's number
     timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
     timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    usages: dict[str, UnitUsage] = dataclasses.field(default_factory=dict)  # unit -> its accounting now
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
@@ -292,6 +293,11 @@ class FakeUnits:
         if first is not None:
             self.timer_tasks[timer.name] = asyncio.create_task(fire())
         return self.start_result
+
+    async def usage(self, name: str) -> UnitUsage | None:
+        if name not in self.states:
+            return None
+        return self.usages.get(name, UnitUsage())
 
     async def reset_failed(self, name: str) -> None:
         self.reset.append(name)

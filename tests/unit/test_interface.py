@@ -38,6 +38,7 @@ CALLING = {
     "Schedule": (True, False),
     "ListTimers": (True, False),
     "RemoveTimer": (True, False),
+    "Usage": (True, False),
 }
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -22,7 +23,7 @@ from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources
 from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
-from supervisor.units import CLD_EXITED, CLD_KILLED
+from supervisor.units import CLD_EXITED, CLD_KILLED, UnitUsage
 
 from .fakes import FakeJobLog, FakeUnits, exec_entry, failed_unit, shipped_access
 
@@ -495,5 +496,33 @@ def test_a_users_slice_gets_its_caps_once_until_the_policy_changes(tmp_path: Pat
         await service.start(ALICE, JobSpec(["/bin/true"], "/"))
         assert [u.name for u in units.property_sets] == ["sjob-u1000.slice", "sjob-u1001.slice", "sjob-u1000.slice"]
         assert units.property_sets[-1].get("TasksMax") == 99
+
+    scenario(body, tmp_path)
+
+
+def test_usage_is_the_callers_running_jobs_accounting(tmp_path: Path) -> None:
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        running = await service.start(ALICE, JobSpec(["/bin/sleep", "30"], "/"))
+        ended = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        await collect(service, ALICE, ended.id)
+        units.usages[running.unit] = UnitUsage(cpu_usec=5, memory_bytes=4096, tasks=2, io_read_bytes=7)
+        (usage,) = await service.usage(ALICE)
+        assert (usage.job.id, usage.cpu_usec, usage.memory_bytes, usage.tasks, usage.io_read_bytes) == (
+            running.id,
+            5,
+            4096,
+            2,
+            7,
+        )
+        assert usage.io_write_bytes is None
+        assert 0 < usage.sampled_usec <= time.monotonic_ns() // 1000
+        assert await service.usage(BOB) == []  # someone else's jobs are not there at all
+        assert [u.job.id for u in await service.usage(ROOT, everyone=True)] == [running.id]
+        with pytest.raises(SjobError) as denied:
+            await service.usage(BOB, everyone=True)
+        assert denied.value.code is ErrorCode.PermissionDenied
+        units.states.pop(running.unit)  # its unit went away between the list and the sample
+        assert await service.usage(ALICE) == []
+        await service.stop(ALICE, running.id)
 
     scenario(body, tmp_path)

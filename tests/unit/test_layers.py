@@ -54,10 +54,12 @@ LAYERS = {
     "server": 4,
     "daemon": 4,
     "client": 4,
+    "remote": 4,  # sjob -H: the ssh transport of client
+    "bridge": 4,  # sjob --bridge: the remote end of sjob -H
     "cli": 4,
     "manpages": 4,  # documentation made from the CLI's and sjobd's declarations: it reads both, neither reads it
 }
-EDGE_ONLY_LAYER0 = {"client", "cli"}  # the unprivileged side may use only layer-0 modules
+EDGE_ONLY_LAYER0 = {"client", "cli", "remote", "bridge"}  # the unprivileged side may use only layer-0 modules
 
 
 def imports_of(path: Path) -> set[str]:
@@ -134,11 +136,11 @@ def test_sjob_help_loads_no_verb_and_no_parser() -> None:
     assert not {m for m in loaded if m.startswith("supervisor.cli.") and m.split(".")[2] in ("run", "list", "status")}
 
 
-@pytest.mark.parametrize("verb", ["run", "logs", "status", "list", "wait", "stop", "token", "completion"])
+@pytest.mark.parametrize("verb", ["run", "logs", "status", "list", "top", "wait", "stop", "token", "completion"])
 def test_a_verb_loads_only_itself_and_never_the_daemon(verb: str) -> None:
     code = "from supervisor.cli.commands import COMMANDS; from supervisor.cli.command import build_parser"
     loaded = loaded_by(f"{code}; build_parser(COMMANDS[{verb!r}].command())")  # what `sjob VERB` loads to parse
     assert loaded & (DAEMON_ONLY | {"rich", "typer", "typing"}) == set()  # typing alone costs ~2 ms natively
-    others = {"run", "logs", "status", "list", "wait", "stop", "token", "completion"} - {verb}
+    others = {"run", "logs", "status", "list", "top", "wait", "stop", "token", "completion"} - {verb}
     if verb != "completion":  # which reads every verb's declaration
         assert {m.removeprefix("supervisor.cli.") for m in loaded if m.startswith("supervisor.cli.")} & others == set()

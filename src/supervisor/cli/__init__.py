@@ -62,8 +62,20 @@ def _execute(args: list[str]) -> int:
     if first == "--version":
         sys.stdout.write(version())
         return ExitCode.OK
+    if first == "--bridge":  # the remote end of `sjob -H` (supervisor.remote); not for people, so not in --help
+        from supervisor.bridge import main as bridge  # noqa: PLC0415
+
+        return bridge()
     from supervisor.cli.command import UsageError, build_parser  # noqa: PLC0415
 
+    host, args = _host(args)
+    if host is not None:
+        from supervisor import client  # noqa: PLC0415
+
+        client.use_host(host)
+        if not args:
+            raise UsageError("sjob", "-H: no command to run there", hint="e.g. sjob -H alice@build1 list")
+        first = args[0]
     if first.startswith("-"):
         raise UsageError("sjob", f"unknown option {first[:40]!r}", hint="'sjob --help' shows sjob's own options")
     verb = COMMANDS.get(first)
@@ -76,3 +88,19 @@ def _execute(args: list[str]) -> int:
     namespace = build_parser(verb.command()).parse_args(args[1:])
     status = namespace.handler(namespace)
     return ExitCode.OK if status is None else int(status)
+
+
+def _host(args: list[str]) -> tuple[str | None, list[str]]:
+    """The value of a leading -H/--host ([USER@]HOST), and the arguments after it."""
+    from supervisor.cli.command import UsageError  # noqa: PLC0415
+
+    first = args[0]
+    if first in ("-H", "--host"):
+        if len(args) < 2:
+            raise UsageError("sjob", f"{first} needs a value: [USER@]HOST")
+        return args[1], args[2:]
+    if first.startswith("--host="):
+        return first.removeprefix("--host="), args[1:]
+    if first.startswith("-H") and len(first) > 2:  # -HHOST, as getopt allows
+        return first[2:], args[1:]
+    return None, args

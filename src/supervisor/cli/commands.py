@@ -36,6 +36,7 @@ COMMANDS = {
     "logs": Verb("logs", "Print a job's output, stdout and stderr apart, byte for byte; -f follows it to the end"),
     "status": Verb("status", "Show a job: state, command, owner, times, limits, how it ended and what it used"),
     "list": Verb("list", "List your jobs, newest first"),
+    "top": Verb("top", "Show your running jobs' CPU, memory, tasks and IO as they run, refreshed in place"),
     "wait": Verb("wait", "Wait until jobs have ended; exit with the last one's status"),
     "stop": Verb("stop", "Stop a job (SIGTERM, then SIGKILL after a grace period) or send it a signal; remove a timer"),
     "timers": Verb("timers", "List your timers (sjob run --on-calendar, --on-active): next and last run, runs"),
@@ -44,20 +45,34 @@ COMMANDS = {
     "completion": Verb("completion", "Print the shell completion script for bash, zsh or fish"),
 }
 
+SYNOPSIS = "sjob [-h] [--version] [-H [USER@]HOST] COMMAND [ARG]..."
 DESCRIPTION = "Run commands as supervised systemd services, with their output kept in journald."
 
 
 class GlobalOption:
-    __slots__ = ("flags", "help")
+    __slots__ = ("flags", "help", "metavar")
 
-    def __init__(self, flags: tuple[str, ...], help: str) -> None:
+    def __init__(self, flags: tuple[str, ...], help: str, metavar: str | None = None) -> None:
         self.flags = flags
         self.help = help
+        self.metavar = metavar  # what its value is called; None for a flag
+
+    @property
+    def shown(self) -> str:
+        """`-H, --host [USER@]HOST`, as help texts show it."""
+        return ", ".join(self.flags) + (f" {self.metavar}" if self.metavar else "")
 
 
+HOST = GlobalOption(
+    ("-H", "--host"),
+    "run the command against sjobd on HOST, over ssh, as USER there (default: your ssh login); no stdin or"
+    " terminal reaches a job there (run refuses --pty and a piped stdin: give -n)",
+    "[USER@]HOST",
+)
 GLOBAL_OPTIONS = (
     GlobalOption(("-h", "--help"), "show this help; 'sjob COMMAND --help' shows a command's"),
     GlobalOption(("--version",), "print sjob's version"),
+    HOST,
 )
 
 
@@ -67,8 +82,8 @@ def version() -> str:
 
 def overview() -> str:
     """`sjob --help`: the verbs, the environment and the exit statuses."""
-    lines = ["usage: sjob [-h] [--version] COMMAND [ARG]...", "", DESCRIPTION, "", "options:"]
-    lines += _rows((", ".join(o.flags), o.help) for o in GLOBAL_OPTIONS)
+    lines = [f"usage: {SYNOPSIS}", "", DESCRIPTION, "", "options:"]
+    lines += _rows((o.shown, o.help) for o in GLOBAL_OPTIONS)
     lines += ["", "commands:"]
     lines += _rows((name, verb.summary) for name, verb in COMMANDS.items())
     lines += ["", "environment:"]

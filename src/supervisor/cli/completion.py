@@ -39,7 +39,7 @@ class Node:
 
 def tree() -> list[Node]:
     help_option = Option(("-h", "--help"), "show this command's options")
-    top = tuple(Option(o.flags, o.help) for o in GLOBAL_OPTIONS)
+    top = tuple(Option(o.flags, o.help, metavar=o.metavar) for o in GLOBAL_OPTIONS)
     nodes = [Node("", "", top, (), tuple((name, verb.summary) for name, verb in COMMANDS.items()))]
 
     def add(path: str, summary: str, command: Command) -> None:

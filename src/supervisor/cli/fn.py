@@ -25,8 +25,8 @@ from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
-from supervisor.client import Client
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.client import Client, remote_host
+from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.fnprotocol import Function, FunctionSettings
 from supervisor.protocol import Job, to_wire
 from supervisor.unitfile import escape
@@ -261,7 +261,14 @@ def deploy(name: str, file: str, requirements_file: str | None, settings: Functi
 def call(reference: str, args: list[str]) -> int:
     relay: _TypedInput | None = None
     stdin: int | None = None
-    if _readable(0):
+    if (host := remote_host()) is not None:
+        # No descriptor crosses ssh (sjob -H): the call reads nothing; refuse input that would be lost.
+        if _readable(0) and not stat.S_ISCHR(os.fstat(0).st_mode):
+            raise invalid_argument(
+                f"your stdin is a pipe or a file, which cannot reach a call on {host} over ssh",
+                hint="with -H a call reads nothing: run it with stdin from a terminal or < /dev/null",
+            )
+    elif _readable(0):
         if stat.S_ISFIFO(os.fstat(0).st_mode):
             stdin = 0  # a pipe goes as it is
         else:

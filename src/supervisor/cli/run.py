@@ -14,7 +14,7 @@ from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
 from supervisor.cli.stdin import TerminalRelay, passed_stdin, terminal_size
-from supervisor.client import Client
+from supervisor.client import Client, remote_host
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.limitforms import DEVICE_KINDS
 from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
@@ -158,8 +158,12 @@ def run(
             "--pty needs an attached job: its terminal is yours",
             hint="leave out -d; 'sjob logs -f ID' shows a detached job's output",
         )
-    cwd = os.path.abspath(working_directory) if working_directory else os.getcwd()
-    argv = [resolve_executable(command[0], cwd), *command[1:]]
+    stdin = None if pty else passed_stdin(detach=detach, no_stdin=no_stdin)
+    if (host := remote_host()) is not None:
+        cwd, argv = _remote_start(host, command, working_directory, pty=pty, stdin=stdin)
+    else:
+        cwd = os.path.abspath(working_directory) if working_directory else os.getcwd()
+        argv = [resolve_executable(command[0], cwd), *command[1:]]
     setenv = setenv or []
     if pty and not any(item.partition("=")[0] == "TERM" for item in setenv):
         setenv = [*setenv, f"TERM={os.environ.get('TERM') or 'xterm-256color'}"]  # the job's terminal is like ours
@@ -185,11 +189,10 @@ def run(
                 job = client.start(spec, stdin=relay.typed_read, stdout=relay.shown_write)
                 relay.close_job_ends()
             else:
-                stdin = passed_stdin(detach=detach, no_stdin=no_stdin)
                 if queue:
                     refuse_input(stdin)
                     stdin = None
-                job = client.start(spec, stdin=stdin, queue=True if queue else None)
+                job = client.start(spec, stdin=stdin if client.passes_fds else None, queue=True if queue else None)
         finally:
             if detach:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -239,6 +242,27 @@ def make_timer(spec: JobSpec, schedule: Schedule, *, quiet: bool, as_json: bool)
 
         sys.stderr.write(f"Timer: {timer.unit}; next run {render.when(timer.next_usec)}\n")
     return ExitCode.OK
+
+
+def _remote_start(
+    host: str, command: list[str], working_directory: str | None, *, pty: bool, stdin: int | None
+) -> tuple[str, list[str]]:
+    """The directory and command line of a job on `host` (sjob -H). Neither our PATH nor our directory is the
+    remote machine's: the command is looked up in the PATH of the job's unit there, and the job runs in / unless
+    told otherwise. No descriptor crosses ssh, so a job there can have neither a terminal nor our stdin."""
+    if pty:
+        raise invalid_argument(
+            f"--pty cannot work with -H: a terminal would have to cross ssh as a file descriptor ({host})",
+            hint=f"ssh -t {host} sjob run --pty ... runs it there",
+        )
+    if stdin is not None and not stat.S_ISCHR(os.fstat(stdin).st_mode):  # /dev/null: nothing to lose
+        raise invalid_argument(
+            f"your stdin is a pipe or a file, which cannot reach a job on {host} over ssh",
+            hint="give -n for the job to read nothing, or copy the data there first",
+        )
+    if working_directory is not None and not working_directory.startswith("/"):
+        raise invalid_argument("--working-directory must be an absolute path with -H: it names a directory there")
+    return working_directory or "/", list(command)
 
 
 def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:
