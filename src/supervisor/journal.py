@@ -68,6 +68,19 @@ def _fields(reader: journal.Reader) -> dict[str, bytes]:
     return {key: value for key, value in reader._get_all().items() if isinstance(value, bytes)}
 
 
+def _unit_of(reader: journal.Reader) -> str:
+    """The entry's _SYSTEMD_UNIT alone, without decoding the rest of it."""
+    try:
+        value = typing.cast(typing.Any, reader)._get("_SYSTEMD_UNIT")  # sd_journal_get_data; not in the stubs
+    except KeyError:
+        return ""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _is_job_unit(unit: str) -> bool:
+    return unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX)
+
+
 def _stamped(record: R, reader: journal.Reader, fields: dict[str, bytes]) -> R:
     """The record with what journald says of its entry: when it came, and from which run of the unit."""
     if isinstance(record, OutputRecord):
@@ -240,7 +253,7 @@ class Journal:
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
         """Every job exit recorded since `since_usec` (realtime), then every new one, forever."""
         exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
-        async for fields, reader in self._entries(since_usec, exit_match):
+        async for fields, reader in self._entries(since_usec, exit_match, unit_ok=_is_job_unit):
             record = logformat.parse_record(fields)
             job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
             # Root's, and from the job's own unit: its ExecStopPost (a root job elsewhere is not).
@@ -254,7 +267,7 @@ class Journal:
         unit's own processes, exit records from root in the unit (its ExecStopPost)."""
         start_match = [f"{logformat.F_EVENT}={logformat.Event.start.value}"]
         exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
-        async for fields, reader in self._entries(since_usec, start_match, exit_match):
+        async for fields, reader in self._entries(since_usec, start_match, exit_match, unit_ok=wanted):
             unit = fields.get("_SYSTEMD_UNIT", b"").decode("ascii", "replace")
             record = logformat.parse_record(fields)
             if isinstance(record, StartRecord | ExitRecord) and fields.get("_SYSTEMD_INVOCATION_ID") and wanted(unit):
@@ -262,10 +275,14 @@ class Journal:
                 yield UnitEvent(unit, int(uid) if uid.isdigit() else -1, _stamped(record, reader, fields))
 
     async def _entries(
-        self, since_usec: int, *matches: list[str]
+        self, since_usec: int, *matches: list[str], unit_ok: Callable[[str], bool]
     ) -> AsyncIterator[tuple[dict[str, bytes], journal.Reader]]:
         """The entries that match any of `matches` since `since_usec` (realtime), then every new one, forever, with
         the reader positioned on each (for its timestamp).
+
+        Anyone can write an entry that matches (SJOB_EVENT=start is a field like any other), so an entry is decoded
+        only once its _SYSTEMD_UNIT, which journald sets, passes `unit_ok`; and every READ_BATCH entries examined
+        the event loop gets a turn, so a flood of planted entries cannot stall sjobd (review of J).
 
         When journal files come and go (rotation), the reader is reopened after the last entry it delivered, so
         that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053)."""
@@ -285,10 +302,15 @@ class Journal:
                         if reader._next() and not reader.test_cursor(cursor):
                             reader._previous()
                     state = journal.NOP
+                    examined = 0
                     while state != journal.INVALIDATE:
                         while reader._next():
                             cursor = reader._get_cursor()
-                            yield _fields(reader), reader
+                            examined += 1
+                            if examined % READ_BATCH == 0:
+                                await asyncio.sleep(0)
+                            if unit_ok(_unit_of(reader)):
+                                yield _fields(reader), reader
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
                         await _changed_within(changed, TICK)
                         changed.clear()

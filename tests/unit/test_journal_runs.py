@@ -101,3 +101,77 @@ def test_a_timer_run_is_read_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     records = read(entries, monkeypatch, invocation="b" * 32)
     assert [(r.seq, r.data) for r in records if isinstance(r, OutputRecord)] == [(1, b"second run\n")]
     assert [r.attempt for r in records if isinstance(r, StartRecord)] == [1]
+
+
+class FloodReader(ListReader):
+    """A journal full of entries that match the timer watcher's SJOB_EVENT=start but come from elsewhere: planted
+    by a user, each one large. Counts what it is asked to decode."""
+
+    def __init__(self, entries: list[dict[str, bytes]]) -> None:
+        super().__init__(entries)
+        self.decoded = 0
+
+    def add_disjunction(self) -> None:
+        pass
+
+    def seek_realtime(self, usec: int) -> None:
+        self._selected = list(self._entries)  # every entry matches, as every planted one would
+        self._at = -1
+
+    def _get(self, field: str) -> bytes:
+        value = self._selected[self._at].get(field)
+        if value is None:
+            raise KeyError(field)
+        return value
+
+    def _get_all(self) -> dict[str, bytes]:
+        self.decoded += 1
+        return super()._get_all()
+
+    def process(self) -> int:
+        return 0
+
+
+def test_planted_entries_are_neither_decoded_nor_allowed_to_hold_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of J: anyone can write SJOB_EVENT=start; sjobd decoded every such entry and read them all in one turn
+    of its event loop, so a flood of big ones stalled every request."""
+    import asyncio  # noqa: PLC0415
+    import contextlib  # noqa: PLC0415
+    import typing  # noqa: PLC0415
+    from collections.abc import AsyncGenerator  # noqa: PLC0415
+    from typing import Any  # noqa: PLC0415
+
+    planted = [{"SJOB_EVENT": b"start", "_SYSTEMD_UNIT": b"user@1000.service", "BIG": b"A" * 1000}] * 1000
+    real = entry("run1", 10, SJOB_EVENT="start", SJOB_SEQ="0")
+    reader = FloodReader([*planted, real])
+    monkeypatch.setattr(journal, "_open_reader", lambda: reader)
+
+    @contextlib.contextmanager
+    def watching(_: object) -> Iterator[asyncio.Event]:
+        yield asyncio.Event()
+
+    monkeypatch.setattr(journal, "_watching", watching)
+
+    async def body() -> None:
+        turns = 0
+
+        async def other_requests() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        others = asyncio.create_task(other_requests())
+        await asyncio.sleep(0)
+        before = turns
+        runs = typing.cast(AsyncGenerator[Any, None], journal.Journal().runs(0, lambda unit: unit == UNIT))
+        event = await anext(runs)
+        await runs.aclose()
+        others.cancel()
+        assert event.unit == UNIT
+        assert reader.decoded == 1  # the real entry alone
+        assert turns - before >= len(planted) // journal.READ_BATCH  # the loop had its turns meanwhile
+
+    asyncio.run(body())
