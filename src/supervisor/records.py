@@ -46,6 +46,7 @@ _TIMER_COLUMNS = [
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 _RUNNING = tuple(s.value for s in JobState if not s.finished and s is not JobState.queued)
 _IO_COLUMNS = ("bytes_in", "bytes_out")
+KEEP_ENDED_TIMERS = 100  # per user: the newest ended (removed, elapsed, gone) timers kept as history
 _TIMERS_SCHEMA = """
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (timer, invocation);
 CREATE TABLE IF NOT EXISTS timers (
@@ -188,6 +189,10 @@ class JobRecords:
                 f"DELETE FROM jobs WHERE state IN ({', '.join('?' * len(_FINISHED))}) AND ended_usec < ?",  # noqa: S608
                 [*_FINISHED, now_usec - retention.max_age_usec],
             )
+            self._db.execute(
+                "DELETE FROM timers WHERE ended_usec IS NOT NULL AND ended_usec < ?",
+                [now_usec - retention.max_age_usec],
+            )
         return cursor.rowcount
 
     def _writing(self) -> AbstractContextManager[None]:
@@ -275,6 +280,13 @@ class JobRecords:
         """Record a new timer, with who made it (JSON, to check it against a reloaded policy)."""
         columns = [*_TIMER_COLUMNS, "principal"]
         with self._writing():
+            # Ended timers are history, kept like finished jobs are: at most KEEP_ENDED_TIMERS per user (review of
+            # J: a loop of make-and-remove grew the table, and each row may hold a 128 KiB command line).
+            self._db.execute(
+                "DELETE FROM timers WHERE uid = ? AND ended_usec IS NOT NULL AND id NOT IN "
+                "(SELECT id FROM timers WHERE uid = ? AND ended_usec IS NOT NULL ORDER BY ended_usec DESC LIMIT ?)",
+                [timer.uid, timer.uid, KEEP_ENDED_TIMERS - 1],
+            )
             self._db.execute(
                 f"INSERT INTO timers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608
                 [*_timer_row(timer), principal],

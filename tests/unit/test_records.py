@@ -156,3 +156,31 @@ def test_a_schema_5_database_is_brought_up_to_date(tmp_path: Path) -> None:
     assert (old.state, old.retry, old.attempts, old.timer) == (JobState.exited, None, None, None)
     assert records.timers() == []
     assert records._db.execute("PRAGMA user_version").fetchone()[0] == 6
+
+
+def test_ended_timers_are_kept_like_finished_jobs(tmp_path: Path) -> None:
+    """Review of J: a loop of making and removing timers grew the table without bound (each row may hold a
+    128 KiB command line). Each user keeps the newest KEEP_ENDED_TIMERS ended ones; retention's age drops the rest."""
+    from supervisor.records import KEEP_ENDED_TIMERS  # noqa: PLC0415
+
+    records = JobRecords(tmp_path / "jobs.sqlite")
+
+    def timer(n: int, uid: int = 1000) -> Timer:
+        return Timer(
+            f"{n:08x}", f"sjob-{n:08x}.timer", TimerState.active, uid, "alice", ["/bin/true"], "/", n,
+            Schedule("yearly", None, None),
+        )  # fmt: skip
+
+    records.insert_timer(timer(1, uid=2000), "{}")
+    for n in range(2, KEEP_ENDED_TIMERS + 12):
+        made = timer(n)
+        records.insert_timer(made, "{}")
+        records.update_timer(dataclasses.replace(made, state=TimerState.removed, ended_usec=n))
+    active = timer(999)
+    records.insert_timer(active, "{}")
+    kept = records.timers(1000)
+    assert len([t for t in kept if t.state is TimerState.removed]) == KEEP_ENDED_TIMERS - 1
+    assert active in kept
+    assert [t.id for t in records.timers(2000)] == [f"{1:08x}"]  # another user's are theirs
+    records.prune(Retention(max_age_usec=10, per_user=1000), now_usec=10**6)
+    assert [t.state for t in records.timers(1000)] == [TimerState.active]
