@@ -250,6 +250,7 @@ class Services:
         """At startup: settle what happened while sjobd was away, then start what queues may start now."""
         await self.reaper.reconcile()
         await self.timers.reconcile()
+        await self.timers.recheck()  # the policy may have changed while sjobd was away (review of J)
         self.queue.resume()
 
     async def close(self) -> None:
