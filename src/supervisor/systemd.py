@@ -156,14 +156,10 @@ class Systemd:
 
     async def usage(self, name: str) -> UnitUsage | None:
         """What the unit uses now, as `systemctl status` shows it; None if systemd has no such unit loaded."""
-        try:
-            reply = await self._manager("GetUnit", "s", [name])
-        except SjobError as e:
-            if e.code is ErrorCode.NoSuchJob:
-                return None
-            raise
+        if (path := await self._unit_path(name)) is None:
+            return None
         # One GetAll of the service's properties: one round trip, where Get would take one per counter.
-        service = await self._get_all(reply.body[0], SERVICE)
+        service = await self._get_all(path, SERVICE)
         return UnitUsage(
             cpu_usec=_accounted(service.get("CPUUsageNSec"), 1000),
             memory_bytes=_accounted(service.get("MemoryCurrent")),
