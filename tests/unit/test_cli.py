@@ -9,10 +9,8 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +19,6 @@ from .fakes import exec_entry
 from .serverthread import ServerThread
 
 SJOB = [sys.executable, "-c", "from supervisor.cli import main; main()"]
-
-
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    path = Path(tempfile.mkdtemp(prefix="sjob-cli-"))
-    srv = ServerThread(path)
-    yield srv
-    srv.stop()
-    shutil.rmtree(path)
 
 
 def sjob(server: ServerThread, *args: str, cwd: str = "/") -> subprocess.CompletedProcess[bytes]:

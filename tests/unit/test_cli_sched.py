@@ -3,10 +3,7 @@ runs them, against a real server (with fakes behind it) on a temp socket."""
 
 import dataclasses
 import json
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +11,6 @@ import pytest
 
 from .serverthread import ServerThread
 from .test_cli import sjob
-
-
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    path = Path(tempfile.mkdtemp(prefix="sjob-cli-"))
-    srv = ServerThread(path)
-    yield srv
-    srv.stop()
-    shutil.rmtree(path)
 
 
 def at_most(server: ServerThread, **rule: Any) -> None:

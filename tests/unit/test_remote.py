@@ -4,12 +4,9 @@ bridge's stdin and stdout, where no file descriptor can pass."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +16,8 @@ from supervisor.remote import parse_host, ssh_command
 
 from .fakes import exec_entry
 from .serverthread import ServerThread
-from .test_cli import detach
+from .test_cli import SJOB, detach
 
-
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    path = Path(tempfile.mkdtemp(prefix="sjob-cli-"))
-    srv = ServerThread(path)
-    yield srv
-    srv.stop()
-    shutil.rmtree(path)
-
-
-SJOB = [sys.executable, "-c", "from supervisor.cli import main; main()"]
 FAKE_SSH = """#!/bin/sh
 # A fake ssh: writes its arguments to $FAKE_SSH_LOG, then runs the remote command (after -- HOST) here.
 printf '%s\\n' "$*" >> "$FAKE_SSH_LOG"

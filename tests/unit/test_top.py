@@ -3,11 +3,8 @@
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -18,19 +15,7 @@ from supervisor.protocol import Job, JobState, JobUsage
 from supervisor.units import UnitUsage
 
 from .serverthread import ServerThread
-from .test_cli import detach, sjob, wait_for_job
-
-
-@pytest.fixture
-def server() -> Iterator[ServerThread]:
-    path = Path(tempfile.mkdtemp(prefix="sjob-cli-"))
-    srv = ServerThread(path)
-    yield srv
-    srv.stop()
-    shutil.rmtree(path)
-
-
-SJOB = [sys.executable, "-c", "from supervisor.cli import main; main()"]
+from .test_cli import SJOB, detach, sjob, wait_for_job
 
 
 def job(job_id: str, started: int = 1_000_000) -> Job:
