@@ -1,6 +1,7 @@
 """Fixtures the CLI tests share."""
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,6 +9,12 @@ from pathlib import Path
 import pytest
 
 from .serverthread import ServerThread
+
+# A test run started with SIGINT ignored (`tests/run &` from a script: a shell without job control ignores SIGINT in
+# what it puts in the background) would pass SIG_IGN on to every child, and the Ctrl-C tests would fail for no
+# fault of sjob's. A handler of our own is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
