@@ -188,17 +188,7 @@ class Access:
             if record.revoked_usec is not None:
                 raise TokenError(f"token {claims.token_id} was revoked by {record.revoked_by}")
             identity = TokenIdentity(claims.subject, claims.token_id, claims.scope)
-            probe = Principal(-1, -1, peer.pid, claims.subject, token=identity)
-            rule = decisions.rule_for(self.policy, probe)
-            if rule is None or rule.run_as is None:
-                raise TokenError(f"no policy rule is for token subject {claims.subject!r}")
-            account = self._lookup(rule.run_as)
-            if account is None:
-                raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}, who does not exist")
-            # Again at each use: the user may have joined a group (or changed uid) since the policy was loaded.
-            problem = decisions.run_as_problem(self.policy, rule, account.uid, account.groups, self.uid_min)
-            if problem is not None:
-                raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}: {problem}")
+            rule, account = self._token_account(identity)
         except TokenError as e:
             self._audit.record(AuditEntry(peer, Action.authenticate.value, False, str(e)))
             raise SjobError(
@@ -206,11 +196,48 @@ class Access:
                 f"token refused: {e}",
                 hint="ask an sjob administrator for a new token ('sjob token issue')",
             ) from None
-        principal = Principal(account.uid, account.gid, peer.pid, rule.run_as, token=identity)
+        principal = Principal(account.uid, account.gid, peer.pid, str(rule.run_as), token=identity)
         self._audit.record(
             AuditEntry(principal, Action.authenticate.value, True, f"token from {peer}, policy rule {rule.name!r}")
         )
         return principal
+
+    def _token_account(self, identity: TokenIdentity) -> tuple[decisions.Rule, Account]:
+        """The policy rule for a token's subject and the local user it maps the token to, as they are now; a
+        TokenError if there is none, or that user may not run token jobs (again at each use: the user may have
+        joined a group, or changed uid, since the policy was loaded)."""
+        rule = decisions.rule_for(self.policy, Principal(-1, -1, 0, identity.subject, token=identity))
+        if rule is None or rule.run_as is None:
+            raise TokenError(f"no policy rule is for token subject {identity.subject!r}")
+        account = self._lookup(rule.run_as)
+        if account is None:
+            raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}, who does not exist")
+        problem = decisions.run_as_problem(self.policy, rule, account.uid, account.groups, self.uid_min)
+        if problem is not None:
+            raise TokenError(f"policy rule {rule.name!r} maps tokens to {rule.run_as!r}: {problem}")
+        return rule, account
+
+    def current(self, principal: Principal, action: Action, now_usec: int, job_id: str | None = None) -> Principal:
+        """The principal who asked earlier, as it stands now: to act on what it asked for later (a queued job's
+        start, a timer's check at a reload or a run). A token must still be good and its subject's rule still map
+        it to the same user; a local user must still exist with the same uid, and keeps only the groups they had
+        then *and* have now (passwd and group say), so rights can be lost meanwhile, never gained. Otherwise a
+        PermissionDenied saying why (audited under `action`)."""
+        try:
+            if principal.token is not None:
+                if (problem := self.token_problem(principal, now_usec)) is not None:
+                    raise TokenError(problem)
+                rule, mapped = self._token_account(principal.token)
+                if mapped.uid != principal.uid:
+                    raise TokenError(f"policy rule {rule.name!r} now maps its tokens to {rule.run_as!r}")
+                return dataclasses.replace(principal, gid=mapped.gid)
+            account = self._lookup(principal.user)
+            if account is None or account.uid != principal.uid:
+                raise TokenError(f"user {principal.user} (uid {principal.uid}) no longer exists")
+            return dataclasses.replace(principal, gid=account.gid, groups=principal.groups & account.groups)
+        except TokenError as e:
+            error = SjobError(ErrorCode.PermissionDenied, str(e), hint="ask again, as who you are now")
+            raise self.refuse(principal, action, error, job_id) from None
 
     def issue_token(
         self, principal: Principal, subject: str, scope: frozenset[str] | None, ttl_usec: int | None, now_usec: int

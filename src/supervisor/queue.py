@@ -8,7 +8,8 @@ instead of being refused at the policy's max_jobs.
   `on_end`, an event, never a poll), and when sjobd starts or reloads its policy, the queue starts their oldest
   queued jobs while they run fewer than their rule's max_jobs.
 - A queued job was checked against the policy when it was queued (JobService.start) and is checked again when it
-  starts, since the policy (or a token) may have changed meanwhile: a job no longer allowed ends failed, and says
+  starts, as its owner is then (`Access.current`: their groups now, their token still good and mapped to them),
+  since the policy, the groups or a token may have changed meanwhile: a job no longer allowed ends failed, and says
   why. Both are audited: `queue` when it is queued, `run` when it starts.
 - A queued job reads nothing: no caller's stdin or terminal could outlive a restart of sjobd.
 - Stopping a queued job removes it from the queue (it ends stopped, never having run); following one waits for
@@ -24,6 +25,7 @@ import json
 import logging
 from collections.abc import Callable
 
+from supervisor import jobspec
 from supervisor.access import Access
 from supervisor.auth import Principal, principal_from_wire, principal_to_wire
 from supervisor.backends import RecordStore
@@ -190,10 +192,11 @@ class JobQueue:
         token's bearer queued it); a job the policy no longer allows ends failed, saying why."""
         if self._admit is None:
             raise RuntimeError("JobQueue.bind was not called")  # a bug in sjobd's wiring
-        principal, spec = pending.principal, pending.spec
         try:
-            if (problem := self._access.token_problem(principal, now_usec())) is not None:
-                raise self._access.refuse(principal, Action.run, SjobError(ErrorCode.PermissionDenied, problem))
+            # Who asked, as they are now (review of J): a token revoked, expired or mapped elsewhere since, a user
+            # gone or taken out of a group since, starts nothing on the rights of the moment it was queued.
+            principal = self._access.current(pending.principal, Action.run, now_usec(), job.id)
+            spec = jobspec.validate(pending.spec)
             admission = self._admit(principal, spec)
         except SjobError as e:
             why = f"not started from the queue: {e.message}"

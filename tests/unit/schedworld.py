@@ -11,7 +11,7 @@ import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from supervisor.access import Access
+from supervisor.access import Access, Account
 from supervisor.auth import Principal
 from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
@@ -26,8 +26,17 @@ from supervisor.timers import TimerService
 
 from .fakes import FakeAudit, FakeJobLog, FakeUnits, shipped_access
 
-ALICE = Principal(1000, 1000, 10, "alice")
-BOB = Principal(1001, 1001, 11, "bob")
+ALICE = Principal(1000, 1000, 10, "alice", frozenset({"alice", "staff"}))
+BOB = Principal(1001, 1001, 11, "bob", frozenset({"bob"}))
+
+
+def accounts() -> dict[str, Account]:
+    """The users passwd and group know of, as `Access.current` looks them up (a test may change them)."""
+    return {
+        "alice": Account(1000, 1000, frozenset({"alice", "staff"})),
+        "bob": Account(1001, 1001, frozenset({"bob"})),
+        "ci": Account(1500, 1500, frozenset({"ci"})),
+    }
 
 
 @dataclasses.dataclass
@@ -41,6 +50,7 @@ class World:
     records: JobRecords
     access: Access
     audit: FakeAudit
+    users: dict[str, Account]
 
     def rules(self, **changes: typing.Any) -> None:
         """Change every rule of the policy in force (a reload)."""
@@ -76,7 +86,8 @@ async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.An
     units = FakeUnits(log)
     records = JobRecords(tmp_path / "jobs.sqlite")
     audit = FakeAudit()
-    access, profiles = shipped_access(audit)
+    users = accounts()
+    access, profiles = shipped_access(audit, lookup=users.get)
     access.policy = dataclasses.replace(
         access.policy, rules=tuple(dataclasses.replace(r, **rule) for r in access.policy.rules)
     )
@@ -92,7 +103,7 @@ async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.An
     queue.resume()
     watchers = [asyncio.create_task(reaper.watch_exits()), asyncio.create_task(timers.watch_runs())]
     try:
-        yield World(jobs, timers, queue, reaper, units, log, records, access, audit)
+        yield World(jobs, timers, queue, reaper, units, log, records, access, audit, users)
     finally:
         for task in watchers:
             task.cancel()

@@ -417,3 +417,44 @@ def test_uid_min_comes_from_login_defs(tmp_path: Path) -> None:
     defs.write_text("# comment\nUID_MIN\t\t 2000\nUID_MAX 60000\n")
     assert read_uid_min(str(defs)) == 2000
     assert read_uid_min(str(tmp_path / "missing")) == 1000
+
+
+# --- acting later for who asked earlier (a queued job's start, a timer's check: review of J) --------------------
+
+
+def test_a_local_user_later_keeps_only_the_groups_they_had_and_still_have(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    s.users["carol"] = Account(1002, 1002, frozenset({"carol", "sjob-admin"}))
+    then = ADMIN
+    assert s.access.current(then, Action.run, now()).groups == {"carol", "sjob-admin"}
+    s.users["carol"] = Account(1002, 1002, frozenset({"carol", "sudo"}))  # out of sjob-admin, into sudo
+    later = s.access.current(then, Action.run, now())
+    assert later.groups == {"carol"}  # a right lost is lost; one gained since is not taken
+    assert not s.access.is_admin(later)
+    for gone in (None, Account(1003, 1002, frozenset({"carol"}))):  # removed, or the name now another uid
+        if gone is None:
+            del s.users["carol"]
+        else:
+            s.users["carol"] = gone
+        with pytest.raises(SjobError) as e:
+            s.access.current(then, Action.run, now(), "job1")
+        assert (e.value.code, e.value.message) == (ErrorCode.PermissionDenied, "user carol (uid 1002) no longer exists")
+        last = s.audit.entries[-1]
+        assert (last.action, last.allowed, last.job_id) == ("run", False, "job1")
+
+
+def test_a_tokens_bearer_later_needs_the_token_good_and_mapped_to_the_same_user(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    then = s.access.authenticate(ALICE, s.issue(), now())
+    assert s.access.current(then, Action.run, now()) == then
+    s.users["ci"] = Account(1500, 1500, frozenset({"ci", "sudo"}))  # run_as joined a privileged group
+    with pytest.raises(SjobError, match="privileged group sudo"):
+        s.access.current(then, Action.run, now())
+    s.users["ci"] = Account(1501, 1501, frozenset({"ci"}))  # the rule's user is now another uid
+    with pytest.raises(SjobError, match="now maps its tokens to 'ci'"):
+        s.access.current(then, Action.run, now())
+    s.users["ci"] = Account(1500, 1500, frozenset({"ci"}))
+    assert then.token is not None
+    s.access.revoke_token(ROOT, then.token.token_id, now())
+    with pytest.raises(SjobError, match="was revoked by root"):
+        s.access.current(then, Action.run, now())

@@ -4,6 +4,7 @@ second check against the policy at the start, and what is refused."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -211,3 +212,39 @@ def test_what_a_queued_job_needs_round_trips() -> None:
     again = Pending.from_json(pending.to_json())
     assert again.spec == pending.spec
     assert again.principal == Principal(1002, 1002, 0, "ci", frozenset({"g"}), token)  # no pid: nothing decides on it
+
+
+def test_a_queued_job_starts_with_its_owners_groups_of_now(tmp_path: Path) -> None:
+    """Review of J: a queued job started on the groups its owner had when they queued it. A group left since
+    takes its rights with it; one joined since gives none (the kernel had not vouched for it)."""
+
+    async def body(w: World) -> None:
+        everyone = w.access.policy.rules[-1]
+        staff = dataclasses.replace(everyone, name="staff", users=frozenset(), groups=frozenset({"staff"}))
+        strict = dataclasses.replace(everyone, profiles=dataclasses.replace(everyone.profiles, allowed=("strict",)))
+        w.jobs.set_policy(dataclasses.replace(w.access.policy, rules=(staff, strict)), w.jobs.profiles)
+        gate = tmp_path / "gate"
+        await w.jobs.start(ALICE, waits(gate))
+        await w.jobs.start(BOB, waits(gate))
+        network = JobSpec(["/bin/true"], "/", profile="network")
+        alices = await w.jobs.start(ALICE, network, queue=True)
+        with pytest.raises(SjobError, match="the profile 'network' is not allowed"):
+            await w.jobs.start(BOB, network, queue=True)  # bob is not in staff
+        w.users["alice"] = dataclasses.replace(w.users["alice"], groups=frozenset({"alice"}))  # out of staff
+        w.users["bob"] = dataclasses.replace(w.users["bob"], groups=frozenset({"bob", "staff"}))  # into it
+        bobs = await w.jobs.start(BOB, JobSpec(["/bin/true"], "/"), queue=True)
+        gate.touch()
+        refused = await w.until(alices.id, JobState.failed)
+        assert refused.message is not None
+        assert refused.message.startswith("not started from the queue: the profile 'network' is not allowed")
+        started = await w.until(bobs.id, JobState.exited)
+        assert started.profile == "strict"  # under the rule for everyone: his new group counts from his next login
+        gone = dataclasses.replace(w.users["alice"], uid=1234)  # alice's name is now another uid's
+        w.users["alice"] = gone
+        await w.jobs.start(ALICE, waits(tmp_path / "gate2"))
+        later = await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/"), queue=True)
+        (tmp_path / "gate2").touch()
+        refused = await w.until(later.id, JobState.failed)
+        assert refused.message == "not started from the queue: user alice (uid 1000) no longer exists"
+
+    run(tmp_path, body, max_jobs=1)
