@@ -186,7 +186,8 @@ class TimerService:
                 async for event in self._journal.runs(self._since(), self._is_timer_service):
                     delay = WATCH_RETRY_MIN
                     try:
-                        self._record_run(event)
+                        if (timer := self._record_run(event)) is not None:
+                            await self._recheck(timer)  # each run: may its maker still have it? (review of J)
                     except SjobError as e:  # a full disk: the sweep of unfinished runs, or the next start, retries
                         log.error("cannot record a run of %s: %s", event.unit, e.message)
             except OSError as e:
@@ -203,21 +204,32 @@ class TimerService:
                 log.warning("cannot check %s: %s", timer.unit, e.message)
 
     async def recheck(self) -> None:
-        """After a policy reload: remove the timers whose makers may no longer schedule them or run their jobs."""
+        """After a policy reload, and at sjobd's start: remove the timers the policy no longer allows."""
         for timer in self._records.timers(active=True):
-            raw = self._records.timer_principal(timer.id)
-            try:
-                principal = principal_from_wire(json.loads(raw or ""))
-                decision = self._access.decide(principal, Action.schedule)
-                if decision.allowed:
-                    decision = self._access.decide(principal, Action.run)
-            except (ValueError, KeyError, TypeError) as e:
-                log.error("%s: cannot check it against the policy (%s)", timer.unit, e)
-                continue
+            await self._recheck(timer)
+
+    async def _recheck(self, timer: Timer) -> None:
+        """Remove the timer if its maker, as they are now (`Access.current`), may no longer make it or run its job
+        with its profile and limits (review of J: every check a new timer passes, bar the count)."""
+        raw = self._records.timer_principal(timer.id)
+        try:
+            stored = principal_from_wire(json.loads(raw or ""))
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("%s: cannot check it against the policy (%s)", timer.unit, e)
+            return
+        try:
+            principal = self._access.current(stored, Action.schedule, now_usec(), timer.id)
+            decision = self._access.decide(principal, Action.schedule)
             if not decision.allowed:
-                why = f"removed: the policy no longer allows it ({decision.reason})"
-                self._access.refuse(principal, Action.schedule, SjobError(ErrorCode.PermissionDenied, why), timer.id)
+                error = SjobError(ErrorCode.PermissionDenied, decision.reason)
+                raise self._access.refuse(principal, Action.schedule, error, timer.id)
+            self._jobs.admit(principal, JobSpec(timer.argv, timer.cwd, limits=timer.limits, profile=timer.profile))
+        except SjobError as e:
+            why = f"removed: the policy no longer allows it ({e.message})"
+            try:
                 await self._end(timer, TimerState.removed, why, "policy")
+            except SjobError as failed:
+                log.error("%s: %s, but removing it failed: %s", timer.unit, why, failed.message)
 
     def _since(self) -> int:
         """Where reading runs starts: the latest recorded run of each timer that may still run (or its making),
@@ -235,19 +247,22 @@ class TimerService:
         name = unit.removeprefix(UNIT_PREFIX).removesuffix(UNIT_SUFFIX)
         return unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX) and name in self._ids
 
-    def _record_run(self, event: UnitEvent) -> None:
+    def _record_run(self, event: UnitEvent) -> Timer | None:
+        """Record a run's start or end; the timer if this is a run it had not recorded yet, running or not."""
         timer_id = event.unit.removeprefix(UNIT_PREFIX).removesuffix(UNIT_SUFFIX)
         timer = self._records.get_timer(timer_id)
         record = event.record
         if timer is None:
-            return
+            return None
         run = self._records.find_run(timer_id, record.invocation)
+        new = run is None
         if run is None:
             if not isinstance(record, ExitRecord) and event.uid != timer.uid:
-                return  # a start record not from the timer's user: not its shim's
+                return None  # a start record not from the timer's user: not its shim's
             run = self._new_run(timer, record.invocation, record.when_usec, started=not isinstance(record, ExitRecord))
         if isinstance(record, ExitRecord):
             self._ledger.record_exit(run.id, record)
+        return timer if new and timer.state is TimerState.active else None
 
     def _new_run(self, timer: Timer, invocation: str, when_usec: int, *, started: bool) -> Job:
         job_id = self._launcher.new_id()

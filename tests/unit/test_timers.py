@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Action
 from supervisor.properties import UnitProperties
-from supervisor.protocol import JobSpec, JobState, Retry, Schedule, TimerState
+from supervisor.protocol import JobSpec, JobState, Limits, Retry, Schedule, TimerState
+from supervisor.units import UnitState
 
 from .schedworld import ALICE, BOB, World, world
 
@@ -195,5 +197,82 @@ def test_stop_of_someone_elses_job_is_audited_once_and_truly(tmp_path: Path) -> 
             await w.timers.remove(BOB, "0badc0de")  # neither a job nor a timer: refused and audited as one
         assert [(e.action, e.allowed) for e in w.audit.entries if e.job_id == "0badc0de"] == [("stop", False)]
         await w.jobs.stop(ALICE, job.id, grace_usec=0)
+
+    run(tmp_path, body)
+
+
+def staff_may_use_the_network(w: World) -> None:
+    """A policy (reloaded) where the group staff may run jobs with network and everyone else only strict ones."""
+    everyone = w.access.policy.rules[-1]
+    staff = dataclasses.replace(everyone, name="staff", users=frozenset(), groups=frozenset({"staff"}))
+    strict = dataclasses.replace(everyone, profiles=dataclasses.replace(everyone.profiles, allowed=("strict",)))
+    w.jobs.set_policy(dataclasses.replace(w.access.policy, rules=(staff, strict)), w.jobs.profiles)
+
+
+def test_a_timer_is_checked_at_each_run_as_its_maker_is_then(tmp_path: Path) -> None:
+    """Review of J: a timer was checked again for `schedule` and `run` only, and as its maker was when they made
+    it; it is now checked as a new one would be (profile, limits) at every reload and every run, with its maker's
+    groups of now."""
+
+    async def body(w: World) -> None:
+        staff_may_use_the_network(w)
+        w.units.time_scale = 0.02
+        spec = JobSpec(["/bin/true"], "/", profile="network")
+        every = Schedule(on_active_usec=5 * SECOND, on_unit_active_usec=5 * SECOND)
+        timer = await w.timers.schedule(ALICE, spec, every)
+        async with asyncio.timeout(10):
+            while (await w.timers.list_timers(ALICE))[0].runs < 1:
+                await asyncio.sleep(0.02)
+        w.users["alice"] = dataclasses.replace(w.users["alice"], groups=frozenset({"alice"}))  # out of staff
+        async with asyncio.timeout(10):
+            while (listed := (await w.timers.list_timers(ALICE))[0]).state is TimerState.active:
+                await asyncio.sleep(0.02)
+        assert (listed.id, listed.state, listed.removed_by) == (timer.id, TimerState.removed, "policy")
+        assert listed.message is not None
+        assert "the profile 'network' is not allowed" in listed.message
+        assert timer.unit in w.units.stopped
+        assert [(e.action, e.allowed) for e in w.audit.entries if not e.allowed] == [("run", False)]
+
+    run(tmp_path, body)
+
+
+def test_a_reload_that_lowers_a_limit_below_a_timers_removes_it(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        spec = JobSpec(["/bin/true"], "/", limits=Limits(memory_max=1 << 30))
+        small = JobSpec(["/bin/true"], "/", limits=Limits(memory_max=128 << 20))
+        kept = await w.timers.schedule(BOB, small, Schedule(on_calendar="daily"))
+        timer = await w.timers.schedule(ALICE, spec, Schedule(on_calendar="daily"))
+        rule = w.access.policy.rules[-1]
+        lower = dataclasses.replace(rule.limits.maximum, memory_max=512 << 20)
+        default = dataclasses.replace(rule.limits.default, memory_max=256 << 20)
+        w.rules(limits=dataclasses.replace(rule.limits, maximum=lower, default=default))
+        await w.timers.recheck()
+        (gone,) = await w.timers.list_timers(ALICE)
+        assert (gone.id, gone.state) == (timer.id, TimerState.removed)
+        assert gone.message is not None
+        assert "memory" in gone.message
+        # Within the new limits; its runs have the limits it was made with, so the defaults it was given then
+        # count too (one made with none would have had the old default of 2G: above the new ceiling, removed).
+        assert [(t.id, t.state) for t in await w.timers.list_timers(BOB)] == [(kept.id, TimerState.active)]
+
+    run(tmp_path, body)
+
+
+def test_stopping_a_timers_run_that_is_over_leaves_its_next_run_alone(tmp_path: Path) -> None:
+    """Review of J: `sjob stop` of a timer's run stopped the timer's service, which may run the next run by then."""
+
+    async def body(w: World) -> None:
+        timer = await w.timers.schedule(ALICE, JobSpec(["/bin/true"], "/"), Schedule(on_calendar="daily"))
+        first = w.timers._new_run(timer, "a" * 32, time.time_ns() // 1000, started=True)
+        service = first.unit
+        running = UnitState(service, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
+        w.units.states[service] = dataclasses.replace(running, invocation_id="b" * 32)  # the next run
+        assert not (await w.jobs.stop(ALICE, first.id)).state.finished  # its exit record is still to come
+        assert service not in w.units.stopped
+        assert (await w.jobs.stop(ALICE, first.id, signo=9)).id == first.id
+        assert w.units.signalled == []
+        w.units.states[service] = dataclasses.replace(running, invocation_id="a" * 32)  # it is the run systemd runs
+        await w.jobs.stop(ALICE, first.id)
+        assert service in w.units.stopped
 
     run(tmp_path, body)
