@@ -257,6 +257,8 @@ class JobService:
             job = await self._reaper.refresh(job)
         if job.state.finished:
             return job
+        if not await self._reaper.runs_now(job):
+            return job  # a timer's run whose service already runs the next one: this one is over (review of J)
         if signo is not None:
             log.info("%s: %s sends signal %d", job.unit, principal, signo)
             await self._units.kill(job.unit, signo)

@@ -197,6 +197,16 @@ class Reaper:
         record = ExitRecord("success" if status == 0 else "exit-code", "exited", status, state.exec_main_exit_usec)
         return self._ledger.finish(current, outcome_of_exit(record, current.stopped_by), record.when_usec or now_usec())
 
+    async def runs_now(self, job: Job) -> bool:
+        """Whether the job's unit runs the job: not so for a timer's run once its service has begun the next run
+        (stopping or signalling the unit then would hit that one). systemd has no "stop this invocation", so a
+        run that ends between this check and the stop still lets the stop reach the next; the window is a D-Bus
+        round trip against the timer's period."""
+        if not job.invocation:
+            return True
+        state = await self._units.unit_state(job.unit)
+        return state is not None and state.invocation_id in ("", job.invocation)
+
     async def between_attempts(self, job: Job) -> bool:
         """Whether a retried job's unit waits to start its next attempt (nothing of it runs)."""
         try:
