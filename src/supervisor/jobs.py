@@ -144,8 +144,9 @@ class JobService:
         self._access.allow(principal, Action.run, admission.reason(spec), job.id)
         return await self._launcher.start_spec(principal, spec, job, admission, stdio)
 
-    def admit(self, principal: Principal, spec: JobSpec) -> Admission:
-        """The policy's word on running `spec` (all but the cap on running jobs); refusals are audited."""
+    def admit(self, principal: Principal, spec: JobSpec, job_id: str | None = None) -> Admission:
+        """The policy's word on running `spec` (all but the cap on running jobs); refusals are audited, naming
+        `job_id` if the job has one already (a queued job, a timer)."""
         decision = self._access.decide(principal, Action.run)
         if not decision.allowed or decision.rule is None:
             raise self._access.refuse(
@@ -156,10 +157,11 @@ class JobService:
                     f"{principal.name} may not run jobs: {decision.reason}",
                     hint="ask an administrator to grant it in /etc/sjob/policy.toml",
                 ),
+                job_id,
             )
         rule = decision.rule
         if spec.retry is not None:
-            self._check_retry(principal, spec.retry.count, rule)
+            self._check_retry(principal, spec.retry.count, rule, job_id)
         try:
             profile = self._profile(spec.profile, rule.profiles)
             job_limits = limits.check(spec.limits, rule.limits)
@@ -177,10 +179,10 @@ class JobService:
                         hint=f"its CPUs are {format_cpu_list(sorted(online))}",
                     )
         except SjobError as e:
-            raise self._access.refuse(principal, Action.run, e) from None
+            raise self._access.refuse(principal, Action.run, e, job_id) from None
         return Admission(decision, rule, profile, job_limits)
 
-    def _check_retry(self, principal: Principal, count: int, rule: Rule) -> None:
+    def _check_retry(self, principal: Principal, count: int, rule: Rule, job_id: str | None) -> None:
         decision = self._access.decide(principal, Action.retry)
         if not decision.allowed:
             why = f"{principal.name} may not have jobs retried: {decision.reason}"
@@ -189,7 +191,8 @@ class JobService:
         else:
             return
         hint = "ask an administrator to grant it in /etc/sjob/policy.toml"
-        raise self._access.refuse(principal, Action.retry, SjobError(ErrorCode.PermissionDenied, why, hint=hint))
+        error = SjobError(ErrorCode.PermissionDenied, why, hint=hint)
+        raise self._access.refuse(principal, Action.retry, error, job_id)
 
     async def follow(
         self,

@@ -56,7 +56,7 @@ class Pending:
         return cls(from_wire(JobSpec, data["spec"]), principal_from_wire(data["principal"]))
 
 
-Admit = Callable[[Principal, JobSpec], Admission]
+Admit = Callable[[Principal, JobSpec, str | None], Admission]
 
 
 class JobQueue:
@@ -197,7 +197,7 @@ class JobQueue:
             # gone or taken out of a group since, starts nothing on the rights of the moment it was queued.
             principal = self._access.current(pending.principal, Action.run, now_usec(), job.id)
             spec = jobspec.validate(pending.spec)
-            admission = self._admit(principal, spec)
+            admission = self._admit(principal, spec, job.id)
         except SjobError as e:
             why = f"not started from the queue: {e.message}"
             self._ledger_finish(job, Outcome(JobState.failed, "refused", None, None, why))

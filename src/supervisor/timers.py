@@ -223,7 +223,8 @@ class TimerService:
             if not decision.allowed:
                 error = SjobError(ErrorCode.PermissionDenied, decision.reason)
                 raise self._access.refuse(principal, Action.schedule, error, timer.id)
-            self._jobs.admit(principal, JobSpec(timer.argv, timer.cwd, limits=timer.limits, profile=timer.profile))
+            spec = JobSpec(timer.argv, timer.cwd, limits=timer.limits, profile=timer.profile)
+            self._jobs.admit(principal, spec, timer.id)
         except SjobError as e:
             why = f"removed: the policy no longer allows it ({e.message})"
             try:

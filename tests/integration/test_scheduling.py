@@ -5,13 +5,13 @@ their own, listing, removal, surviving a restart of sjobd)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import SJOB, User, run, sjob, wait_until
+from .conftest import SJOB, User, change_users, run, sjob, wait_until
 from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture, used by name
 from .test_durability import sjobd_comes_back  # noqa: F401 - a fixture, used by name
 from .test_skeleton import status
@@ -35,8 +35,8 @@ def gated(gate: Path) -> list[str]:
     return ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.1; done; echo ended {gate.name}"]
 
 
-def submit(user: User, *argv: str, queue: bool = True) -> dict[str, Any]:
-    result = sjob("run", "-d", *(["--queue"] if queue else []), "--", *argv, user=user)
+def submit(user: User, *argv: str, queue: bool = True, options: Sequence[str] = ()) -> dict[str, Any]:
+    result = sjob("run", "-d", *(["--queue"] if queue else []), *options, "--", *argv, user=user)
     assert result.returncode == 0, result.stderr
     return status(result.stdout.decode().strip(), user)
 
@@ -98,6 +98,47 @@ def test_a_queued_job_refuses_input_and_can_be_removed(alice: User, shared_dir: 
     wait_state(blocker["id"], alice, "exited")
     never = run("systemctl", "show", "-p", "LoadState", "--value", f"sjob-{queued['id']}.service").stdout.strip()
     assert never == b"not-found"  # it never had a unit
+
+
+LOCAL_USERS_LAST = "max_timers = 16  # sjob run --on-calendar / --on-active\n"
+NET_GROUP = "sjob-test-net"
+
+
+@pytest.mark.serial("edits policy.toml and reloads sjobd; changes a user's groups")
+def test_a_queued_job_starts_with_the_groups_its_owner_has_then(bob: User, shared_dir: Path, policy_edit: Any) -> None:  # noqa: F811
+    """Review of J: a queued job started on the rights of the moment it was queued. Here a group grants the network
+    profile; bob queues a job with it, leaves the group (gpasswd -d), and the job must not start."""
+    for job in json.loads(sjob("list", "--running", "--json", user=bob).stdout):
+        sjob("stop", job["id"], user=bob)
+    text = POLICY.read_text()
+    assert LOCAL_USERS_MAX in text, "the shipped policy changed: update the test"
+    assert LOCAL_USERS_LAST in text, "the shipped policy changed: update the test"
+    text = text.replace(LOCAL_USERS_MAX, "max_jobs = 1").replace(
+        LOCAL_USERS_LAST, LOCAL_USERS_LAST + '[rules.profiles]\nallowed = ["strict"]\n'
+    )
+    net_rule = f'[[rules]]\nname = "net"\ngroups = ["{NET_GROUP}"]\nmax_jobs = 1\n'
+    net_rule += '[rules.profiles]\nallowed = ["strict", "network"]\n\n'
+    text = text.replace('[[rules]]\nname = "local users"', net_rule + '[[rules]]\nname = "local users"')
+    if run("getent", "group", NET_GROUP).returncode != 0:
+        change_users("groupadd", NET_GROUP).check_returncode()
+    change_users("usermod", "-aG", NET_GROUP, bob.name).check_returncode()
+    try:
+        policy_edit(text)
+        gate = shared_dir / "gate"
+        blocker = submit(bob, *gated(gate), queue=False)
+        queued = submit(bob, "true", options=["--profile", "network"])  # allowed now: bob is in the group
+        assert queued["state"] == "queued", queued
+        change_users("gpasswd", "-d", bob.name, NET_GROUP).check_returncode()
+        gate.touch()
+        wait_state(blocker["id"], bob, "exited")
+        refused = wait_state(queued["id"], bob, "failed")
+        assert refused["message"].startswith("not started from the queue: the profile 'network' is not allowed")
+        never = run("systemctl", "show", "-p", "LoadState", "--value", f"sjob-{queued['id']}.service").stdout
+        assert never.strip() == b"not-found"
+        denied = audit(SJOB_ACTION="run", SJOB_JOB_ID=queued["id"])
+        assert [e["SJOB_DECISION"] for e in denied] == ["denied"], denied
+    finally:
+        change_users("gpasswd", "-d", bob.name, NET_GROUP)
 
 
 @pytest.mark.serial("edits policy.toml and kills sjobd")

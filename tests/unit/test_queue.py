@@ -192,8 +192,8 @@ def test_a_queued_job_is_checked_again_when_it_starts(tmp_path: Path) -> None:
         assert refused.message is not None
         assert refused.message.startswith("not started from the queue: the profile 'network' is not allowed")
         assert all(u.name != queued.unit for u in w.units.started)
-        denied = [e for e in w.audit.entries if e.job_id is None and e.action == "run" and not e.allowed]
-        assert denied
+        denied = [e for e in w.audit.entries if e.action == "run" and not e.allowed]
+        assert [e.job_id for e in denied] == [queued.id]  # the audit names the job refused
 
     run(tmp_path, body, max_jobs=1)
 
