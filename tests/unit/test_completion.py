@@ -124,6 +124,26 @@ def test_completion_offers_what_the_declarations_and_sjobd_say(
     assert "echo" in offered(shell, script, "sjob run -d --memory 1G -- ech", env)
     assert not {o for o in offered(shell, script, "sjob run sleep -", env) if o.startswith("--detach")}
     assert help_flags <= offered(shell, script, "sjob list -", env)
+    # `-n` takes a value in `list` but not in `run` (no stdin), so what follows it in `run` is the command.
+    assert "echo" in offered(shell, script, "sjob run -n ech", env)
+    assert not {o for o in offered(shell, script, "sjob run -n sleep -", env) if o.startswith("--detach")}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_with_a_host_the_ids_come_from_that_host(
+    shell: str, jobs: tuple[dict[str, str], str, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sjob -H HOST stop <TAB>` offers HOST's jobs, not this machine's: the completion asks through ssh (a fake
+    here, which logs what it was asked and reaches nothing)."""
+    env, _, _, _ = jobs
+    script = generated(shell, tmp_path, monkeypatch)
+    ssh, log = tmp_path / "ssh", tmp_path / "ssh.log"
+    ssh.write_text(f'#!/bin/sh\necho "$@" >>{log}\nexit 255\n')
+    ssh.chmod(0o755)
+    env = {**env, "SJOB_SSH": str(ssh)}
+    for line in ("sjob -H elsewhere stop ", "sjob --host=elsewhere logs ", "sjob -H elsewhere fn call "):
+        assert offered(shell, script, line, env) == set(), line
+    assert log.read_text().count("elsewhere sjob --bridge") == 3, log.read_text()
 
 
 def test_every_option_of_every_verb_is_in_every_script() -> None:

@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 
 from supervisor.cli.command import Argument, Command, Complete, Many, Option
-from supervisor.cli.commands import COMMANDS, GLOBAL_OPTIONS
+from supervisor.cli.commands import COMMANDS, GLOBAL_OPTIONS, HOST
 
 SHELLS = ("bash", "zsh", "fish")
 # Where sjobd reads profiles (daemon.load_policy): the site's, then those the wheel installed.
@@ -99,6 +99,8 @@ def bash(nodes: list[Node]) -> str:
     return BASH.format(
         cases="\n".join(cases),
         groups=groups,
+        host_flags="|".join(HOST.flags),
+        host_long=HOST.flags[-1],
         signals=" ".join(signal_names()),
         profile_globs=" ".join(f"{_quote(d)}/*.toml" for d in PROFILE_DIRECTORIES),
     )
@@ -115,11 +117,14 @@ _sjob_node() {{
 }}
 
 _sjob_values() {{ # KIND: what to offer for a value of that kind
-    local sjob=${{COMP_WORDS[0]}} f names=
+    local f names=
+    local -a sjob=("${{COMP_WORDS[0]}}")
+    [[ -n $host ]] && sjob+=("{host_long}=$host")  # sjob -H HOST: that host's jobs and functions
     case $1 in
-        jobs) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" list -q 2>/dev/null)" -- "$cur") ;;
-        running-jobs) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" list -q --running 2>/dev/null)" -- "$cur") ;;
-        functions) mapfile -t COMPREPLY < <(compgen -W "$("$sjob" fn list -q 2>/dev/null)" -- "$cur") ;;
+        jobs) mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" list -q 2>/dev/null)" -- "$cur") ;;
+        running-jobs)
+            mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" list -q --running 2>/dev/null)" -- "$cur") ;;
+        functions) mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" fn list -q 2>/dev/null)" -- "$cur") ;;
         profiles)
             for f in {profile_globs}; do
                 [[ -e $f ]] || continue
@@ -147,11 +152,17 @@ _sjob() {{
         words=("${{COMP_WORDS[@]}}") cword=$COMP_CWORD
         cur=${{words[cword]}} prev=${{words[cword - 1]}}
     fi
-    local path='' flags valued kinds last choices children i word count=0 rest=''
+    local path='' flags valued kinds last choices children i word count=0 rest='' host=''
     local -a each
     _sjob_node ""
     for ((i = 1; i < cword; i++)); do
         word=${{words[i]}}
+        if [[ -z $path ]]; then
+            case $word in
+                {host_flags}) host=${{words[i + 1]}} ;;
+                {host_long}=*) host=${{word#*=}} ;;
+            esac
+        fi
         if [[ -n $rest ]]; then
             break
         elif [[ $word == -- ]]; then
@@ -245,6 +256,11 @@ def _zsh_function(node: Node) -> str:
         lines += [
             "    local curcontext=$curcontext state line",
             f"    _arguments -C -s {' '.join(specs)} ': :->command' '*:: :->argument' && return",
+            *(
+                ["    local sjob_host=${opt_args[" + HOST.flags[0] + "]:-$opt_args[" + HOST.flags[-1] + "]}"]
+                if not node.path
+                else []
+            ),
             "    case $state in",
             "        command)",
             "            local -a commands=(",
@@ -290,12 +306,14 @@ ZSH = """\
 
 _sjob_jobs() {{ # the caller's job ids, from sjobd; with --running only those that have not ended
     # _arguments calls an action with compadd's options added to its own: pass those on to _describe
-    local -a ids=(${{(f)"$(_call_program jobs ${{sjob_command:-sjob}} list -q ${{(M)@:#--running}} 2>/dev/null)"}})
+    local -a sjob=(${{sjob_command:-sjob}} ${{sjob_host:+--host=$sjob_host}})  # sjob -H HOST: that host's ids
+    local -a ids=(${{(f)"$(_call_program jobs $sjob list -q ${{(M)@:#--running}} 2>/dev/null)"}})
     _describe job ids ${{@:#--running}}
 }}
 
 _sjob_functions() {{ # the functions the caller may call or manage, from sjobd
-    local -a names=(${{(f)"$(_call_program functions ${{sjob_command:-sjob}} fn list -q 2>/dev/null)"}})
+    local -a sjob=(${{sjob_command:-sjob}} ${{sjob_host:+--host=$sjob_host}})
+    local -a names=(${{(f)"$(_call_program functions $sjob fn list -q 2>/dev/null)"}})
     _describe function names "$@"
 }}
 
@@ -353,12 +371,27 @@ def fish(nodes: list[Node]) -> str:
             lines.append(f"complete -c sjob -n \"__sjob_argument '{node.path}' {position}\" {values}")
             if argument.many is Many.rest:
                 lines.append(f"complete -c sjob -n \"__sjob_in_command '{node.path}'\" {values}")
-    valued = " ".join(f for node in nodes for o in node.options if o.takes_value for f in o.flags)
+    # Which flags take a value depends on where they are (`run -n` is a flag, `list -n N` takes one).
+    valued = "\n".join(
+        f"        case {_quote(node.path)}\n            contains -- $token {' '.join(flags)}; and return 0"
+        for node in nodes
+        if (flags := [f for o in node.options if o.takes_value for f in o.flags])
+    )
     groups = " ".join(_quote(n.path) for n in nodes if n.children)
     rests = " ".join(_quote(n.path) for n in nodes if any(a.many is Many.rest for a in n.arguments))
     some = " ".join(_quote(n.path) for n in nodes if n.arguments and n.arguments[-1].many is Many.some)
     dirs = " ".join(f"{_quote(d)}/*.toml" for d in PROFILE_DIRECTORIES)
-    return FISH.format(valued=valued, groups=groups, rests=rests, some=some, dirs=dirs, completions="\n".join(lines))
+    host = " ".join(HOST.flags)
+    return FISH.format(
+        valued=valued,
+        host=host,
+        host_long=HOST.flags[-1],
+        groups=groups,
+        rests=rests,
+        some=some,
+        dirs=dirs,
+        completions="\n".join(lines),
+    )
 
 
 FISH = """\
@@ -379,7 +412,7 @@ function __sjob_parse
             printf '%s\\n' $path $count (math $index + 1)
             return
         else if string match -q -- '-*' $token
-            contains -- $token {valued}; and set skip 1
+            __sjob_valued "$path" $token; and set skip 1
         else if test -z "$path"; or contains -- "$path" {groups}
             set path (string trim -- "$path $token")
         else if contains -- "$path" {rests}
@@ -390,6 +423,32 @@ function __sjob_parse
         end
     end
     printf '%s\\n' $path $count
+end
+
+function __sjob_valued --argument-names path token
+    switch $path
+{valued}
+    end
+    return 1
+end
+
+# Prints --host=HOST if the command line names one (sjob -H HOST ...): the completions of ids come from there.
+function __sjob_host
+    set -l tokens (commandline -opc)
+    for index in (seq 2 (count $tokens))
+        switch $tokens[$index]
+            case {host}
+                set -l next (math $index + 1)
+                set -q tokens[$next]; and printf '{host_long}=%s\n' $tokens[$next]
+                return
+            case '{host_long}=*'
+                printf '%s\n' $tokens[$index]
+                return
+            case '-*'
+            case '*'
+                return
+        end
+    end
 end
 
 function __sjob_at --argument-names want
@@ -421,12 +480,12 @@ end
 
 function __sjob_jobs
     set -l sjob (commandline -opc)[1]
-    $sjob list -q $argv 2>/dev/null
+    $sjob (__sjob_host) list -q $argv 2>/dev/null
 end
 
 function __sjob_functions
     set -l sjob (commandline -opc)[1]
-    $sjob fn list -q 2>/dev/null
+    $sjob (__sjob_host) fn list -q 2>/dev/null
 end
 
 function __sjob_profiles
