@@ -44,6 +44,7 @@ class Account:
     uid: int
     gid: int
     groups: frozenset[str]  # names of the primary and supplementary groups
+    gids: frozenset[int] = frozenset()  # their ids (the primary's too)
 
 
 def lookup_user(name: str) -> Account | None:
@@ -52,12 +53,13 @@ def lookup_user(name: str) -> Account | None:
     except KeyError:
         return None
     names = set()
-    for gid in os.getgrouplist(name, entry.pw_gid):
+    gids = os.getgrouplist(name, entry.pw_gid)
+    for gid in gids:
         try:
             names.add(grp.getgrgid(gid).gr_name)
         except KeyError:
             continue
-    return Account(entry.pw_uid, entry.pw_gid, frozenset(names))
+    return Account(entry.pw_uid, entry.pw_gid, frozenset(names), frozenset(gids))
 
 
 def read_uid_min(path: str = LOGIN_DEFS) -> int:
@@ -165,7 +167,10 @@ class Access:
         or has expired since. None for a local user, or a token still good."""
         if principal.token is None:
             return None
-        token_id = principal.token.token_id
+        return self.token_id_problem(principal.token.token_id, now_usec)
+
+    def token_id_problem(self, token_id: str, now_usec: int) -> str | None:
+        """Why the token `token_id` is no longer good (revoked, expired, unknown); None if it is."""
         record = self._tokens.get(token_id) if self._tokens is not None else None
         if record is None:
             return f"token {token_id} is not known to this sjobd"
@@ -234,7 +239,10 @@ class Access:
             account = self._lookup(principal.user)
             if account is None or account.uid != principal.uid:
                 raise TokenError(f"user {principal.user} (uid {principal.uid}) no longer exists")
-            return dataclasses.replace(principal, gid=account.gid, groups=principal.groups & account.groups)
+            # The job runs with the group id it was asked with (`sg projectx sjob run ...`): still theirs?
+            if principal.gid != account.gid and principal.gid not in account.gids:
+                raise TokenError(f"user {principal.user} is no longer in group {principal.gid}")
+            return dataclasses.replace(principal, groups=principal.groups & account.groups)
         except TokenError as e:
             error = SjobError(ErrorCode.PermissionDenied, str(e), hint="ask again, as who you are now")
             raise self.refuse(principal, action, error, job_id) from None

@@ -19,6 +19,7 @@ attempt begins.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -98,7 +99,9 @@ class JobService:
         self._is_block_device = is_block_device
         self._online_cpus = online_cpus
         self._queue = queue
+        self._tasks: set[asyncio.Task[Job]] = set()
         queue.bind(self.admit)
+        ledger.on_attempt(self._attempt_ended)
 
     async def start(
         self,
@@ -271,19 +274,44 @@ class JobService:
                 f"grace period {grace_usec / 1e6:g}s is out of range",
                 hint=f"give 0 to {MAX_GRACE_USEC // 1_000_000}s (the job unit's TimeoutStopSec), e.g. --grace 10s",
             )
-        job = dataclasses.replace(job, stopped_by=principal.name)
-        self._records.update(job)
         log.info("%s: stopped by %s", job.unit, principal)
+        job = await self.stop_unit(job, principal.name, lambda n: f"stopped by {principal.name} before attempt {n}")
+        if grace_usec is not None and grace_usec < MAX_GRACE_USEC and not job.state.finished:
+            self._reaper.kill_later(job.unit, grace_usec, forbid_forks=job.timer is None)
+        return job
+
+    async def stop_unit(self, job: Job, by: str, why: Callable[[int], str]) -> Job:
+        """Stop the job's unit, `by` whom; a retried job stopped while it waits for its next attempt ends here and
+        now (nothing runs, so no exit record will come), saying why (given the attempt that will not come)."""
+        job = dataclasses.replace(job, stopped_by=by)
+        self._records.update(job)
         between = job.retry is not None and await self._reaper.between_attempts(job)
         await self._units.stop(job.unit)
-        if between:  # nothing runs, so no exit record will come: the stop is the job's end
-            why = f"stopped by {principal.name} before attempt {len(job.attempts or []) + 1}"
-            return self._ledger.finish(
-                job, Outcome(JobState.stopped, job.result or "success", None, None, why), now_usec()
-            )
-        if grace_usec is not None and grace_usec < MAX_GRACE_USEC:
-            self._reaper.kill_later(job.unit, grace_usec)
-        return job
+        if not between:
+            return job
+        outcome = Outcome(JobState.stopped, job.result or "success", None, None, why(len(job.attempts or []) + 1))
+        return self._ledger.finish(job, outcome, now_usec())
+
+    async def stop_run(self, run: Job, by: str) -> None:
+        """Stop a timer's run, if its service still runs that run (not the next)."""
+        if await self._reaper.runs_now(run):
+            log.info("%s: run %s stopped by %s", run.unit, run.id, by)
+            await self.stop_unit(run, by, lambda n: f"stopped by {by}")
+
+    def _attempt_ended(self, job: Job) -> None:
+        """A retried job's attempt has ended and systemd is to start another: not if the token whose bearer
+        started the job has been revoked or has expired since (review of J: a token's retries outlived it)."""
+        if job.token_id is None or (problem := self._access.token_id_problem(job.token_id, now_usec())) is None:
+            return
+        log.info("%s: no more attempts: %s", job.unit, problem)
+        task = asyncio.create_task(self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}"))
+        self._tasks.add(task)
+        task.add_done_callback(self._retry_stopped)
+
+    def _retry_stopped(self, task: asyncio.Task[Job]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("stopping the retries of a job failed: %s", error)
 
     def list_jobs(self, principal: Principal, *, everyone: bool = False, running: bool = False) -> list[Job]:
         """The principal's jobs, newest first; with `everyone`, all users' jobs (root and sjob admins)."""

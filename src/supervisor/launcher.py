@@ -95,6 +95,7 @@ class Launcher:
             profile=admission.profile.name,
             input=stdio.input,
             retry=spec.retry,
+            token_id=principal.token.token_id if principal.token is not None else None,
         )
 
     async def start_spec(

@@ -40,6 +40,7 @@ class Ledger:
         self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
         self._waiting: dict[str, list[asyncio.Future[Job]]] = {}  # job id -> those awaiting its end (`ended`)
         self._listeners: list[Callable[[Job], None]] = []  # told of every job's end (`on_end`)
+        self._attempt_listeners: list[Callable[[Job], None]] = []  # told of each attempt after which another comes
 
     def finish(self, job: Job, outcome: Outcome, when: int, resources: Resources | None = None) -> Job:
         job = dataclasses.replace(
@@ -81,6 +82,11 @@ class Ledger:
         """Call `listener` with every job whose end is recorded (also again, when an exit record corrects it)."""
         self._listeners.append(listener)
 
+    def on_attempt(self, listener: Callable[[Job], None]) -> None:
+        """Call `listener` with a retried job each time one of its attempts has ended and systemd is to start
+        another (once per attempt)."""
+        self._attempt_listeners.append(listener)
+
     def record_exit(self, job_id: str, record: ExitRecord) -> Job | None:
         """Apply a job's exit record. It is the authority on how the job ended: it overrides an earlier
         provisional outcome (from Reaper.main_exited, or "unknown") where that differs."""
@@ -118,6 +124,7 @@ class Ledger:
             return job if job.state.finished else None
         attempts = list(job.attempts or [])
         attempt = next((a for a in attempts if a.invocation == record.invocation), None)
+        new = attempt is None
         if attempt is None:
             attempt = retries.attempt_of(record, len(attempts) + 1)
             job = dataclasses.replace(job, attempts=[*attempts, attempt])
@@ -128,6 +135,9 @@ class Ledger:
         last = attempt.number == len(job.attempts or [])
         if last and retries.is_final(retry, attempt.number, record.result, job.stopped_by is not None):
             return None
+        if new:
+            for listener in self._attempt_listeners:
+                listener(job)
         return job
 
     def adopt(self, job_id: str, unit: UnitState) -> None:

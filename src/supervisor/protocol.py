@@ -236,6 +236,7 @@ class Job:
     attempts: list[Attempt] | None = None  # a retried job's attempts that ended, in order
     timer: str | None = None  # for a timer's run: the timer's id (its unit is the timer's service, sjob-TIMER)
     invocation: str | None = None  # for a timer's run: systemd's invocation id of that run of the service
+    token_id: str | None = None  # the id of the token whose bearer started it (what `sjob token revoke` names)
     position: int | None = None  # a queued job's place in its owner's queue, 1 first (not stored: as asked)
 
     @property

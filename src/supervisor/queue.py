@@ -171,12 +171,20 @@ class JobQueue:
                 except (ValueError, KeyError, TypeError, SjobError) as e:  # a record sjobd cannot have written
                     self._ledger_finish(job, Outcome(JobState.failed, "resources", None, None, f"not started: {e}"))
                     continue
-                rule = rule_for(self._access.policy, pending.principal)
+                try:
+                    # Who asked, as they are now (review of J): a token revoked, expired or mapped elsewhere since,
+                    # a user gone or out of a group since, starts nothing on the rights of the moment of queueing;
+                    # and their rule now says how many may run (a rule of a group they left no longer counts).
+                    principal = self._access.current(pending.principal, Action.run, now_usec(), job.id)
+                except SjobError as e:
+                    self._refused(job, e)
+                    continue
+                rule = rule_for(self._access.policy, principal)
                 running = len(self._records.unfinished(uid))
                 if rule is not None and rule.max_jobs is not None and running >= rule.max_jobs:
                     return
                 try:
-                    await self._start(job, pending)  # it leaves the queue: started, refused or failed to start
+                    await self._start(job, pending.spec, principal)  # it leaves the queue: started or refused
                 except Exception:  # one job's trouble must not stall the queue behind it
                     log.exception("%s: starting it from the queue failed", job.unit)
                 current = self._records.get(job.id)
@@ -187,20 +195,24 @@ class JobQueue:
                 if current is not None:
                     self._left(current)
 
-    async def _start(self, job: Job, pending: Pending) -> None:
-        """Start a job from the queue, once more checked against the policy as it is now (and its token, if a
-        token's bearer queued it); a job the policy no longer allows ends failed, saying why."""
+    def _refused(self, job: Job, error: SjobError) -> None:
+        why = f"not started from the queue: {error.message}"
+        self._ledger_finish(job, Outcome(JobState.failed, "refused", None, None, why))
+
+    async def _start(self, job: Job, spec: JobSpec, principal: Principal) -> None:
+        """Start a job from the queue as `principal` (as they are now), once more checked against the policy as it
+        is now; a job the policy no longer allows ends failed, saying why (audited)."""
         if self._admit is None:
             raise RuntimeError("JobQueue.bind was not called")  # a bug in sjobd's wiring
         try:
-            # Who asked, as they are now (review of J): a token revoked, expired or mapped elsewhere since, a user
-            # gone or taken out of a group since, starts nothing on the rights of the moment it was queued.
-            principal = self._access.current(pending.principal, Action.run, now_usec(), job.id)
-            spec = jobspec.validate(pending.spec)
+            spec = jobspec.validate(spec)
+        except SjobError as e:
+            self._refused(job, self._access.refuse(principal, Action.run, e, job.id))
+            return
+        try:
             admission = self._admit(principal, spec, job.id)
         except SjobError as e:
-            why = f"not started from the queue: {e.message}"
-            self._ledger_finish(job, Outcome(JobState.failed, "refused", None, None, why))
+            self._refused(job, e)
             return
         job = dataclasses.replace(job, state=JobState.starting, limits=admission.limits, profile=admission.profile.name)
         self._records.update(job)  # a slot taken: it counts as running from now on

@@ -219,16 +219,18 @@ class Reaper:
         """Reset `unit` once it has settled, if it failed (in the background)."""
         self._in_background(self._collect(unit))
 
-    def kill_later(self, unit: str, grace_usec: int) -> None:
+    def kill_later(self, unit: str, grace_usec: int, *, forbid_forks: bool = True) -> None:
         """SIGKILL `unit` once `grace_usec` is over; a stop that asks for a shorter grace than the one pending
-        replaces it, a longer or equal one changes nothing (the earliest deadline wins, as with systemd's own)."""
+        replaces it, a longer or equal one changes nothing (the earliest deadline wins, as with systemd's own).
+        Without `forbid_forks`, no TasksMax=1 between the kills: a timer's service keeps its settings for its
+        later runs (review of J), so only the SIGKILLs stop a fork bomb there."""
         deadline = asyncio.get_running_loop().time() + grace_usec / 1e6
         pending = self._grace.get(unit)
         if pending is not None and not pending[1].done():
             if pending[0] <= deadline:
                 return
             pending[1].cancel()
-        task = self._in_background(self._kill_after_grace(unit, grace_usec))
+        task = self._in_background(self._kill_after_grace(unit, grace_usec, forbid_forks))
         self._grace[unit] = (deadline, task)
         task.add_done_callback(lambda done: self._forget_grace(unit, done))
 
@@ -242,7 +244,7 @@ class Reaper:
         if (pending := self._grace.get(unit)) is not None and pending[1] is task:
             del self._grace[unit]
 
-    async def _kill_after_grace(self, unit: str, grace_usec: int) -> None:
+    async def _kill_after_grace(self, unit: str, grace_usec: int, forbid_forks: bool) -> None:
         """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes
         remain. Only while systemd waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit
         report): in between, the unit's own ExecStopPost runs in the same cgroup and must not be killed.
@@ -260,7 +262,7 @@ class Reaper:
                 log.info("%s: grace period over, sending SIGKILL (%s)", unit, state.sub_state)
                 with contextlib.suppress(SjobError):  # it ended meanwhile
                     await self._units.kill(unit, signal.SIGKILL)
-                    if round_ == 0:
+                    if round_ == 0 and forbid_forks:
                         await self._units.set_properties(properties.no_new_tasks(unit))
                         await self._units.kill(unit, signal.SIGKILL)
             await asyncio.sleep(KILL_INTERVAL)

@@ -38,7 +38,7 @@ from supervisor.protocol import (
 )
 from supervisor.statedb import open_state_db, writing
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _COLUMNS = [f.name for f in dataclasses.fields(Job) if f.name != "position"]  # a queue position is not stored
 _TIMER_COLUMNS = [
     f.name for f in dataclasses.fields(Timer) if f.name not in ("next_usec", "last_usec", "last_job", "runs")
@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts TEXT,
     timer TEXT,
     invocation TEXT,
+    token_id TEXT,
     pending TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (uid, created_usec);
@@ -119,6 +120,7 @@ _MIGRATIONS = {
     5: "ALTER TABLE jobs ADD COLUMN retry TEXT; ALTER TABLE jobs ADD COLUMN attempts TEXT;"
     " ALTER TABLE jobs ADD COLUMN timer TEXT; ALTER TABLE jobs ADD COLUMN invocation TEXT;"
     " ALTER TABLE jobs ADD COLUMN pending TEXT;" + _TIMERS_SCHEMA,
+    6: "ALTER TABLE jobs ADD COLUMN token_id TEXT;",
 }
 
 

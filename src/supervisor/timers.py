@@ -186,10 +186,12 @@ class TimerService:
                 async for event in self._journal.runs(self._since(), self._is_timer_service):
                     delay = WATCH_RETRY_MIN
                     try:
-                        if (timer := self._record_run(event)) is not None:
-                            await self._recheck(timer)  # each run: may its maker still have it? (review of J)
+                        started = self._record_run(event)
                     except SjobError as e:  # a full disk: the sweep of unfinished runs, or the next start, retries
                         log.error("cannot record a run of %s: %s", event.unit, e.message)
+                        continue
+                    if started is not None:
+                        await self._recheck(*started)  # each run: may its maker still have it? (review of J)
             except OSError as e:
                 log.error("reading timer runs from the journal failed (%s); again in %.0fs", e, delay)
             await asyncio.sleep(delay)
@@ -208,9 +210,16 @@ class TimerService:
         for timer in self._records.timers(active=True):
             await self._recheck(timer)
 
-    async def _recheck(self, timer: Timer) -> None:
+    async def _recheck(self, timer: Timer, run: Job | None = None) -> None:
         """Remove the timer if its maker, as they are now (`Access.current`), may no longer make it or run its job
-        with its profile and limits (review of J: every check a new timer passes, bar the count)."""
+        with its profile and limits (review of J: every check a new timer passes, bar the count); and stop `run`,
+        the run that has just begun. No check may stop sjobd's watchers: a failure is logged."""
+        try:
+            await self._check(timer, run)
+        except Exception:
+            log.exception("%s: checking it against the policy failed", timer.unit)
+
+    async def _check(self, timer: Timer, run: Job | None) -> None:
         raw = self._records.timer_principal(timer.id)
         try:
             stored = principal_from_wire(json.loads(raw or ""))
@@ -227,10 +236,11 @@ class TimerService:
             self._jobs.admit(principal, spec, timer.id)
         except SjobError as e:
             why = f"removed: the policy no longer allows it ({e.message})"
-            try:
-                await self._end(timer, TimerState.removed, why, "policy")
-            except SjobError as failed:
-                log.error("%s: %s, but removing it failed: %s", timer.unit, why, failed.message)
+            latest = self._records.get_timer(timer.id)  # its maker may have removed it meanwhile
+            if latest is not None and latest.state is TimerState.active:
+                await self._end(latest, TimerState.removed, why, "policy")
+            if run is not None:  # it began before anyone could check it (systemd starts a timer's runs): end it
+                await self._jobs.stop_run(run, "policy")
 
     def _since(self) -> int:
         """Where reading runs starts: the latest recorded run of each timer that may still run (or its making),
@@ -248,8 +258,9 @@ class TimerService:
         name = unit.removeprefix(UNIT_PREFIX).removesuffix(UNIT_SUFFIX)
         return unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX) and name in self._ids
 
-    def _record_run(self, event: UnitEvent) -> Timer | None:
-        """Record a run's start or end; the timer if this is a run it had not recorded yet, running or not."""
+    def _record_run(self, event: UnitEvent) -> tuple[Timer, Job] | None:
+        """Record a run's start or end; the timer and the run if it is a run not recorded before, of a timer that
+        is still active."""
         timer_id = event.unit.removeprefix(UNIT_PREFIX).removesuffix(UNIT_SUFFIX)
         timer = self._records.get_timer(timer_id)
         record = event.record
@@ -263,7 +274,7 @@ class TimerService:
             run = self._new_run(timer, record.invocation, record.when_usec, started=not isinstance(record, ExitRecord))
         if isinstance(record, ExitRecord):
             self._ledger.record_exit(run.id, record)
-        return timer if new and timer.state is TimerState.active else None
+        return (timer, run) if new and timer.state is TimerState.active else None
 
     def _new_run(self, timer: Timer, invocation: str, when_usec: int, *, started: bool) -> Job:
         job_id = self._launcher.new_id()

@@ -188,6 +188,9 @@ class FakeUnits:
         end = argv.index("--")
         job_id, command = argv[end - 1], argv[end + 1 :]
         run = uuid.uuid4().hex  # a new invocation of the unit, as systemd makes for every start
+        self.states[unit.name] = UnitState(
+            unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "", invocation_id=run
+        )
         uid = int(str(unit.get("User"))) if "User" in dict(unit.properties) else 61000
         self.log.add(job_id, StartRecord(attempt=attempt), run, uid)
         cwd = str(unit.get("WorkingDirectory"))
@@ -217,6 +220,9 @@ class FakeUnits:
             if stdin is not None and not relay:
                 os.close(stdin)
         self.processes.setdefault(unit.name, []).append(proc)
+        if (state := self.states.get(unit.name)) is not None and state.active_state == "deactivating":
+            with contextlib.suppress(ProcessLookupError):  # stopped while it started: systemd's SIGTERM finds it
+                os.killpg(proc.pid, signal.SIGTERM)
         relayed = [0]
 
         async def pass_stdin() -> None:

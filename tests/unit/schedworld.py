@@ -23,6 +23,7 @@ from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
 from supervisor.timers import TimerService
+from supervisor.tokens import Keys, TokenStore
 
 from .fakes import FakeAudit, FakeJobLog, FakeUnits, shipped_access
 
@@ -87,7 +88,10 @@ async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.An
     records = JobRecords(tmp_path / "jobs.sqlite")
     audit = FakeAudit()
     users = accounts()
-    access, profiles = shipped_access(audit, lookup=users.get)
+    if not (tmp_path / "keys").exists():
+        Keys.create(tmp_path / "keys")
+    tokens = TokenStore(tmp_path / "tokens.sqlite")
+    access, profiles = shipped_access(audit, lookup=users.get, keys=Keys(tmp_path / "keys"), tokens=tokens)
     access.policy = dataclasses.replace(
         access.policy, rules=tuple(dataclasses.replace(r, **rule) for r in access.policy.rules)
     )
@@ -112,6 +116,7 @@ async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.An
         await reaper.close()
         await units.close()
         records.close()
+        tokens.close()
 
 
 def rule_named(world: World, name: str) -> Rule:

@@ -458,3 +458,15 @@ def test_a_tokens_bearer_later_needs_the_token_good_and_mapped_to_the_same_user(
     s.access.revoke_token(ROOT, then.token.token_id, now())
     with pytest.raises(SjobError, match="was revoked by root"):
         s.access.current(then, Action.run, now())
+
+
+def test_a_local_user_later_needs_the_group_id_they_asked_with(tmp_path: Path) -> None:
+    """Review of J: a job asked for under another group id (`sg projectx sjob run --queue ...`) runs with it: a
+    user taken out of that group since is refused, not run with its id."""
+    s = Setup(tmp_path)
+    s.users["alice"] = Account(1000, 1000, frozenset({"alice", "projectx"}), frozenset({1000, 2000}))
+    then = Principal(1000, 2000, 10, "alice", frozenset({"alice", "projectx"}))
+    assert s.access.current(then, Action.run, now()).gid == 2000
+    s.users["alice"] = Account(1000, 1000, frozenset({"alice"}), frozenset({1000}))
+    with pytest.raises(SjobError, match="user alice is no longer in group 2000"):
+        s.access.current(then, Action.run, now())

@@ -248,3 +248,27 @@ def test_a_queued_job_starts_with_its_owners_groups_of_now(tmp_path: Path) -> No
         assert refused.message == "not started from the queue: user alice (uid 1000) no longer exists"
 
     run(tmp_path, body, max_jobs=1)
+
+
+def test_the_queue_counts_slots_by_the_rule_its_owner_has_now(tmp_path: Path) -> None:
+    """Review of J: the queue read max_jobs from the rule of the groups stored at queueing, so a user who left the
+    group with more slots kept them for what they had queued."""
+
+    async def body(w: World) -> None:
+        everyone = dataclasses.replace(w.access.policy.rules[-1], max_jobs=1)
+        staff = dataclasses.replace(everyone, name="staff", users=frozenset(), groups=frozenset({"staff"}), max_jobs=3)
+        w.jobs.set_policy(dataclasses.replace(w.access.policy, rules=(staff, everyone)), w.jobs.profiles)
+        gates = [tmp_path / f"gate{i}" for i in range(3)]
+        running = [await w.jobs.start(ALICE, waits(gate)) for gate in gates]
+        queued = await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/"), queue=True)
+        assert queued.state is JobState.queued
+        w.users["alice"] = dataclasses.replace(w.users["alice"], groups=frozenset({"alice"}))  # out of staff
+        gates[0].touch()
+        await w.until(running[0].id, JobState.exited)
+        await asyncio.gather(*list(w.queue._tasks))  # the round its end began
+        assert (w.records.get(queued.id) or queued).state is JobState.queued  # 2 run; her rule now allows 1
+        for gate in gates[1:]:
+            gate.touch()
+        assert (await w.until(queued.id, JobState.exited)).state is JobState.exited
+
+    run(tmp_path, body)

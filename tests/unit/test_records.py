@@ -153,9 +153,11 @@ def test_a_schema_5_database_is_brought_up_to_date(tmp_path: Path) -> None:
     records = JobRecords(path)
     old = records.get("00000001")
     assert old is not None
-    assert (old.state, old.retry, old.attempts, old.timer) == (JobState.exited, None, None, None)
+    assert (old.state, old.retry, old.attempts, old.timer, old.token_id) == (JobState.exited, None, None, None, None)
     assert records.timers() == []
-    assert records._db.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert records._db.execute("PRAGMA user_version").fetchone()[0] == 7
+    records.update(dataclasses.replace(old, token_id="t1"))  # noqa: S106 - schema 7: the token that started a job
+    assert (records.get("00000001") or old).token_id == "t1"  # noqa: S105
 
 
 def test_ended_timers_are_kept_like_finished_jobs(tmp_path: Path) -> None:

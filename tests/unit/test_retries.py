@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from supervisor import retries
+from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.logformat import ExitRecord
 from supervisor.policy import Action
@@ -170,5 +172,31 @@ def test_after_the_last_attempt_the_wait_for_another_is_cut_short(tmp_path: Path
         async with asyncio.timeout(5):
             while name not in w.units.stopped:
                 await asyncio.sleep(0.01)
+
+    run(tmp_path, body)
+
+
+def test_a_tokens_job_is_not_retried_once_the_token_is_revoked(tmp_path: Path) -> None:
+    """Review of J: a token's retried job went on being retried after the token was revoked (or had expired). The
+    attempt that runs when it is revoked runs to its end, as any job of a revoked token does; no other begins."""
+
+    async def body(w: World) -> None:
+        policy = w.access.policy
+        ci = dataclasses.replace(policy.rules[-1], name="ci", users=frozenset(), tokens=frozenset({"ci"}), run_as="ci")
+        w.jobs.set_policy(dataclasses.replace(policy, rules=(ci, *policy.rules)), w.jobs.profiles)
+        root = Principal(0, 0, 1, "root", frozenset({"root"}))
+        token, _ = w.access.issue_token(root, "ci", None, None, time.time_ns() // 1000)
+        bearer = w.access.authenticate(ALICE, token, time.time_ns() // 1000)
+        gate = tmp_path / "gate"
+        failing = JobSpec(["/bin/sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit 3"], "/", retry=Retry(5))
+        w.units.time_scale = 1.0  # a second between attempts, as systemd's least RestartSec= for sjob
+        job = await w.jobs.start(bearer, failing)
+        assert job.token_id is not None
+        w.access.revoke_token(root, job.token_id, time.time_ns() // 1000)
+        gate.touch()  # attempt 1 ends (failed): systemd would start attempt 2 after the delay
+        ended = await w.until(job.id, JobState.stopped)
+        assert [a.number for a in ended.attempts or []] == [1]
+        assert ended.message == f"no attempt 2: token {job.token_id} was revoked by root"
+        assert ended.stopped_by == "sjobd"
 
     run(tmp_path, body)

@@ -276,3 +276,45 @@ def test_stopping_a_timers_run_that_is_over_leaves_its_next_run_alone(tmp_path: 
         assert service in w.units.stopped
 
     run(tmp_path, body)
+
+
+def test_a_run_its_maker_may_no_longer_have_is_stopped_as_it_begins(tmp_path: Path) -> None:
+    """Review of J: systemd starts a timer's run before sjobd can check it; a run the check refuses is stopped at
+    once, not left running with rights its maker has lost."""
+
+    async def body(w: World) -> None:
+        staff_may_use_the_network(w)
+        w.units.time_scale = 0.02
+        spec = JobSpec(["/bin/sleep", "30"], "/", profile="network")
+        timer = await w.timers.schedule(ALICE, spec, Schedule(on_active_usec=50 * SECOND))  # in 1 s
+        w.users["alice"] = dataclasses.replace(w.users["alice"], groups=frozenset({"alice"}))  # out of staff
+        async with asyncio.timeout(10):
+            while not (runs := [j for j in w.jobs.list_jobs(ALICE) if j.timer == timer.id]):
+                await asyncio.sleep(0.02)
+        ended = await w.until(runs[0].id, JobState.stopped)
+        assert ended.stopped_by == "policy"
+        (listed,) = await w.timers.list_timers(ALICE)
+        assert (listed.state, listed.removed_by) == (TimerState.removed, "policy")
+
+    run(tmp_path, body)
+
+
+def test_a_grace_period_on_a_timers_run_leaves_its_service_able_to_fork(tmp_path: Path) -> None:
+    """Review of J: a stop with --grace set TasksMax=1 on the unit between its SIGKILLs; a timer's service keeps it
+    for every later run, which could then not fork."""
+
+    async def body(w: World) -> None:
+        w.units.time_scale = 0.02
+        spec = JobSpec(["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 60"], "/")
+        timer = await w.timers.schedule(ALICE, spec, Schedule(on_active_usec=5 * SECOND))
+        async with asyncio.timeout(10):
+            while not (runs := [j for j in w.jobs.list_jobs(ALICE) if j.timer == timer.id]) or not any(
+                r.data == b"ready\n" for r in w.log.records.get(timer.id, []) if hasattr(r, "data")
+            ):
+                await asyncio.sleep(0.02)
+        await w.jobs.stop(ALICE, runs[0].id, grace_usec=200_000)
+        ended = await w.until(runs[0].id, JobState.stopped)
+        assert ended.signal == 9
+        assert "set TasksMax=1" not in w.units.calls
+
+    run(tmp_path, body)
