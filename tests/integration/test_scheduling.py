@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from .conftest import SJOB, User, change_users, run, sjob, wait_until
-from .test_access import POLICY, policy_edit  # noqa: F401 - a fixture, used by name
+from .test_access import CI_RULE, POLICY, ci_user, issue, policy_edit, token_dir, with_token  # noqa: F401 - fixtures
 from .test_durability import sjobd_comes_back  # noqa: F401 - a fixture, used by name
 from .test_skeleton import status
 from .test_unit_file import LOSES_EX_COMMANDS, daemon_reload
@@ -139,6 +139,42 @@ def test_a_queued_job_starts_with_the_groups_its_owner_has_then(bob: User, share
         assert [e["SJOB_DECISION"] for e in denied] == ["denied"], denied
     finally:
         change_users("gpasswd", "-d", bob.name, NET_GROUP)
+
+
+@pytest.mark.serial("edits policy.toml and reloads sjobd")
+def test_a_tokens_retried_job_gets_no_attempt_once_the_token_is_revoked(
+    alice: User,
+    ci_user: User,  # noqa: F811
+    token_dir: Path,  # noqa: F811
+    shared_dir: Path,
+    policy_edit: Any,  # noqa: F811
+) -> None:
+    """Review of J: systemd went on retrying a token's job after the token was revoked. The attempt that runs then
+    runs to its end, as any job of a revoked token does; sjobd stops the unit while it waits for the next."""
+    rule = CI_RULE.format(user=ci_user.name).replace('"list"]', '"list", "retry"]')
+    assert '"retry"]' in rule, "CI_RULE changed: update the test"
+    policy_edit(POLICY.read_text() + rule)
+    token_file, token_id = issue(token_dir, "--ttl", "1h", "--scope", "run,status,retry")
+    gate = shared_dir / "gate"
+    script = f"while [ ! -e {gate} ]; do sleep 0.1; done; exit 3"
+    started = with_token(
+        token_file, "run", "-d", "--retry", "3", "--retry-delay", "20s", "--", "sh", "-c", script, user=alice
+    )
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.decode().strip()
+    assert sjob("token", "revoke", token_id).returncode == 0
+    gate.touch()
+    found: dict[str, Any] = {}
+
+    def ended() -> bool:
+        found.update(status(job_id))
+        return found["state"] not in ("starting", "running")
+
+    wait_until(ended, 60, what=f"job {job_id} to end")  # within the 20 s before systemd's next attempt
+    assert (found["state"], found["stopped_by"]) == ("stopped", "sjobd"), found
+    assert [a["number"] for a in found["attempts"]] == [1]
+    assert found["message"] == f"no attempt 2: token {token_id} was revoked by root"
+    assert found["token_id"] == token_id
 
 
 @pytest.mark.serial("edits policy.toml and kills sjobd")
