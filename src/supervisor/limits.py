@@ -12,28 +12,15 @@ import dataclasses
 import re
 
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
-from supervisor.limitforms import DEVICE_KINDS, OPTION_OF, OPTIONS
-from supervisor.protocol import MAX_CPUS, MAX_TASKS, MAX_WEIGHT, Limits
+from supervisor.limitforms import BY_FIELD, TABLE, unit_value
+from supervisor.protocol import MAX_CPUS, Limits
 from supervisor.quantities import format_cpu_list
 
 MAX_DEVICE_LIMITS = 16
 _DEVICE = re.compile(r"/dev/[A-Za-z0-9._/+-]{1,200}")
 
-_SCALARS = tuple(field for field, kind in OPTIONS.values() if kind not in (*DEVICE_KINDS, "cpus"))  # timeout too
-_DEVICE_FIELDS = tuple(field for field, kind in OPTIONS.values() if kind in DEVICE_KINDS)
-_PROPERTIES = {
-    "cpu_weight": "CPUWeight",
-    "memory_max": "MemoryMax",
-    "memory_high": "MemoryHigh",
-    "memory_swap_max": "MemorySwapMax",
-    "io_weight": "IOWeight",
-    "io_read_bps": "IOReadBandwidthMax",
-    "io_write_bps": "IOWriteBandwidthMax",
-    "io_read_iops": "IOReadIOPSMax",
-    "io_write_iops": "IOWriteIOPSMax",
-    "tasks_max": "TasksMax",
-    "timeout_usec": "RuntimeMaxUSec",
-}
+_SCALARS = tuple(limit.field for limit in TABLE if not limit.per_device and limit.kind != "cpus")  # timeout too
+_DEVICE_FIELDS = tuple(limit.field for limit in TABLE if limit.per_device)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,7 +48,8 @@ def check(requested: Limits | None, policy: LimitPolicy) -> Limits:
         elif value > ceiling:
             raise SjobError(
                 ErrorCode.PermissionDenied,
-                f"{OPTION_OF[name]} {_show(name, value)} is above what policy allows you ({_show(name, ceiling)})",
+                f"{BY_FIELD[name].option} {_show(name, value)} is above what policy allows you"
+                f" ({_show(name, ceiling)})",
                 hint=f"ask for at most {_show(name, ceiling)}, or ask an administrator to raise the ceiling",
             )
     cpus, allowed = merged["allowed_cpus"], policy.maximum.allowed_cpus
@@ -80,36 +68,26 @@ def check(requested: Limits | None, policy: LimitPolicy) -> Limits:
 
 def _check_ranges(limits: Limits) -> None:
     """What a client could send that no CLI would: values out of the kernel's or systemd's range."""
-    ranges = {
-        "cpu_percent": (1, 100 * 1024),
-        "cpu_weight": (1, MAX_WEIGHT),
-        "io_weight": (1, MAX_WEIGHT),
-        "memory_max": (1, 2**63 - 1),
-        "memory_high": (1, 2**63 - 1),
-        "memory_swap_max": (0, 2**63 - 1),
-        "tasks_max": (1, MAX_TASKS),
-        "timeout_usec": (1, 2**63 - 1),
-    }
-    for name, (low, high) in ranges.items():
-        value = getattr(limits, name)
-        if value is not None and not low <= value <= high:
-            raise invalid_argument(f"{OPTION_OF[name]} {value}: out of range", hint=f"give {low} to {high}")
+    for name in _SCALARS:
+        value, limit = getattr(limits, name), BY_FIELD[name]
+        if value is not None and not limit.low <= value <= limit.high:
+            raise invalid_argument(f"{limit.option} {value}: out of range", hint=f"give {limit.low} to {limit.high}")
     if limits.allowed_cpus is not None and (
         not 0 < len(limits.allowed_cpus) <= MAX_CPUS or not all(0 <= c < MAX_CPUS for c in limits.allowed_cpus)
     ):
         raise invalid_argument("--allowed-cpus: out of range", hint=f"give CPU numbers from 0 to {MAX_CPUS - 1}")
     for name in _DEVICE_FIELDS:
-        entries = getattr(limits, name) or []
+        entries, limit = getattr(limits, name) or [], BY_FIELD[name]
         if len(entries) > MAX_DEVICE_LIMITS:
-            raise invalid_argument(f"{OPTION_OF[name]}: at most {MAX_DEVICE_LIMITS} devices")
+            raise invalid_argument(f"{limit.option}: at most {MAX_DEVICE_LIMITS} devices")
         for entry in entries:
             if not _DEVICE.fullmatch(entry.device) or "/../" in entry.device + "/":
                 raise invalid_argument(
-                    f"{OPTION_OF[name]} {entry.device[:60]!r}: not a device node path",
+                    f"{limit.option} {entry.device[:60]!r}: not a device node path",
                     hint="give a block device such as /dev/vda, or a path on it such as /",
                 )
-            if not 1 <= entry.rate <= 2**63 - 1:
-                raise invalid_argument(f"{OPTION_OF[name]} {entry.device}={entry.rate}: out of range")
+            if not limit.low <= entry.rate <= limit.high:
+                raise invalid_argument(f"{limit.option} {entry.device}={entry.rate}: out of range")
 
 
 def devices(limits: Limits) -> list[str]:
@@ -119,28 +97,9 @@ def devices(limits: Limits) -> list[str]:
 
 def unit_properties(limits: Limits) -> list[tuple[str, object]]:
     """systemd properties enforcing `limits`."""
-    props: list[tuple[str, object]] = []
-    if limits.cpu_percent is not None:
-        props.append(("CPUQuotaPerSecUSec", limits.cpu_percent * 10_000))
-    if limits.allowed_cpus is not None:
-        props.append(("AllowedCPUs", cpu_mask(limits.allowed_cpus)))
-    for name, prop in _PROPERTIES.items():
-        value = getattr(limits, name)
-        if value is None:
-            continue
-        if name in _DEVICE_FIELDS:
-            props.append((prop, [(e.device, e.rate) for e in value]))
-        else:
-            props.append((prop, value))
-    return props
-
-
-def cpu_mask(cpus: list[int]) -> bytes:
-    """AllowedCPUs= on D-Bus ("ay"): a bit mask, CPU n is bit n % 8 of byte n // 8."""
-    mask = bytearray(max(cpus) // 8 + 1)
-    for cpu in cpus:
-        mask[cpu // 8] |= 1 << (cpu % 8)
-    return bytes(mask)
+    return [
+        (limit.prop, unit_value(limit, value)) for limit in TABLE if (value := getattr(limits, limit.field)) is not None
+    ]
 
 
 def _show(name: str, value: int) -> str:

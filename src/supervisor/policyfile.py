@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from supervisor.errors import SjobError
-from supervisor.limitforms import DEVICE_KINDS, OPTIONS, parse_scalar
+from supervisor.limitforms import BY_KEY, parse_scalar
 from supervisor.limits import LimitPolicy, check
 from supervisor.policy import (
     DEFAULT_ACTIONS,
@@ -43,7 +43,6 @@ from supervisor.policy import (
 from supervisor.protocol import Limits
 from supervisor.quantities import parse_duration, parse_size
 
-_POLICY_KEYS = {option.removeprefix("--"): (field, kind) for option, (field, kind) in OPTIONS.items()}
 _PER_USER_KEYS = {"cpu", "memory", "tasks"}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 _RULE_KEYS = {
@@ -290,13 +289,13 @@ def _consistent(limits: LimitPolicy, path: str, where: str) -> None:
 
 
 def _limits(table: Mapping[str, Any], path: str, where: str, only: set[str] | None = None) -> Limits:
-    keys = only or {key for key, (_, kind) in _POLICY_KEYS.items() if kind not in DEVICE_KINDS}
+    keys = only or {key for key, limit in BY_KEY.items() if not limit.per_device}
     _known(table, keys, path, where)
     values: dict[str, object] = {}
     for key, value in table.items():
-        field, kind = _POLICY_KEYS[key]
+        limit = BY_KEY[key]
         try:
-            values[field] = parse_scalar(kind, str(value), f"{key} =")
+            values[limit.field] = parse_scalar(limit.kind, str(value), f"{key} =")
         except SjobError as e:
             raise PolicyError(f"{path}: [{where}] {e.message}" + (f" ({e.hint})" if e.hint else "")) from None
     return Limits(**values)  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ import shlex
 import typing
 from collections.abc import Sequence
 
-from supervisor import retries, unitfile
+from supervisor import limitforms, retries, unitfile
 from supervisor.auth import Principal
 from supervisor.errors import invalid_argument
 from supervisor.limits import unit_properties as limits_properties
@@ -88,20 +88,8 @@ SIGNATURES: dict[str, str] = {
     "MemoryAccounting": "b",
     "IOAccounting": "b",
     "TasksAccounting": "b",
-    # limits (dbus-cgroup.c, dbus-service.c)
-    "CPUQuotaPerSecUSec": "t",
-    "CPUWeight": "t",
-    "AllowedCPUs": "ay",
-    "MemoryMax": "t",
-    "MemoryHigh": "t",
-    "MemorySwapMax": "t",
-    "IOWeight": "t",
-    "IOReadBandwidthMax": "a(st)",
-    "IOWriteBandwidthMax": "a(st)",
-    "IOReadIOPSMax": "a(st)",
-    "IOWriteIOPSMax": "a(st)",
-    "TasksMax": "t",
-    "RuntimeMaxUSec": "t",
+    # limits (dbus-cgroup.c, dbus-service.c): limitforms.TABLE declares them
+    **{limit.prop: limit.signature for limit in limitforms.TABLE},
     # sandbox (dbus-execute.c, dbus-cgroup.c); profiles.py decides which a profile may set
     "ReadWritePaths": "as",
     "DynamicUser": "b",

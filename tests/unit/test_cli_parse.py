@@ -56,7 +56,7 @@ LIMIT_FORMS = [
     (["--memory", "1G", "--memory", "2G", "true"], [("--memory", "2G")]),  # a repeated scalar: the last one wins
     (
         ["--io-read-bps", "/=1M", "--tasks", "5", "--io-read-bps=/dev/vda=2M", "--timeout", "1h 30min", "true"],
-        [("--io-read-bps", "/=1M"), ("--io-read-bps", "/dev/vda=2M"), ("--tasks", "5"), ("--timeout", "1h 30min")],
+        [("--tasks", "5"), ("--timeout", "1h 30min"), ("--io-read-bps", "/=1M"), ("--io-read-bps", "/dev/vda=2M")],
     ),
 ]
 
@@ -95,9 +95,9 @@ def test_run_passes_limits_in_the_order_of_their_table(
 
 
 def test_every_limit_of_the_table_is_an_option_of_run() -> None:
-    from supervisor.limitforms import OPTIONS  # noqa: PLC0415
+    from supervisor.limitforms import BY_OPTION  # noqa: PLC0415
 
-    assert [o.flags[0] for o in run.LIMITS] == list(OPTIONS)
+    assert [o.flags[0] for o in run.LIMITS] == list(BY_OPTION)
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -1,5 +1,6 @@
 """Policy limits and sandbox profiles: loading (errors name the file and key) and checking requests."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,41 @@ def test_allowed_cpus_within_the_policy_set_become_a_cpu_mask() -> None:
     with pytest.raises(PolicyError) as p:
         parse_policy("[[rules]]\nname = 'all'\nusers = ['*']\n[limits.max]\nallowed-cpus = '0-x'\n", "p.toml")
     assert "allowed-cpus = '0-x': not a list of CPUs" in str(p.value)
+
+
+def test_the_table_declares_every_field_of_limits_once() -> None:
+    """Issue I: one row per limit drives the options, the policy keys, the checks, the properties and the status
+    line; a field of Limits without a row (or a row without a field) would be silently dropped somewhere."""
+    from supervisor import limitforms, properties  # noqa: PLC0415
+
+    fields = [f.name for f in dataclasses.fields(Limits)]
+    assert sorted(limitforms.BY_FIELD) == sorted(fields)
+    assert len(limitforms.TABLE) == len(fields) == len(limitforms.BY_OPTION) == len(limitforms.BY_KEY)
+    for limit in limitforms.TABLE:
+        assert properties.SIGNATURES[limit.prop] == limit.signature
+        assert limit.option.startswith("--")
+        assert limit.low <= limit.high
+
+
+def test_every_limit_reaches_its_property_and_the_status_line() -> None:
+    """A job with every limit set: each becomes its systemd property and a part of `sjob status`'s Limits line."""
+    from supervisor.cli import render  # noqa: PLC0415
+
+    every = Limits(
+        cpu_percent=150, cpu_weight=10, allowed_cpus=[0, 2], memory_max=1 << 30, memory_high=512 << 20,
+        memory_swap_max=0, io_weight=20, io_read_bps=[DeviceLimit("/dev/vda", 10 << 20)],
+        io_write_bps=[DeviceLimit("/dev/vda", 5 << 20)], io_read_iops=[DeviceLimit("/dev/vda", 100)],
+        io_write_iops=[DeviceLimit("/dev/vdb", 50)], tasks_max=64, timeout_usec=90_000_000,
+    )  # fmt: skip
+    props = dict(limits.unit_properties(every))
+    assert props == {
+        "CPUQuotaPerSecUSec": 1_500_000, "AllowedCPUs": b"\x05", "MemoryMax": 1 << 30, "MemoryHigh": 512 << 20,
+        "MemorySwapMax": 0, "TasksMax": 64, "RuntimeMaxUSec": 90_000_000,
+        "IOReadBandwidthMax": [("/dev/vda", 10 << 20)], "IOWriteBandwidthMax": [("/dev/vda", 5 << 20)],
+        "IOReadIOPSMax": [("/dev/vda", 100)], "IOWriteIOPSMax": [("/dev/vdb", 50)], "CPUWeight": 10, "IOWeight": 20,
+    }  # fmt: skip
+    assert render.limits(every) == (
+        "CPU 150%; on CPUs 0,2; memory 1.0G; memory high 512.0M; swap 0B; tasks 64; timeout 1min 30s;"
+        " read /dev/vda 10.0M/s; write /dev/vda 5.0M/s; read /dev/vda 100 IOPS; write /dev/vdb 50 IOPS;"
+        " CPU weight 10; IO weight 20"
+    )

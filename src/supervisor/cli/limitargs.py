@@ -9,7 +9,7 @@ import os
 import stat
 
 from supervisor.errors import invalid_argument
-from supervisor.limitforms import DEVICE_KINDS, OPTIONS, parse_scalar
+from supervisor.limitforms import BY_OPTION, parse_scalar
 from supervisor.protocol import DeviceLimit, Limits
 from supervisor.quantities import parse_device_limit
 
@@ -21,12 +21,12 @@ def build_limits(options: list[tuple[str, str]]) -> Limits | None:
     values: dict[str, object] = {}
     devices: dict[str, list[DeviceLimit]] = {}
     for option, text in options:
-        field, kind = OPTIONS[option]
-        if kind in DEVICE_KINDS:
-            device, rate = parse_device_limit(text, option, per_second=kind)
-            devices.setdefault(field, []).append(DeviceLimit(block_device(device, option), rate))
+        limit = BY_OPTION[option]
+        if limit.per_device:
+            device, rate = parse_device_limit(text, option, per_second=limit.kind)
+            devices.setdefault(limit.field, []).append(DeviceLimit(block_device(device, option), rate))
         else:
-            values[field] = parse_scalar(kind, text, option)
+            values[limit.field] = parse_scalar(limit.kind, text, option)
     return Limits(**values, **devices)  # type: ignore[arg-type]
 
 

@@ -11,9 +11,9 @@ import os
 import shlex
 import time
 
-from supervisor import environment
+from supervisor import environment, limitforms
 from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState, signal_name
-from supervisor.quantities import format_age, format_cpu_list, format_duration, format_size
+from supervisor.quantities import format_age, format_duration, format_size
 from supervisor.unitfile import escape
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
@@ -112,29 +112,9 @@ def limits(given: Limits | None) -> str:
     if given is None:
         return ""
     parts = []
-    if given.cpu_percent is not None:
-        parts.append(f"CPU {given.cpu_percent}%")
-    if given.allowed_cpus is not None:
-        parts.append(f"on CPUs {format_cpu_list(given.allowed_cpus)}")
-    for name, value in (("memory", given.memory_max), ("memory high", given.memory_high)):
-        if value is not None:
-            parts.append(f"{name} {format_size(value)}")
-    if given.memory_swap_max is not None:
-        parts.append(f"swap {format_size(given.memory_swap_max)}")
-    if given.tasks_max is not None:
-        parts.append(f"tasks {given.tasks_max}")
-    if given.timeout_usec is not None:
-        parts.append(f"timeout {format_duration(given.timeout_usec)}")
-    for name, entries in (
-        ("read", given.io_read_bps),
-        ("write", given.io_write_bps),
-    ):
-        parts += [f"{name} {e.device} {format_size(e.rate)}/s" for e in entries or []]
-    for name, entries in (("read", given.io_read_iops), ("write", given.io_write_iops)):
-        parts += [f"{name} {e.device} {e.rate} IOPS" for e in entries or []]
-    for name, weight in (("CPU weight", given.cpu_weight), ("IO weight", given.io_weight)):
-        if weight is not None:
-            parts.append(f"{name} {weight}")
+    for limit in limitforms.TABLE:
+        if (value := getattr(given, limit.field)) is not None:
+            parts += limitforms.shown(limit, value)
     return "; ".join(parts)
 
 

@@ -8,6 +8,7 @@ import signal
 import stat
 import sys
 
+from supervisor import limitforms
 from supervisor.cli import schedargs
 from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.exitcodes import ExitCode, of_job
@@ -16,30 +17,12 @@ from supervisor.cli.output import OutputCopier
 from supervisor.cli.stdin import TerminalRelay, passed_stdin, terminal_size
 from supervisor.client import Client, remote_host
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
-from supervisor.limitforms import DEVICE_KINDS
-from supervisor.limitforms import OPTIONS as LIMIT_OPTIONS
 from supervisor.protocol import Job, JobSpec, JobState, Retry, Schedule, to_wire
 from supervisor.unitfile import escape
 
-# What --help says of each limit of limitforms.OPTIONS: the value's name, and what it does.
-LIMIT_HELP = {
-    "--cpu": ("50%|2", "CPU time: percent of one CPU, or CPUs (CPUQuota=)"),
-    "--cpu-weight": ("1-10000", "share of CPU under contention (CPUWeight=)"),
-    "--allowed-cpus": ("LIST", "run only on these CPUs: 0-3,6 (AllowedCPUs=)"),
-    "--memory": ("SIZE", "memory at most: 512M, 2G; above it the job is OOM-killed (MemoryMax=)"),
-    "--memory-high": ("SIZE", "memory above which the job is slowed down (MemoryHigh=)"),
-    "--memory-swap": ("SIZE", "swap at most, 0 for none (MemorySwapMax=)"),
-    "--io-weight": ("1-10000", "share of IO under contention (IOWeight=)"),
-    "--io-read-bps": ("DEV=RATE", "read bytes per second from a disk: /=10M; repeatable (IOReadBandwidthMax=)"),
-    "--io-write-bps": ("DEV=RATE", "write bytes per second to a disk; repeatable (IOWriteBandwidthMax=)"),
-    "--io-read-iops": ("DEV=N", "read operations per second; repeatable (IOReadIOPSMax=)"),
-    "--io-write-iops": ("DEV=N", "write operations per second; repeatable (IOWriteIOPSMax=)"),
-    "--tasks": ("N", "processes and threads at most (TasksMax=)"),
-    "--timeout": ("DURATION", "stop the job after this long: 10min, 1h 30min; it then fails as timed out (124)"),
-}
 LIMITS = tuple(
-    Option((flag,), text, metavar=metavar, repeat=LIMIT_OPTIONS[flag][1] in DEVICE_KINDS, group="limits")
-    for flag, (metavar, text) in LIMIT_HELP.items()
+    Option((limit.option,), limit.help, metavar=limit.metavar, repeat=limit.per_device, group="limits")
+    for limit in limitforms.TABLE
 )
 
 
