@@ -341,13 +341,15 @@ class JobService:
     async def usage(self, principal: Principal, *, everyone: bool = False) -> list[JobUsage]:
         """What the principal's running jobs (everyone's, for admins) use now, newest first (`sjob top`). Who may
         see which job is decided as for `list_jobs`; a job whose unit is already gone is left out."""
-        found = []
-        for job in self.list_jobs(principal, everyone=everyone, running=True):
+
+        async def sample(job: Job) -> JobUsage | None:
             used = await self._units.usage(job.unit)
-            if used is not None:
-                sampled = time.monotonic_ns() // 1000  # after the reply: the counters are at most this old
-                found.append(JobUsage(job, sampled, **dataclasses.asdict(used)))
-        return found
+            sampled = time.monotonic_ns() // 1000  # after the reply: the counters are at most this old
+            return None if used is None else JobUsage(job, sampled, **dataclasses.asdict(used))
+
+        # All at once: each is two D-Bus round trips (the unit's path, its counters), and `sjob top` asks each second.
+        jobs = self.list_jobs(principal, everyone=everyone, running=True)
+        return [u for u in await asyncio.gather(*map(sample, jobs)) if u is not None]
 
     @property
     def profiles(self) -> Profiles:
