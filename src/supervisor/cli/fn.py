@@ -21,6 +21,7 @@ import stat
 import sys
 import threading
 
+from supervisor.cli import render
 from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
@@ -373,8 +374,4 @@ def _json(value: object) -> None:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
-    """Plain columns at full width (no truncation), as `sjob list` prints when piped."""
-    rows = [[escape(cell, backslashes=False) for cell in row] for row in rows]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    render.table(header, rows, sys.stdout)

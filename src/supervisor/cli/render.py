@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Sequence
 
 from supervisor import environment, limitforms
 from supervisor.protocol import Attempt, Job, JobState, Limits, Resources, Schedule, Timer, TimerState, signal_name
@@ -202,7 +203,7 @@ def job_table(jobs: list[Job], stream: TextIO) -> None:
         for job in jobs
     ]
     styles = [STYLES[job.state] for job in jobs]
-    _table(COLUMNS, rows, styles, stream, "No jobs. Start one with: sjob run -- COMMAND")
+    table(COLUMNS, rows, stream, empty="No jobs. Start one with: sjob run -- COMMAND", styles=styles)
 
 
 TIMER_COLUMNS = ("ID", "STATE", "NEXT", "LAST", "RUNS", "SCHEDULE", "COMMAND")
@@ -226,27 +227,35 @@ def timer_table(timers: list[Timer], stream: TextIO) -> None:
     ]
     styles = ["green" if timer.state is TimerState.active else "dim" for timer in timers]
     empty = "No timers. Make one with: sjob run --on-calendar 'Mon..Fri 02:00' -- COMMAND"
-    _table(TIMER_COLUMNS, rows, styles, stream, empty)
+    table(TIMER_COLUMNS, rows, stream, empty=empty, styles=styles)
 
 
-def _table(
-    columns: tuple[str, ...], rows: list[tuple[str, ...]], styles: list[str], stream: TextIO, empty: str
+def table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    stream: TextIO,
+    *,
+    empty: str | None = None,
+    styles: Sequence[str] | None = None,
 ) -> None:
-    """Rows under `columns`, the second cell painted in its row's style; the last column, the command, is cut to
-    fit a terminal and whole when piped."""
-    if not rows:
+    """Every table sjob prints: rows under `columns`, one line each, terminal controls in cells escaped; the second
+    cell painted in its row's style (`styles`) on a colour terminal; the last column cut to fit a terminal (as
+    systemctl list-units does) and whole when piped, for grep, awk and cut. With no rows, `empty` alone if given."""
+    if not rows and empty is not None:
         stream.write(empty + "\n")
         return
+    rows = [[escape(cell, backslashes=False) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns) - 1)]
     room = _terminal_width(stream) - sum(widths) - 2 * len(widths) if stream.isatty() else None
     paint = colour(stream)
     header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=False)) + "  " + columns[-1]
     stream.write((_paint(header, "bold") if paint else header) + "\n")
-    for style, row in zip(styles, rows, strict=True):
+    for i, row in enumerate(rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        if paint:
-            cells[1] = _paint(cells[1], style)
-        stream.write("  ".join(cells) + "  " + (_fit(row[-1], room) if room is not None else row[-1]) + "\n")
+        if paint and styles is not None:
+            cells[1] = _paint(cells[1], styles[i])
+        line = "  ".join(cells) + "  " + (_fit(row[-1], room) if room is not None else row[-1])
+        stream.write(line.rstrip() + "\n")
 
 
 def _paint(text: str, style: str) -> str:

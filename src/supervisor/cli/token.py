@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from supervisor.cli import render
 from supervisor.cli.command import Argument, Command, Complete, Option
 from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
@@ -57,9 +58,9 @@ def show(args: argparse.Namespace) -> None:
     if args.json:
         sys.stdout.write(json.dumps([to_wire(t) for t in tokens], indent=2) + "\n")
         return
-    sys.stdout.write(f"{'ID':32}  {'SUBJECT':16}  {'EXPIRES':20}  {'STATE':8}  SCOPE\n")
-    for t in tokens:
-        sys.stdout.write(f"{t.id:32}  {t.subject:16}  {_when(t.expires_usec):20}  {_state(t):8}  {','.join(t.scope)}\n")
+    rows = [(t.id, _state(t), t.subject, _when(t.expires_usec), ",".join(t.scope)) for t in tokens]
+    styles = [{"valid": "green", "revoked": "red"}.get(_state(t), "dim") for t in tokens]
+    render.table(("ID", "STATE", "SUBJECT", "EXPIRES", "SCOPE"), rows, sys.stdout, empty="No tokens.", styles=styles)
 
 
 def revoke(args: argparse.Namespace) -> None:
