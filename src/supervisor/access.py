@@ -242,7 +242,15 @@ class Access:
             # The job runs with the group id it was asked with (`sg projectx sjob run ...`): still theirs?
             if principal.gid != account.gid and principal.gid not in account.gids:
                 raise TokenError(f"user {principal.user} is no longer in group {principal.gid}")
-            return dataclasses.replace(principal, groups=principal.groups & account.groups)
+            kept = dataclasses.replace(principal, groups=principal.groups & account.groups)
+            # A group joined since may be one an admin put them in to restrict them (rules: first match wins):
+            # the rule for who they are now must be the one for the groups kept.
+            then = decisions.rule_for(self.policy, kept)
+            now = decisions.rule_for(self.policy, dataclasses.replace(principal, groups=account.groups))
+            if then is not now:
+                names = [f"{rule.name!r}" if rule is not None else "none" for rule in (now, then)]
+                raise TokenError(f"the policy rule for {principal.user} is now {names[0]}, not {names[1]}")
+            return kept
         except TokenError as e:
             error = SjobError(ErrorCode.PermissionDenied, str(e), hint="ask again, as who you are now")
             raise self.refuse(principal, action, error, job_id) from None

@@ -283,7 +283,10 @@ class JobService:
     async def stop_unit(self, job: Job, by: str, why: Callable[[int], str]) -> Job:
         """Stop the job's unit, `by` whom; a retried job stopped while it waits for its next attempt ends here and
         now (nothing runs, so no exit record will come), saying why (given the attempt that will not come)."""
-        job = dataclasses.replace(job, stopped_by=by)
+        latest = self._records.get(job.id)  # as it is now: a copy from before an await may be out of date
+        if latest is None or latest.state.finished:
+            return latest or job
+        job = dataclasses.replace(latest, stopped_by=by)
         self._records.update(job)
         between = job.retry is not None and await self._reaper.between_attempts(job)
         await self._units.stop(job.unit)
@@ -293,15 +296,25 @@ class JobService:
         return self._ledger.finish(job, outcome, now_usec())
 
     async def stop_run(self, run: Job, by: str) -> None:
-        """Stop a timer's run, if its service still runs that run (not the next)."""
+        """Kill a timer's run at once (SIGTERM, then SIGKILL with no grace period), if its service still runs that
+        run (not the next): for a run the policy no longer allows, which a trap must not keep alive."""
         if await self._reaper.runs_now(run):
             log.info("%s: run %s stopped by %s", run.unit, run.id, by)
-            await self.stop_unit(run, by, lambda n: f"stopped by {by}")
+            run = await self.stop_unit(run, by, lambda n: f"stopped by {by}")
+            if not run.state.finished:
+                self._reaper.kill_later(run.unit, 0, forbid_forks=False)
 
     def _attempt_ended(self, job: Job) -> None:
         """A retried job's attempt has ended and systemd is to start another: not if the token whose bearer
         started the job has been revoked or has expired since (review of J: a token's retries outlived it)."""
-        if job.token_id is None or (problem := self._access.token_id_problem(job.token_id, now_usec())) is None:
+        if job.token_id is None:
+            return
+        try:
+            problem = self._access.token_id_problem(job.token_id, now_usec())
+        except Exception:  # the token store unreadable: never the exit watcher's end; the retry goes ahead
+            log.exception("%s: cannot check its token %s before its next attempt", job.unit, job.token_id)
+            return
+        if problem is None:
             return
         log.info("%s: no more attempts: %s", job.unit, problem)
         task = asyncio.create_task(self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}"))

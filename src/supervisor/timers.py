@@ -236,11 +236,13 @@ class TimerService:
             self._jobs.admit(principal, spec, timer.id)
         except SjobError as e:
             why = f"removed: the policy no longer allows it ({e.message})"
-            latest = self._records.get_timer(timer.id)  # its maker may have removed it meanwhile
-            if latest is not None and latest.state is TimerState.active:
-                await self._end(latest, TimerState.removed, why, "policy")
-            if run is not None:  # it began before anyone could check it (systemd starts a timer's runs): end it
-                await self._jobs.stop_run(run, "policy")
+            try:
+                if run is not None:  # it began before anyone could check it (systemd starts a timer's runs): end it
+                    await self._jobs.stop_run(run, "policy")
+            finally:
+                latest = self._records.get_timer(timer.id)  # its maker may have removed it meanwhile
+                if latest is not None and latest.state is TimerState.active:
+                    await self._end(latest, TimerState.removed, why, "policy")
 
     def _since(self) -> int:
         """Where reading runs starts: the latest recorded run of each timer that may still run (or its making),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -470,3 +471,19 @@ def test_a_local_user_later_needs_the_group_id_they_asked_with(tmp_path: Path) -
     s.users["alice"] = Account(1000, 1000, frozenset({"alice"}), frozenset({1000}))
     with pytest.raises(SjobError, match="user alice is no longer in group 2000"):
         s.access.current(then, Action.run, now())
+
+
+def test_a_group_joined_since_that_changes_the_rule_refuses(tmp_path: Path) -> None:
+    """Review of J's fixes: rules match first to last, so an admin may restrict a user by putting them in a group
+    whose rule comes first; what they asked for before must not go on under the rule of the groups they had."""
+    s = Setup(tmp_path)
+    everyone = s.access.policy.rules[-1]
+    quarantine = dataclasses.replace(
+        everyone, name="quarantine", users=frozenset(), groups=frozenset({"quarantine"}), actions=frozenset()
+    )
+    s.access.policy = dataclasses.replace(s.access.policy, rules=(quarantine, *s.access.policy.rules))
+    s.users["alice"] = Account(1000, 1000, frozenset({"alice"}), frozenset({1000}))
+    assert s.access.current(ALICE, Action.run, now()).groups == {"alice"}
+    s.users["alice"] = Account(1000, 1000, frozenset({"alice", "quarantine"}), frozenset({1000, 3000}))
+    with pytest.raises(SjobError, match="the policy rule for alice is now 'quarantine', not 'local users'"):
+        s.access.current(ALICE, Action.run, now())

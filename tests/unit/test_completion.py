@@ -162,3 +162,22 @@ def test_the_bash_script_passes_shellcheck() -> None:
         ["shellcheck", "-s", "bash", "-"], input=completion.script("bash"), capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_what_sjobd_or_another_host_prints_is_never_run(
+    shell: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of I: bash's `compgen -W "$(sjob -H HOST list -q)"` expanded $(...) in what HOST printed, so a hostile
+    host ran code in the shell of whoever pressed TAB. The ids and names offered are taken as text, plain ones only."""
+    script = generated(shell, tmp_path, monkeypatch)
+    mark = tmp_path / "ran"
+    fake = tmp_path / "bin" / "sjob"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' '$(touch {mark})' '`touch {mark}`' 'abc12345' 'a b'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    for line in ("sjob stop ", "sjob -H box logs ", "sjob fn call "):
+        assert offered(shell, script, line, env) <= {"abc12345"}, line
+    assert "abc12345" in offered(shell, script, "sjob stop ", env)
+    assert not mark.exists()

@@ -116,29 +116,37 @@ _sjob_node() {{
     esac
 }}
 
+_sjob_offer() {{ # WORD...: those that begin with $cur and are plain names (what another host says is never code)
+    local word
+    for word in "$@"; do
+        [[ $word =~ ^[A-Za-z0-9._@+-]+$ && $word == "$cur"* ]] && COMPREPLY+=("$word")
+    done
+}}
+
 _sjob_values() {{ # KIND: what to offer for a value of that kind
-    local f names=
-    local -a sjob=("${{COMP_WORDS[0]}}")
+    local f
+    local -a sjob=("${{COMP_WORDS[0]}}") found=()
     [[ -n $host ]] && sjob+=("{host_long}=$host")  # sjob -H HOST: that host's jobs and functions
+    COMPREPLY=()
+    # Never compgen -W with what sjob prints: it expands $(...) in its words, and -H's host says what they are.
     case $1 in
-        jobs) mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" list -q 2>/dev/null)" -- "$cur") ;;
-        running-jobs)
-            mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" list -q --running 2>/dev/null)" -- "$cur") ;;
-        functions) mapfile -t COMPREPLY < <(compgen -W "$("${{sjob[@]}}" fn list -q 2>/dev/null)" -- "$cur") ;;
+        jobs) mapfile -t found < <("${{sjob[@]}}" list -q 2>/dev/null) ;;
+        running-jobs) mapfile -t found < <("${{sjob[@]}}" list -q --running 2>/dev/null) ;;
+        functions) mapfile -t found < <("${{sjob[@]}}" fn list -q 2>/dev/null) ;;
         profiles)
             for f in {profile_globs}; do
                 [[ -e $f ]] || continue
                 f=${{f##*/}}
-                names+=" ${{f%.toml}}"
-            done
-            mapfile -t COMPREPLY < <(compgen -W "$names" -- "$cur") ;;
+                found+=("${{f%.toml}}")
+            done ;;
         signals) mapfile -t COMPREPLY < <(compgen -W "{signals}" -- "${{cur^^}}") ;;
         directories) mapfile -t COMPREPLY < <(compgen -d -- "$cur") ;;
         files) mapfile -t COMPREPLY < <(compgen -f -- "$cur") ;;
         command) mapfile -t COMPREPLY < <(compgen -c -- "$cur") ;;
         choices) mapfile -t COMPREPLY < <(compgen -W "$choices" -- "$cur") ;;
-        *) COMPREPLY=() ;;
+        *) ;;
     esac
+    _sjob_offer "${{found[@]}}"
 }}
 
 _sjob() {{
@@ -308,12 +316,14 @@ _sjob_jobs() {{ # the caller's job ids, from sjobd; with --running only those th
     # _arguments calls an action with compadd's options added to its own: pass those on to _describe
     local -a sjob=(${{sjob_command:-sjob}} ${{sjob_host:+--host=$sjob_host}})  # sjob -H HOST: that host's ids
     local -a ids=(${{(f)"$(_call_program jobs $sjob list -q ${{(M)@:#--running}} 2>/dev/null)"}})
+    ids=(${{ids:#*[^A-Za-z0-9._@+-]*}})  # plain names only: what another host says is text, never more
     _describe job ids ${{@:#--running}}
 }}
 
 _sjob_functions() {{ # the functions the caller may call or manage, from sjobd
     local -a sjob=(${{sjob_command:-sjob}} ${{sjob_host:+--host=$sjob_host}})
     local -a names=(${{(f)"$(_call_program functions $sjob fn list -q 2>/dev/null)"}})
+    names=(${{names:#*[^A-Za-z0-9._@+-]*}})
     _describe function names "$@"
 }}
 
@@ -480,12 +490,13 @@ end
 
 function __sjob_jobs
     set -l sjob (commandline -opc)[1]
-    $sjob (__sjob_host) list -q $argv 2>/dev/null
+    # plain names only: what another host says is text, never more
+    $sjob (__sjob_host) list -q $argv 2>/dev/null | string match -r '^[A-Za-z0-9._@+-]+$'
 end
 
 function __sjob_functions
     set -l sjob (commandline -opc)[1]
-    $sjob (__sjob_host) fn list -q 2>/dev/null
+    $sjob (__sjob_host) fn list -q 2>/dev/null | string match -r '^[A-Za-z0-9._@+-]+$'
 end
 
 function __sjob_profiles
