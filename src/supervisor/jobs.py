@@ -126,7 +126,7 @@ class JobService:
         rule = admission.rule
         if rule.max_jobs is not None and running >= rule.max_jobs:
             wanted = queue if queue is not None else rule.queue_by_default and stdio == JobStdio() and not spec.terminal
-            if not wanted:
+            if not wanted or rule.max_jobs == 0:  # max_jobs = 0: a queued job would wait for ever
                 raise self._access.refuse(
                     principal,
                     Action.run,

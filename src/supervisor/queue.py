@@ -181,6 +181,12 @@ class JobQueue:
                     continue
                 rule = rule_for(self._access.policy, principal)
                 running = len(self._records.unfinished(uid))
+                if rule is not None and rule.max_jobs == 0:  # a reload made it so: it would wait for ever
+                    why = f"policy rule {rule.name!r} allows no running jobs (max_jobs = 0)"
+                    self._refused(
+                        job, self._access.refuse(principal, Action.run, SjobError(ErrorCode.TooManyJobs, why), job.id)
+                    )
+                    continue
                 if rule is not None and rule.max_jobs is not None and running >= rule.max_jobs:
                     return
                 try:

@@ -276,3 +276,25 @@ def test_the_queue_counts_slots_by_the_rule_its_owner_has_now(tmp_path: Path) ->
         assert (await w.until(queued.id, JobState.exited)).state is JobState.exited
 
     run(tmp_path, body)
+
+
+def test_a_rule_that_allows_no_jobs_queues_none(tmp_path: Path) -> None:
+    """Review of J's fixes: with max_jobs = 0 a queued job waited for ever; it is refused, when asked and when a
+    reload makes it so."""
+
+    async def body(w: World) -> None:
+        gate = tmp_path / "gate"
+        await w.jobs.start(ALICE, waits(gate))
+        queued = await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/"), queue=True)
+        w.rules(max_jobs=0)
+        with pytest.raises(SjobError) as e:
+            await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/"), queue=True)
+        assert e.value.code is ErrorCode.TooManyJobs
+        refused = await w.until(queued.id, JobState.failed)
+        assert (
+            refused.message
+            == "not started from the queue: policy rule 'local users' allows no running jobs (max_jobs = 0)"
+        )
+        gate.touch()
+
+    run(tmp_path, body, max_jobs=1)
