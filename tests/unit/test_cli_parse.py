@@ -178,3 +178,11 @@ def test_fn_call_takes_everything_after_the_name_as_the_function_s_arguments() -
         "f",
         "f.py",
     )
+
+
+def test_a_token_may_be_scoped_to_every_action_of_a_job() -> None:
+    """`sjob token issue --scope` knew only the actions of before issue J (no queue, retry, schedule)."""
+    from supervisor.cli import token  # noqa: PLC0415
+    from supervisor.policy import JOB_ACTIONS  # noqa: PLC0415
+
+    assert set(token.ACTIONS) == {a.value for a in JOB_ACTIONS}

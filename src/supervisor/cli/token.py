@@ -17,7 +17,8 @@ from supervisor.errors import ErrorCode, SjobError
 from supervisor.protocol import TokenInfo, to_wire
 from supervisor.quantities import parse_duration
 
-ACTIONS = ("run", "stop", "status", "logs", "list")
+# What a token may be scoped to: policy.JOB_ACTIONS (a unit test keeps them equal; the CLI imports no daemon code).
+ACTIONS = ("run", "stop", "status", "logs", "list", "queue", "retry", "schedule")
 
 
 def issue(args: argparse.Namespace) -> None:
