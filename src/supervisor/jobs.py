@@ -249,7 +249,9 @@ class JobService:
         job = self._visible(principal, job_id, Action.status)
         if job.state is JobState.queued:
             return self._queue.placed(job)
-        return job if job.state.finished else await self._reaper.refresh(job)
+        if job.state.finished:
+            return self._reaper.settled(job)
+        return await self._reaper.refresh(job)
 
     async def stop(
         self, principal: Principal, job_id: str, *, signo: int | None = None, grace_usec: int | None = None

@@ -32,6 +32,7 @@ KILL_ROUNDS = 120
 KILL_INTERVAL = 0.5
 WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
 WATCH_RETRY_MAX = 30.0
+SETTLE_USEC = 60_000_000  # how long after a provisional end `settled` looks for the exit record
 AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
 
 
@@ -177,6 +178,17 @@ class Reaper:
             return None
         log.warning("%s has no exit record; its result comes from the service manager's log", job.unit)
         return self._ledger.record_exit(job.id, record)
+
+    def settled(self, job: Job) -> Job:
+        """A finished job with its exit record applied if journald has it and the watcher has not got to it yet:
+        `sjob run` answers once the command has exited and its output is in (main_exited), a moment before the
+        unit's ExecStopPost reports what the job used, and `sjob status` right after should show that. Only for a
+        job ended in the last minute without its report (ended provisionally): one journal lookup, no wait."""
+        if job.resources is not None or job.ended_usec is None or now_usec() - job.ended_usec > SETTLE_USEC:
+            return job
+        for found in self._journal.find_exits(job.log_id, job.unit, job.invocation):
+            job = self._ledger.record_exit(job.id, found) or job
+        return job
 
     async def main_exited(self, job: Job) -> Job | None:
         """The finished job if systemd reports that its main process exited by itself (not killed: a kill may

@@ -200,3 +200,21 @@ def test_a_tokens_job_is_not_retried_once_the_token_is_revoked(tmp_path: Path) -
         assert ended.stopped_by == "sjobd"
 
     run(tmp_path, body)
+
+
+def test_status_right_after_a_provisional_end_applies_the_exit_report(tmp_path: Path) -> None:
+    """`sjob run` answers once the command exited and its output is in, before the unit's exit report (with what
+    the job used) is read; `sjob status` just after applies that report if journald has it (seen in a loaded VM)."""
+    from supervisor.protocol import Resources  # noqa: PLC0415
+    from supervisor.units import Outcome  # noqa: PLC0415
+
+    async def body(w: World) -> None:
+        w.units.run_commands = False
+        job = await w.jobs.start(ALICE, JobSpec(["/bin/true"], "/"))
+        ended = w.jobs._ledger.finish(job, Outcome(JobState.failed, "exit-code", 3, None, None), time.time_ns() // 1000)
+        assert ended.resources is None
+        used = Resources(cpu_usec=1234)
+        w.log.add(job.id, ExitRecord("exit-code", "exited", 3, when_usec=5, resources=used))
+        assert (await w.jobs.status(ALICE, job.id)).resources == used
+
+    run(tmp_path, body)
