@@ -179,6 +179,9 @@ class JobQueue:
                 except SjobError as e:
                     self._refused(job, e)
                     continue
+                except Exception:  # passwd/group (NSS) or the token store failing: not a refusal; the next end retries
+                    log.exception("%s: cannot tell who queued it as they are now; it waits", job.unit)
+                    return
                 rule = rule_for(self._access.policy, principal)
                 running = len(self._records.unfinished(uid))
                 if rule is not None and rule.max_jobs == 0:  # a reload made it so: it would wait for ever
