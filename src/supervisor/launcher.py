@@ -27,7 +27,7 @@ from supervisor.profiles import Profile
 from supervisor.properties import JobStdio, ShimCommand, UnitProperties
 from supervisor.protocol import Job, JobSpec, JobState, Limits, unit_for
 from supervisor.reaper import Reaper
-from supervisor.units import Outcome, outcome_of_unit, setup_failure_hint
+from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ class Admission:
         """Why it is allowed, for the audit entry."""
         retried = f", retried up to {spec.retry.count} times" if spec.retry is not None else ""
         return f"{self.decision.reason}, profile {self.profile.name}{retried}"
+
+
+def ran(state: UnitState) -> bool:
+    """Whether the unit's command ran and exited by itself, with a status of its own: not systemd's for a setup
+    that failed (200 and up) nor the shim's for a command it could not run or refused to (125 to 127)."""
+    if not state.exec_main_start_usec or state.exec_main_code != CLD_EXITED:
+        return False
+    return state.exec_main_status < 125 or 128 <= state.exec_main_status < 200
 
 
 class Launcher:
@@ -130,7 +138,15 @@ class Launcher:
             job = dataclasses.replace(job, state=JobState.running, started_usec=now_usec())
             self._records.update(job)
             return job
-        raise await self._start_failed(job, result)
+        state = await self._units.unit_state(job.unit)
+        if state is not None and ran(state):
+            # Seen on systemd 252 in a loaded VM: `sh -c 'exit 5'` made its start job "failed" after it had run
+            # (its exit was handled before its start). It ran: its end comes as any job's does (the exit record).
+            log.info("%s: systemd said '%s' of its start, but it ran and exited", job.unit, result)
+            job = dataclasses.replace(job, state=JobState.running, started_usec=state.exec_main_start_usec)
+            self._records.update(job)
+            return job
+        raise self._start_failed(job, result, state)
 
     async def cap_slice(self, uid: int) -> None:
         """Give the user's slice the policy's caps on all their jobs together, unless it has them already: one D-Bus
@@ -140,9 +156,8 @@ class Launcher:
             await self._units.set_properties(wanted)
             self._slices[uid] = wanted
 
-    async def _start_failed(self, job: Job, result: str) -> SjobError:
+    def _start_failed(self, job: Job, result: str, state: UnitState | None) -> SjobError:
         """Record how a unit failed to start (systemd's start job did not say "done"); the error to raise."""
-        state = await self._units.unit_state(job.unit)
         if state is not None and state.exec_main_code != 0:
             outcome = outcome_of_unit(state)
         else:

@@ -23,7 +23,7 @@ from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources
 from supervisor.queue import JobQueue
 from supervisor.reaper import Reaper
 from supervisor.records import JobRecords
-from supervisor.units import CLD_EXITED, CLD_KILLED, UnitUsage
+from supervisor.units import CLD_EXITED, CLD_KILLED, UnitState, UnitUsage
 
 from .fakes import FakeJobLog, FakeUnits, exec_entry, failed_unit, shipped_access
 
@@ -526,3 +526,27 @@ def test_usage_is_the_callers_running_jobs_accounting(tmp_path: Path) -> None:
         await service.stop(ALICE, running.id)
 
     scenario(body, tmp_path)
+
+
+def test_a_start_systemd_calls_failed_after_the_command_ran_is_a_job_that_ran(tmp_path: Path) -> None:
+    """Seen on systemd 252 in a loaded VM: `sjob run -d -- sh -c 'exit 5'` was refused as "could not start"
+    because its start job ended "failed", its exit having been handled before its start. It ran."""
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        units.start_result = "failed"
+        units.run_commands = False
+        exited = UnitState("sjob-x.service", "loaded", "failed", "failed", "exit-code", 0, 1, 5, 1234, 1300, "")
+        units.unit_state = lambda name: _state_of(dataclasses.replace(exited, name=name))  # type: ignore[method-assign]
+        job = await service.start(ALICE, JobSpec(["/bin/sh", "-c", "exit 5"], "/"))
+        assert (job.state, job.started_usec) == (JobState.running, 1234)
+        for status in (203, 126):  # systemd's setup failures and the shim's refusals still could not start
+            exited = dataclasses.replace(exited, exec_main_status=status)
+            with pytest.raises(SjobError) as e:
+                await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+            assert e.value.code is ErrorCode.StartFailed
+
+    scenario(body, tmp_path)
+
+
+async def _state_of(state: UnitState) -> UnitState:
+    return state
