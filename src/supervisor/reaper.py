@@ -21,7 +21,7 @@ from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import ExitRecord
 from supervisor.policy import Retention
 from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX, Job, JobState, parse_job_id
-from supervisor.units import CLD_EXITED, Outcome, outcome_of_exit, outcome_of_unit
+from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again
 WATCH_RETRY_MAX = 30.0
 SETTLE_USEC = 60_000_000  # how long after a provisional end `settled` looks for the exit record
 AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
+
+
+def is_its_run(job: Job, state: UnitState) -> bool:
+    """Whether the unit, as systemd reports it, is in the job's run or has none since: not so for a timer's run
+    once its service has begun the next run."""
+    return not job.invocation or state.invocation_id in ("", job.invocation)
 
 
 class Reaper:
@@ -132,7 +138,7 @@ class Reaper:
         if job.state.finished:
             return job
         state = await self._units.unit_state(job.unit)
-        if job.invocation and state is not None and state.invocation_id not in ("", job.invocation):
+        if state is not None and not is_its_run(job, state):
             state = None  # a timer's service has begun another run since: this one is over
         if state is not None and state.exists and state.finished:
             # Settled, yet no exit record: systemd could not run the ExecStopPost that writes it (seen in CI: "Failed
@@ -217,7 +223,7 @@ class Reaper:
         if not job.invocation:
             return True
         state = await self._units.unit_state(job.unit)
-        return state is not None and state.invocation_id in ("", job.invocation)
+        return state is not None and is_its_run(job, state)
 
     async def between_attempts(self, job: Job) -> bool:
         """Whether a retried job's unit waits to start its next attempt (nothing of it runs)."""
