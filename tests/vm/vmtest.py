@@ -69,6 +69,7 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from xml.etree import ElementTree
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -754,6 +755,27 @@ class SuiteResult:
     ok: bool
     status: str
     outcome: Outcome | None = None
+    failures: tuple[str, ...] = ()
+
+
+def junit_failures(logs: Path, lines_each: int = 12) -> tuple[str, ...]:
+    """Each failed or errored test of the guest's junit files, with the last lines of its message: the final summary
+    prints them, so that a CI log that keeps only its tail still names what failed and why."""
+    found = []
+    for junit in sorted(logs.glob("junit-*.xml")):
+        try:
+            root = ElementTree.parse(junit).getroot()  # noqa: S314 (written by our own guest's pytest)
+        except (OSError, ElementTree.ParseError):
+            continue
+        for case in root.iter("testcase"):
+            for bad in [*case.findall("failure"), *case.findall("error")]:
+                name = f"{case.get('classname', '')}::{case.get('name', '')}"
+                text = (bad.text or "").splitlines()
+                said = [line for line in text if line.startswith("E ")] or text  # pytest's "E   ..." lines
+                where = [line for line in text[-3:] if line.strip()][-1:]  # file:line of the failing assertion
+                detail = "\n".join(f"      {line[:200]}" for line in [*said[:lines_each], *where])
+                found.append(f"    {bad.tag}: {name} ({junit.name})\n{detail}")
+    return tuple(found)
 
 
 def reset_dir(path: Path) -> None:
@@ -801,11 +823,12 @@ def run_suite(
             reporter.line(suite, "warning: the results disk holds no readable tar")
     ok, status = judge(outcome, args.timeout)
     write_run_record(logs / "run.json", suite, image, ok, status, outcome)
+    failures = junit_failures(logs)
     if not ok and not outcome.interrupted:
         reporter.block(suite, f"tail of guest console {files.console}", tail_lines(files.console, 40))
     first = "-" if outcome.first_line_s is None else f"{outcome.first_line_s:.1f}s"
     reporter.line(suite, f"{status}: boot-to-first-line {first}, total {outcome.total_s:.1f}s; logs in {logs}/")
-    return SuiteResult(suite, ok, status, outcome)
+    return SuiteResult(suite, ok, status, outcome, failures)
 
 
 def write_run_record(path: Path, suite: str, image: Image, ok: bool, status: str, outcome: Outcome) -> None:
@@ -872,6 +895,8 @@ def run_suites(args: argparse.Namespace) -> int:
     print("vmtest summary:", flush=True)
     for result in results:
         print(f"  {result.suite:9} {result.status}", flush=True)
+        for failure in result.failures:
+            print(failure, flush=True)
     return 0 if all(r.ok for r in results) else 1
 
 
