@@ -12,7 +12,10 @@ import pytest
 
 from .conftest import SJOB, run, sjob, sjob_units
 
-pytestmark = pytest.mark.last("uninstalls and installs sjob; no timing in it")
+# Each install may take minutes: they run while the next suite's VM boots beside them (or, on a fresh machine, while
+# its image is built). An install from nothing builds the functions runtime (Python with pandas) again: 165 s on
+# trixie in CI, over 300 s on bookworm with the trixie VM busy beside it (pytest-timeout's default cut it off).
+pytestmark = [pytest.mark.last("uninstalls and installs sjob; no timing in it"), pytest.mark.timeout(900)]
 
 SRC = Path(__file__).resolve().parents[2]
 INSTALLED = [
@@ -52,9 +55,6 @@ def test_install_again_keeps_jobs_and_config() -> None:
     run("systemctl", "stop", f"sjob-{running}.service")
 
 
-# An install from nothing builds the functions runtime (Python with pandas) again: 165 s on trixie in CI, over 300 s
-# on bookworm when the trixie VM was busy beside it (pytest-timeout's default here cut it off).
-@pytest.mark.timeout(900)
 def test_uninstall_removes_everything_and_install_restores_it() -> None:
     install("--uninstall")
     for path in INSTALLED:

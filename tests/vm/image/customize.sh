@@ -4,10 +4,10 @@
 # mounted /proc, /sys and /dev in the chroot and copied in the host's
 # resolv.conf, so `chroot` commands have host-speed CPU and network.
 #
-# usage: customize.sh ROOTFS SUITE REQUIREMENTS_TXT CA_BUNDLE
+# usage: customize.sh ROOTFS SUITE REQUIREMENTS_TXT CA_BUNDLE SJOB_DEPS_TXT RUNTIME_REQUIREMENTS_TXT
 set -euo pipefail
 
-root=$1 suite=$2 requirements=$3 ca_bundle=$4
+root=$1 suite=$2 requirements=$3 ca_bundle=$4 sjob_deps=$5 runtime_requirements=$6
 here=$(dirname "$(readlink -f "$0")")
 wheels=/var/cache/sjob/wheels
 
@@ -68,6 +68,20 @@ log "test venv /opt/sjob-test"
 in_root python3 -m venv /opt/sjob-test
 in_root /opt/sjob-test/bin/pip install --no-index --find-links "$wheels" pytest pytest-timeout pytest-xdist hypothesis pexpect
 in_root /opt/sjob-test/bin/pytest --version
+
+# install.sh's first run in each VM boot then finds sjob's dependencies and the functions runtime up to date, as
+# on a machine where sjob was installed before: it builds and installs sjob itself and skips minutes of emulated
+# CPU spent unpacking and byte-compiling pandas. tests/integration/test_zz_install.py uninstalls and installs from
+# nothing, so that path is tested too. The runtime's stamp is what install.sh compares (install_runtime).
+log "pre-installed: /opt/sjob with sjob's dependencies, /opt/sjob/runtime"
+install -m 0644 "$sjob_deps" "$root/tmp/sjob-deps.txt"
+install -m 0644 "$runtime_requirements" "$root/tmp/sjob-runtime.txt"
+in_root python3 -m venv /opt/sjob
+in_root /opt/sjob/bin/pip install -q --no-index --find-links "$wheels" -r /tmp/sjob-deps.txt
+in_root python3 -m venv /opt/sjob/runtime
+in_root /opt/sjob/runtime/bin/pip install -q --no-index --find-links "$wheels" -r /tmp/sjob-runtime.txt
+sha256sum "$runtime_requirements" | cut -d' ' -f1 >"$root/opt/sjob/runtime/.sjob-requirements"
+rm -f "$root/tmp/sjob-deps.txt" "$root/tmp/sjob-runtime.txt"
 
 log "slirp DNS (after pip: until now the host's resolv.conf was needed)"
 echo 'nameserver 10.0.2.3' >"$root/etc/resolv.conf"
