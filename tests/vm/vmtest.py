@@ -107,6 +107,10 @@ RESULT_RE = re.compile(r"SJOB-VM-RESULT rc=(\d+)")  # the whole line, see watch_
 TAIL_LINE = "SJOB-VM-TAIL"
 # qemu gets this long to power off after the result line before it is killed.
 POWEROFF_GRACE = 60.0
+# The guest's first progress line comes 20-50 s after qemu starts (boot to sjob-ci.service); none by this many
+# seconds means a hung boot, which boot_and_watch() retries.
+BOOT_LIMIT = 240.0
+BOOT_ATTEMPTS = 2
 TOOL_HINT = "apt-get install qemu-system-x86 qemu-utils mmdebstrap e2fsprogs git"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # systemd's coloured status lines
 BUILD_LINE_RE = re.compile(r"^(I:|W:|E:|sjob-image:)")
@@ -693,6 +697,7 @@ class Outcome:
     first_line_s: float | None = None
     result_s: float | None = None
     total_s: float = 0.0
+    hung_at_boot: bool = False
 
 
 def watch_vm(
@@ -729,6 +734,9 @@ def watch_vm(
                 if time.monotonic() > deadline:
                     outcome.timed_out = outcome.rc is None
                     break
+                if outcome.first_line_s is None and time.monotonic() - started > BOOT_LIMIT:
+                    outcome.hung_at_boot = True
+                    break
                 if STOP.is_set():
                     outcome.interrupted = True
                     break
@@ -739,6 +747,37 @@ def watch_vm(
     consume(tail.flush())
     outcome.total_s = time.monotonic() - started
     return outcome
+
+
+def boot_and_watch(
+    image: Image,
+    files: VMFiles,
+    cmd: list[str],
+    args: argparse.Namespace,
+    suite: str,
+    reporter: Reporter,
+    in_tail: threading.Event,
+) -> Outcome:
+    """Boot the VM and watch it; boot it again from a fresh overlay when the guest printed nothing in BOOT_LIMIT.
+
+    Seen here: a bookworm guest under TCG spun both its CPUs at 1.3 s into the kernel's boot and never printed
+    another line; without this the run would have waited out its whole timeout (40 minutes) for nothing."""
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        prepare_vm(image, files, results_disk=True)
+        outcome = watch_vm(cmd, files, args.timeout, suite, reporter, in_tail)
+        if not outcome.hung_at_boot or attempt == BOOT_ATTEMPTS or STOP.is_set():
+            return outcome
+        kept = files.console.with_name(f"console-hung-{attempt}.log")
+        shutil.copyfile(files.console, kept)
+        last = "".join(tail_lines(files.console, 1))
+        reporter.line(
+            suite,
+            f"the guest printed nothing in {BOOT_LIMIT:.0f}s (hung at boot; last console line: {last.strip()[:120]!r}; "
+            f"console kept in {kept.name}): booting it again",
+        )
+        files.overlay.unlink(missing_ok=True)
+        files.results_disk.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def extract_results(disk: Path, dest: Path) -> bool:
@@ -831,13 +870,12 @@ def run_suite(
     reset_dir(logs)
     with acquire_image(suite, args.rebuild, reporter) as image, work_dir(suite) as work:
         files = VMFiles(work=work, logs=logs, payload=payload.path)
-        prepare_vm(image, files, results_disk=True)
         reporter.line(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
         cmd = qemu_command(image, files, append, interactive=False)
-        outcome = watch_vm(cmd, files, args.timeout, suite, reporter, in_tail)
+        outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
             reporter.line(suite, "warning: the results disk holds no readable tar")
     ok, status = judge(outcome, args.timeout)
