@@ -856,6 +856,8 @@ def judge(outcome: Outcome, timeout: float) -> tuple[bool, str]:
         return False, "interrupted"
     if outcome.timed_out:
         return False, f"TIMED OUT after {timeout:.0f}s (qemu killed)"
+    if outcome.hung_at_boot:
+        return False, f"HUNG AT BOOT: no line from the guest in {BOOT_LIMIT:.0f}s, {BOOT_ATTEMPTS} boots in a row"
     if outcome.rc is None:
         return False, f"guest never reported a result (qemu exit code {outcome.qemu_rc})"
     if outcome.rc != 0:
