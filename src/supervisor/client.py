@@ -20,8 +20,6 @@ from collections.abc import Iterator
 
 from supervisor import environment
 from supervisor.errors import ErrorCode, SjobError
-from supervisor.fnprotocol import Deployed, Function, FunctionCall, FunctionSettings, FunctionVersion
-from supervisor.fnprotocol import Method as FnMethod
 from supervisor.protocol import (
     DEFAULT_SOCKET,
     AttemptStart,
@@ -44,7 +42,7 @@ from supervisor.protocol import (
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Self
 
 MAX_REPLY = 64 * 1024 * 1024
 RECEIVE_SIZE = 256 * 1024
@@ -132,7 +130,7 @@ class Client:
             os.close(fd)
         self._fds = []
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -208,14 +206,14 @@ class Client:
         )
 
     def timers(self, *, everyone: bool = False) -> list[Timer]:
-        return [from_wire(Timer, t) for t in _list(self.call(Method.ListTimers, {"all": everyone}), "timers")]
+        return [from_wire(Timer, t) for t in reply_list(self.call(Method.ListTimers, {"all": everyone}), "timers")]
 
     def remove_timer(self, timer_id: str) -> Timer:
         return from_wire(Timer, self.call(Method.RemoveTimer, {"id": timer_id})["timer"])
 
     def usage(self, *, everyone: bool = False) -> list[JobUsage]:
         """What the running jobs use now (sjob top)."""
-        return [from_wire(JobUsage, u) for u in _list(self.call(Method.Usage, {"all": everyone}), "usage")]
+        return [from_wire(JobUsage, u) for u in reply_list(self.call(Method.Usage, {"all": everyone}), "usage")]
 
     def issue_token(self, subject: str, scope: list[str] | None, ttl_usec: int | None) -> IssuedToken:
         parameters: dict[str, Any] = {"subject": subject}
@@ -233,41 +231,6 @@ class Client:
 
     def revoke_token(self, token_id: str) -> TokenInfo:
         return from_wire(TokenInfo, self.call(Method.RevokeToken, {"id": token_id})["token"])
-
-    # --- io.sjob.Functions ----------------------------------------------------------------------------------
-
-    def deploy(self, name: str, code: str, requirements: str | None, settings: FunctionSettings) -> Deployed:
-        parameters: dict[str, Any] = {"name": name, "code": code, "settings": to_wire(settings)}
-        if requirements is not None:
-            parameters["requirements"] = requirements
-        return from_wire(Deployed, self.call(FnMethod.Deploy, parameters)["deployed"])
-
-    def functions(self) -> list[Function]:
-        return [from_wire(Function, f) for f in _list(self.call(FnMethod.List, {}), "functions")]
-
-    def function(self, name: str) -> Function:
-        return from_wire(Function, self.call(FnMethod.Show, {"name": name})["function"])
-
-    def versions(self, name: str) -> list[FunctionVersion]:
-        return [from_wire(FunctionVersion, v) for v in _list(self.call(FnMethod.Versions, {"name": name}), "versions")]
-
-    def rollback(self, name: str, version: int) -> Function:
-        return from_wire(Function, self.call(FnMethod.Rollback, {"name": name, "version": version})["function"])
-
-    def remove_function(self, name: str, *, force: bool = False) -> None:
-        self.call(FnMethod.Remove, {"name": name, "force": force})
-
-    def call_function(self, reference: str, args: list[str], *, stdin: int | None = None) -> Job:
-        """Start a call of `reference` (NAME or NAME@VERSION); `stdin` is copied into it. Follow the job it returns."""
-        parameters: dict[str, Any] = {"name": reference, "args": args}
-        if stdin is not None:
-            parameters["stdin"] = 0
-            self._check_passing([stdin])
-        return from_wire(Job, self.call(FnMethod.Call, parameters, [stdin] if stdin is not None else None)["job"])
-
-    def function_calls(self, name: str, limit: int = 100) -> list[FunctionCall]:
-        calls = _list(self.call(FnMethod.Calls, {"name": name, "limit": limit}), "calls")
-        return [from_wire(FunctionCall, c) for c in calls]
 
     # --- Varlink -------------------------------------------------------------------------------------------
 
@@ -408,7 +371,7 @@ class UnixTransport(Transport):
         self._sock.close()
 
 
-def _list(reply: dict[str, Any], key: str) -> list[Any]:
+def reply_list(reply: dict[str, Any], key: str) -> list[Any]:
     value = reply.get(key)
     if not isinstance(value, list):
         raise SjobError(ErrorCode.ProtocolError, f"malformed reply from sjobd: {key!r} is not a list")

@@ -9,7 +9,6 @@ one decorator, `answers_sjob_errors`.
 No `from __future__ import annotations`: asyncvarlink derives the interface from runtime annotations.
 """
 
-import asyncio
 import contextlib
 import fcntl
 import functools
@@ -26,6 +25,7 @@ from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
 from supervisor.jobs import JobService
+from supervisor.pipewriter import PipeWriter
 from supervisor.properties import JobStdio
 from supervisor.protocol import (
     INTERFACE,
@@ -89,25 +89,6 @@ class PipeReply(typing.TypedDict, total=False):
 
     pipe: FileDescriptor
     job: Job
-
-
-async def _write_all(fd: int, data: bytes) -> bool:
-    """Write all of `data` to a non-blocking pipe, waiting while it is full; False if its reader is gone."""
-    view = memoryview(data)
-    loop = asyncio.get_running_loop()
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            writable = loop.create_future()
-            loop.add_writer(fd, writable.set_result, None)
-            try:
-                await writable
-            finally:
-                loop.remove_writer(fd)
-        except BrokenPipeError:
-            return False
-    return True
 
 
 def varlink_error(e: SjobError, errors: Errors = ERRORS) -> TypedVarlinkErrorReply:
@@ -300,10 +281,16 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
                     yield PipeReply(pipe=FileDescriptor(read_end))
                     os.close(read_end)
                     read_end = -1
-                    while isinstance(item, Chunk | AttemptStart):
-                        if not await _write_all(write_end, frame(item)):
-                            raise LastResult(PipeReply())  # the client closed the pipe: it is gone
-                        item = await anext(follow)
+                    pipe = PipeWriter(write_end)
+                    try:
+                        while isinstance(item, Chunk | AttemptStart):
+                            if not await pipe.write(frame(item)):
+                                raise LastResult(PipeReply())  # the client closed the pipe: it is gone
+                            item = await anext(follow)
+                        if not await pipe.drain():
+                            raise LastResult(PipeReply())
+                    finally:
+                        pipe.close()
                 finally:
                     for fd in (read_end, write_end):
                         if fd >= 0:

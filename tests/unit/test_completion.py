@@ -14,7 +14,7 @@ import pytest
 
 from supervisor.cli import completion
 from supervisor.cli.commands import COMMANDS
-from supervisor.client import Client
+from supervisor.fnclient import FunctionClient
 from supervisor.fnprotocol import FunctionSettings
 from supervisor.policy import Action
 
@@ -57,7 +57,7 @@ def jobs() -> Iterator[tuple[dict[str, str], str, str, str]]:
     policy = server.access.policy  # this test runs as root, whom the shipped policy does not let deploy
     everyone = dataclasses.replace(policy.rules[-1], actions=policy.rules[-1].actions | {Action.deploy})
     server.access.policy = dataclasses.replace(policy, rules=(everyone,))
-    with Client(server.socket) as client:
+    with FunctionClient(server.socket) as client:
         built = client.deploy("greet", "print('hi')\n", None, FunctionSettings()).version.build_job
     subprocess.run(["sjob", "wait", ended], env=env, check=True)
     yield env, running, ended, built

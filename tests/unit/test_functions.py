@@ -16,8 +16,8 @@ from typing import TypeVar
 import pytest
 
 from supervisor.auth import Principal
-from supervisor.client import Client
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.fnclient import FunctionClient
 from supervisor.fnprotocol import FunctionSettings
 from supervisor.fnstore import FunctionStore
 from supervisor.functions import FunctionService
@@ -368,7 +368,7 @@ def test_every_method_over_a_real_socket(tmp_path: Path) -> None:
     everyone = dataclasses.replace(policy.rules[-1], actions=policy.rules[-1].actions | {Action.deploy})
     server.access.policy = dataclasses.replace(policy, rules=(everyone,))
     try:
-        with Client(server.socket) as client:
+        with FunctionClient(server.socket) as client:
             deployed = client.deploy(
                 "echo", "import sys\nprint(sys.stdin.read().upper(), end='')\n", None, FunctionSettings()
             )

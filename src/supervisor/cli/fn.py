@@ -26,8 +26,9 @@ from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.exitcodes import ExitCode, of_job
 from supervisor.cli.limitargs import build_limits
 from supervisor.cli.output import OutputCopier
-from supervisor.client import Client, remote_host
+from supervisor.client import remote_host
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
+from supervisor.fnclient import FunctionClient
 from supervisor.fnprotocol import Function, FunctionSettings
 from supervisor.protocol import Job, to_wire
 from supervisor.unitfile import escape
@@ -54,7 +55,7 @@ def call_main(args: argparse.Namespace) -> int:
 
 
 def list_main(args: argparse.Namespace) -> None:
-    with Client() as client:
+    with FunctionClient() as client:
         functions = client.functions()
     if args.json:
         _json([to_wire(f) for f in functions])
@@ -65,7 +66,7 @@ def list_main(args: argparse.Namespace) -> None:
 
 
 def show_main(args: argparse.Namespace) -> None:
-    with Client() as client:
+    with FunctionClient() as client:
         function = client.function(args.name)
     if args.json:
         _json(to_wire(function))
@@ -84,7 +85,7 @@ def show_main(args: argparse.Namespace) -> None:
 
 
 def versions_main(args: argparse.Namespace) -> None:
-    with Client() as client:
+    with FunctionClient() as client:
         versions = client.versions(args.name)
     if args.json:
         _json([to_wire(v) for v in versions])
@@ -110,13 +111,13 @@ def rollback_main(args: argparse.Namespace) -> None:
             f"version {args.version!r} is not a version number",
             hint=f"'sjob fn versions {args.name}' lists them",
         )
-    with Client() as client:
+    with FunctionClient() as client:
         function = client.rollback(args.name, int(args.version))
     sys.stderr.write(f"{function.name}: calls now get version {function.version} (latest {function.latest})\n")
 
 
 def remove_main(args: argparse.Namespace) -> None:
-    with Client() as client:
+    with FunctionClient() as client:
         client.remove_function(args.name, force=args.force)
     sys.stderr.write(f"removed {args.name}\n")
 
@@ -125,7 +126,7 @@ def calls_main(args: argparse.Namespace) -> None:
     count = args.n or "20"
     if not count.isdigit():
         raise SjobError(ErrorCode.InvalidArgument, f"-n {count!r}: not a number", hint="give a whole number")
-    with Client() as client:
+    with FunctionClient() as client:
         calls = client.function_calls(args.name, int(count))
     if args.json:
         _json([to_wire(c) for c in calls])
@@ -250,7 +251,7 @@ def deploy(name: str, file: str, requirements_file: str | None, settings: Functi
     code = _read(file, "the code")
     requirements = _read(requirements_file, "the requirements") if requirements_file is not None else None
     sys.stderr.write(f"sjob: building {name}{' (installing its requirements)' if requirements else ''}...\n")
-    with Client() as client:
+    with FunctionClient() as client:
         deployed = client.deploy(name, code, requirements, settings)
     sys.stderr.write(
         f"sjob: deployed {deployed.function.name} version {deployed.version.version}"
@@ -277,7 +278,7 @@ def call(reference: str, args: list[str]) -> int:
             # the function's code runs as someone else and gets only a pipe.
             relay = _TypedInput()
             stdin = relay.read_end
-    with Client() as client, contextlib.ExitStack() as cleanup:
+    with FunctionClient() as client, contextlib.ExitStack() as cleanup:
         if relay is not None:
             cleanup.callback(relay.close)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -292,7 +293,7 @@ def call(reference: str, args: list[str]) -> int:
             final = copier.copy(client.follow(job.id))
         except KeyboardInterrupt:
             sys.stderr.write(f"\nsjob: stopping call {job.id}\n")
-            with Client() as stopper:
+            with FunctionClient() as stopper:
                 stopper.stop(job.id)
             return ExitCode.INTERRUPTED
     return status_of(final)
