@@ -162,13 +162,25 @@ class Client:
         """The job's output from its start (or after record `after_seq`), then the job: as it ended, or without
         `wait`, as it is once the output so far has been sent. A retried job's output has an AttemptStart where each
         next attempt begins."""
+        for batch in self.follow_batches(job_id, wait=wait, streams=streams, after_seq=after_seq):
+            if isinstance(batch, list):
+                yield from batch
+            else:
+                yield batch
+
+    def follow_batches(
+        self, job_id: str, *, wait: bool = True, streams: list[Stream] | None = None, after_seq: int = 0
+    ) -> Iterator[list[Chunk | AttemptStart] | Job]:
+        """`follow`, the output in batches: what one read brought, so that a copier writes it at once."""
         parameters: dict[str, Any] = {"id": job_id, "wait": wait, "after_seq": after_seq}
         if streams is not None:
             parameters["streams"] = [s.value for s in streams]
         if not self.passes_fds:  # over ssh: the pieces come inline, in base64
             for reply in self.call_more(Method.Follow, parameters):
                 if "output" in reply:
-                    yield from_wire(Output, reply["output"]).chunk()
+                    yield [from_wire(Output, reply["output"]).chunk()]
+                elif "attempt" in reply:
+                    yield [from_wire(AttemptStart, reply["attempt"])]
                 elif "job" in reply:
                     yield from_wire(Job, reply["job"])
             return
@@ -378,17 +390,20 @@ def reply_list(reply: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def _frames(pipe: int) -> Iterator[Chunk | AttemptStart]:
+def _frames(pipe: int) -> Iterator[list[Chunk | AttemptStart]]:
     """The chunks (and a retried job's attempt markers) framed in what is read from `pipe` until its end
-    (protocol.FRAME)."""
+    (protocol.FRAME), a list of those each read completed."""
     buffer = bytearray()
     offset = 0
     while data := os.read(pipe, 1 << 20):
         del buffer[:offset]
         buffer += data
         offset = 0
+        batch = []
         while (found := unframe(buffer, offset)) is not None:
-            chunk, offset = found
-            yield chunk
+            item, offset = found
+            batch.append(item)
+        if batch:
+            yield batch
     if offset < len(buffer):
         raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output in the middle of a piece of it")

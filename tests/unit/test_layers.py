@@ -54,12 +54,14 @@ LAYERS = {
     "server": 4,
     "daemon": 4,
     "client": 4,
+    "fnclient": 4,  # client's io.sjob.Functions methods, for sjob fn only
+    "pipewriter": 1,
     "remote": 4,  # sjob -H: the ssh transport of client
     "bridge": 4,  # sjob --bridge: the remote end of sjob -H
     "cli": 4,
     "manpages": 4,  # documentation made from the CLI's and sjobd's declarations: it reads both, neither reads it
 }
-EDGE_ONLY_LAYER0 = {"client", "cli", "remote", "bridge"}  # the unprivileged side may use only layer-0 modules
+EDGE_ONLY_LAYER0 = {"client", "fnclient", "cli", "remote", "bridge"}  # the unprivileged side may use only layer-0 modules
 
 
 def imports_of(path: Path) -> set[str]:

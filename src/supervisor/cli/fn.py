@@ -290,7 +290,7 @@ def call(reference: str, args: list[str]) -> int:
             relay.start()
         copier = OutputCopier()
         try:
-            final = copier.copy(client.follow(job.id))
+            final = copier.copy(client.follow_batches(job.id))
         except KeyboardInterrupt:
             sys.stderr.write(f"\nsjob: stopping call {job.id}\n")
             with FunctionClient() as stopper:

@@ -18,7 +18,7 @@ def main(args: argparse.Namespace) -> int:
     copier = OutputCopier(as_json=args.json)
     try:
         with Client() as client:
-            job = copier.copy(client.follow(job_id, wait=args.follow, streams=streams))
+            job = copier.copy(client.follow_batches(job_id, wait=args.follow, streams=streams))
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED  # the job goes on: logs only watches
     return of_job(job) if args.follow else ExitCode.OK

@@ -25,26 +25,52 @@ class OutputCopier:
         self.last_seq = 0
         self._sinks: dict[Stream, BinaryIO] = {Stream.stdout: sys.stdout.buffer, Stream.stderr: sys.stderr.buffer}
 
-    def copy(self, items: Iterable[Chunk | AttemptStart | Job]) -> Job:
-        """Copy until the stream of items ends; return the job it ended with."""
+    def copy(self, batches: Iterable[list[Chunk | AttemptStart] | Job]) -> Job:
+        """Copy until the batches of output end (Client.follow_batches); return the job they ended with."""
         job = None
-        for item in items:
-            if isinstance(item, AttemptStart):
-                self._attempt(item)
-            elif isinstance(item, Chunk):
-                # Ctrl-C must not fall between printing an item and remembering that it was printed: after a
-                # Ctrl-C, `sjob run` prints the rest from last_seq on, and would print this item twice.
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                try:
-                    self._write(item)
-                    self.last_seq = max(self.last_seq, item.seq)
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            else:
-                job = item
+        for batch in batches:
+            if isinstance(batch, Job):
+                job = batch
+                continue
+            # Ctrl-C must not fall between printing a piece and remembering that it was printed: after a Ctrl-C,
+            # `sjob run` prints the rest from last_seq on, and would print it twice. A batch is what one read
+            # brought: it is written whole, one write per run of pieces of the same stream, then flushed.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self._write_batch(batch)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if job is None:
             raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output without saying how the job stands")
         return job
+
+    def _write_batch(self, batch: list[Chunk | AttemptStart]) -> None:
+        run: list[bytes] = []
+        stream: Stream | None = None
+        for item in batch:
+            if isinstance(item, AttemptStart) or self.as_json or item.stream is not stream:
+                self._write_run(stream, run)
+                run, stream = [], None
+            if isinstance(item, AttemptStart):
+                self._attempt(item)
+            elif self.as_json:
+                line = json.dumps(json_entry(item), ensure_ascii=False) + "\n"
+                sys.stdout.buffer.write(line.encode())
+                self.last_seq = max(self.last_seq, item.seq)
+            else:
+                run.append(item.data)
+                stream = item.stream
+                self.last_seq = max(self.last_seq, item.seq)
+        self._write_run(stream, run)
+        if self.as_json:
+            sys.stdout.buffer.flush()
+
+    def _write_run(self, stream: Stream | None, run: list[bytes]) -> None:
+        if stream is None or not run:
+            return
+        sink = self._sinks[stream]
+        sink.write(run[0] if len(run) == 1 else b"".join(run))
+        sink.flush()
 
     def _attempt(self, item: AttemptStart) -> None:
         if self.as_json:
@@ -54,17 +80,6 @@ class OutputCopier:
         elif sys.stderr.isatty():
             sys.stderr.write(f"sjob: attempt {item.attempt}\n")
             sys.stderr.flush()
-
-    def _write(self, item: Chunk) -> None:
-        data = item.data
-        if self.as_json:
-            line = json.dumps(json_entry(item), ensure_ascii=False) + "\n"
-            sys.stdout.buffer.write(line.encode())
-            sys.stdout.buffer.flush()
-            return
-        sink = self._sinks[item.stream]
-        sink.write(data)
-        sink.flush()
 
 
 def json_entry(item: Chunk) -> dict[str, object]:

@@ -195,7 +195,7 @@ def run(
         copier = OutputCopier(as_json=as_json)
         try:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-            final = copier.copy(client.follow(job.id))
+            final = copier.copy(client.follow_batches(job.id))
         except KeyboardInterrupt:
             return interrupted(job, copier)
     report_abnormal_end(final)
@@ -254,7 +254,7 @@ def on_terminal(client: Client, job: Job, relay: TerminalRelay) -> int:
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         relay.relay()
-        final = OutputCopier().copy(client.follow(job.id, streams=[]))
+        final = OutputCopier().copy(client.follow_batches(job.id, streams=[]))
     except KeyboardInterrupt:
         sys.stderr.write(f"\r\nsjob: stopping job {job.id}\r\n")
         with Client() as stopper:
@@ -273,7 +273,7 @@ def interrupted(job: Job, copier: OutputCopier) -> int:
         try:
             with Client() as client:
                 client.stop(job.id, signal=signal_name)
-                final = copier.copy(client.follow(job.id, after_seq=copier.last_seq))
+                final = copier.copy(client.follow_batches(job.id, after_seq=copier.last_seq))
             break
         except KeyboardInterrupt:
             sys.stderr.write(f"\nsjob: killing job {job.id}\n")
