@@ -35,8 +35,13 @@ log = logging.getLogger(__name__)
 TICK = 2.0  # seconds between checks on a quiet job, so callers can notice a unit that vanished
 GAP_RETRIES = 12  # rereads before missing records are given up on (about 10 s with GAP_DELAY doubling)
 GAP_DELAY = 0.05
-POLL_MIN = 0.01  # seconds
-POLL_MAX = 0.1
+# A live follower polls (see job_records): every POLL_MIN after a record, backing off to POLL_MAX while the job has
+# written something within QUICK_FOR, then to POLL_IDLE. A job that writes now and then is followed within ~20 ms;
+# one quiet for long costs its followers a few wake-ups a second, and its next record is seen within POLL_IDLE.
+POLL_MIN = 0.005  # seconds
+POLL_MAX = 0.02
+QUICK_FOR = 3.0
+POLL_IDLE = 0.25
 READ_BATCH = 64  # entries examined (records up to 64 KiB each) between turns given to the event loop
 # The largest field read whole: an output record's MESSAGE is at most one 64 KiB read (sjob-shim.c READ_SIZE).
 # Beyond it sd_journal truncates, so an entry someone planted with a huge field costs no more than that.
@@ -223,13 +228,14 @@ class Journal:
 
         journald tells readers about new entries through inotify only every ~250 ms (it coalesces its change
         notifications), but its writes land in the mmap'd journal file at once. So a follower also polls: every
-        POLL_MIN after new records, backing off to POLL_MAX while the job is quiet.
+        POLL_MIN after new records, backing off to POLL_MAX while the job wrote something in the last QUICK_FOR
+        seconds, and to POLL_IDLE after that.
         """
         loop = asyncio.get_running_loop()
         job = _JobReader(job_id, unit, owner_uid, invocation)
         try:
             poll = POLL_MIN
-            last_tick = loop.time()
+            last_tick = last_record = loop.time()
             while True:
                 with _watching(job.reader) as changed:
                     while True:
@@ -238,7 +244,7 @@ class Journal:
                                 await asyncio.sleep(0)
                                 continue
                             poll = POLL_MIN
-                            last_tick = loop.time()
+                            last_tick = last_record = loop.time()
                             yield record
                         if job.gap:
                             break
@@ -248,7 +254,7 @@ class Journal:
                         if changed.is_set():
                             changed.clear()
                             job.reader.process()
-                        poll = min(poll * 2, POLL_MAX)
+                        poll = min(poll * 2, POLL_MAX if loop.time() - last_record < QUICK_FOR else POLL_IDLE)
                         if loop.time() - last_tick >= TICK:
                             last_tick = loop.time()
                             yield None
