@@ -3,13 +3,15 @@ systemd host as root). Nothing here is faked. Each test cleans up the units it c
 
 These tests refuse to run, rather than skip, where they cannot be honest: not root, or no systemd.
 
-The test VM runs them in phases (tests/vm/guest-test.sh): every test not marked `serial` or `last` several at a
-time (pytest-xdist), then the `serial` ones alone, then the `last` ones alone. A test is serial when it changes
-what every test shares (sjobd's process or policy, systemd's configuration, the journal files, the test users'
-groups), when what it asserts covers the whole machine (all sjob units), or when it measures time, rates or
-memory. `last` is for tests that must run alone but measure nothing (they reinstall sjob): while they run, the
-next suite's VM boots on the same host. The helpers that make such changes refuse to run in the parallel phase
-(`alone()`), so a test that needs the mark and lacks it fails instead of disturbing others at random.
+The test VM runs them in phases (tests/vm/guest-test.sh): every test not marked `serial`, `timing` or `last`
+several at a time (pytest-xdist), then the `timing` ones alone, then the `serial` ones alone, then the `last` ones
+alone. A test is `timing` when it measures time, rates or memory, or waits a fixed time: nothing else may run on the
+host meanwhile, not even another suite's VM. A test is `serial` when it changes what every test shares (sjobd's
+process or policy, systemd's configuration, the journal files, the test users' groups) or when what it asserts
+covers the whole machine (all sjob units), but measures nothing: from the serial phase on, the next suite's VM
+boots on the same host and runs beside it. `last` is for tests that reinstall sjob. The helpers that make such
+changes refuse to run in the parallel phase (`alone()`), so a test that needs the mark and lacks it fails instead of
+disturbing others at random.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ PARALLEL = "PYTEST_XDIST_WORKER" in os.environ  # set in pytest-xdist's workers:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "serial(why): the test changes or measures what every test shares; it runs alone (see tests/integration/"
-        "conftest.py)",
+        "serial(why): the test changes what every test shares; it runs alone in its VM, but another VM may run "
+        "beside it (see tests/integration/conftest.py)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "timing(why): the test measures time, rates or memory: it runs alone, with no other VM on the host",
     )
     config.addinivalue_line(
         "markers", "last(why): the test runs alone after all others and measures nothing: the host may be busy"
@@ -70,7 +76,9 @@ class User:
 def alone(what: str) -> None:
     """Called by the helpers that change what every test shares: in the parallel phase the test fails, saying why."""
     if PARALLEL:
-        pytest.fail(f"{what} changes what every test shares: mark the test @pytest.mark.serial(...)", pytrace=False)
+        pytest.fail(
+            f"{what} changes what every test shares: mark the test @pytest.mark.serial(...) (or timing)", pytrace=False
+        )
 
 
 @contextlib.contextmanager

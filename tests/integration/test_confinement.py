@@ -35,7 +35,7 @@ def test_memory_hog_is_oom_killed_and_nothing_else_is(alice: User) -> None:
     sjob("stop", bystander, user=alice)
 
 
-@pytest.mark.serial("measures a CPU share: other tests' work would take from it")
+@pytest.mark.timing("measures a CPU share: other tests' work would take from it")
 def test_cpu_quota_holds_a_busy_loop_near_it() -> None:
     job_id = detach("sh", "-c", "while :; do :; done", options=["--cpu", "20%"])
     try:
@@ -132,7 +132,7 @@ def test_root_job_is_confined_too() -> None:
     assert not Path("/etc/x").exists()
 
 
-@pytest.mark.serial("measures a read rate: other tests' I/O would take from it")
+@pytest.mark.timing("measures a read rate: other tests' I/O would take from it")
 def test_io_read_limit_is_measured_within_a_band(shared_dir: Path) -> None:
     data = shared_dir / "data"
     with data.open("wb") as f:

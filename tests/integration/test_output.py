@@ -73,7 +73,7 @@ def test_fast_writer_loses_nothing() -> None:
     assert sha256_of([SJOB, "logs", "--stdout", job_id]) == (expected, 50 * 1024 * 1024)
 
 
-@pytest.mark.serial(
+@pytest.mark.timing(
     "counts journal entries, which depend on how fast the forwarder reads: a busy machine merges writes"
 )
 def test_many_small_writes_beat_the_rate_limit() -> None:

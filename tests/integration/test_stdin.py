@@ -79,7 +79,7 @@ def test_a_gigabyte_through_a_pipe_arrives_whole(alice: User) -> None:
     assert result.stdout.split()[0] == want
 
 
-@pytest.mark.serial("bounds how long sjobd takes to answer another user")
+@pytest.mark.timing("bounds how long sjobd takes to answer another user")
 def test_the_callers_eof_arrives_and_a_job_that_never_reads_does_not_hang_anyone(alice: User, bob: User) -> None:
     slow = run("sh", "-c", f"(echo a; sleep 1; echo b) | {SJOB} run -- cat", user=alice)
     assert (slow.returncode, slow.stdout) == (0, b"a\nb\n")

@@ -60,7 +60,7 @@ def test_a_job_forging_a_huge_seq_cannot_hide_its_later_output(alice: User) -> N
     assert b"forged" in journal  # the forgeries did reach the journal: the test attacked for real
 
 
-@pytest.mark.serial("waits a fixed time for something not to happen: a busy machine would make that wait too short")
+@pytest.mark.timing("waits a fixed time for something not to happen: a busy machine would make that wait too short")
 def test_a_forged_exit_record_from_outside_the_unit_is_ignored(alice: User) -> None:
     job_id = detach("sleep", "60", user=alice)
     wait_until(lambda: status(job_id, alice)["state"] == "running", what="the job to run")
@@ -80,7 +80,7 @@ def sjobd_memory() -> int:
     return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:"))
 
 
-@pytest.mark.serial("measures sjobd's memory and how fast it answers")
+@pytest.mark.timing("measures sjobd's memory and how fast it answers")
 def test_four_readers_of_a_60mb_job_do_not_make_sjobd_hold_it(alice: User, bob: User) -> None:
     job_id = detach("sh", "-c", "head -c 45000000 /dev/urandom | base64 -w 1000", user=alice)
     ended = wait_finished(job_id, alice)

@@ -12,6 +12,7 @@
 # Kernel command line (set by vmtest.py):
 #   sjob.workers=N   tests run N at a time in the parallel phase (default 3)
 #   sjob.bench=1     run tests/bench/bench.py after the tests pass
+#   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -63,7 +64,7 @@ from pathlib import Path
 
 results = Path(sys.argv[1])
 merged = ET.Element("testsuites")
-for name in ("junit-parallel.xml", "junit-serial.xml", "junit-last.xml"):
+for name in ("junit-parallel.xml", "junit-timing.xml", "junit-serial.xml", "junit-last.xml"):
     if (results / name).exists():
         merged.extend(ET.parse(results / name).getroot().iter("testsuite"))
 ET.ElementTree(merged).write(results / "junit.xml", encoding="utf-8", xml_declaration=True)
@@ -135,9 +136,11 @@ if [[ -f $SJOB_SRC/tests/vm/pytest-args ]]; then
 fi
 [[ ${#extra[@]} -gt 0 ]] || extra=(tests/integration)
 
-# Three phases (tests/integration/conftest.py says which tests are `serial` or `last`, and why): every other test,
-# $workers at a time (pytest-xdist), then the serial ones alone, then the last ones alone. Before the last phase
-# the tail line tells vmtest.py that the next suite's VM may boot: these tests reinstall sjob and measure nothing.
+# Four phases (tests/integration/conftest.py says which tests are `timing`, `serial` or `last`, and why): the
+# timing ones alone, then the tail line, which tells vmtest.py that the next suite's VM may boot beside this one;
+# then every other test $workers at a time (pytest-xdist), the serial ones alone, the last ones alone. With
+# sjob.timing=last (a suite that boots beside another) the timing phase comes last instead: the guest prints the
+# alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends once no other VM runs.
 # A phase that selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
@@ -152,14 +155,34 @@ pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     step "pytest, $name: rc=$rc"
     return "$rc"
 }
+wait_alone() {  # until vmtest.py says that no other VM runs on the host
+    local gate=/dev/ttyS2 started=$SECONDS
+    exec 4<"$gate"
+    stty -F "$gate" raw -echo
+    echo "SJOB-VM-WAIT-ALONE"
+    head -c 1 <&4 >/dev/null
+    exec 4<&-
+    step "alone on the host after $((SECONDS - started))s"
+}
 rcs=()
-pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not last"
-rcs+=($?)
-pytest_phase serial -p no:xdist -m "serial and not last"
-rcs+=($?)
+timing_phase() {
+    pytest_phase timing -p no:xdist -m "timing and not last"
+    rcs+=($?)
+}
+if [[ $(cmdline_value sjob.timing) != last ]]; then
+    timing_phase
+fi
 echo "SJOB-VM-TAIL"
+pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
+rcs+=($?)
+pytest_phase serial -p no:xdist -m "serial and not timing and not last"
+rcs+=($?)
 pytest_phase last -p no:xdist -m last
 rcs+=($?)
+if [[ $(cmdline_value sjob.timing) == last ]]; then
+    wait_alone
+    timing_phase
+fi
 rc=5  # no test selected at all, unless a phase says otherwise
 for phase_rc in "${rcs[@]}"; do
     if ((phase_rc != 0 && phase_rc != 5)); then

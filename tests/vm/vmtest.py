@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import inspect
 import io
@@ -58,6 +59,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -68,7 +70,7 @@ import time
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -105,6 +107,9 @@ DEFAULT_TIMEOUT = 40 * 60
 RESULT_RE = re.compile(r"SJOB-VM-RESULT rc=(\d+)")  # the whole line, see watch_vm()
 # guest-test.sh prints this line when only tests remain that tolerate a busy host: the next suite may boot.
 TAIL_LINE = "SJOB-VM-TAIL"
+# ... and this one when its timing tests are next and must have the host to themselves: it waits for a byte on its
+# third serial port (the gate), which watch_vm() sends once no other suite's VM runs.
+ALONE_LINE = "SJOB-VM-WAIT-ALONE"
 # qemu gets this long to power off after the result line before it is killed.
 POWEROFF_GRACE = 60.0
 # The guest's first progress line comes 20-50 s after qemu starts (boot to sjob-ci.service); none by this many
@@ -584,6 +589,10 @@ class VMFiles:
         return self.work / "results.img"
 
     @property
+    def gate(self) -> Path:
+        return self.work / "gate.sock"
+
+    @property
     def console(self) -> Path:
         return self.logs / "console.log"
 
@@ -647,6 +656,9 @@ def qemu_command(image: Image, files: VMFiles, append: Sequence[str], *, interac
     else:
         cmd += virtio_disk("results", files.results_disk, "raw")
         cmd += ["-serial", f"file:{files.console}", "-serial", f"file:{files.progress}"]
+        # The gate (ttyS2): the guest waits there for a byte before its timing tests when another VM may run.
+        cmd += ["-chardev", f"socket,id=gate,path={qemu_escape(files.gate)},server=on,wait=off"]
+        cmd += ["-serial", "chardev:gate"]
     return cmd
 
 
@@ -698,23 +710,56 @@ class Outcome:
     result_s: float | None = None
     total_s: float = 0.0
     hung_at_boot: bool = False
+    waited_alone_s: float = 0.0  # how long the guest waited at the gate for the host to itself
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """Where a suite's timing tests go when suites overlap (run_overlapped): the first suite runs them first, while
+    it has the host to itself; a later one runs them last, once `alone()` says every earlier suite has ended."""
+
+    timing_last: bool = False
+    alone: Callable[[], bool] = lambda: True
+
+
+def open_gate(files: VMFiles) -> bool:
+    """Tell the guest it has the host to itself: a byte on its gate (third serial port)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+            gate.settimeout(5)
+            gate.connect(str(files.gate))
+            gate.sendall(b"g")
+    except OSError:
+        return False
+    return True
 
 
 def watch_vm(
-    cmd: list[str], files: VMFiles, timeout: float, suite: str, reporter: Reporter, in_tail: threading.Event
+    cmd: list[str],
+    files: VMFiles,
+    timeout: float,
+    suite: str,
+    reporter: Reporter,
+    in_tail: threading.Event,
+    turn: Turn = Turn(),
 ) -> Outcome:
-    """Boot, stream progress live, enforce the hard timeout, always kill qemu; set `in_tail` at the tail line."""
+    """Boot, stream progress live, enforce the hard timeout, always kill qemu; set `in_tail` at the tail line, and
+    open the gate when the guest waits there and `turn` says it may."""
     outcome = Outcome()
     tail = ProgressTail(files.progress)
     started = time.monotonic()
     deadline = started + timeout
+    waiting_since: float | None = None
 
     def consume(lines: list[str]) -> None:
+        nonlocal waiting_since
         for text in lines:
             if outcome.first_line_s is None:
                 outcome.first_line_s = time.monotonic() - started
             if text.strip() == TAIL_LINE:
                 in_tail.set()
+            if text.strip() == ALONE_LINE:
+                waiting_since = time.monotonic()
             if match := RESULT_RE.fullmatch(text.strip()):
                 outcome.rc = int(match[1])
                 outcome.result_s = time.monotonic() - started
@@ -729,6 +774,10 @@ def watch_vm(
         try:
             while proc.poll() is None:
                 consume(tail.read())
+                if waiting_since is not None and turn.alone() and open_gate(files):
+                    outcome.waited_alone_s = time.monotonic() - waiting_since
+                    reporter.line(suite, f"alone on the host after {outcome.waited_alone_s:.0f}s: timing tests run")
+                    waiting_since = None
                 if outcome.rc is not None:
                     deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
                 if time.monotonic() > deadline:
@@ -757,6 +806,7 @@ def boot_and_watch(
     suite: str,
     reporter: Reporter,
     in_tail: threading.Event,
+    turn: Turn,
 ) -> Outcome:
     """Boot the VM and watch it; boot it again from a fresh overlay when the guest printed nothing in BOOT_LIMIT.
 
@@ -764,7 +814,7 @@ def boot_and_watch(
     another line; without this the run would have waited out its whole timeout (40 minutes) for nothing."""
     for attempt in range(1, BOOT_ATTEMPTS + 1):
         prepare_vm(image, files, results_disk=True)
-        outcome = watch_vm(cmd, files, args.timeout, suite, reporter, in_tail)
+        outcome = watch_vm(cmd, files, args.timeout, suite, reporter, in_tail, turn)
         if not outcome.hung_at_boot or attempt == BOOT_ATTEMPTS or STOP.is_set():
             return outcome
         kept = files.console.with_name(f"console-hung-{attempt}.log")
@@ -866,7 +916,7 @@ def judge(outcome: Outcome, timeout: float) -> tuple[bool, str]:
 
 
 def run_suite(
-    suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event
+    suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event, turn: Turn
 ) -> SuiteResult:
     logs = (args.results / suite).resolve()
     reset_dir(logs)
@@ -876,8 +926,10 @@ def run_suite(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
+        if turn.timing_last:
+            append.append("sjob.timing=last")
         cmd = qemu_command(image, files, append, interactive=False)
-        outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail)
+        outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail, turn)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
             reporter.line(suite, "warning: the results disk holds no readable tar")
     ok, status = judge(outcome, args.timeout)
@@ -896,11 +948,16 @@ def write_run_record(path: Path, suite: str, image: Image, ok: bool, status: str
 
 
 def safe_run_suite(
-    suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event | None = None
+    suite: str,
+    args: argparse.Namespace,
+    reporter: Reporter,
+    payload: Payload,
+    in_tail: threading.Event | None = None,
+    turn: Turn = Turn(),
 ) -> SuiteResult:
     in_tail = in_tail or threading.Event()
     try:
-        return run_suite(suite, args, reporter, payload, in_tail)
+        return run_suite(suite, args, reporter, payload, in_tail, turn)
     except VMTestError as error:
         reporter.line(suite, f"error: {error}")
         return SuiteResult(suite, False, f"error: {error}")
@@ -914,18 +971,24 @@ def safe_run_suite(
         in_tail.set()  # however it ended, the next suite need not wait for it
 
 
+def all_done(futures: Sequence[Future[SuiteResult]]) -> bool:
+    return all(f.done() for f in futures)
+
+
 def run_overlapped(
     suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
 ) -> list[SuiteResult]:
-    """One suite after another, except that the next one boots as soon as the previous one's guest prints its tail
-    line: from there on it runs only tests that tolerate a busy host (they reinstall sjob), so the next VM's boot and
-    install.sh overlap them instead of following them. No test that measures time runs while two VMs do."""
+    """Suites overlap, but no test that measures time runs while two VMs do. The first suite runs its timing tests
+    first, then prints its tail line; from there on its tests measure nothing (they change shared state or reinstall
+    sjob), so the next suite's VM boots and runs beside it. Every later suite runs its timing tests last, once every
+    earlier suite has ended (Turn), and prints its tail line only after them."""
     with ThreadPoolExecutor(max_workers=len(suites)) as pool:
-        futures = []
+        futures: list[Future[SuiteResult]] = []
         try:
-            for suite in suites:
+            for index, suite in enumerate(suites):
                 in_tail = threading.Event()
-                futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail))
+                turn = Turn(timing_last=index > 0, alone=functools.partial(all_done, list(futures)))
+                futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail, turn))
                 while not in_tail.wait(0.5):
                     if STOP.is_set():
                         raise KeyboardInterrupt
@@ -1051,8 +1114,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--no-overlap",
         dest="overlap",
         action="store_false",
-        help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots while the "
-        "previous one runs its last tests, the ones that reinstall sjob and measure nothing)",
+        help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots once the "
+        "previous one has run its timing tests, and runs its own last, when it has the host to itself)",
     )
     parser.add_argument(
         "--source",
@@ -1067,6 +1130,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     args.suite = args.suite or (["trixie"] if args.shell else list(SUITES))
     args.suite = list(dict.fromkeys(args.suite))
+    if args.bench:
+        args.overlap = False  # benchmarks run after the tests: with the next VM beside them they would be skewed
     args.source = args.source.resolve()
     if not args.source.is_dir():
         parser.error(f"--source {args.source} is not a directory")
