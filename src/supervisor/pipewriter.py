@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections.abc import Callable
 
-HIGH_WATER = 1 << 20  # bytes queued before `write` waits for the reader
+HIGH_WATER = 256 * 1024  # bytes queued per reader before `write` waits for it: what sjobd holds for a slow one
 
 
 class PipeWriter:
