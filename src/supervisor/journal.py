@@ -33,6 +33,9 @@ R = typing.TypeVar("R", bound=Record)
 log = logging.getLogger(__name__)
 
 TICK = 2.0  # seconds between checks on a quiet job, so callers can notice a unit that vanished
+# The exit and run watchers wake on journald's inotify; this only guards against a wakeup that never comes. It was
+# TICK: an idle sjobd woke once a second for nothing (issue H: no polling when idle).
+WATCH_GUARD = 30.0
 GAP_RETRIES = 12  # rereads before missing records are given up on (about 10 s with GAP_DELAY doubling)
 GAP_DELAY = 0.05
 # A live follower polls (see job_records): every POLL_MIN after a record, backing off to POLL_MAX while the job has
@@ -325,7 +328,7 @@ class Journal:
                             if unit_ok(_unit_of(reader)):
                                 yield _fields(reader), reader
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
-                        await _changed_within(changed, TICK)
+                        await _changed_within(changed, WATCH_GUARD)
                         changed.clear()
                         state = reader.process()
             finally:
