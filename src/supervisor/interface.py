@@ -9,6 +9,7 @@ one decorator, `answers_sjob_errors`.
 No `from __future__ import annotations`: asyncvarlink derives the interface from runtime annotations.
 """
 
+import asyncio
 import contextlib
 import fcntl
 import functools
@@ -47,6 +48,7 @@ from supervisor.protocol import Schedule as TimerSchedule  # a method is named S
 from supervisor.timers import TimerService
 from supervisor.tokens import TokenRecord
 
+DRAIN_ON_ERROR = 5.0  # seconds FollowPipe waits for a client to read what is queued before it reports an error
 PIPE_SIZE = 1 << 20  # FollowPipe's pipe buffer: fewer wake-ups for a fast reader (best effort)
 
 
@@ -286,7 +288,16 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
                         while isinstance(item, Chunk | AttemptStart):
                             if not await pipe.write(frame(item)):
                                 raise LastResult(PipeReply())  # the client closed the pipe: it is gone
-                            item = await anext(follow)
+                            try:
+                                item = await anext(follow)
+                            except Exception:
+                                # The output read so far still reaches the client, whole frames only, before the
+                                # error (or the end of the job's records) does; a client that stopped reading gets
+                                # a few seconds.
+                                with contextlib.suppress(TimeoutError):
+                                    async with asyncio.timeout(DRAIN_ON_ERROR):
+                                        await pipe.drain()
+                                raise
                         if not await pipe.drain():
                             raise LastResult(PipeReply())
                     finally:

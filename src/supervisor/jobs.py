@@ -218,12 +218,16 @@ class JobService:
             job = await self._queue.left(job.id) or job
         live = not job.state.finished and wait
         ended_elsewhere = False
+        last_seq = 0  # of the output records read so far, whatever their stream
         records = self._journal.job_records(job.log_id, job.unit, job.log_uid, follow=live, invocation=job.invocation)
         async for record in records:
             if isinstance(record, OutputRecord):
+                last_seq = record.seq
                 if record.seq > after_seq and (streams is None or record.stream in streams):
                     yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
-            elif isinstance(record, StartRecord) and record.attempt > 1:
+            elif isinstance(record, StartRecord) and record.attempt > 1 and after_seq <= last_seq:
+                # An attempt's marker comes before its first output record (last_seq + 1): a caller that resumes
+                # after that (sjob run after a Ctrl-C) has had it already.
                 yield AttemptStart(record.attempt, record.when_usec)
             elif isinstance(record, ExitRecord):
                 current = self._ledger.record_exit(job.id, record) or job

@@ -53,21 +53,6 @@ F_TASKS_PEAK = "SJOB_TASKS_PEAK"
 F_QUOTA = "SJOB_QUOTA"
 F_ON_EXCEED = "SJOB_ON_EXCEED"
 
-# Every field a record or a check is read from (journal._fields makes sure each is bytes or absent): ours, the ones
-# journald vouches for, and the service manager's own about a unit's end.
-READ_FIELDS = (
-    *(value for name, value in tuple(globals().items()) if name.startswith("F_") and isinstance(value, str)),
-    "MESSAGE",
-    "MESSAGE_ID",
-    "UNIT_RESULT",
-    "EXIT_CODE",
-    "EXIT_STATUS",
-    "_PID",
-    "_UID",
-    "_SYSTEMD_UNIT",
-    "_SYSTEMD_INVOCATION_ID",
-)
-
 
 class Event(enum.StrEnum):
     start = "start"

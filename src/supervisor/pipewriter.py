@@ -13,7 +13,7 @@ import asyncio
 import os
 from collections.abc import Callable
 
-HIGH_WATER = 256 * 1024  # bytes queued per reader before `write` waits for it: what sjobd holds for a slow one
+HIGH_WATER = 256 * 1024  # the most bytes queued per reader (beyond the pipe's own buffer): what a slow one costs
 
 
 class PipeWriter:
@@ -30,15 +30,16 @@ class PipeWriter:
         self.gone = False
 
     async def write(self, data: bytes) -> bool:
-        """Queue `data`; wait while more than HIGH_WATER bytes are queued. False once the reader is gone."""
+        """Queue `data`, first waiting until it fits under HIGH_WATER (or the queue is empty: a piece larger than
+        HIGH_WATER goes alone). False once the reader is gone."""
+        await self._until(lambda: self.gone or not self._pending or len(self._pending) + len(data) <= HIGH_WATER)
         if self.gone:
             return False
         self._pending += data
         if not self._scheduled and not self._watching:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-        await self._until(lambda: self.gone or len(self._pending) <= HIGH_WATER)
-        return not self.gone
+        return True
 
     async def drain(self) -> bool:
         """Wait until everything queued is written. False if the reader went away first."""

@@ -66,10 +66,10 @@ class World:
                 await asyncio.sleep(0.01)
         return job
 
-    async def output(self, principal: Principal, job_id: str) -> tuple[bytes, list[int], Job]:
+    async def output(self, principal: Principal, job_id: str, after_seq: int = 0) -> tuple[bytes, list[int], Job]:
         """What the job wrote (stdout and stderr together), the attempts whose starts were marked, and its end."""
         data, attempts, final = b"", [], None
-        async for item in self.jobs.follow(principal, job_id):
+        async for item in self.jobs.follow(principal, job_id, after_seq=after_seq):
             if isinstance(item, Chunk):
                 data += item.data
             elif isinstance(item, AttemptStart):

@@ -4,7 +4,11 @@ timer's run, read by its invocation alone. sd_journal is replaced by a list of e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import typing
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
 
 import pytest
 
@@ -137,11 +141,6 @@ def test_planted_entries_are_neither_decoded_nor_allowed_to_hold_the_event_loop(
 ) -> None:
     """Review of J: anyone can write SJOB_EVENT=start; sjobd decoded every such entry and read them all in one turn
     of its event loop, so a flood of big ones stalled every request."""
-    import asyncio  # noqa: PLC0415
-    import contextlib  # noqa: PLC0415
-    import typing  # noqa: PLC0415
-    from collections.abc import AsyncGenerator  # noqa: PLC0415
-    from typing import Any  # noqa: PLC0415
 
     planted = [{"SJOB_EVENT": b"start", "_SYSTEMD_UNIT": b"user@1000.service", "BIG": b"A" * 1000}] * 1000
     real = entry("run1", 10, SJOB_EVENT="start", SJOB_SEQ="0")
@@ -173,5 +172,62 @@ def test_planted_entries_are_neither_decoded_nor_allowed_to_hold_the_event_loop(
         assert event.unit == UNIT
         assert reader.decoded == 1  # the real entry alone
         assert turns - before >= len(planted) // journal.READ_BATCH  # the loop had its turns meanwhile
+
+    asyncio.run(body())
+
+
+def test_a_field_that_occurs_twice_is_dropped() -> None:
+    """sd_journal gives a field written twice as a list; the job's own processes can write such entries."""
+
+    class Twice(ListReader):
+        def _get_all(self) -> dict[str, bytes]:
+            return {**super()._get_all(), "_PID": [b"1", b"2"], "OTHER": [b"x", b"y"]}  # type: ignore[dict-item]
+
+    reader = Twice([entry("a" * 32, 70, SJOB_EVENT="start")])
+    reader.seek_head()
+    assert reader._next()
+    fields = journal._fields(typing.cast(Any, reader))
+    assert "_PID" not in fields
+    assert "OTHER" not in fields
+    assert all(isinstance(value, bytes) for value in fields.values())
+    assert fields["SJOB_EVENT"] == b"start"
+
+
+def test_only_a_few_followers_at_a_time_poll_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of H: a follower of a job that writes polls every 20 ms; many followers of chatty jobs must not
+    multiply sjobd's wake-ups. The fast slots are held while the job is chatty and given back at the end."""
+    monkeypatch.setattr(journal, "FAST_FOLLOWERS", 2)
+    entries = attempt("a" * 32, 70, "one", status=0)[:2]  # a start and a line: the job is running and wrote
+    monkeypatch.setattr(journal, "_open_reader", lambda: ListReader(entries))
+
+    class Quiet(ListReader):
+        def process(self) -> int:
+            return 0
+
+    @contextlib.contextmanager
+    def watching(_: object) -> Iterator[asyncio.Event]:
+        yield asyncio.Event()
+
+    monkeypatch.setattr(journal, "_watching", watching)
+    monkeypatch.setattr(journal, "_open_reader", lambda: Quiet(entries))
+
+    async def body() -> None:
+        log = journal.Journal()
+        followers = [
+            typing.cast(AsyncGenerator[Any, None], log.job_records("1a2b3c4d", UNIT, 1000, follow=True))
+            for _ in range(3)
+        ]
+        for follower in followers:
+            assert isinstance(await anext(follower), StartRecord)
+            assert isinstance(await anext(follower), OutputRecord)
+        tasks = [asyncio.ensure_future(anext(follower)) for follower in followers]
+        await asyncio.sleep(0.2)  # each has polled a few times by now
+        assert log._fast_free == 0  # two hold the slots; the third polls at POLL_SLOW
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for follower in followers:
+            await follower.aclose()
+        assert log._fast_free == 2
 
     asyncio.run(body())

@@ -93,6 +93,11 @@ def test_a_failing_job_retried_twice_has_three_attempts(tmp_path: Path) -> None:
         # A replay gives the same, and so do status and the records after the watcher saw every exit again.
         assert await w.output(ALICE, job.id) == (data, marks, final)
         assert (await w.jobs.status(ALICE, job.id)).attempts == final.attempts
+        # Resumed after a piece (sjob run after a Ctrl-C): only the marks of attempts whose output is still to come.
+        # Each attempt wrote two records: 1-2, 3-4, 5-6.
+        assert (await w.output(ALICE, job.id, after_seq=2))[1] == [2, 3]
+        assert (await w.output(ALICE, job.id, after_seq=3))[1] == [3]
+        assert (await w.output(ALICE, job.id, after_seq=6))[1] == []
 
     run(tmp_path, body)
 

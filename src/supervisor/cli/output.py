@@ -35,8 +35,11 @@ class OutputCopier:
             # Ctrl-C must not fall between printing a piece and remembering that it was printed: after a Ctrl-C,
             # `sjob run` prints the rest from last_seq on, and would print it twice. A batch is what one read
             # brought: it is written whole, one write per run of pieces of the same stream, then flushed.
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            # The mask as it is, then SIGINT blocked inside the try: pthread_sigmask runs pending handlers, so a
+            # KeyboardInterrupt from the call that blocks would leave SIGINT blocked for good.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, ())
             try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 self._write_batch(batch)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
