@@ -286,15 +286,17 @@ class JobService:
             self._reaper.kill_later(job.unit, grace_usec, forbid_forks=job.timer is None)
         return job
 
-    async def stop_unit(self, job: Job, by: str, why: Callable[[int], str]) -> Job:
+    async def stop_unit(self, job: Job, by: str, why: Callable[[int], str], *, attempt_over: bool = False) -> Job:
         """Stop the job's unit, `by` whom; a retried job stopped while it waits for its next attempt ends here and
-        now (nothing runs, so no exit record will come), saying why (given the attempt that will not come)."""
+        now (nothing runs, so no exit record will come), saying why (given the attempt that will not come).
+        `attempt_over`: the caller knows that the last attempt has ended (its exit record came) and no other has
+        begun, though systemd may not show the wait for the next one yet (its ExecStopPost is still running)."""
         latest = self._records.get(job.id)  # as it is now: a copy from before an await may be out of date
         if latest is None or latest.state.finished:
             return latest or job
         job = dataclasses.replace(latest, stopped_by=by)
         self._records.update(job)
-        between = job.retry is not None and await self._reaper.between_attempts(job)
+        between = job.retry is not None and (attempt_over or await self._reaper.between_attempts(job))
         await self._units.stop(job.unit)
         if not between:
             return job
@@ -323,7 +325,10 @@ class JobService:
         if problem is None:
             return
         log.info("%s: no more attempts: %s", job.unit, problem)
-        task = asyncio.create_task(self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}"))
+        # Seen on trixie: the exit record of the attempt came while the unit still ran that ExecStopPost, so the
+        # unit did not yet show the wait for the next attempt, and the job ended "stopped by sjobd", without why.
+        stopping = self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}", attempt_over=True)
+        task = asyncio.create_task(stopping)
         self._tasks.add(task)
         task.add_done_callback(self._retry_stopped)
 

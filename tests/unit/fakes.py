@@ -135,6 +135,7 @@ class FakeUnits:
     calls: list[str] = dataclasses.field(default_factory=list)  # set_properties and kill, in order
     stdin: dict[str, int | None] = dataclasses.field(default_factory=dict)  # unit -> its copy of a passed stdin
     time_scale: float = 0.01  # systemd's delays (RestartUSec=, a timer's times) pass this much faster
+    stop_post: float = 0.0  # seconds a run's unit stays in stop-post after its exit record (its ExecStopPost ends)
     seq: dict[str, int] = dataclasses.field(default_factory=dict)  # job id -> its last output record's number
     timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
     timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
@@ -171,6 +172,11 @@ class FakeUnits:
         delay = int(typing.cast(int, props.get("RestartUSec", 0))) / 1e6 * self.time_scale
         for attempt in range(1, burst + 1):
             record = await self._run(unit, attempt)
+            if self.stop_post:
+                self.states[unit.name] = UnitState(
+                    unit.name, "loaded", "deactivating", "stop-post", record.result, 0, 1, 0, 0, 0, ""
+                )
+                await asyncio.sleep(self.stop_post)
             again = restart == "always" or (restart == "on-failure" and record.result != "success")
             if not again or attempt == burst or unit.name in self.stopped:
                 break

@@ -61,7 +61,8 @@ LAYERS = {
     "cli": 4,
     "manpages": 4,  # documentation made from the CLI's and sjobd's declarations: it reads both, neither reads it
 }
-EDGE_ONLY_LAYER0 = {"client", "fnclient", "cli", "remote", "bridge"}  # the unprivileged side may use only layer-0 modules
+# The unprivileged side may use only layer-0 modules.
+EDGE_ONLY_LAYER0 = {"client", "fnclient", "cli", "remote", "bridge"}
 
 
 def imports_of(path: Path) -> set[str]:
