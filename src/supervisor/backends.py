@@ -5,7 +5,7 @@ concrete classes, so host tests put hand-written fakes behind them (tests/unit/f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from supervisor.logformat import EofRecord, ExitRecord, QuotaRecord, Record, UnitEvent
@@ -34,7 +34,7 @@ class JobLog(Protocol):
     # that run of the unit (a timer's run).
     def job_records(
         self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
-    ) -> AsyncIterator[Record | None]: ...
+    ) -> AsyncGenerator[Record | None, None]: ...
     def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]: ...
     def runs(self, since_usec: int, wanted: Callable[[str], bool]) -> AsyncIterator[UnitEvent]: ...
     def find_exits(self, job_id: str, unit: str, invocation: str | None = None) -> list[ExitRecord]: ...

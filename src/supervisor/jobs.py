@@ -20,6 +20,7 @@ attempt begins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -220,33 +221,39 @@ class JobService:
         ended_elsewhere = False
         last_seq = 0  # of the output records read so far, whatever their stream
         records = self._journal.job_records(job.log_id, job.unit, job.log_uid, follow=live, invocation=job.invocation)
-        async for record in records:
-            if isinstance(record, OutputRecord):
-                last_seq = record.seq
-                if record.seq > after_seq and (streams is None or record.stream in streams):
-                    yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
-            elif isinstance(record, StartRecord) and record.attempt > 1 and after_seq <= last_seq:
-                # An attempt's marker comes before its first output record (last_seq + 1): a caller that resumes
-                # after that (sjob run after a Ctrl-C) has had it already.
-                yield AttemptStart(record.attempt, record.when_usec)
-            elif isinstance(record, ExitRecord):
-                current = self._ledger.record_exit(job.id, record) or job
-                if _last_exit(current, record):
-                    yield current
+        # Closed here, not by the garbage collector: it holds a journal reader (and maybe a fast-polling slot).
+        async with contextlib.aclosing(records):
+            async for record in records:
+                if isinstance(record, OutputRecord):
+                    last_seq = record.seq
+                    if record.seq > after_seq and (streams is None or record.stream in streams):
+                        yield Chunk(Stream(record.stream), record.data, record.when_usec, record.seq)
+                elif isinstance(record, StartRecord) and record.attempt > 1 and after_seq <= last_seq:
+                    # An attempt's marker comes before its first output record (last_seq + 1): a caller that resumes
+                    # after that (sjob run after a Ctrl-C) has had it already.
+                    yield AttemptStart(record.attempt, record.when_usec)
+                elif isinstance(record, ExitRecord):
+                    current = self._ledger.record_exit(job.id, record) or job
+                    if _last_exit(current, record):
+                        yield current
+                        return
+                elif (
+                    live
+                    and isinstance(record, EofRecord)
+                    and (ended := await self._reaper.main_exited(job)) is not None
+                ):
+                    # All output is in and the command exited by itself: answer now rather than after the unit's
+                    # ExecStopPost has run and its record has reached us. That record still comes, and is applied.
+                    yield ended
                     return
-            elif live and isinstance(record, EofRecord) and (ended := await self._reaper.main_exited(job)) is not None:
-                # All output is in and the command exited by itself: answer now rather than after the unit's
-                # ExecStopPost has run and its record has reached us. That record still comes, and is applied.
-                yield ended
-                return
-            elif record is None:
-                # A quiet tick. The exit record normally arrives through this reader after all output; give it
-                # one more tick once the job is known to have ended, and stop at once if it ended unknown.
-                refreshed = await self._reaper.refresh(job)
-                if refreshed.state is JobState.unknown or (refreshed.state.finished and ended_elsewhere):
-                    yield refreshed
-                    return
-                ended_elsewhere = refreshed.state.finished
+                elif record is None:
+                    # A quiet tick. The exit record normally arrives through this reader after all output; give it
+                    # one more tick once the job is known to have ended, and stop at once if it ended unknown.
+                    refreshed = await self._reaper.refresh(job)
+                    if refreshed.state is JobState.unknown or (refreshed.state.finished and ended_elsewhere):
+                        yield refreshed
+                        return
+                    ended_elsewhere = refreshed.state.finished
         yield self._records.get(job.id) or job
 
     async def status(self, principal: Principal, job_id: str) -> Job:
@@ -286,22 +293,29 @@ class JobService:
             self._reaper.kill_later(job.unit, grace_usec, forbid_forks=job.timer is None)
         return job
 
-    async def stop_unit(self, job: Job, by: str, why: Callable[[int], str], *, attempt_over: bool = False) -> Job:
+    async def stop_unit(self, job: Job, by: str, why: Callable[[int], str], *, ended_run: str | None = None) -> Job:
         """Stop the job's unit, `by` whom; a retried job stopped while it waits for its next attempt ends here and
         now (nothing runs, so no exit record will come), saying why (given the attempt that will not come).
-        `attempt_over`: the caller knows that the last attempt has ended (its exit record came) and no other has
-        begun, though systemd may not show the wait for the next one yet (its ExecStopPost is still running)."""
+        `ended_run`: the invocation of an attempt whose exit record came (Reaper.between_attempts)."""
         latest = self._records.get(job.id)  # as it is now: a copy from before an await may be out of date
         if latest is None or latest.state.finished:
             return latest or job
+        between = latest.retry is not None and await self._reaper.between_attempts(latest, ended_run)
+        latest = self._records.get(job.id)  # again: the await let others apply records
+        if latest is None or latest.state.finished:
+            return latest or job
         job = dataclasses.replace(latest, stopped_by=by)
-        self._records.update(job)
-        between = job.retry is not None and (attempt_over or await self._reaper.between_attempts(job))
+        if between:
+            # Finished before the unit is stopped: a reader of the attempt's exit record meanwhile finds the job
+            # ended, rather than ending it "stopped by ..." without why (review of H, seen on trixie).
+            outcome = Outcome(JobState.stopped, job.result or "success", None, None, why(len(job.attempts or []) + 1))
+            job = self._ledger.finish(job, outcome, now_usec())
+        else:
+            self._records.update(job)
         await self._units.stop(job.unit)
-        if not between:
-            return job
-        outcome = Outcome(JobState.stopped, job.result or "success", None, None, why(len(job.attempts or []) + 1))
-        return self._ledger.finish(job, outcome, now_usec())
+        if between:
+            self._reaper.collect_later(job.unit)  # stopped in stop-post, a unit may end "failed": reset it
+        return job
 
     async def stop_run(self, run: Job, by: str) -> None:
         """Kill a timer's run at once (SIGTERM, then SIGKILL with no grace period), if its service still runs that
@@ -327,7 +341,8 @@ class JobService:
         log.info("%s: no more attempts: %s", job.unit, problem)
         # Seen on trixie: the exit record of the attempt came while the unit still ran that ExecStopPost, so the
         # unit did not yet show the wait for the next attempt, and the job ended "stopped by sjobd", without why.
-        stopping = self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}", attempt_over=True)
+        ended = job.attempts[-1].invocation if job.attempts else None
+        stopping = self.stop_unit(job, "sjobd", lambda n: f"no attempt {n}: {problem}", ended_run=ended)
         task = asyncio.create_task(stopping)
         self._tasks.add(task)
         task.add_done_callback(self._retry_stopped)

@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from systemd import journal
 
@@ -230,7 +230,7 @@ class Journal:
 
     async def job_records(
         self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
-    ) -> AsyncIterator[Record | None]:
+    ) -> AsyncGenerator[Record | None, None]:
         """The job's records from its first on, in order and complete (see _JobReader); with `invocation`, only that
         run's of the unit (a timer's run). With `follow`, keep waiting for more, and yield None after each quiet
         TICK so the caller can check on the job; the caller decides when to stop.
@@ -255,6 +255,9 @@ class Journal:
                                 continue
                             poll = POLL_MIN
                             last_tick = last_record = loop.time()
+                            if fast:  # not held while the caller takes its time with the record (a full pipe)
+                                fast = False
+                                self._fast_free += 1
                             yield record
                         if job.gap:
                             break

@@ -225,13 +225,17 @@ class Reaper:
         state = await self._units.unit_state(job.unit)
         return state is not None and is_its_run(job, state)
 
-    async def between_attempts(self, job: Job) -> bool:
-        """Whether a retried job's unit waits to start its next attempt (nothing of it runs)."""
+    async def between_attempts(self, job: Job, ended_run: str | None = None) -> bool:
+        """Whether a retried job's unit waits to start its next attempt (nothing of it runs). With `ended_run`, the
+        invocation of an attempt whose exit record came: still the unit's current run, that one is over too, even
+        while the unit runs its ExecStopPost (which wrote the record) and does not show the wait yet."""
         try:
             state = await self._units.unit_state(job.unit)
         except SjobError:
             return False
-        return state is not None and state.sub_state in AUTO_RESTART
+        if state is None:
+            return False
+        return state.sub_state in AUTO_RESTART or (bool(ended_run) and state.invocation_id == ended_run)
 
     def collect_later(self, unit: str) -> None:
         """Reset `unit` once it has settled, if it failed (in the background)."""

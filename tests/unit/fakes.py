@@ -18,7 +18,7 @@ import signal
 import time
 import typing
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from supervisor.access import Access
@@ -64,7 +64,7 @@ class FakeJobLog:
 
     async def job_records(
         self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
-    ) -> AsyncIterator[Record | None]:
+    ) -> AsyncGenerator[Record | None, None]:
         self.open_readers += 1
         try:
             seen = 0
@@ -136,6 +136,7 @@ class FakeUnits:
     stdin: dict[str, int | None] = dataclasses.field(default_factory=dict)  # unit -> its copy of a passed stdin
     time_scale: float = 0.01  # systemd's delays (RestartUSec=, a timer's times) pass this much faster
     stop_post: float = 0.0  # seconds a run's unit stays in stop-post after its exit record (its ExecStopPost ends)
+    stop_delay: float = 0.0  # seconds a stop takes to be answered
     seq: dict[str, int] = dataclasses.field(default_factory=dict)  # job id -> its last output record's number
     timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
     timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
@@ -172,16 +173,28 @@ class FakeUnits:
         delay = int(typing.cast(int, props.get("RestartUSec", 0))) / 1e6 * self.time_scale
         for attempt in range(1, burst + 1):
             record = await self._run(unit, attempt)
+            run = self.states[unit.name].invocation_id if unit.name in self.states else ""
             if self.stop_post:
                 self.states[unit.name] = UnitState(
-                    unit.name, "loaded", "deactivating", "stop-post", record.result, 0, 1, 0, 0, 0, ""
+                    unit.name,
+                    "loaded",
+                    "deactivating",
+                    "stop-post",
+                    record.result,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    "",
+                    invocation_id=run,
                 )
                 await asyncio.sleep(self.stop_post)
             again = restart == "always" or (restart == "on-failure" and record.result != "success")
             if not again or attempt == burst or unit.name in self.stopped:
                 break
             self.states[unit.name] = UnitState(
-                unit.name, "loaded", "activating", "auto-restart", record.result, 0, 1, 0, 0, 0, ""
+                unit.name, "loaded", "activating", "auto-restart", record.result, 0, 1, 0, 0, 0, "", invocation_id=run
             )
             await asyncio.sleep(delay)
             if unit.name in self.stopped:
@@ -316,6 +329,8 @@ class FakeUnits:
         self.states.pop(name, None)
 
     async def stop(self, name: str) -> None:
+        if self.stop_delay:
+            await asyncio.sleep(self.stop_delay)  # a D-Bus round trip: others may read the journal meanwhile
         self.stopped.append(name)
         if (task := self.timer_tasks.pop(name, None)) is not None:
             task.cancel()

@@ -181,15 +181,19 @@ def test_after_the_last_attempt_the_wait_for_another_is_cut_short(tmp_path: Path
     run(tmp_path, body)
 
 
-@pytest.mark.parametrize("stop_post", [0.0, 0.3])
-def test_a_tokens_job_is_not_retried_once_the_token_is_revoked(tmp_path: Path, stop_post: float) -> None:
+@pytest.mark.parametrize(("stop_post", "stop_delay"), [(0.0, 0.0), (0.3, 0.0), (0.3, 0.05)])
+def test_a_tokens_job_is_not_retried_once_the_token_is_revoked(
+    tmp_path: Path, stop_post: float, stop_delay: float
+) -> None:
     """Review of J: a token's retried job went on being retried after the token was revoked (or had expired). The
     attempt that runs when it is revoked runs to its end, as any job of a revoked token does; no other begins.
     With `stop_post`, the exit record comes while the unit still runs its ExecStopPost (seen on trixie): the job
-    still ends saying why."""
+    still ends saying why; with `stop_delay` too, a follower that reads that exit record while sjobd waits for
+    systemd to stop the unit sees the job end saying why (review of H)."""
 
     async def body(w: World) -> None:
         w.units.stop_post = stop_post
+        w.units.stop_delay = stop_delay
         policy = w.access.policy
         ci = dataclasses.replace(policy.rules[-1], name="ci", users=frozenset(), tokens=frozenset({"ci"}), run_as="ci")
         w.jobs.set_policy(dataclasses.replace(policy, rules=(ci, *policy.rules)), w.jobs.profiles)
@@ -201,12 +205,17 @@ def test_a_tokens_job_is_not_retried_once_the_token_is_revoked(tmp_path: Path, s
         w.units.time_scale = 1.0  # a second between attempts, as systemd's least RestartSec= for sjob
         job = await w.jobs.start(bearer, failing)
         assert job.token_id is not None
+        followed = asyncio.create_task(w.output(root, job.id))  # as `sjob logs -f` does
         w.access.revoke_token(root, job.token_id, time.time_ns() // 1000)
         gate.touch()  # attempt 1 ends (failed): systemd would start attempt 2 after the delay
         ended = await w.until(job.id, JobState.stopped)
+        why = f"no attempt 2: token {job.token_id} was revoked by root"
         assert [a.number for a in ended.attempts or []] == [1]
-        assert ended.message == f"no attempt 2: token {job.token_id} was revoked by root"
+        assert ended.message == why
         assert ended.stopped_by == "sjobd"
+        _, _, seen = await asyncio.wait_for(followed, 10)
+        assert (seen.state, seen.message) == (JobState.stopped, why)
+        assert w.records.get(job.id) == ended  # finished once: nothing came after
 
     run(tmp_path, body)
 
