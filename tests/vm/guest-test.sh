@@ -137,8 +137,10 @@ fi
 [[ ${#extra[@]} -gt 0 ]] || extra=(tests/integration)
 
 # Four phases (tests/integration/conftest.py says which tests are `timing`, `serial` or `last`, and why): the
-# timing ones alone, then the tail line, which tells vmtest.py that the next suite's VM may boot beside this one;
-# then every other test $workers at a time (pytest-xdist), the serial ones alone, the last ones alone. With
+# timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells vmtest.py
+# that the next suite's VM may boot beside this one; the serial ones alone, the last ones alone. (Two parallel
+# phases side by side took twice as long each and made a Ctrl-C test time out; the serial phase leaves half of the
+# CPU idle.) With
 # sjob.timing=last (a suite that boots beside another) the timing phase comes last instead: the guest prints the
 # alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends once no other VM runs.
 # A phase that selects nothing (a subset) is not a failure.
@@ -172,9 +174,9 @@ timing_phase() {
 if [[ $(cmdline_value sjob.timing) != last ]]; then
     timing_phase
 fi
-echo "SJOB-VM-TAIL"
 pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
 rcs+=($?)
+echo "SJOB-VM-TAIL"
 pytest_phase serial -p no:xdist -m "serial and not timing and not last"
 rcs+=($?)
 pytest_phase last -p no:xdist -m last

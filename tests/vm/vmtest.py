@@ -979,9 +979,9 @@ def run_overlapped(
     suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
 ) -> list[SuiteResult]:
     """Suites overlap, but no test that measures time runs while two VMs do. The first suite runs its timing tests
-    first, then prints its tail line; from there on its tests measure nothing (they change shared state or reinstall
-    sjob), so the next suite's VM boots and runs beside it. Every later suite runs its timing tests last, once every
-    earlier suite has ended (Turn), and prints its tail line only after them."""
+    first, then its parallel phase, then prints its tail line; from there on its tests measure nothing (they change
+    shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's VM boots and runs beside
+    it. Every later suite runs its timing tests last, once every earlier suite has ended (Turn)."""
     with ThreadPoolExecutor(max_workers=len(suites)) as pool:
         futures: list[Future[SuiteResult]] = []
         try:
