@@ -56,14 +56,14 @@ class OutputCopier:
                 run, stream = [], None
             if isinstance(item, AttemptStart):
                 self._attempt(item)
-            elif self.as_json:
+                continue
+            self.last_seq = max(self.last_seq, item.seq)
+            if self.as_json:
                 line = json.dumps(json_entry(item), ensure_ascii=False) + "\n"
                 sys.stdout.buffer.write(line.encode())
-                self.last_seq = max(self.last_seq, item.seq)
             else:
                 run.append(item.data)
                 stream = item.stream
-                self.last_seq = max(self.last_seq, item.seq)
         self._write_run(stream, run)
         if self.as_json:
             sys.stdout.buffer.flush()
