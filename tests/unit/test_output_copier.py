@@ -4,9 +4,9 @@ stream, and last_seq says how far it got (sjob run resumes from there after a Ct
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
+import threading
 
 import pytest
 
@@ -90,7 +90,9 @@ def test_sigint_is_held_while_a_batch_is_written() -> None:
 
     class _Interrupting(_Counting):
         def write(self, data: bytes) -> int:
-            os.kill(os.getpid(), signal.SIGINT)  # pending: blocked while the batch is written
+            # To this thread, which holds SIGINT blocked: sent to the process, another thread of it (pytest-xdist
+            # runs one) could take the signal at once, and the test would fail for no fault of the copier.
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             seen.append(copier.last_seq)
             return super().write(data)
 
