@@ -39,6 +39,7 @@ from supervisor.protocol import (
     to_wire,
     unframe,
 )
+from supervisor.waiting import wait_readable
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
 if TYPE_CHECKING:
@@ -376,6 +377,7 @@ class UnixTransport(Transport):
             self._sock.sendall(data)
 
     def receive(self) -> tuple[bytes, list[int]]:
+        wait_readable(self._sock.fileno())
         chunk, fds, _, _ = socket.recv_fds(self._sock, RECEIVE_SIZE, 8, socket.MSG_CMSG_CLOEXEC)
         return chunk, fds
 
@@ -395,7 +397,10 @@ def _frames(pipe: int) -> Iterator[list[Chunk | AttemptStart]]:
     (protocol.FRAME), a list of those each read completed."""
     buffer = bytearray()
     offset = 0
-    while data := os.read(pipe, 1 << 20):
+    while True:
+        wait_readable(pipe)  # a Ctrl-C just before a quiet job's read must not wait for its next line
+        if not (data := os.read(pipe, 1 << 20)):
+            break
         del buffer[:offset]
         buffer += data
         offset = 0

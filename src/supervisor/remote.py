@@ -21,6 +21,7 @@ import subprocess
 from supervisor import environment
 from supervisor.client import RECEIVE_SIZE, Transport
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
+from supervisor.waiting import wait_readable
 
 REMOTE_COMMAND = ("sjob", "--bridge")  # found in the remote PATH (/usr/local/bin, where install.sh puts it)
 SSH_FAILED = 255  # ssh's own failures: cannot resolve, connect or authenticate
@@ -87,6 +88,7 @@ class SshTransport(Transport):
             view = view[os.write(self._to, view) :]
 
     def receive(self) -> tuple[bytes, list[int]]:
+        wait_readable(self._from)
         return os.read(self._from, RECEIVE_SIZE), []
 
     def close(self) -> None:

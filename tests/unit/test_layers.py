@@ -17,6 +17,7 @@ LAYERS = {
     "fnprotocol": 0,
     "logformat": 0,
     "unitfile": 0,
+    "waiting": 0,  # the CLI's blocking reads, interruptible by any signal
     "auth": 1,
     "policy": 1,
     "peercgroup": 1,
