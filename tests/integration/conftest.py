@@ -23,6 +23,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -176,6 +177,30 @@ def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+def interrupt(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[bytes, bytes]:
+    """Send SIGINT to `sjob` as Ctrl-C would and collect what it prints until it exits. Started with
+    PYTHONFAULTHANDLER=1, a sjob that does not exit in time is made to say where it is (SIGABRT), and the test fails
+    with that, its signal masks, and what systemd and sjobd say of the job (a hang seen twice, once local, once
+    over ssh, with nothing to go on)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        masks = [line for line in status if line.startswith(("State", "Sig", "ShdPnd"))]
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        text = err.decode(errors="replace")
+        found = NAMED_JOB.search(text)
+        job = f"sjob-{found.group(1)}.service" if found else "?"
+        unit = run("systemctl", "show", "-p", "ActiveState,SubState,Result,InvocationID", job).stdout.decode()
+        records = run("journalctl", "-q", "-o", "short-precise", "-u", job, "-u", "sjobd.service", "--since", "-3min")
+        pytest.fail(
+            f"sjob did not exit within {timeout:g}s of SIGINT; {masks}\nit printed and was at:\n{text}\n"
+            f"{job}: {unit}\njournal of it and sjobd:\n{records.stdout.decode(errors='replace')[-6000:]}"
+        )
 
 
 @pytest.fixture

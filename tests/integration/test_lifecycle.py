@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SJOB, User, in_journal, run, sjob, sjob_units, wait_until
+from .conftest import SJOB, User, in_journal, interrupt, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 # A job that says when it is ready, then ignores SIGTERM: only SIGKILL ends it.
@@ -152,11 +153,11 @@ def test_ctrl_c_stops_an_attached_job() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd="/",
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = interrupt(proc)
     assert proc.returncode == 130
     assert out == b"stopping nicely\n"
     assert b"stopping job" in err
