@@ -210,6 +210,7 @@ class _JobReader:
                 record = dataclasses.replace(record, attempt=self.filter.runs)
             self.cursor = reader._get_cursor()
             yield _stamped(record, reader, fields)
+        self.gaps = 0  # all there was, read without a gap: any gap has closed (review of H)
 
     def _give_up(self, seq: int) -> bool:
         self.gaps += 1

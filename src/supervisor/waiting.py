@@ -6,9 +6,10 @@ nothing: the read waits on, and Ctrl-C does nothing until the job writes again, 
 `sjob run` ignored a SIGINT sent just after the job's first line in 2 of 36 runs under load (and once each in two
 earlier CI runs); a ten-line script that writes, then reads a pipe, does the same natively.
 
-So a read first polls its descriptor together with a self-pipe that every signal Python handles writes to
-(signal.set_wakeup_fd). A signal that came before the poll leaves a byte there and poll returns at once; the
-handler runs as the loop goes round (a backward jump is one of the places Python runs pending handlers).
+So a wait polls its descriptors together with the process's wake-up pipe, which every signal Python handles
+writes to (signal.set_wakeup_fd): a signal that came before the poll leaves a byte there, poll returns at once, and
+`take_signals` runs the handler. One pipe for the whole CLI: `sjob top`'s screen and the `--pty` relay wait on it
+too, so that none of them takes a byte meant for another.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import signal
 _pipe: list[int] = []  # the wake-up pipe's read end and write end, made at the first wait
 
 
-def _wake_fd() -> int:
+def wake_fd() -> int:
     """The read end of the wake-up pipe, installed as the process's wakeup fd; -1 where it cannot be: outside the
-    main thread (only it runs handlers), or while another wakeup fd is in place (sjob top's screen has its own)."""
+    main thread (only it runs handlers), or while another wakeup fd is in place (an event loop's), left as it is."""
     if not _pipe:
         _pipe.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
     read_end, write_end = _pipe
@@ -31,15 +32,26 @@ def _wake_fd() -> int:
     except ValueError:  # not the main thread (threading is not imported: it costs every sjob call start-up time)
         return -1
     if previous not in (-1, write_end):
-        signal.set_wakeup_fd(previous)  # someone else's: left as it was
+        signal.set_wakeup_fd(previous)  # someone else's: put back
         return -1
     return read_end
+
+
+def take_signals(wake: int) -> None:
+    """Empty the wake-up pipe and run the handlers of the signals that came: a KeyboardInterrupt comes out here,
+    not after the caller's next read has taken data it then never hands on."""
+    try:
+        while os.read(wake, 512):
+            pass
+    except BlockingIOError:
+        pass
+    signal.pthread_sigmask(signal.SIG_BLOCK, ())  # changes nothing; it runs pending handlers (PyErr_CheckSignals)
 
 
 def wait_readable(fd: int) -> None:
     """Return once `fd` has something to read (or its end, or an error, which the read then reports). A signal
     that arrived before or during the wait has its handler run here: a KeyboardInterrupt comes out of this call."""
-    wake = _wake_fd()
+    wake = wake_fd()
     if wake < 0:
         return  # the read blocks as it would have
     poller = select.poll()
@@ -48,15 +60,6 @@ def wait_readable(fd: int) -> None:
     while True:
         ready = {ready_fd for ready_fd, _ in poller.poll()}
         if wake in ready:
-            _drain(wake)
+            take_signals(wake)
         if fd in ready:
             return
-        # Only the wake-up pipe: a handler that raises does so as the loop turns; one that returns, we wait on.
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass

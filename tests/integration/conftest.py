@@ -188,7 +188,10 @@ def interrupt(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[bytes
     try:
         return proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        except FileNotFoundError:  # it exited just now
+            status = []
         masks = [line for line in status if line.startswith(("State", "Sig", "ShdPnd"))]
         proc.send_signal(signal.SIGABRT)
         _, err = proc.communicate(timeout=60)

@@ -14,6 +14,8 @@ import sys
 import termios
 import tty
 
+from supervisor import waiting
+
 ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
 LEAVE = "\x1b[?25h\x1b[?1049l"
 HOME = "\x1b[H"
@@ -30,16 +32,14 @@ class Screen:
         self._in = sys.stdin.fileno() if fd_in is None else fd_in
         self._out = sys.stdout.fileno() if fd_out is None else fd_out
         self._saved: list[object] | None = None
-        self._wake_read = self._wake_write = -1
+        self._wake = -1
         self._handlers: dict[int, object] = {}
-        self._wakeup_fd = -1
 
     def __enter__(self) -> Screen:
         self._saved = termios.tcgetattr(self._in)
-        # A resize interrupts the wait for a key through this pipe (signal.set_wakeup_fd), and the view is redrawn.
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # A resize interrupts the wait for a key through the wake-up pipe (waiting), and the view is redrawn.
+        self._wake = waiting.wake_fd()
         try:
-            self._wakeup_fd = signal.set_wakeup_fd(self._wake_write)
             self._handlers = {
                 signal.SIGWINCH: signal.signal(signal.SIGWINCH, lambda *_: None),
                 signal.SIGTERM: signal.signal(signal.SIGTERM, _leave),
@@ -77,11 +77,6 @@ class Screen:
         for signo, handler in self._handlers.items():
             signal.signal(signo, handler)  # type: ignore[arg-type]
         self._handlers = {}
-        if self._wake_write >= 0:
-            signal.set_wakeup_fd(self._wakeup_fd)
-            for fd in (self._wake_read, self._wake_write):
-                os.close(fd)
-            self._wake_read = self._wake_write = -1
 
     @property
     def width(self) -> int:
@@ -106,10 +101,9 @@ class Screen:
 
     def wait_key(self, timeout: float) -> str | None:
         """The next key pressed within `timeout` seconds, or None when the time is up or the window was resized."""
-        ready, _, _ = select.select([self._in, self._wake_read], [], [], timeout)
-        if self._wake_read in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_read, 512)
+        ready, _, _ = select.select([self._in] + ([self._wake] if self._wake >= 0 else []), [], [], timeout)
+        if self._wake in ready:
+            waiting.take_signals(self._wake)  # Ctrl-C's KeyboardInterrupt, SIGTERM's exit, a resize's nothing
         if self._in in ready:
             data = os.read(self._in, 64)
             if not data:

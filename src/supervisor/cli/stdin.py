@@ -20,6 +20,7 @@ import termios
 import tty
 from collections.abc import Iterator
 
+from supervisor import waiting
 from supervisor.protocol import Terminal, tty_data, tty_winsize
 
 DEFAULT_SIZE = Terminal(24, 80)
@@ -69,9 +70,13 @@ class TerminalRelay:
             os.set_blocking(self._typed, False)
             pending = b""
             reading = True
+            wake = waiting.wake_fd()  # a SIGINT sent to sjob just before the select still stops the job at once
             while True:
                 wanted = [self._shown, changed] + ([0] if reading and len(pending) < (1 << 20) else [])
+                wanted += [wake] if wake >= 0 else []
                 readable, writable, _ = select.select(wanted, [self._typed] if pending else [], [])
+                if wake in readable:
+                    waiting.take_signals(wake)
                 if changed in readable:
                     with contextlib.suppress(BlockingIOError):
                         os.read(changed, 512)
