@@ -1,4 +1,5 @@
-"""Wheel build hook: compile the C shim (src/shim/sjob-shim.c) and install it as <prefix>/bin/sjob-shim.
+"""Wheel build hook: compile the C shim (src/shim/sjob-shim.c) and install it as <prefix>/bin/sjob-shim, and sjobd's
+SIGBUS handler (src/sigbus/sjob-sigbus.c) as supervisor/sjob_sigbus.so.
 
 Every job's unit starts with sjob-shim, so it ships inside the wheel like the Python code, built for the machine
 the wheel is built on (which makes the wheel platform-specific). It is a script of the wheel's data scheme, so
@@ -29,6 +30,18 @@ CFLAGS = [
     "-static-pie",
 ]
 
+LIBRARY_CFLAGS = [
+    "-O2",
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-D_FORTIFY_SOURCE=2",
+    "-fstack-protector-strong",
+    "-shared",
+    "-fPIC",
+]
+SIGBUS_LIBRARY = "sjob_sigbus.so"
+
 
 class ShimBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
@@ -46,6 +59,15 @@ class ShimBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         except (OSError, subprocess.CalledProcessError) as e:
             raise RuntimeError(f"compiling {source} failed ({e}); a C compiler is needed: apt-get install gcc") from e
         build_data["shared_scripts"][str(binary)] = "sjob-shim"
+        # sjobd's SIGBUS handler for journal files truncated under its reader (src/sigbus/sjob-sigbus.c).
+        sigbus_source = Path(self.root) / "src" / "sigbus" / "sjob-sigbus.c"
+        library = Path(self._tmp) / SIGBUS_LIBRARY
+        command = [*cc, *LIBRARY_CFLAGS, "-o", str(library), str(sigbus_source)]
+        try:
+            subprocess.run(command, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise RuntimeError(f"compiling {sigbus_source} failed ({e})") from e
+        build_data["force_include"][str(library)] = f"supervisor/{SIGBUS_LIBRARY}"
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
 

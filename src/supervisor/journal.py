@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 from systemd import journal
 
@@ -67,6 +69,32 @@ async def _changed_within(changed: asyncio.Event, timeout: float) -> None:
         await asyncio.wait({waiter}, timeout=timeout)
     finally:
         waiter.cancel()
+
+
+def survive_truncated_files() -> None:
+    """Install sjobd's SIGBUS handler (src/sigbus/sjob-sigbus.c): systemd 250 to 254 truncate a journal file as they
+    archive it, and a reader that then touches its mapping beyond the new end got SIGBUS, which killed sjobd (seen on
+    bookworm while a job's output rotated the journal). With it, the read sees zeros, sd_journal reports an error,
+    and the reader opens the journal again. Idempotent; without the library (a source tree), sjobd runs unprotected."""
+    if _sigbus:
+        return
+    library = Path(__file__).with_name("sjob_sigbus.so")
+    try:
+        handler = ctypes.CDLL(str(library))
+        if handler.sjob_sigbus_install() != 0:
+            raise OSError(ctypes.get_errno(), "sigaction failed")
+    except OSError as e:
+        log.warning("no SIGBUS handler (%s): a journal file truncated while it is read can kill sjobd", e)
+        return
+    _sigbus.append(handler)
+
+
+def sigbus_pages() -> int:
+    """How many pages of truncated journal files the SIGBUS handler has replaced by zeros so far."""
+    return int(_sigbus[0].sjob_sigbus_replaced()) if _sigbus else 0
+
+
+_sigbus: list[ctypes.CDLL] = []  # the handler's library, once installed
 
 
 def _open_reader() -> journal.Reader:
@@ -176,6 +204,23 @@ class _JobReader:
         Every READ_BATCH entries examined, accepted or not, it yields None, so that entries the job forged inside
         its own unit cannot keep the caller from giving the event loop its turn."""
         self.gap = False
+        try:
+            yield from self._read()
+        except OSError as e:
+            # A journal file that changed under the reader (journald truncated it while archiving: zeros where an
+            # entry was). Read again from the last record delivered, in a fresh reader, as for a gap.
+            self.gaps += 1
+            if self.gaps > GAP_RETRIES:
+                raise
+            log.warning(
+                "job %s: reading the journal failed (%s; %d pages zeroed); reading it again",
+                self.job_id,
+                e,
+                sigbus_pages(),
+            )
+            self.gap = True
+
+    def _read(self) -> Iterator[Record | None]:
         reader = self.reader
         examined = 0
         while reader._next():
@@ -231,6 +276,7 @@ class Journal:
 
     def __init__(self) -> None:
         self._fast_free = FAST_FOLLOWERS  # followers that may still poll at POLL_MAX
+        survive_truncated_files()
 
     async def job_records(
         self, job_id: str, unit: str, owner_uid: int | None, *, follow: bool, invocation: str | None = None
@@ -351,6 +397,9 @@ class Journal:
                         await _changed_within(changed, WATCH_GUARD)
                         changed.clear()
                         state = reader.process()
+            except OSError as e:  # a file changed under the reader (see survive_truncated_files): open it again
+                log.warning("watching the journal failed (%s; %d pages zeroed); reading it again", e, sigbus_pages())
+                await asyncio.sleep(1.0)
             finally:
                 reader.close()
 
