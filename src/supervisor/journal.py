@@ -74,13 +74,14 @@ async def _changed_within(changed: asyncio.Event, timeout: float) -> None:
 def survive_truncated_files() -> None:
     """Install sjobd's SIGBUS handler (src/sigbus/sjob-sigbus.c): systemd 250 to 254 truncate a journal file as they
     archive it, and a reader that then touches its mapping beyond the new end got SIGBUS, which killed sjobd (seen on
-    bookworm while a job's output rotated the journal). With it, the read sees zeros, sd_journal reports an error,
-    and the reader opens the journal again. Idempotent; without the library (a source tree), sjobd runs unprotected."""
+    bookworm while a job's output rotated the journal). With it, such a page of a journal file reads as zeros;
+    sd_journal skips what it cannot read there or fails, and the readers read again (a gap, or an error that opens
+    the journal anew). Idempotent; without the library (a source tree), sjobd runs unprotected and says so."""
     if _sigbus:
         return
     library = Path(__file__).with_name("sjob_sigbus.so")
     try:
-        handler = ctypes.CDLL(str(library))
+        handler = ctypes.CDLL(str(library), use_errno=True)
         if handler.sjob_sigbus_install() != 0:
             raise OSError(ctypes.get_errno(), "sigaction failed")
     except OSError as e:
@@ -369,6 +370,7 @@ class Journal:
         When journal files come and go (rotation), the reader is reopened after the last entry it delivered, so
         that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053)."""
         cursor: str | None = None
+        failures = 0  # in a row, without an entry delivered between them
         while True:
             reader = _open_reader()
             try:
@@ -387,19 +389,23 @@ class Journal:
                     examined = 0
                     while state != journal.INVALIDATE:
                         while reader._next():
-                            cursor = reader._get_cursor()
                             examined += 1
                             if examined % READ_BATCH == 0:
                                 await asyncio.sleep(0)
                             if unit_ok(_unit_of(reader)):
                                 yield _fields(reader), reader
+                                failures = 0
+                            cursor = reader._get_cursor()  # once the entry is handled: one that failed is read again
                         # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
                         await _changed_within(changed, WATCH_GUARD)
                         changed.clear()
                         state = reader.process()
             except OSError as e:  # a file changed under the reader (see survive_truncated_files): open it again
-                log.warning("watching the journal failed (%s; %d pages zeroed); reading it again", e, sigbus_pages())
-                await asyncio.sleep(1.0)
+                failures += 1
+                delay = min(2.0**failures, WATCH_GUARD)
+                zeroed = sigbus_pages()
+                log.warning("watching the journal failed (%s; %d pages zeroed); again in %gs", e, zeroed, delay)
+                await asyncio.sleep(delay)
             finally:
                 reader.close()
 

@@ -122,6 +122,8 @@ def test_reading_survives_journal_rotation() -> None:
     expected = b"".join(b"line %d %s\n" % (i, b"." * 200) for i in range(40000))  # writer.py's --size
     assert rotations >= 3
     assert run(*sjobd).stdout == before, "sjobd was restarted while the journal rotated"
+    unprotected = run("journalctl", "-q", "-o", "cat", "-u", "sjobd.service", "--grep", "no SIGBUS handler").stdout
+    assert unprotected == b"", unprotected  # the handler is installed (journal.survive_truncated_files)
     assert out == expected, lines_amiss(out, 40000, job_id)
     replay = sjob("logs", "--stdout", job_id).stdout
     assert replay == expected, lines_amiss(replay, 40000, job_id)
