@@ -218,10 +218,13 @@ def test_a_failing_job_retried_twice_has_three_attempts(alice: User) -> None:
     lines = [json.loads(line) for line in sjob("logs", "--json", job["id"], user=alice).stdout.splitlines()]
     assert [line.get("attempt", line.get("text")) for line in lines] == ["attempt\n", 2, "attempt\n", 3, "attempt\n"]
     assert "Attempts: 3 of at most 3 ended" in sjob("status", job["id"], user=alice).stdout.decode()
-    # systemd ran it three times, and no fourth: StartLimitBurst=3 over an unlimited interval.
-    manager = run("journalctl", "-q", "-o", "json", "_PID=1", f"UNIT=sjob-{job['id']}.service").stdout.decode()
-    restarts = [json.loads(e) for e in manager.splitlines() if "N_RESTARTS" in e]
-    assert sorted(int(e["N_RESTARTS"]) for e in restarts) == [1, 2]
+    # systemd ran it three times, and no fourth: StartLimitBurst=3 over an unlimited interval. Counted by the runs
+    # that started (each run's forwarder writes a start record), not by systemd's "Scheduled restart job" entries:
+    # on a loaded machine systemd 257 logged restart counter 3 too, and then refused that start (start-limit-hit).
+    unit = f"_SYSTEMD_UNIT=sjob-{job['id']}.service"
+    starts = run("journalctl", "-q", "-o", "json", unit, "SJOB_EVENT=start").stdout.decode().splitlines()
+    assert len({json.loads(e)["_SYSTEMD_INVOCATION_ID"] for e in starts}) == 3
+    assert status(job["id"], alice)["state"] == "failed"
 
 
 def test_a_retried_job_that_succeeds_stops_there(alice: User, shared_dir: Path) -> None:
@@ -261,7 +264,10 @@ def test_a_timer_fires_twice_and_each_run_is_a_job(alice: User) -> None:
         assert (job["unit"], job["argv"][-1], job["exit_status"]) == (f"sjob-{timer_id}.service", "echo tick", 0)
         assert sjob("logs", job["id"], user=alice).stdout == b"tick\n"  # its own run's output, not the others'
         assert "run of timer" in sjob("status", job["id"], user=alice).stdout.decode()
-    assert runs[1]["started_usec"] - runs[0]["started_usec"] >= 4_000_000  # OnUnitActiveSec=5s, AccuracySec=1s
+    # OnUnitActiveSec=5s (AccuracySec=1s) from the first run's activation; started_usec is when each run's forwarder
+    # began, which a loaded machine delays by up to ~2 s (3.1 s apart seen on trixie). A timer firing twice at once
+    # would be well under a second apart.
+    assert runs[1]["started_usec"] - runs[0]["started_usec"] >= 2_000_000
     # Listed again after the stop: on a loaded machine a third run may have started between the listing above
     # and the stop (seen in the VM while another VM ran beside it), and the timer's last run is then that one.
     ran_twice()
