@@ -12,8 +12,7 @@
 # Kernel command line (set by vmtest.py):
 #   sjob.workers=N   tests run N at a time in the parallel phase (default 3)
 #   sjob.bench=1     run tests/bench/bench.py after the tests pass
-#   sjob.order=beside  this VM boots beside another suite's: run the serial and last phases first (beside that
-#                    suite's own), then the parallel phase, then the timing tests once vmtest.py opens the gate
+#   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -139,12 +138,12 @@ fi
 
 # Four phases (tests/integration/conftest.py says which tests are `timing`, `serial` or `last`, and why): the
 # timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells vmtest.py
-# that the next suite's VM may boot beside this one; the serial ones alone, the last ones alone.
-# With sjob.order=beside (the next suite, booted at that tail line) the order is serial, last, parallel, timing: its
-# serial and last phases run beside this suite's, and each leaves about half of the CPU idle, while a parallel phase
-# keeps both CPUs busy (two side by side, or one beside a serial phase, took twice as long each). Its timing phase
-# waits for the gate: the guest prints the alone line and waits for a byte on ttyS2, which vmtest.py sends once no
-# other VM runs. A phase that selects nothing (a subset) is not a failure.
+# that the next suite's VM may boot beside this one; the serial ones alone, the last ones alone. (Two parallel
+# phases side by side took twice as long each and made a Ctrl-C test time out; the serial phase leaves half of the
+# CPU idle.) With
+# sjob.timing=last (a suite that boots beside another) the timing phase comes last instead: the guest prints the
+# alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends once no other VM runs.
+# A phase that selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     local name=$1 rc
@@ -172,26 +171,19 @@ timing_phase() {
     pytest_phase timing -p no:xdist -m "timing and not last"
     rcs+=($?)
 }
-parallel_phase() {
-    pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
-    rcs+=($?)
-}
-serial_and_last_phases() {
-    pytest_phase serial -p no:xdist -m "serial and not timing and not last"
-    rcs+=($?)
-    pytest_phase last -p no:xdist -m last
-    rcs+=($?)
-}
-if [[ $(cmdline_value sjob.order) == beside ]]; then
-    serial_and_last_phases
-    parallel_phase
+if [[ $(cmdline_value sjob.timing) != last ]]; then
+    timing_phase
+fi
+pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
+rcs+=($?)
+echo "SJOB-VM-TAIL"
+pytest_phase serial -p no:xdist -m "serial and not timing and not last"
+rcs+=($?)
+pytest_phase last -p no:xdist -m last
+rcs+=($?)
+if [[ $(cmdline_value sjob.timing) == last ]]; then
     wait_alone
     timing_phase
-else
-    timing_phase
-    parallel_phase
-    echo "SJOB-VM-TAIL"
-    serial_and_last_phases
 fi
 rc=5  # no test selected at all, unless a phase says otherwise
 for phase_rc in "${rcs[@]}"; do

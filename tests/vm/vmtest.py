@@ -715,11 +715,10 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    """A suite's place when suites overlap (run_overlapped). The first suite runs its timing tests first, while it
-    has the host to itself. A later one boots `beside` it: serial and last phases first (beside the earlier suite's
-    own), then its parallel phase, then its timing tests, once `alone()` says every earlier suite has ended."""
+    """Where a suite's timing tests go when suites overlap (run_overlapped): the first suite runs them first, while
+    it has the host to itself; a later one runs them last, once `alone()` says every earlier suite has ended."""
 
-    beside: bool = False
+    timing_last: bool = False
     alone: Callable[[], bool] = lambda: True
 
 
@@ -927,8 +926,8 @@ def run_suite(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
-        if turn.beside:
-            append.append("sjob.order=beside")
+        if turn.timing_last:
+            append.append("sjob.timing=last")
         cmd = qemu_command(image, files, append, interactive=False)
         outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail, turn)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
@@ -979,17 +978,16 @@ def all_done(futures: Sequence[Future[SuiteResult]]) -> bool:
 def run_overlapped(
     suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
 ) -> list[SuiteResult]:
-    """Suites overlap, but no test that measures time runs while two VMs do, and no two parallel phases (each keeps
-    both CPUs busy) run side by side. The first suite runs its timing tests first, then its parallel phase, then
-    prints its tail line; from there on its tests measure nothing (they change shared state or reinstall sjob) and
-    leave half of the CPU idle, so the next suite's VM boots beside it and runs its own serial and last phases
-    there, then its parallel phase, then its timing tests once every earlier suite has ended (Turn)."""
+    """Suites overlap, but no test that measures time runs while two VMs do. The first suite runs its timing tests
+    first, then its parallel phase, then prints its tail line; from there on its tests measure nothing (they change
+    shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's VM boots and runs beside
+    it. Every later suite runs its timing tests last, once every earlier suite has ended (Turn)."""
     with ThreadPoolExecutor(max_workers=len(suites)) as pool:
         futures: list[Future[SuiteResult]] = []
         try:
             for index, suite in enumerate(suites):
                 in_tail = threading.Event()
-                turn = Turn(beside=index > 0, alone=functools.partial(all_done, list(futures)))
+                turn = Turn(timing_last=index > 0, alone=functools.partial(all_done, list(futures)))
                 futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail, turn))
                 while not in_tail.wait(0.5):
                     if STOP.is_set():
@@ -1117,8 +1115,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         dest="overlap",
         action="store_false",
         help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots once the "
-        "previous one has run its timing and parallel phases, runs its serial and last phases beside it, and its "
-        "timing tests last, when it has the host to itself)",
+        "previous one has run its timing tests, and runs its own last, when it has the host to itself)",
     )
     parser.add_argument(
         "--source",
