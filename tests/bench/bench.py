@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -81,6 +82,111 @@ def wait_ended(job_id: str) -> dict[str, object]:
         if info["state"] not in ("starting", "running"):
             return info
         time.sleep(0.5)
+
+
+def journal_entries(*matches: str) -> list[dict[str, str]]:
+    out = subprocess.run(["journalctl", "-b", "-o", "json", "--no-pager", *matches], capture_output=True, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def first_usec(entries: list[dict[str, str]], **fields: str) -> int | None:
+    """The monotonic time (CLOCK_MONOTONIC, µs) of the first entry whose fields are all `fields`."""
+    for entry in entries:
+        if all(entry.get(k) == v for k, v in fields.items()):
+            return int(entry["__MONOTONIC_TIMESTAMP"])
+    return None
+
+
+def cpu_usec(unit: str) -> int:
+    out = subprocess.run(["systemctl", "show", "-P", "CPUUsageNSec", unit], capture_output=True, check=True).stdout
+    return int(out) // 1000 if out.strip().isdigit() else 0
+
+
+STARTED, DEACTIVATED = "39f53479d3a045ac8e11786248231fbf", "7ad2d189f7e94e70a38c781354912448"
+
+
+def round_trip_profile() -> None:
+    """Where a round trip's time goes, from the journal's monotonic timestamps of each step (journald stamps an
+    entry when it receives it), and the CPU time of the CLI, sjobd, PID 1 and journald per round trip;
+    `systemd-run --wait` beside it, interleaved."""
+    ours: list[dict[int, float]] = []
+    theirs: list[dict[int, float]] = []
+    cpu = {"sjob": Counter[str](), "systemd-run": Counter[str]()}
+    for i in range(RUNS):
+        began, ended = timed_cpu(cpu["sjob"], [SJOB, "run", "--", "true"])
+        job_id = subprocess.run([SJOB, "list", "-q", "-n", "1"], capture_output=True, check=True).stdout.decode()
+        unit = f"sjob-{job_id.strip()}.service"
+        said = journal_entries("_SYSTEMD_UNIT=sjobd.service", "--since", "-60s")
+        starting = [int(e["__MONOTONIC_TIMESTAMP"]) for e in said if f"starting {unit}" in str(e.get("MESSAGE"))]
+        pid1 = journal_entries("_PID=1", f"UNIT={unit}")
+        records = journal_entries(f"_SYSTEMD_UNIT={unit}", "SJOB_EVENT=start", "+", f"_SYSTEMD_UNIT={unit}")
+        points = [
+            began,
+            starting[0] if starting else None,
+            first_usec(pid1, MESSAGE_ID=STARTED),
+            first_usec(records, SJOB_EVENT="start"),
+            first_usec(records, SJOB_EVENT="exit"),
+            ended,
+        ]
+        if (step_times := _steps(points)) is not None:
+            ours.append(step_times)
+        name = f"bench-rt-{os.getpid()}-{i}.service"
+        began, ended = timed_cpu(
+            cpu["systemd-run"], ["systemd-run", "--wait", "-q", "-p", "Type=exec", "-u", name, "true"]
+        )
+        pid1 = journal_entries("_PID=1", f"UNIT={name}")
+        points = [began, first_usec(pid1, MESSAGE_ID=STARTED), first_usec(pid1, MESSAGE_ID=DEACTIVATED), ended]
+        if (step_times := _steps(points)) is not None:
+            theirs.append(step_times)
+    print(f"job round trip, where the time goes (medians of {len(ours)} and {len(theirs)} runs, ms)")
+    steps = [
+        "CLI start, connect, request, admit, record",
+        "to PID 1's 'Started' (D-Bus, fork, sandbox)",
+        "'Started' to the shim's start record",
+        "start record to exit record (`true` runs)",
+        "exit record to the CLI's exit",
+    ]
+    for k, step in enumerate([*steps, "in all"]):
+        print(f"  sjob run -- true    {step:45} {statistics.median(r[k if k < len(steps) else -1] for r in ours):7.1f}")
+    steps = ["CLI start to PID 1's 'Started'", "'Started' to 'Deactivated'", "'Deactivated' to the CLI's exit"]
+    for k, step in enumerate([*steps, "in all"]):
+        print(
+            f"  systemd-run --wait  {step:45} {statistics.median(r[k if k < len(steps) else -1] for r in theirs):7.1f}"
+        )
+    for side, used in cpu.items():
+        print(
+            f"  CPU per run, {side:12} "
+            + ", ".join(f"{what} {usec / RUNS / 1000:.0f} ms" for what, usec in used.items())
+        )
+
+
+CPU_UNITS = ("sjobd.service", "init.scope", "systemd-journald.service")
+
+
+def timed_cpu(used: Counter[str], argv: list[str]) -> tuple[int, int]:
+    """Run `argv`; add the CPU time (µs) it, sjobd, PID 1 and journald used meanwhile to `used`; its start and end
+    (CLOCK_MONOTONIC, µs)."""
+    before = {unit: cpu_usec(unit) for unit in CPU_UNITS}
+    children = os.times()
+    began = time.monotonic_ns() // 1000
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd="/")
+    ended = time.monotonic_ns() // 1000
+    after = os.times()
+    cli = (after.children_user + after.children_system) - (children.children_user + children.children_system)
+    used["command"] += round(cli * 1e6)
+    for unit in CPU_UNITS:
+        used[unit.split(".")[0]] += cpu_usec(unit) - before[unit]
+    return began, ended
+
+
+def _steps(points: list[int | None]) -> dict[int, float] | None:
+    """Milliseconds between consecutive points, and (key -1) from the first to the last; None if one is missing."""
+    known = [point for point in points if point is not None]
+    if len(known) < len(points):
+        return None
+    steps = {k: (known[k + 1] - known[k]) / 1000 for k in range(len(known) - 1)}
+    steps[-1] = (known[-1] - known[0]) / 1000
+    return steps
 
 
 def log_reading() -> None:
@@ -248,6 +354,7 @@ def main() -> int:
             1.2,
         )
     )
+    section(round_trip_profile)
     job_id = start("true")
     for verb in (["--help"], ["list"], ["status", job_id]):
         section(functools.partial(compare, f"CLI start-up: sjob {verb[0]}", [SJOB, *verb], PYTHON, 1.5))
