@@ -10,7 +10,6 @@ No `from __future__ import annotations` here: asyncvarlink reads `dataclasses.fi
 real type, not a string.
 """
 
-import base64
 import dataclasses
 import enum
 import re
@@ -36,9 +35,10 @@ UNIT_SUFFIX = ".service"
 TIMER_SUFFIX = ".timer"
 
 # A job id is 8 lowercase hex digits; the unit is sjob-<id>.service. Nothing else is ever turned into a unit name.
-_JOB_ID = re.compile(r"[0-9a-f]{8}")
+# (Patterns, compiled at first use by re: compiling at import costs every sjob call start-up time.)
+_JOB_ID = r"[0-9a-f]{8}"
 MAX_SIGNAL = 64
-_UNIT_FORM = re.compile(r"sjob-([0-9a-f]{8})(?:\.service|\.timer)?")
+_UNIT_FORM = r"sjob-([0-9a-f]{8})(?:\.service|\.timer)?"
 
 
 class Method(enum.StrEnum):
@@ -286,9 +286,13 @@ class Output:
 
     @classmethod
     def of(cls, chunk: "Chunk") -> "Output":
+        import base64  # noqa: PLC0415 - most sjob calls never see output as JSON; base64 costs their start-up
+
         return cls(chunk.stream, base64.b64encode(chunk.data).decode("ascii"), chunk.usec, chunk.seq)
 
     def chunk(self) -> "Chunk":
+        import base64  # noqa: PLC0415
+
         return Chunk(self.stream, base64.b64decode(self.data, validate=True), self.usec, self.seq)
 
 
@@ -427,9 +431,9 @@ class Timer:
 
 def parse_job_id(text: str) -> str:
     """Accept `1a2b3c4d`, `sjob-1a2b3c4d`, `sjob-1a2b3c4d.service` or `.timer`; refuse everything else."""
-    if _JOB_ID.fullmatch(text):
+    if re.fullmatch(_JOB_ID, text):
         return text
-    if m := _UNIT_FORM.fullmatch(text):
+    if m := re.fullmatch(_UNIT_FORM, text):
         return m.group(1)
     shown = text if len(text) <= 40 and text.isprintable() else repr(text[:40]) + "…"
     raise invalid_argument(

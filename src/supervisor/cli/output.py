@@ -1,7 +1,5 @@
 """Copying a job's output to the terminal, stream for stream, byte for byte (used by run and logs)."""
 
-import base64
-import datetime
 import json
 import signal
 import sys
@@ -97,9 +95,13 @@ def json_entry(item: Chunk) -> dict[str, object]:
     try:
         entry["text"] = data.decode("utf-8")
     except UnicodeDecodeError:
+        import base64  # noqa: PLC0415 - only JSON output of bytes that are not UTF-8 needs it
+
         entry["base64"] = base64.b64encode(data).decode("ascii")
     return entry
 
 
 def _stamp(usec: int) -> str:
+    import datetime  # noqa: PLC0415 - only JSON output needs it; importing it costs every `sjob run` start-up time
+
     return datetime.datetime.fromtimestamp(usec / 1e6, tz=datetime.UTC).isoformat(timespec="microseconds")
