@@ -84,6 +84,34 @@ def wait_ended(job_id: str) -> dict[str, object]:
         time.sleep(0.5)
 
 
+STRICT = Path(__file__).resolve().parents[2] / "policy" / "profiles" / "strict.toml"
+
+
+def sandboxed(argv: list[str]) -> list[str]:
+    """`systemd-run --wait` of `argv` in the sandbox a job gets by default (the shipped `strict` profile), with the
+    private /tmp, no new privileges and privileged ExecStopPost= sjob adds: what sjob's own work costs on top of
+    systemd's for the same unit."""
+    import tomllib  # noqa: PLC0415
+
+    def value(name: str, given: object) -> str:
+        if isinstance(given, bool):
+            return "yes" if given else "no"
+        if isinstance(given, list):
+            return " ".join(map(str, given))
+        if name == "UMask" and isinstance(given, int):
+            return f"{given:04o}"
+        return str(given)
+
+    unit = tomllib.loads(STRICT.read_text())["unit"]
+    props = ["-p", "PrivateTmp=yes", "-p", "NoNewPrivileges=yes", "-p", "ExecStopPost=+/bin/true"]
+    for name, given in unit.items():
+        if name == "SystemCallFilterDeny":
+            props += ["-p", f"SystemCallFilter=~{value(name, given)}"]
+        else:
+            props += ["-p", f"{name}={value(name, given)}"]
+    return ["systemd-run", "--wait", "-q", "-p", "Type=exec", *props, *argv]
+
+
 def journal_entries(*matches: str) -> list[dict[str, str]]:
     out = subprocess.run(["journalctl", "-b", "-o", "json", "--no-pager", *matches], capture_output=True, check=True)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -352,6 +380,14 @@ def main() -> int:
             [SJOB, "run", "--", "true"],
             ["systemd-run", "--wait", "-q", "-p", "Type=exec", "true"],
             1.2,
+        )
+    )
+    section(
+        lambda: compare(
+            "job round trip, against systemd-run with the same sandbox (the strict profile) and an ExecStopPost=",
+            [SJOB, "run", "--", "true"],
+            sandboxed(["true"]),
+            None,
         )
     )
     section(round_trip_profile)
