@@ -33,18 +33,22 @@ static bool ends_with(const char *s, size_t n, const char *suffix) {
     return n >= k && memcmp(s + n - k, suffix, k) == 0;
 }
 
+/* The hexadecimal number at line[*i], up to `stop` or the end; *i is left on the `stop`. */
+static uintptr_t hex_until(const char *line, size_t n, size_t *i, char stop) {
+    uintptr_t value = 0;
+    for (; *i < n && line[*i] != stop; (*i)++) {
+        char c = line[*i];
+        value = value * 16 + (uintptr_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return value;
+}
+
 /* Whether one line of /proc/self/maps ("start-end perms offset dev inode   path") maps `addr` from a journal file. */
 static bool journal_line(const char *line, size_t n, uintptr_t addr) {
-    uintptr_t start = 0, end = 0;
     size_t i = 0;
-    for (; i < n && line[i] != '-'; i++) {
-        char c = line[i];
-        start = start * 16 + (uintptr_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-    }
-    for (i++; i < n && line[i] != ' '; i++) {
-        char c = line[i];
-        end = end * 16 + (uintptr_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-    }
+    uintptr_t start = hex_until(line, n, &i, '-');
+    i++;
+    uintptr_t end = hex_until(line, n, &i, ' ');
     if (addr < start || addr >= end)
         return false;
     const char *path = memchr(line, '/', n);
