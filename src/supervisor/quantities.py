@@ -45,8 +45,9 @@ def parse_duration(text: str, option: str) -> int:
     '3 weeks'. A bare number is seconds, as for systemd; in a span of several parts each part names its unit."""
     parts = []
     position, stripped = 0, text.rstrip()
+    part = re.compile(_DURATION_PART)
     while position < len(stripped):
-        match = re.compile(_DURATION_PART).match(stripped, position)
+        match = part.match(stripped, position)
         if match is None or match.end() == position or match.group(2) not in ("", *_DURATION_UNITS):
             raise invalid_argument(f"{option} {text[:30]!r}: not a duration", hint=_DURATION_HINT)
         parts.append(match.groups())
