@@ -651,6 +651,17 @@ static long long cgroup_number(const char *dir, const char *file, const char *ke
     return total;
 }
 
+/* 32 lowercase hex digits: systemd's form of an invocation id. */
+static int is_id128(const char *s) {
+    size_t n = 0;
+    for (; s[n]; n++) {
+        if (n == 32 || !((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) {
+            return 0;
+        }
+    }
+    return n == 32;
+}
+
 static int report(const char *job_id, const char *result, const char *code, const char *status) {
     char message[256];
     snprintf(message, sizeof(message), "sjob: job %s ended: %s (code=%s, status=%s)", job_id, result, code, status);
@@ -673,6 +684,14 @@ static int report(const char *job_id, const char *result, const char *code, cons
     add_str(&e, "SJOB_RESULT", result);
     add_str(&e, "SJOB_EXIT_CODE", code);
     add_str(&e, "SJOB_EXIT_STATUS", status);
+    /* Which run of the unit ended, as systemd told this ExecStopPost ($INVOCATION_ID; a request cannot set it,
+     * jobspec refuses the name). journald stamps the entry with _SYSTEMD_INVOCATION_ID too, and sjobd prefers that,
+     * but seen on bookworm under load: an exit record of a retried job's attempt came without it, and sjobd took
+     * the attempt for the job's end. */
+    const char *run = getenv("INVOCATION_ID");
+    if (run && is_id128(run)) {
+        add_str(&e, "SJOB_INVOCATION", run);
+    }
     for (int i = 0; i < 5; i++) {
         if (values[i] >= 0) {
             snprintf(numbers[i], sizeof(numbers[i]), "%lld", values[i]);

@@ -132,7 +132,7 @@ def _stamped(record: R, reader: journal.Reader, fields: dict[str, bytes]) -> R:
     if isinstance(record, OutputRecord):  # built anew: dataclasses.replace cost a tenth of reading a large job
         return typing.cast(R, OutputRecord(record.seq, record.stream, record.data, reader._get_realtime()))
     if isinstance(record, ExitRecord | StartRecord):
-        run = fields.get("_SYSTEMD_INVOCATION_ID", b"").decode("ascii", "replace")
+        run = logformat.run_of(fields, record)
         return dataclasses.replace(record, when_usec=reader._get_realtime(), invocation=run)
     return record
 
@@ -353,7 +353,7 @@ class Journal:
         async for fields, reader in self._entries(since_usec, start_match, exit_match, unit_ok=wanted):
             unit = fields.get("_SYSTEMD_UNIT", b"").decode("ascii", "replace")
             record = logformat.parse_record(fields)
-            if isinstance(record, StartRecord | ExitRecord) and fields.get("_SYSTEMD_INVOCATION_ID") and wanted(unit):
+            if isinstance(record, StartRecord | ExitRecord) and logformat.run_of(fields, record) and wanted(unit):
                 uid = fields.get("_UID", b"").decode("ascii", "replace")
                 yield UnitEvent(unit, int(uid) if uid.isdigit() else -1, _stamped(record, reader, fields))
 

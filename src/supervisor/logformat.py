@@ -44,6 +44,7 @@ F_BYTES_IN = "SJOB_BYTES_IN"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
+F_INVOCATION = "SJOB_INVOCATION"  # the exit report's own word of its run, for when journald leaves out its stamp
 # What the job used, from its cgroup (see sjob-shim.c, report()); each is present only where the kernel counts it.
 F_CPU_USEC = "SJOB_CPU_USEC"
 F_MEMORY_PEAK = "SJOB_MEMORY_PEAK"
@@ -92,7 +93,9 @@ class ExitRecord:
     exit_status: int | None  # the exit status, or the signal number when killed or dumped
     when_usec: int = 0  # when journald received the record (realtime); filled in by the reader
     resources: Resources | None = None
-    invocation: str = ""  # which run of the unit ended (journald's _SYSTEMD_INVOCATION_ID); filled in by the reader
+    # Which run of the unit ended: journald's _SYSTEMD_INVOCATION_ID, filled in by the reader; else the report's own
+    # SJOB_INVOCATION (root's, from the unit's ExecStopPost, as every exit record the readers accept).
+    invocation: str = ""
 
     @property
     def signal(self) -> int | None:
@@ -182,7 +185,7 @@ class RecordFilter:
     def admits(self, fields: dict[str, bytes], record: Record) -> bool:
         if fields.get("_SYSTEMD_UNIT") != self.unit.encode():
             return False
-        run = fields.get("_SYSTEMD_INVOCATION_ID", b"")
+        run = run_of(fields, record).encode()
         if self.invocation is not None and run != self.invocation.encode():
             return False
         uid = fields.get("_UID")
@@ -233,7 +236,19 @@ def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:
         _int(fields.get(f)) for f in (F_CPU_USEC, F_MEMORY_PEAK, F_IO_READ_BYTES, F_IO_WRITE_BYTES, F_TASKS_PEAK)
     ]
     resources = Resources(*numbers) if any(n is not None for n in numbers) else None
-    return ExitRecord(result, code, status, resources=resources)
+    run = fields.get(F_INVOCATION, b"")
+    invocation = run.decode() if len(run) == 32 and not run.strip(b"0123456789abcdef") else ""
+    return ExitRecord(result, code, status, resources=resources, invocation=invocation)
+
+
+def run_of(fields: dict[str, bytes], record: Record) -> str:
+    """Which run of its unit (invocation) an entry came from: journald's _SYSTEMD_INVOCATION_ID, which no process
+    can forge; for an exit record without it, the report's own SJOB_INVOCATION. Exit records count only from root in
+    the unit (its ExecStopPost), which is as trusted as journald here."""
+    run = fields.get("_SYSTEMD_INVOCATION_ID", b"").decode("ascii", "replace")
+    if not run and isinstance(record, ExitRecord):
+        return record.invocation
+    return run
 
 
 def signal_number(name: str) -> int | None:

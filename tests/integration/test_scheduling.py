@@ -225,6 +225,14 @@ def test_a_failing_job_retried_twice_has_three_attempts(alice: User) -> None:
     starts = run("journalctl", "-q", "-o", "json", unit, "SJOB_EVENT=start").stdout.decode().splitlines()
     assert len({json.loads(e)["_SYSTEMD_INVOCATION_ID"] for e in starts}) == 3
     assert status(job["id"], alice)["state"] == "failed"
+    # Each attempt's exit report names its run itself ($INVOCATION_ID from systemd), as journald's stamp does: on
+    # bookworm journald once left its stamp out, and the first attempt's end was taken for the job's.
+    exits = [
+        json.loads(e)
+        for e in run("journalctl", "-q", "-o", "json", unit, "SJOB_EVENT=exit", "_UID=0").stdout.splitlines()
+    ]
+    assert [e["SJOB_INVOCATION"] for e in exits] == [a["invocation"] for a in attempts]
+    assert all(e["SJOB_INVOCATION"] == e.get("_SYSTEMD_INVOCATION_ID", e["SJOB_INVOCATION"]) for e in exits)
 
 
 def test_a_retried_job_that_succeeds_stops_there(alice: User, shared_dir: Path) -> None:

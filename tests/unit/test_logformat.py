@@ -60,6 +60,55 @@ def test_eof_and_exit_records() -> None:
     assert logformat.parse_record(never_ran) == ExitRecord("exit-code", "", None)
 
 
+RUN = "0123456789abcdef0123456789abcdef"
+OTHER_RUN = "fedcba9876543210fedcba9876543210"
+
+
+@pytest.mark.parametrize(
+    ("claimed", "stamped", "run"),
+    [
+        (RUN, None, RUN),  # journald left out its stamp (seen on bookworm): the report's own word
+        (RUN, OTHER_RUN, OTHER_RUN),  # journald's stamp, which no process can forge, wins
+        (None, OTHER_RUN, OTHER_RUN),  # a report from an older shim
+        (RUN.upper(), None, ""),  # not systemd's form of an id: ignored
+        (RUN[:-1], None, ""),
+        (RUN + "0", None, ""),
+        (RUN[:-1] + "\n", None, ""),
+        ("", None, ""),
+    ],
+)
+def test_an_exit_records_run_is_journalds_stamp_else_the_reports_own(
+    claimed: str | None, stamped: str | None, run: str
+) -> None:
+    fields = {"SJOB_EVENT": b"exit", "SJOB_RESULT": b"exit-code", "SJOB_EXIT_CODE": b"exited", "SJOB_EXIT_STATUS": b"3"}
+    if claimed is not None:
+        fields["SJOB_INVOCATION"] = claimed.encode()
+    if stamped is not None:
+        fields["_SYSTEMD_INVOCATION_ID"] = stamped.encode()
+    record = logformat.parse_record(entry(list(fields.items()), uid=0))
+    assert isinstance(record, ExitRecord)
+    assert logformat.run_of(entry(list(fields.items()), uid=0), record) == run
+
+
+def test_only_an_exit_record_may_name_its_own_run() -> None:
+    """Start and output records come from the job's user, who could name any run: journald's stamp only."""
+    fields = entry([*output(1, "stdout", b"x"), ("SJOB_INVOCATION", RUN.encode())])
+    record = logformat.parse_record(fields)
+    assert isinstance(record, OutputRecord)
+    assert logformat.run_of(fields, record) == ""
+
+
+def test_a_timers_run_filter_takes_an_exit_record_that_names_the_run() -> None:
+    filter_ = logformat.RecordFilter("sjob-1a2b3c4d.service", 1000, invocation=RUN)
+    exit_fields = [("SJOB_EVENT", b"exit"), ("SJOB_RESULT", b"success"), ("SJOB_EXIT_CODE", b"exited")]
+    ours = entry([*exit_fields, ("SJOB_EXIT_STATUS", b"0"), ("SJOB_INVOCATION", RUN.encode())], uid=0)
+    other = entry([*exit_fields, ("SJOB_EXIT_STATUS", b"0"), ("SJOB_INVOCATION", OTHER_RUN.encode())], uid=0)
+    for fields, admitted in ((ours, True), (other, False)):
+        record = logformat.parse_record(fields)
+        assert record is not None
+        assert filter_.admits(fields, record) is admitted
+
+
 @pytest.mark.parametrize(
     "fields",
     [

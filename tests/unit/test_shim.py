@@ -158,6 +158,34 @@ def test_exit_report(shim: str, journal: FakeJournal, args: list[str], expected:
     assert fields[logformat.F_JOB_ID] == b"1a2b3c4d"
 
 
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ("0123456789abcdef0123456789abcdef", b"0123456789abcdef0123456789abcdef"),
+        ("0123456789ABCDEF0123456789ABCDEF", None),  # systemd's form is lowercase: anything else is not its id
+        ("0123456789abcdef", None),
+        ("0123456789abcdef0123456789abcdef0", None),
+        ("0123456789abcdef0123456789abcdeg", None),
+        (None, None),
+    ],
+)
+def test_the_exit_report_names_the_run_systemd_told_it(
+    shim: str, journal: FakeJournal, given: str | None, named: bytes | None
+) -> None:
+    """journald may leave out _SYSTEMD_INVOCATION_ID (seen on bookworm): the report adds $INVOCATION_ID itself."""
+    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
+    if given is not None:
+        env["INVOCATION_ID"] = given
+    argv = [shim, "--journal-socket", journal.path, "--report", "1a2b3c4d"]
+    assert subprocess.run(argv, env=env, check=False).returncode == 0
+    journal.wait_for(logformat.F_EVENT, b"exit")
+    (fields,) = journal.entries
+    assert fields.get(logformat.F_INVOCATION) == named
+    record = logformat.parse_record(fields)
+    assert isinstance(record, ExitRecord)
+    assert record.invocation == (named or b"").decode()
+
+
 def test_the_forwarder_announces_itself_before_the_command_runs(shim: str, journal: FakeJournal) -> None:
     """Only entries from the start record's _PID count as output (logformat.RecordFilter); the command itself,
     which can write to journald too, forges an output record with a huge SJOB_SEQ and a second start."""
