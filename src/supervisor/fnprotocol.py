@@ -8,11 +8,11 @@ dataclasses, the client converts replies with `protocol.from_wire`. Requests are
 No `from __future__ import annotations`: asyncvarlink reads the field types at runtime.
 """
 
-import dataclasses
 import enum
 import re
 
 from supervisor.errors import invalid_argument
+from supervisor.frozen import frozen
 from supervisor.protocol import Limits
 
 INTERFACE = "io.sjob.Functions"
@@ -38,7 +38,7 @@ class Method(enum.StrEnum):
     Calls = f"{INTERFACE}.Calls"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class FunctionSettings:
     """What a deploy may say besides the code; unset fields keep the function's current setting (or the default:
     no description, only the deployer may call it, policy's limits, concurrency 4)."""
@@ -49,7 +49,7 @@ class FunctionSettings:
     concurrency: int | None = None  # calls running at once; more wait in a short queue, then are refused as busy
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class FunctionVersion:
     version: int
     created_usec: int
@@ -60,7 +60,7 @@ class FunctionVersion:
     build_job: str  # the job that compiled it (and installed its requirements): sjob logs ID
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Function:
     name: str
     owner: str
@@ -76,7 +76,7 @@ class Function:
     running: int = 0  # calls running now
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class FunctionCall:
     """One call, as its function's history shows it: who, which version, when, how it ended, bytes in and out."""
 
@@ -94,7 +94,7 @@ class FunctionCall:
     bytes_out: int | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Deployed:
     function: Function
     version: FunctionVersion

@@ -9,9 +9,8 @@ Also the one strict parser per kind of value, shared by the CLI and the daemon's
 
 from __future__ import annotations
 
-import dataclasses
-
 from supervisor.errors import invalid_argument
+from supervisor.frozen import frozen
 from supervisor.protocol import MAX_CPUS, MAX_TASKS, MAX_WEIGHT
 from supervisor.quantities import (
     format_cpu_list,
@@ -28,7 +27,7 @@ MAX_BYTES = 2**63 - 1  # what systemd takes for a size, a rate or a time span (b
 DEVICE_KINDS = ("bytes", "operations")  # DEVICE=RATE options, which may be repeated
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Limit:
     option: str  # --memory; in policy.toml the key `memory`
     field: str  # the field of protocol.Limits

@@ -1,8 +1,9 @@
 """The io.sjob.Jobs Varlink interface: names, typed messages, and their JSON form.
 
-This module is the contract between `sjob` and `sjobd`. The daemon hands these dataclasses to asyncvarlink, which
+This module is the contract between `sjob` and `sjobd`. The daemon hands these classes to asyncvarlink, which
 derives the Varlink interface description (`varlinkctl introspect`) and validates requests against them; the
-client, which must start fast and so never imports asyncio or asyncvarlink, converts replies with `from_wire`.
+client, which must start fast and so never imports asyncio or asyncvarlink, converts replies with `from_wire`. They
+are `@frozen` classes: dataclasses to anything that asks, which cost the CLI nothing to define.
 Requests are closed: the server rejects unknown fields. Replies are open: a client ignores fields it does not
 know, so a newer daemon can add fields without breaking an older client.
 
@@ -10,15 +11,15 @@ No `from __future__ import annotations` here: asyncvarlink reads `dataclasses.fi
 real type, not a string.
 """
 
-import dataclasses
 import enum
 import re
-import signal
 import struct
 import types
 from collections.abc import Mapping
 
+from supervisor import frozen as records
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
+from supervisor.frozen import frozen
 
 # Not typing's: the CLI imports this module on every call, and typing would cost it ~2 ms natively. Annotations that
 # need typing are strings.
@@ -91,7 +92,7 @@ MAX_CPUS = 8192  # AllowedCPUs=: the kernel's largest NR_CPUS
 MAX_GRACE_USEC = 90 * 1_000_000
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class DeviceLimit:
     """An IO limit on one block device: bytes or operations per second."""
 
@@ -99,7 +100,7 @@ class DeviceLimit:
     rate: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Limits:
     """Resource limits, in systemd's units. Unset fields take the policy's defaults; no field may exceed the
     policy's maximum for the caller (the daemon refuses, it does not silently clamp)."""
@@ -126,7 +127,7 @@ class RetryOn(enum.StrEnum):
     any = "any"  # Restart=always: every end but a stop
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Retry:
     """Run the job again when an attempt ends (sjob run --retry): at most `count` more attempts, each `delay_usec`
     after the last ended. systemd does it (Restart=), so it happens whether sjobd runs or not."""
@@ -136,7 +137,7 @@ class Retry:
     on: RetryOn = RetryOn.failure
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Attempt:
     """How one attempt of a retried job ended (its exit record)."""
 
@@ -148,7 +149,7 @@ class Attempt:
     invocation: str = ""  # systemd's invocation id of the run (journald's _SYSTEMD_INVOCATION_ID)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class AttemptStart:
     """In a retried job's output: where its next attempt begins."""
 
@@ -159,7 +160,7 @@ class AttemptStart:
 MAX_TERMINAL_SIZE = 0xFFFF  # rows and columns are unsigned shorts in the kernel's struct winsize
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Terminal:
     """A pseudo-terminal for the job (`sjob run --pty`), of the caller's window size."""
 
@@ -167,7 +168,7 @@ class Terminal:
     cols: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class JobSpec:
     """What to run. The daemon decides as whom, where in the cgroup tree, and under which sandbox."""
 
@@ -191,7 +192,7 @@ class Input(enum.StrEnum):
     terminal = "terminal"  # its pseudo-terminal (sjob run --pty)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Resources:
     """What the job used, from its cgroup's accounting (the numbers systemd reports), read as it ended.
     A field is None where the kernel does not account for it (pids.peak needs Linux 6.12)."""
@@ -203,7 +204,7 @@ class Resources:
     tasks_peak: int | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Job:
     """A job as the daemon knows it: what ran, for whom, and how it ended."""
 
@@ -259,7 +260,7 @@ class Job:
         return 0 if self.state is JobState.exited else 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class JobUsage:
     """A running job and what its unit uses right now, as systemd's accounting reports it (`sjob top`). Counters
     (CPU time, IO bytes) only grow: a rate is the difference of two samples over the difference of their
@@ -275,7 +276,7 @@ class JobUsage:
     io_write_bytes: int | None = None  # IOWriteBytes
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Output:
     """A piece of what the job wrote on one stream; `data` is base64 because output is arbitrary bytes."""
 
@@ -296,7 +297,7 @@ class Output:
         return Chunk(self.stream, base64.b64decode(self.data, validate=True), self.usec, self.seq)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Chunk:
     """A piece of output as bytes: what an Output carries in base64, and a FollowPipe frame carries as it is."""
 
@@ -361,7 +362,7 @@ def tty_winsize(rows: int, cols: int) -> bytes:
     return TTY_FRAME.pack(TTY_WINSIZE, _WINSIZE.size) + _WINSIZE.pack(rows, cols)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class TokenInfo:
     """A token sjobd issued (never the token itself, which only its issuer ever sees)."""
 
@@ -375,7 +376,7 @@ class TokenInfo:
     revoked_by: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class IssuedToken:
     token: str  # the JWT: give it to its bearer, who passes it in SJOB_TOKEN or SJOB_TOKEN_FILE
     info: TokenInfo
@@ -384,7 +385,7 @@ class IssuedToken:
 # --- timers (sjob run --on-calendar, --on-active) ----------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Schedule:
     """When a timer runs its job, as systemd's timer settings: at calendar times, or after a time since the timer
     started, and again after a time since each run started. At least one is set."""
@@ -401,7 +402,7 @@ class TimerState(enum.StrEnum):
     gone = "gone"  # its unit vanished otherwise (the machine rebooted: transient units do not survive it)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Timer:
     """A timer that runs a job's spec on a schedule: sjob-<id>.timer, and sjob-<id>.service for its runs. Each run is
     a job of its own (its `timer` is this id)."""
@@ -455,6 +456,8 @@ def parse_signal(text: str) -> int:
     name = text.strip().upper()
     if name.isdigit() and 1 <= int(name) <= MAX_SIGNAL:
         return int(name)
+    import signal  # noqa: PLC0415 - its enums cost every sjob call start-up; few parse a signal
+
     try:
         return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
     except KeyError:
@@ -465,6 +468,8 @@ def parse_signal(text: str) -> int:
 
 def signal_name(number: int) -> str:
     """SIGTERM for 15, as `systemctl status` names signals; the number itself for one this system has no name for."""
+    import signal  # noqa: PLC0415
+
     try:
         return signal.Signals(number).name
     except ValueError:
@@ -475,9 +480,9 @@ def signal_name(number: int) -> str:
 
 
 def to_wire(value: "Any") -> "Any":
-    """Convert dataclasses, enums and containers to JSON-compatible values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """Convert the message classes, enums and containers to JSON-compatible values."""
+    if records.is_frozen(type(value)):
+        return {name: to_wire(getattr(value, name)) for name in records.names(type(value))}
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, list | tuple):
@@ -488,7 +493,7 @@ def to_wire(value: "Any") -> "Any":
 
 
 def from_wire(cls: "type[_T]", obj: object) -> "_T":
-    """Build dataclass `cls` from a decoded JSON object, checking types and ignoring unknown keys."""
+    """Build message class `cls` from a decoded JSON object, checking types and ignoring unknown keys."""
     built: _T = _convert(cls, obj, cls.__name__)
     return built
 
@@ -508,15 +513,16 @@ def _convert(tp: "Any", obj: object, where: str) -> "Any":
         if name not in tp.__members__:
             raise _bad(where, f"unknown value {name!r}")
         return tp.__members__[name]
-    if dataclasses.is_dataclass(tp):
-        message: Any = tp  # one of the message dataclasses of this module
+    if records.is_frozen(tp):
+        message: Any = tp  # one of the message classes of this module
         fields = _expect(obj, dict, where)
         kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in fields:
-                kwargs[f.name] = _convert(f.type, fields[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING:
-                raise _bad(where, f"missing field {f.name!r}")
+        declared, optional = tp.__annotations__, records.defaults(tp)
+        for name in records.names(tp):
+            if name in fields:
+                kwargs[name] = _convert(declared[name], fields[name], f"{where}.{name}")
+            elif name not in optional:
+                raise _bad(where, f"missing field {name!r}")
         return message(**kwargs)
     if tp is bool:
         return _expect(obj, bool, where)

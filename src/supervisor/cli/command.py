@@ -8,13 +8,13 @@ its verb's `COMMAND`; a new verb is one module and one row of `commands.COMMANDS
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import enum
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.frozen import frozen
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every sjob call start-up time
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Many(enum.StrEnum):
     rest = "rest"  # everything after it, options included: a command line
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Option:
     flags: tuple[str, ...]  # as --help shows them: ("-d", "--detach")
     help: str
@@ -66,7 +66,7 @@ class Option:
         return self.metavar is not None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Argument:
     name: str  # the attribute the handler reads
     metavar: str
@@ -79,7 +79,7 @@ class Argument:
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Command:
     """A verb: what --help and the man page say about it, what it takes, and the function that does it. A group
     (`sjob token ...`) has subcommands instead of a handler of its own."""

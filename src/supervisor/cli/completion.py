@@ -9,7 +9,6 @@ directories sjobd reads them from, signal names from this Python. install.sh ins
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 import sysconfig
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from supervisor.cli.command import Argument, Command, Complete, Many, Option
 from supervisor.cli.commands import COMMANDS, GLOBAL_OPTIONS, HOST
+from supervisor.frozen import frozen
 
 SHELLS = ("bash", "zsh", "fish")
 # Where sjobd reads profiles (daemon.load_policy): the site's, then those the wheel installed.
@@ -26,7 +26,7 @@ PROFILE_DIRECTORIES = (
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Node:
     """One place in the command tree: '' (sjob itself), 'run', 'token', 'token issue'."""
 

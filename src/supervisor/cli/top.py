@@ -11,7 +11,6 @@ without curses or rich: `sjob top` starts as fast as `sjob list`, and the termin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 from supervisor.cli.command import Command, Option
 from supervisor.cli.exitcodes import ExitCode
 from supervisor.client import Client, remote_host
+from supervisor.frozen import frozen
 from supervisor.protocol import JobUsage
 from supervisor.quantities import format_age, format_size, parse_duration
 
@@ -35,7 +35,7 @@ COLUMNS = ("ID", "USER", "CPU%", "MEM", "TASKS", "READ/s", "WRITE/s", "AGE", "CO
 HELP_LINE = "keys: c cpu  m memory  t tasks  i io  a age  q quit"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen
 class Row:
     """One job in the view: what it uses now, and its rates since the previous sample (None: not known yet)."""
 
