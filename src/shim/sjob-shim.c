@@ -685,9 +685,9 @@ static int report(const char *job_id, const char *result, const char *code, cons
     add_str(&e, "SJOB_EXIT_CODE", code);
     add_str(&e, "SJOB_EXIT_STATUS", status);
     /* Which run of the unit ended, as systemd told this ExecStopPost ($INVOCATION_ID; a request cannot set it,
-     * jobspec refuses the name). journald stamps the entry with _SYSTEMD_INVOCATION_ID too, and sjobd prefers that,
-     * but seen on bookworm under load: an exit record of a retried job's attempt came without it, and sjobd took
-     * the attempt for the job's end. */
+     * jobspec refuses the name). journald's _SYSTEMD_INVOCATION_ID is only the run it finds the unit in when it
+     * reads the entry, or missing: seen on bookworm under load, where a retried job's first attempt then passed for
+     * the job's end. sjobd takes this one (logformat.run_of). */
     const char *run = getenv("INVOCATION_ID");
     if (run && is_id128(run)) {
         add_str(&e, "SJOB_INVOCATION", run);

@@ -15,9 +15,10 @@ What a `@frozen` class has, as `dataclass(frozen=True, slots=True)` would give i
   Varlink interface) sees a dataclass. Only sjobd gets there; the CLI never imports `dataclasses`.
 
 It takes what these modules use and refuses the rest: no base classes, no `dataclasses.field()` (a default is a
-plain value, and immutable, as dataclasses require), no ClassVar. mypy sees `dataclass_transform`, so it checks
-constructors, frozenness and `dataclasses.replace` as for a dataclass. tests/unit/test_frozen.py holds every class
-that uses it to the dataclass of the same declaration.
+plain value, and immutable, as dataclasses require), no ClassVar, no `__post_init__` (which would not run) nor a
+method of its own in place of one it makes, no field named `self` or with a dunder name. mypy sees
+`dataclass_transform`, so it checks constructors, frozenness and `dataclasses.replace` as for a dataclass.
+tests/unit/test_frozen.py holds every class that uses it to the dataclass of the same declaration.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     _T = TypeVar("_T")
 
 _FIELDS = "__frozen_fields__"  # the field names, in order
+# What a dataclass would call or define that this does not: refused, never silently skipped (a __post_init__ that
+# validates would not run).
+_NOT_SUPPORTED = ("__post_init__", "__init__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__replace__")
 _DEFAULTS = "__frozen_defaults__"  # name -> default, for the fields that have one
 
 
@@ -59,12 +63,16 @@ else:
         body = dict(cls.__dict__)
         if cls.__bases__ != (object,):
             raise TypeError(f"@frozen class {cls.__name__} has base classes; they are not supported")
-        declared = body.get("__annotations__", {})
+        # The class's own annotations (from Python 3.14 they are computed on first access, not in its __dict__).
+        declared = dict(cls.__annotations__)
+        for method in _NOT_SUPPORTED:
+            if method in body:
+                raise TypeError(f"@frozen class {cls.__name__}: {method} is not supported")
         fields = tuple(declared)
         found_defaults: dict[str, object] = {}
         for name in fields:
-            if not name.isidentifier():
-                raise TypeError(f"@frozen class {cls.__name__}: {name!r} is not a field name")
+            if not name.isidentifier() or name.startswith("__") or name == "self":
+                raise TypeError(f"@frozen class {cls.__name__}: {name!r} cannot be a field's name")
             annotation = declared[name]
             if "ClassVar" in (annotation if isinstance(annotation, str) else repr(annotation)):
                 raise TypeError(f"@frozen class {cls.__name__}: ClassVar {name!r} is not supported")
@@ -77,11 +85,12 @@ else:
                 found_defaults[name] = default
             elif found_defaults:
                 raise TypeError(f"@frozen class {cls.__name__}: non-default field {name!r} follows a default one")
-        for name in ("__dict__", "__weakref__"):
+        for name in ("__dict__", "__weakref__", "__annotate__"):
             body.pop(name, None)
         body.update(
             {
                 "__qualname__": cls.__qualname__,
+                "__annotations__": declared,
                 "__slots__": fields,
                 "__match_args__": fields,
                 _FIELDS: fields,
@@ -94,6 +103,7 @@ else:
                 "__delattr__": _delattr,
                 "__getstate__": _getstate,
                 "__setstate__": _setstate,
+                "__replace__": _replace,  # copy.replace (Python 3.13)
                 "__dataclass_fields__": _DataclassFields(),
             }
         )
@@ -115,10 +125,11 @@ def _first_init(self: Any, *args: object, **kwargs: object) -> None:
 def _compile_init(cls: type) -> Any:
     fields, found_defaults = names(cls), defaults(cls)
     # Only identifiers reach the source (`frozen` checked the names), and defaults go by name.
-    parameters = ", ".join(f"{name}=_d[{name!r}]" if name in found_defaults else name for name in fields)
+    # Its own names are dunders, which no field's name is (`frozen` refused them), nor `self`.
+    parameters = ", ".join(f"{name}=__defaults[{name!r}]" if name in found_defaults else name for name in fields)
     lines = [f"def __init__(self, {parameters}):" if fields else "def __init__(self):"]
-    lines += [f"    _set(self, {name!r}, {name})" for name in fields] or ["    pass"]
-    namespace: dict[str, Any] = {"_d": found_defaults, "_set": object.__setattr__}
+    lines += [f"    __set(self, {name!r}, {name})" for name in fields] or ["    pass"]
+    namespace: dict[str, Any] = {"__defaults": found_defaults, "__set": object.__setattr__}
     exec("\n".join(lines), namespace)  # noqa: S102 - source built above from identifiers only
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -153,6 +164,10 @@ def _setattr(self: Any, name: str, value: object) -> None:
 
 def _delattr(self: Any, name: str) -> None:
     raise _frozen_error(f"cannot delete field {name!r}")
+
+
+def _replace(self: Any, **changes: object) -> Any:
+    return type(self)(**{name: getattr(self, name) for name in getattr(self, _FIELDS)} | changes)
 
 
 def _getstate(self: Any) -> list[object]:

@@ -127,6 +127,14 @@ def _is_job_unit(unit: str) -> bool:
     return unit.startswith(UNIT_PREFIX) and unit.endswith(UNIT_SUFFIX)
 
 
+def _match_run(reader: journal.Reader, match: list[str], run: str) -> None:
+    """Match `match`'s entries of one run of the unit: those journald stamped with it, and the exit record that
+    names it itself (logformat.run_of; the record's filter still checks each entry's run)."""
+    reader.add_match(*match, f"_SYSTEMD_INVOCATION_ID={run}")
+    reader.add_disjunction()
+    reader.add_match(*match, f"{logformat.F_EVENT}=exit", "_UID=0", f"{logformat.F_INVOCATION}={run}")
+
+
 def _stamped(record: R, reader: journal.Reader, fields: dict[str, bytes]) -> R:
     """The record with what journald says of its entry: when it came, and from which run of the unit."""
     if isinstance(record, OutputRecord):  # built anew: dataclasses.replace cost a tenth of reading a large job
@@ -181,8 +189,9 @@ class _JobReader:
         # large planted entries, each decoded and then refused, stalled the loop).
         match = [f"{logformat.F_JOB_ID}={self.job_id}", f"_SYSTEMD_UNIT={self.filter.unit}"]
         if self.filter.invocation is not None:
-            match.append(f"_SYSTEMD_INVOCATION_ID={self.filter.invocation}")
-        reader.add_match(*match)
+            _match_run(reader, match, self.filter.invocation)
+        else:
+            reader.add_match(*match)
         if self.cursor is None:
             reader.seek_head()
         else:
@@ -490,14 +499,17 @@ class Journal:
         try:
             match = [f"{logformat.F_JOB_ID}={job_id}", f"{logformat.F_EVENT}=exit", "_UID=0", f"_SYSTEMD_UNIT={unit}"]
             if invocation:
-                match.append(f"_SYSTEMD_INVOCATION_ID={invocation}")
-            reader.add_match(*match)
+                _match_run(reader, match, invocation)
+            else:
+                reader.add_match(*match)
             reader.seek_head()
             found = []
             while reader._next():
                 fields = _fields(reader)
                 if isinstance(record := logformat.parse_record(fields), ExitRecord):
-                    found.append(_stamped(record, reader, fields))
+                    stamped = _stamped(record, reader, fields)
+                    if not invocation or stamped.invocation == invocation:
+                        found.append(stamped)
             return found
         finally:
             reader.close()

@@ -93,8 +93,8 @@ class ExitRecord:
     exit_status: int | None  # the exit status, or the signal number when killed or dumped
     when_usec: int = 0  # when journald received the record (realtime); filled in by the reader
     resources: Resources | None = None
-    # Which run of the unit ended: journald's _SYSTEMD_INVOCATION_ID, filled in by the reader; else the report's own
-    # SJOB_INVOCATION (root's, from the unit's ExecStopPost, as every exit record the readers accept).
+    # Which run of the unit ended: the report's own SJOB_INVOCATION (root's, from the unit's ExecStopPost, as every
+    # exit record the readers accept); the reader fills in journald's _SYSTEMD_INVOCATION_ID where it is missing.
     invocation: str = ""
 
     @property
@@ -242,13 +242,14 @@ def _exit_record(fields: dict[str, bytes]) -> ExitRecord | None:
 
 
 def run_of(fields: dict[str, bytes], record: Record) -> str:
-    """Which run of its unit (invocation) an entry came from: journald's _SYSTEMD_INVOCATION_ID, which no process
-    can forge; for an exit record without it, the report's own SJOB_INVOCATION. Exit records count only from root in
-    the unit (its ExecStopPost), which is as trusted as journald here."""
-    run = fields.get("_SYSTEMD_INVOCATION_ID", b"").decode("ascii", "replace")
-    if not run and isinstance(record, ExitRecord):
+    """Which run of its unit (invocation) an entry came from. An exit record says so itself (SJOB_INVOCATION, from
+    systemd's $INVOCATION_ID for that ExecStopPost): it counts only from root in the unit, so it is as trusted as
+    journald, and it is exact, where journald's _SYSTEMD_INVOCATION_ID is what the unit's run was when journald read
+    it (systemd 252 reads /run/systemd/units/invocation:UNIT), or missing (seen on bookworm). Every other entry, and
+    an exit record of an older shim: journald's stamp, which no process can forge."""
+    if isinstance(record, ExitRecord) and record.invocation:
         return record.invocation
-    return run
+    return fields.get("_SYSTEMD_INVOCATION_ID", b"").decode("ascii", "replace")
 
 
 def signal_number(name: str) -> int | None:

@@ -127,6 +127,32 @@ def test_frozen_refuses_what_it_does_not_do() -> None:
     with pytest.raises(TypeError, match="non-default"):
         frozen_class(Order)
 
+    class Validated:
+        x: int
+
+        def __post_init__(self) -> None:
+            raise ValueError  # would never run
+
+    with pytest.raises(TypeError, match="__post_init__ is not supported"):
+        frozen_class(Validated)
+    for name in ("self", "__set", "__defaults"):
+        with pytest.raises(TypeError, match="cannot be a field's name"):
+            frozen_class(type("Named", (), {"__annotations__": {name: int}}))
+
+
+def test_copy_replace_as_for_a_dataclass() -> None:
+    """copy.replace (Python 3.13) calls __replace__, which dataclasses define."""
+
+    @frozen_class
+    class Point:
+        x: int
+        y: int = 0
+
+    point: Any = Point(1, 2)  # mypy knows __replace__ only on Python 3.13
+    assert point.__replace__(y=3) == Point(1, 3)
+    with pytest.raises(TypeError):
+        point.__replace__(z=1)
+
 
 def test_defining_the_protocol_imports_no_dataclasses() -> None:
     """The point of `frozen`: the CLI builds replies without importing dataclasses (and inspect)."""

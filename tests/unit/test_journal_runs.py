@@ -23,15 +23,20 @@ class ListReader:
 
     def __init__(self, entries: list[dict[str, bytes]]) -> None:
         self._entries = entries
-        self._matches: list[tuple[str, bytes]] = []
+        self._groups: list[list[tuple[str, bytes]]] = [[]]  # sd_journal's: any group, all matches of it
         self._at = -1
         self._selected: list[dict[str, bytes]] = []
 
     def add_match(self, *matches: str) -> None:
-        self._matches += [(m.split("=", 1)[0], m.split("=", 1)[1].encode()) for m in matches]
+        self._groups[-1] += [(m.split("=", 1)[0], m.split("=", 1)[1].encode()) for m in matches]
+
+    def add_disjunction(self) -> None:
+        self._groups.append([])
 
     def seek_head(self) -> None:
-        self._selected = [e for e in self._entries if all(e.get(k) == v for k, v in self._matches)]
+        self._selected = [
+            e for e in self._entries if any(all(e.get(k) == v for k, v in group) for group in self._groups)
+        ]
         self._at = -1
 
     def _next(self) -> bool:
@@ -105,6 +110,24 @@ def test_a_timer_run_is_read_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     records = read(entries, monkeypatch, invocation="b" * 32)
     assert [(r.seq, r.data) for r in records if isinstance(r, OutputRecord)] == [(1, b"second run\n")]
     assert [r.attempt for r in records if isinstance(r, StartRecord)] == [1]
+
+
+def test_a_timer_runs_exit_record_counts_by_the_run_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """journald may leave out its stamp (seen on bookworm), or stamp the run the unit had when it read the entry: an
+    exit record goes to the run it names itself (SJOB_INVOCATION, from systemd's $INVOCATION_ID)."""
+    first, second = attempt("a" * 32, 70, "first run", status=3), attempt("b" * 32, 80, "second run", status=0)
+    del first[-1]["_SYSTEMD_INVOCATION_ID"]
+    first[-1]["SJOB_INVOCATION"] = b"a" * 32
+    second[-1]["_SYSTEMD_INVOCATION_ID"] = b"c" * 32  # stamped as a later run's
+    second[-1]["SJOB_INVOCATION"] = b"b" * 32
+    entries = [*first, *second]
+    for run, status in (("a" * 32, 3), ("b" * 32, 0)):
+        records = read(entries, monkeypatch, invocation=run)
+        assert [(r.invocation, r.exit_status) for r in records if isinstance(r, ExitRecord)] == [(run, status)]
+        monkeypatch.setattr(journal, "_open_reader", lambda: ListReader(entries))
+        found = journal.Journal.find_exits(typing.cast(Any, None), "1a2b3c4d", UNIT, run)
+        assert [(r.invocation, r.exit_status) for r in found] == [(run, status)]
+    assert read(entries, monkeypatch, invocation="c" * 32) == []
 
 
 class FloodReader(ListReader):

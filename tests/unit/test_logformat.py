@@ -68,16 +68,17 @@ OTHER_RUN = "fedcba9876543210fedcba9876543210"
     ("claimed", "stamped", "run"),
     [
         (RUN, None, RUN),  # journald left out its stamp (seen on bookworm): the report's own word
-        (RUN, OTHER_RUN, OTHER_RUN),  # journald's stamp, which no process can forge, wins
+        (RUN, OTHER_RUN, RUN),  # the report's word, exact, over the run journald found the unit in
         (None, OTHER_RUN, OTHER_RUN),  # a report from an older shim
         (RUN.upper(), None, ""),  # not systemd's form of an id: ignored
+        (RUN.upper(), OTHER_RUN, OTHER_RUN),
         (RUN[:-1], None, ""),
         (RUN + "0", None, ""),
         (RUN[:-1] + "\n", None, ""),
         ("", None, ""),
     ],
 )
-def test_an_exit_records_run_is_journalds_stamp_else_the_reports_own(
+def test_an_exit_records_run_is_the_one_it_names_else_journalds_stamp(
     claimed: str | None, stamped: str | None, run: str
 ) -> None:
     fields = {"SJOB_EVENT": b"exit", "SJOB_RESULT": b"exit-code", "SJOB_EXIT_CODE": b"exited", "SJOB_EXIT_STATUS": b"3"}
