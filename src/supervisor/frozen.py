@@ -3,7 +3,7 @@
 Why not `@dataclasses.dataclass(frozen=True, slots=True)`: that builds each class's methods from source with `exec`
 when the module is imported, about half a millisecond per class natively (ten times that in the test VM), and imports
 `dataclasses` and with it `inspect`, `ast`, `dis` and `tokenize`. The `sjob` CLI imports the protocol's classes on
-every call and builds a few instances of them; building all of them made up a quarter of `sjob list`'s time (issue H).
+every call and builds a few instances of them; building all of them made up a third of `sjob list`'s time (issue H).
 
 What a `@frozen` class has, as `dataclass(frozen=True, slots=True)` would give it:
 - `__slots__`, `__match_args__`, and a keyword-or-positional `__init__` with the class body's defaults (compiled the
@@ -30,10 +30,10 @@ if TYPE_CHECKING:
     _T = TypeVar("_T")
 
 _FIELDS = "__frozen_fields__"  # the field names, in order
+_DEFAULTS = "__frozen_defaults__"  # name -> default, for the fields that have one
 # What a dataclass would call or define that this does not: refused, never silently skipped (a __post_init__ that
 # validates would not run).
 _NOT_SUPPORTED = ("__post_init__", "__init__", "__eq__", "__hash__", "__setattr__", "__delattr__", "__replace__")
-_DEFAULTS = "__frozen_defaults__"  # name -> default, for the fields that have one
 
 
 def names(cls: type) -> tuple[str, ...]:

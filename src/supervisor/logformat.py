@@ -44,7 +44,7 @@ F_BYTES_IN = "SJOB_BYTES_IN"
 F_RESULT = "SJOB_RESULT"
 F_EXIT_CODE = "SJOB_EXIT_CODE"
 F_EXIT_STATUS = "SJOB_EXIT_STATUS"
-F_INVOCATION = "SJOB_INVOCATION"  # the exit report's own word of its run, for when journald leaves out its stamp
+F_INVOCATION = "SJOB_INVOCATION"  # the exit report's own word of its run: exact, where journald's stamp may not be
 # What the job used, from its cgroup (see sjob-shim.c, report()); each is present only where the kernel counts it.
 F_CPU_USEC = "SJOB_CPU_USEC"
 F_MEMORY_PEAK = "SJOB_MEMORY_PEAK"
