@@ -17,9 +17,10 @@ import struct
 import types
 from collections.abc import Mapping
 
-from supervisor import frozen as records
 from supervisor.errors import ErrorCode, SjobError, invalid_argument
-from supervisor.frozen import frozen
+from supervisor.frozen import defaults as field_defaults
+from supervisor.frozen import frozen, is_frozen
+from supervisor.frozen import names as field_names
 
 # Not typing's: the CLI imports this module on every call, and typing would cost it ~2 ms natively. Annotations that
 # need typing are strings.
@@ -481,8 +482,8 @@ def signal_name(number: int) -> str:
 
 def to_wire(value: "Any") -> "Any":
     """Convert the message classes, enums and containers to JSON-compatible values."""
-    if records.is_frozen(type(value)):
-        return {name: to_wire(getattr(value, name)) for name in records.names(type(value))}
+    if is_frozen(type(value)):
+        return {name: to_wire(getattr(value, name)) for name in field_names(type(value))}
     if isinstance(value, enum.Enum):
         return value.name
     if isinstance(value, list | tuple):
@@ -513,12 +514,12 @@ def _convert(tp: "Any", obj: object, where: str) -> "Any":
         if name not in tp.__members__:
             raise _bad(where, f"unknown value {name!r}")
         return tp.__members__[name]
-    if records.is_frozen(tp):
+    if is_frozen(tp):
         message: Any = tp  # one of the message classes of this module
         fields = _expect(obj, dict, where)
         kwargs = {}
-        declared, optional = tp.__annotations__, records.defaults(tp)
-        for name in records.names(tp):
+        declared, optional = tp.__annotations__, field_defaults(tp)
+        for name in field_names(tp):
             if name in fields:
                 kwargs[name] = _convert(declared[name], fields[name], f"{where}.{name}")
             elif name not in optional:
