@@ -394,21 +394,27 @@ def reply_list(reply: dict[str, Any], key: str) -> list[Any]:
 
 def _frames(pipe: int) -> Iterator[list[Chunk | AttemptStart]]:
     """The chunks (and a retried job's attempt markers) framed in what is read from `pipe` until its end
-    (protocol.FRAME), a list of those each read completed."""
-    buffer = bytearray()
-    offset = 0
+    (protocol.FRAME), a list of those each read completed. What one read brought is unframed where it lies; only
+    the start of a frame the read cut off is kept for the next (copying every read into one buffer, and each piece
+    out of it twice, took a third of the CLI's time for `sjob logs` of a large job)."""
+    rest = bytearray()  # a frame the last read cut off
     while True:
         wait_readable(pipe)  # a Ctrl-C just before a quiet job's read must not wait for its next line
         if not (data := os.read(pipe, 1 << 20)):
             break
-        del buffer[:offset]
-        buffer += data
+        if rest:
+            rest += data
+        buffer = rest or data
         offset = 0
         batch = []
         while (found := unframe(buffer, offset)) is not None:
             item, offset = found
             batch.append(item)
+        if rest:
+            del rest[:offset]
+        else:
+            rest += memoryview(data)[offset:]
         if batch:
             yield batch
-    if offset < len(buffer):
+    if rest:
         raise SjobError(ErrorCode.ProtocolError, "sjobd ended the output in the middle of a piece of it")

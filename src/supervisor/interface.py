@@ -41,7 +41,7 @@ from supervisor.protocol import (
     Stream,
     Timer,
     TokenInfo,
-    frame,
+    frame_parts,
     parse_signal,
 )
 from supervisor.protocol import Schedule as TimerSchedule  # a method is named Schedule
@@ -286,7 +286,7 @@ class JobsInterface(VarlinkInterface, name=INTERFACE):
                     pipe = PipeWriter(write_end)
                     try:
                         while isinstance(item, Chunk | AttemptStart):
-                            if not await pipe.write(frame(item)):
+                            if not await pipe.write(*frame_parts(item)):
                                 raise LastResult(PipeReply())  # the client closed the pipe: it is gone
                             try:
                                 item = await anext(follow)

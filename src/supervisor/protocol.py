@@ -317,9 +317,14 @@ MAX_FRAME_DATA = 1 << 24
 
 
 def frame(item: Chunk | AttemptStart) -> bytes:
+    return b"".join(frame_parts(item))
+
+
+def frame_parts(item: Chunk | AttemptStart) -> tuple[bytes, bytes]:
+    """The frame's header and its bytes, to be written one after the other without copying the bytes."""
     if isinstance(item, AttemptStart):
-        return FRAME.pack(FRAME_ATTEMPT, 0, item.attempt, item.usec)
-    return FRAME.pack(FRAME_STREAMS[item.stream], len(item.data), item.seq, item.usec) + item.data
+        return FRAME.pack(FRAME_ATTEMPT, 0, item.attempt, item.usec), b""
+    return FRAME.pack(FRAME_STREAMS[item.stream], len(item.data), item.seq, item.usec), item.data
 
 
 def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk | AttemptStart, int] | None:
@@ -336,7 +341,7 @@ def unframe(buffer: bytes | bytearray | memoryview, offset: int) -> tuple[Chunk 
     if len(buffer) - start < length:
         return None
     stream = Stream.stdout if code == 1 else Stream.stderr
-    return Chunk(stream, bytes(buffer[start : start + length]), usec, seq), start + length
+    return Chunk(stream, bytes(memoryview(buffer)[start : start + length]), usec, seq), start + length
 
 
 # The input of a job with a terminal: frames of a 5-byte header (kind, length), then `length` bytes. Kind "d" is

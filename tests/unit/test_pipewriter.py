@@ -63,13 +63,13 @@ def test_a_slow_reader_gets_every_byte_and_the_writer_waits_for_it() -> None:
     class Watched(PipeWriter):
         def _flush(self) -> None:  # the queue is at its largest just before each flush
             nonlocal most_queued
-            most_queued = max(most_queued, len(self._pending))
+            most_queued = max(most_queued, self.queued)
             super()._flush()
 
     async def send() -> None:
         pipe = Watched(write_end)
-        for offset in range(0, len(data), 65536):
-            assert await pipe.write(data[offset : offset + 65536])
+        for offset in range(0, len(data), 65536):  # a piece as a frame is: a header, then its bytes
+            assert await pipe.write(data[offset : offset + 25], data[offset + 25 : offset + 65536])
         assert await pipe.drain()
         pipe.close()
 

@@ -70,7 +70,8 @@ class OutputCopier:
         if stream is None or not run:
             return
         sink = self._sinks[stream]
-        sink.write(run[0] if len(run) == 1 else b"".join(run))
+        for data in run:  # a piece larger than the sink's buffer goes straight out, without being copied
+            sink.write(data)
         sink.flush()
 
     def _attempt(self, item: AttemptStart) -> None:
