@@ -6,9 +6,9 @@ what is added before the event loop's next turn goes out in one write. The journ
 at least every READ_BATCH entries and whenever it waits for more, so a live follower gets each piece as soon as
 before: nothing waits for a batch to fill.
 
-The pieces are queued as they are and go out with writev(): copying them into one buffer first (a frame's header
-and its bytes, then the frame into the queue) cost sjobd as much as reading them from the journal, in the test VM
-(`sjob logs` of 20 MB: two copies of every byte before the kernel's own).
+Large pieces are queued as they are and go out with writev(), not copied first into one buffer. Small ones (a
+frame's header, a short line) are copied together: queued one by one, a job that writes a byte at a time made each
+byte cost a hundred in Python objects, so a reader that stopped reading held five times HIGH_WATER (review of H).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 HIGH_WATER = 256 * 1024  # the most bytes queued per reader (beyond the pipe's own buffer): what a slow one costs
 IOV_MAX = 1024  # pieces per writev(); Linux's limit
+SMALL = 4096  # pieces shorter than this are copied into a shared buffer of up to COALESCED bytes
+COALESCED = 64 * 1024
 
 
 class PipeWriter:
@@ -30,7 +32,7 @@ class PipeWriter:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._loop = asyncio.get_running_loop()
-        self._pending: collections.deque[bytes | memoryview] = collections.deque()
+        self._pending: collections.deque[bytes | bytearray | memoryview] = collections.deque()
         self.queued = 0  # bytes in _pending
         self._scheduled = False  # a _flush is due at the loop's next turn
         self._watching = False  # the loop calls _flush when the pipe is writable
@@ -45,7 +47,17 @@ class PipeWriter:
         await self._until(lambda: self.gone or not self.queued or self.queued + size <= HIGH_WATER)
         if self.gone:
             return False
-        self._pending.extend(piece for piece in pieces if piece)
+        pending = self._pending
+        for piece in pieces:
+            if len(piece) >= SMALL:
+                pending.append(piece)
+            elif piece:
+                tail = pending[-1] if pending else None
+                # Only a bytearray this writer made is grown; a head cut by a partial write is a memoryview.
+                if type(tail) is bytearray and len(tail) + len(piece) <= COALESCED:
+                    tail += piece
+                else:
+                    pending.append(bytearray(piece))
         self.queued += size
         if not self._scheduled and not self._watching:
             self._scheduled = True

@@ -116,3 +116,30 @@ def test_a_live_piece_is_written_before_the_writer_waits_for_the_next() -> None:
     assert asyncio.run(send()) == b"a line\n"
     os.close(read_end)
     os.close(write_end)
+
+
+def test_tiny_pieces_for_a_reader_that_stopped_cost_what_they_hold() -> None:
+    """A job that writes a byte at a time, followed by a reader that never reads: the queue holds HIGH_WATER of
+    bytes in a few buffers, not a Python object for each byte (review of H: five times HIGH_WATER)."""
+    read_end, write_end = _pipe()
+    queued: list[int] = []
+
+    async def send() -> None:
+        pipe = PipeWriter(write_end)
+
+        async def flood() -> None:
+            while True:
+                await pipe.write(b"h" * 21, b"x")  # a frame's header and one byte of output
+
+        task = asyncio.create_task(flood())
+        await asyncio.sleep(0.5)  # the pipe's buffer fills, then the queue to HIGH_WATER; then write() waits
+        queued.extend((pipe.queued, len(pipe._pending)))
+        task.cancel()
+        pipe.close()
+
+    asyncio.run(send())
+    os.close(read_end)
+    os.close(write_end)
+    size, pieces = queued
+    assert pipewriter.HIGH_WATER - 22 < size <= pipewriter.HIGH_WATER
+    assert pieces <= pipewriter.HIGH_WATER // pipewriter.COALESCED + 2, f"{pieces} objects queued for {size} bytes"
