@@ -396,7 +396,7 @@ def _frames(pipe: int) -> Iterator[list[Chunk | AttemptStart]]:
     """The chunks (and a retried job's attempt markers) framed in what is read from `pipe` until its end
     (protocol.FRAME), a list of those each read completed. What one read brought is unframed where it lies; only
     the start of a frame the read cut off is kept for the next (copying every read into one buffer, and each piece
-    out of it twice, took a seventh of the CLI's time for `sjob logs` of 20 MB, in the test VM)."""
+    out of it twice, took a sixth of the CLI's time for `sjob logs` of 20 MB, in the test VM)."""
     rest = bytearray()  # a frame the last read cut off
     while True:
         wait_readable(pipe)  # a Ctrl-C just before a quiet job's read must not wait for its next line
