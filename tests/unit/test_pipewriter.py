@@ -132,7 +132,9 @@ def test_tiny_pieces_for_a_reader_that_stopped_cost_what_they_hold() -> None:
                 await pipe.write(b"h" * 21, b"x")  # a frame's header and one byte of output
 
         task = asyncio.create_task(flood())
-        await asyncio.sleep(0.5)  # the pipe's buffer fills, then the queue to HIGH_WATER; then write() waits
+        async with asyncio.timeout(10):  # the pipe's buffer fills, then the queue up to HIGH_WATER: write() waits
+            while pipe.queued + 22 <= pipewriter.HIGH_WATER:
+                await asyncio.sleep(0.01)
         queued.extend((pipe.queued, len(pipe._pending)))
         task.cancel()
         pipe.close()
