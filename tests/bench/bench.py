@@ -240,9 +240,9 @@ def log_reading() -> None:
     print(f"  the same two of a job that wrote nothing           median {m(ours_empty) * 1000:7.1f} / ", end="")
     print(f"{m(theirs_empty) * 1000:.1f} ms")
     # The bytes alone: each command's time for the job that wrote nothing (start-up, its own row) taken off.
-    marginal = (m(theirs) - m(theirs_empty)) / max(m(ours) - m(ours_empty), 1e-6)
-    print(f"  throughput ratio without start-up {marginal:.2f}; with the pipe for journalctl too ", end="")
-    print(f"{(m(piped) - m(theirs_empty)) / max(m(ours) - m(ours_empty), 1e-6):.2f}")
+    our_bytes = max(m(ours) - m(ours_empty), 1e-6)
+    print(f"  throughput ratio without start-up {(m(theirs) - m(theirs_empty)) / our_bytes:.2f}; ", end="")
+    print(f"with the pipe for journalctl too {(m(piped) - m(theirs_empty)) / our_bytes:.2f}")
     print(f"  throughput ratio {ratio:.2f}" + verdict(ratio, 0.7, higher_is_better=True))
 
 
