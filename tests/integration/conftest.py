@@ -135,14 +135,28 @@ def note_started(args: Sequence[str], result: subprocess.CompletedProcess[bytes]
 def run(
     *args: str, user: User | None = None, cwd: str | None = None, timeout: float = 120, **kw: Any
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command, as `user` (through runuser, a fresh login-less session) if given."""
-    argv = list(args)
+    """Run a command, as `user` if given (`as_user`)."""
     if user is not None:
-        argv = ["runuser", "-u", user.name, "--", *argv]
+        kw = {**kw, **as_user(user, kw.get("env"))}
         cwd = cwd or user.home
-    result = subprocess.run(argv, capture_output=True, cwd=cwd or "/", timeout=timeout, check=False, **kw)
+    result = subprocess.run(list(args), capture_output=True, cwd=cwd or "/", timeout=timeout, check=False, **kw)
     note_started(args, result)
     return result
+
+
+def as_user(user: User, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """subprocess's arguments that run a command as `user` would from a login-less session (as `runuser -u` does):
+    their uid, gid and supplementary groups as /etc/group has them now, and HOME, SHELL, USER and LOGNAME set. Done
+    by subprocess in the child rather than by runuser, whose PAM session cost ~120 ms of CPU per command in the test
+    VM, over 400 times per suite. `env` is the environment to start from (ours by default)."""
+    env = {
+        **(os.environ if env is None else env),
+        "HOME": user.home,
+        "SHELL": "/bin/sh",
+        "USER": user.name,
+        "LOGNAME": user.name,
+    }
+    return {"user": user.uid, "group": user.gid, "extra_groups": os.getgrouplist(user.name, user.gid), "env": env}
 
 
 def sjob(

@@ -54,14 +54,7 @@ def offline_pip() -> Iterator[None]:
 
 
 def fn(*args: str, user: User, stdin: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["runuser", "-u", user.name, "--", SJOB, "fn", *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        cwd=user.home,
-        timeout=timeout,
-        check=False,
-    )
+    return run(SJOB, "fn", *args, user=user, input=stdin if stdin is not None else b"", timeout=timeout)
 
 
 def deploy(user: User, name: str, code: str, *options: str, requirements: str | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from .conftest import SJOB, SOCKET, User, note_started, run, sjob
+from .conftest import SJOB, SOCKET, User, run, sjob
 from .test_skeleton import status
 
 
@@ -26,16 +26,7 @@ def find_job(user: User, marker: str) -> dict[str, object]:
 
 
 def piped(data: bytes, *args: str, user: User, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(
-        ["runuser", "-u", user.name, "--", SJOB, *args],
-        input=data,
-        capture_output=True,
-        cwd=user.home,
-        timeout=timeout,
-        check=False,
-    )
-    note_started([SJOB, *args], result)  # for cleanup_units
-    return result
+    return run(SJOB, *args, user=user, input=data, timeout=timeout)
 
 
 def test_lines_through_a_pipe_arrive_exactly(alice: User) -> None:
