@@ -803,6 +803,13 @@ def watch_vm(
     return outcome
 
 
+def guest_panicked(console: Path) -> bool:
+    try:
+        return PANIC_LINE in console.read_bytes()
+    except OSError:
+        return False
+
+
 def boot_and_watch(
     image: Image,
     files: VMFiles,
@@ -829,7 +836,7 @@ def boot_and_watch(
             outcome.rc is None
             and not (outcome.timed_out or outcome.interrupted)
             and outcome.total_s < PANIC_RETRY_WITHIN
-            and PANIC_LINE in files.console.read_bytes()
+            and guest_panicked(files.console)
         )
         if not (outcome.hung_at_boot or panicked) or attempt == BOOT_ATTEMPTS or STOP.is_set():
             return outcome
