@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from .serverthread import ServerThread
+
+# No time limit per example: tests/run runs these while the test VMs boot beside them, and an example that waited
+# for a CPU is not a failure. What an example does is what is checked.
+settings.register_profile("sjob", deadline=None)
+settings.load_profile("sjob")
 
 # A test run started with SIGINT ignored (`tests/run &` from a script: a shell without job control ignores SIGINT in
 # what it puts in the background) would pass SIG_IGN on to every child, and the Ctrl-C tests would fail for no

@@ -13,6 +13,8 @@
 #   sjob.workers=N   tests run N at a time in the parallel phase (default 3)
 #   sjob.bench=1     run tests/bench/bench.py after the tests pass
 #   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
+#   sjob.timing=gated run the timing tests after the parallel phase, once vmtest.py opens the gate (the host's own
+#                    checks run beside this VM while it boots, installs and runs its parallel phase)
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -140,10 +142,13 @@ fi
 # timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells vmtest.py
 # that the next suite's VM may boot beside this one; the serial ones alone, the last ones alone. (Two parallel
 # phases side by side took twice as long each and made a Ctrl-C test time out; the serial phase leaves half of the
-# CPU idle.) With
-# sjob.timing=last (a suite that boots beside another) the timing phase comes last instead: the guest prints the
-# alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends once no other VM runs.
-# A phase that selects nothing (a subset) is not a failure.
+# CPU idle.) Where the timing phase goes, by sjob.timing:
+#   (unset)  first;
+#   gated    after the parallel phase, before the tail line: the host's own checks (lint, unit tests) run beside
+#            this VM's boot, install and parallel phase, which tolerate a busy host;
+#   last     last (a suite that boots beside another).
+# gated and last: the guest prints the alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends
+# once nothing else runs on the host. A phase that selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     local name=$1 rc
@@ -171,17 +176,22 @@ timing_phase() {
     pytest_phase timing -p no:xdist -m "timing and not last"
     rcs+=($?)
 }
-if [[ $(cmdline_value sjob.timing) != last ]]; then
+timing=$(cmdline_value sjob.timing) || timing=first
+if [[ $timing == first ]]; then
     timing_phase
 fi
 pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
 rcs+=($?)
+if [[ $timing == gated ]]; then
+    wait_alone
+    timing_phase
+fi
 echo "SJOB-VM-TAIL"
 pytest_phase serial -p no:xdist -m "serial and not timing and not last"
 rcs+=($?)
 pytest_phase last -p no:xdist -m last
 rcs+=($?)
-if [[ $(cmdline_value sjob.timing) == last ]]; then
+if [[ $timing == last ]]; then
     wait_alone
     timing_phase
 fi

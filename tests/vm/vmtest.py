@@ -720,11 +720,19 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    """Where a suite's timing tests go when suites overlap (run_overlapped): the first suite runs them first, while
-    it has the host to itself; a later one runs them last, once `alone()` says every earlier suite has ended."""
+    """Where a suite's timing tests go (guest-test.sh's sjob.timing): "first", while the suite has the host to
+    itself; "gated", after its parallel phase, once `alone()` says the host's own checks have ended (tests/run runs
+    them beside the first VM); "last", once `alone()` says every earlier suite has ended (run_overlapped)."""
 
-    timing_last: bool = False
+    timing: str = "first"
     alone: Callable[[], bool] = lambda: True
+
+
+def first_turn(args: argparse.Namespace) -> Turn:
+    """The first suite's turn: with --timing-after, its timing tests wait for that file (the host checks' end)."""
+    if args.timing_after is None:
+        return Turn()
+    return Turn(timing="gated", alone=args.timing_after.exists)
 
 
 def open_gate(files: VMFiles) -> bool:
@@ -953,8 +961,8 @@ def run_suite(
             suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
         )
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
-        if turn.timing_last:
-            append.append("sjob.timing=last")
+        if turn.timing != "first":
+            append.append(f"sjob.timing={turn.timing}")
         cmd = qemu_command(image, files, append, interactive=False)
         outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail, turn)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
@@ -1014,7 +1022,7 @@ def run_overlapped(
         try:
             for index, suite in enumerate(suites):
                 in_tail = threading.Event()
-                turn = Turn(timing_last=index > 0, alone=functools.partial(all_done, list(futures)))
+                turn = first_turn(args) if index == 0 else Turn("last", functools.partial(all_done, list(futures)))
                 futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail, turn))
                 while not in_tail.wait(0.5):
                     if STOP.is_set():
@@ -1031,7 +1039,9 @@ def run_suites(args: argparse.Namespace) -> int:
     with snapshot_payload(args.source, [args.results.resolve()], args.pytest) as payload:
         if args.jobs > 1 and len(suites) > 1:
             with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                futures = [pool.submit(safe_run_suite, s, args, reporter, payload) for s in suites]
+                futures = [
+                    pool.submit(safe_run_suite, s, args, reporter, payload, None, first_turn(args)) for s in suites
+                ]
                 try:
                     results = [f.result() for f in futures]
                 except KeyboardInterrupt:
@@ -1040,7 +1050,7 @@ def run_suites(args: argparse.Namespace) -> int:
         elif args.overlap and len(suites) > 1:
             results = run_overlapped(suites, args, reporter, payload)
         else:
-            results = [safe_run_suite(s, args, reporter, payload) for s in suites]
+            results = [safe_run_suite(s, args, reporter, payload, None, first_turn(args)) for s in suites]
     print("vmtest summary:", flush=True)
     for result in results:
         print(f"  {result.suite:9} {result.status}", flush=True)
@@ -1143,6 +1153,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_false",
         help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots once the "
         "previous one has run its timing tests, and runs its own last, when it has the host to itself)",
+    )
+    parser.add_argument(
+        "--timing-after",
+        type=Path,
+        metavar="FILE",
+        help="the first suite runs its timing tests after its parallel phase, once FILE exists, instead of first: "
+        "tests/run makes FILE when its host checks (lint, unit tests), which run beside the VM meanwhile, have passed",
     )
     parser.add_argument(
         "--source",
