@@ -45,14 +45,17 @@ def test_install_again_keeps_jobs_and_config() -> None:
     policy = Path("/etc/sjob/policy.toml")
     edited = policy.read_text() + "\n# edited by the admin\n"
     policy.write_text(edited)
-    running = sjob("run", "-d", "--", "sleep", "120").stdout.decode().strip()
-    install()
-    assert policy.read_text() == edited, "install.sh overwrote an edited policy"
-    assert f"sjob-{running}.service" in sjob_units()
-    assert run("systemctl", "is-active", f"sjob-{running}.service").stdout.strip() == b"active"
-    assert sjob("status", running).returncode == 0
-    assert sjob("run", "--", "echo", "still works").stdout == b"still works\n"
-    run("systemctl", "stop", f"sjob-{running}.service")
+    # Runs until stopped: an install beside the next suite's VM took 138 s once, longer than a `sleep 120`.
+    running = sjob("run", "-d", "--", "sleep", "infinity").stdout.decode().strip()
+    try:
+        install()
+        assert policy.read_text() == edited, "install.sh overwrote an edited policy"
+        assert f"sjob-{running}.service" in sjob_units()
+        assert run("systemctl", "is-active", f"sjob-{running}.service").stdout.strip() == b"active"
+        assert sjob("status", running).returncode == 0
+        assert sjob("run", "--", "echo", "still works").stdout == b"still works\n"
+    finally:
+        run("systemctl", "stop", f"sjob-{running}.service")
 
 
 def test_uninstall_removes_everything_and_install_restores_it() -> None:
