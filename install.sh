@@ -165,8 +165,11 @@ install_runtime() {
     # The shared runtime of functions (issue G): Python with pandas and numpy (runtime/requirements.txt), which
     # every function's code runs with, read-only to it; rebuilt when the requirements change. And the empty
     # directories that functions' code and builds are mounted on inside their units.
+    # Its stamp: the requirements, and the pip that a new venv gets (ensurepip's; python3-pip-whl on Debian), which
+    # also installs the requirements of functions' builds (fnunits.BUILD): running this again after the system's pip
+    # was updated gives the builds that pip. tests/vm/image/customize.sh writes the same stamp.
     local runtime="$PREFIX/runtime" want
-    want=$(sha256sum "$SRC/runtime/requirements.txt" | cut -d' ' -f1)
+    want="$(sha256sum "$SRC/runtime/requirements.txt" | cut -d' ' -f1) pip $("$PYTHON" -c 'import ensurepip; print(ensurepip.version())')"
     if [ ! -x "$runtime/bin/python3" ] || [ "$(cat "$runtime/.sjob-requirements" 2>/dev/null)" != "$want" ]; then
         say "setting up the functions runtime in $runtime (Python with pandas)"
         rm -rf "$runtime"

@@ -27,7 +27,9 @@ SCRATCH = "/tmp"  # noqa: S108 - the call's private /tmp (PrivateTmp=): a call's
 EXIT_DOES_NOT_COMPILE = 65  # EX_DATAERR: the build's status when the code has a syntax error
 
 # The build: with requirements, make the version's own environment on top of the shared runtime (a .pth file puts
-# the runtime's packages, pandas among them, after the version's own) and install them with pip; then compile the
+# the runtime's packages, pandas among them, after the version's own) and install them with the runtime's pip (`pip
+# --python`: the environment gets no pip of its own, which ensurepip would copy and compile, 20 s of every such
+# build in the test VM, for code that never runs pip); then compile the
 # code to bytecode that calls use as it is (unchecked-hash .pyc: versions never change). Compiling comes last, so
 # no requirement's setup.py can replace the compiled code that `versions` vouches for by its source's hash.
 BUILD = r"""
@@ -35,16 +37,16 @@ import os, py_compile, subprocess, sys, sysconfig
 code, out = "/opt/sjob/function", "/opt/sjob/build"
 if os.path.exists(f"{code}/requirements.txt"):
     venv = f"{out}/venv"
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     site = subprocess.run(
         [f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     with open(f"{site}/sjob-runtime.pth", "w") as pth:
         pth.write(sysconfig.get_paths()["purelib"] + "\n")
-    pip = [f"{venv}/bin/python", "-m", "pip", "install", "--no-cache-dir", "--progress-bar", "off",
-           "--disable-pip-version-check", *sys.argv[1:], "-r", f"{code}/requirements.txt"]
-    print("sjob: installing the requirements:", " ".join(pip[3:]), flush=True)
+    pip = [sys.executable, "-m", "pip", "--python", f"{venv}/bin/python", "install", "--no-cache-dir",
+           "--progress-bar", "off", "--disable-pip-version-check", *sys.argv[1:], "-r", f"{code}/requirements.txt"]
+    print("sjob: installing the requirements:", " ".join(pip[5:]), flush=True)
     if (status := subprocess.run(pip).returncode) != 0:
         sys.exit(status)
 try:

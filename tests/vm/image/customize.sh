@@ -80,7 +80,8 @@ in_root python3 -m venv /opt/sjob
 in_root /opt/sjob/bin/pip install -q --no-index --find-links "$wheels" -r /tmp/sjob-deps.txt
 in_root python3 -m venv /opt/sjob/runtime
 in_root /opt/sjob/runtime/bin/pip install -q --no-index --find-links "$wheels" -r /tmp/sjob-runtime.txt
-sha256sum "$runtime_requirements" | cut -d' ' -f1 >"$root/opt/sjob/runtime/.sjob-requirements"
+printf '%s pip %s\n' "$(sha256sum "$runtime_requirements" | cut -d' ' -f1)" \
+    "$(in_root python3 -c 'import ensurepip; print(ensurepip.version())')" >"$root/opt/sjob/runtime/.sjob-requirements"
 rm -f "$root/tmp/sjob-deps.txt" "$root/tmp/sjob-runtime.txt"
 
 log "slirp DNS (after pip: until now the host's resolv.conf was needed)"
