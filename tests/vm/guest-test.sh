@@ -15,6 +15,8 @@
 #   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
 #   sjob.timing=gated run the timing tests after the parallel phase, once vmtest.py opens the gate (the host's own
 #                    checks run beside this VM while it boots, installs and runs its parallel phase)
+#   sjob.phases=LIST the pytest phases to run, of timing,parallel,serial,last (default: all); vmtest.py gives the
+#                    last suite's `last` phase a VM of its own, which boots beside that suite's serial phase
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -172,25 +174,28 @@ wait_alone() {  # until vmtest.py says that no other VM runs on the host
     step "alone on the host after $((SECONDS - started))s"
 }
 rcs=()
-timing_phase() {
-    pytest_phase timing -p no:xdist -m "timing and not last"
+phases=$(cmdline_value sjob.phases) || phases=timing,parallel,serial,last
+phase() {  # phase NAME PYTEST-ARGS...: run it if sjob.phases lists it
+    [[ ,$phases, == *,$1,* ]] || return 0
+    pytest_phase "$@"
     rcs+=($?)
 }
+timing_phase() {
+    phase timing -p no:xdist -m "timing and not last"
+}
 timing=$(cmdline_value sjob.timing) || timing=first
+[[ ,$phases, == *,timing,* ]] || timing=none
 if [[ $timing == first ]]; then
     timing_phase
 fi
-pytest_phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
-rcs+=($?)
+phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
 if [[ $timing == gated ]]; then
     wait_alone
     timing_phase
 fi
 echo "SJOB-VM-TAIL"
-pytest_phase serial -p no:xdist -m "serial and not timing and not last"
-rcs+=($?)
-pytest_phase last -p no:xdist -m last
-rcs+=($?)
+phase serial -p no:xdist -m "serial and not timing and not last"
+phase last -p no:xdist -m last
 if [[ $timing == last ]]; then
     wait_alone
     timing_phase

@@ -726,6 +726,11 @@ class Turn:
 
     timing: str = "first"
     alone: Callable[[], bool] = lambda: True
+    phases: tuple[str, ...] = ()  # the pytest phases this VM runs (guest-test.sh's sjob.phases); () is all of them
+    part: str = ""  # a VM that runs only some of its suite's phases: it reports and keeps its logs as SUITE-PART
+
+    def name(self, suite: str) -> str:
+        return f"{suite}-{self.part}" if self.part else suite
 
 
 def first_turn(args: argparse.Namespace) -> Turn:
@@ -953,28 +958,29 @@ def judge(outcome: Outcome, timeout: float) -> tuple[bool, str]:
 def run_suite(
     suite: str, args: argparse.Namespace, reporter: Reporter, payload: Payload, in_tail: threading.Event, turn: Turn
 ) -> SuiteResult:
-    logs = (args.results / suite).resolve()
+    name = turn.name(suite)  # the image is the suite's; logs, reports and the work directory are this VM's
+    logs = (args.results / name).resolve()
     reset_dir(logs)
-    with acquire_image(suite, args.rebuild, reporter) as image, work_dir(suite) as work:
+    with acquire_image(suite, args.rebuild, reporter) as image, work_dir(name) as work:
         files = VMFiles(work=work, logs=logs, payload=payload.path)
-        reporter.line(
-            suite, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)"
-        )
+        reporter.line(name, f"payload: {payload.count} files from {args.source}; booting (timeout {args.timeout:.0f}s)")
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
         if turn.timing != "first":
             append.append(f"sjob.timing={turn.timing}")
+        if turn.phases:
+            append.append(f"sjob.phases={','.join(turn.phases)}")
         cmd = qemu_command(image, files, append, interactive=False)
-        outcome = boot_and_watch(image, files, cmd, args, suite, reporter, in_tail, turn)
+        outcome = boot_and_watch(image, files, cmd, args, name, reporter, in_tail, turn)
         if not extract_results(files.results_disk, logs) and outcome.rc is not None:
-            reporter.line(suite, "warning: the results disk holds no readable tar")
+            reporter.line(name, "warning: the results disk holds no readable tar")
     ok, status = judge(outcome, args.timeout)
-    write_run_record(logs / "run.json", suite, image, ok, status, outcome)
+    write_run_record(logs / "run.json", name, image, ok, status, outcome)
     failures = junit_failures(logs)
     if not ok and not outcome.interrupted:
-        reporter.block(suite, f"tail of guest console {files.console}", tail_lines(files.console, 40))
+        reporter.block(name, f"tail of guest console {files.console}", tail_lines(files.console, 40))
     first = "-" if outcome.first_line_s is None else f"{outcome.first_line_s:.1f}s"
-    reporter.line(suite, f"{status}: boot-to-first-line {first}, total {outcome.total_s:.1f}s; logs in {logs}/")
-    return SuiteResult(suite, ok, status, outcome, failures)
+    reporter.line(name, f"{status}: boot-to-first-line {first}, total {outcome.total_s:.1f}s; logs in {logs}/")
+    return SuiteResult(name, ok, status, outcome, failures)
 
 
 def write_run_record(path: Path, suite: str, image: Image, ok: bool, status: str, outcome: Outcome) -> None:
@@ -991,38 +997,59 @@ def safe_run_suite(
     turn: Turn = Turn(),
 ) -> SuiteResult:
     in_tail = in_tail or threading.Event()
+    name = turn.name(suite)
     try:
         return run_suite(suite, args, reporter, payload, in_tail, turn)
     except VMTestError as error:
-        reporter.line(suite, f"error: {error}")
-        return SuiteResult(suite, False, f"error: {error}")
+        reporter.line(name, f"error: {error}")
+        return SuiteResult(name, False, f"error: {error}")
     except subprocess.CalledProcessError as error:
-        reporter.line(suite, f"error: {shlex.join(map(str, error.cmd))} exited {error.returncode}")
-        return SuiteResult(suite, False, "error")
+        reporter.line(name, f"error: {shlex.join(map(str, error.cmd))} exited {error.returncode}")
+        return SuiteResult(name, False, "error")
     except OSError as error:
-        reporter.line(suite, f"error: {error}")
-        return SuiteResult(suite, False, f"error: {error}")
+        reporter.line(name, f"error: {error}")
+        return SuiteResult(name, False, f"error: {error}")
     finally:
         in_tail.set()  # however it ended, the next suite need not wait for it
 
 
-def all_done(futures: Sequence[Future[SuiteResult]]) -> bool:
-    return all(f.done() for f in futures)
+def others_done(futures: Sequence[Future[SuiteResult]], me: int) -> bool:
+    """Every VM of the run but the `me`th has ended: the ones booted before it and the one booted at its tail."""
+    return all(f.done() for index, f in enumerate(futures) if index != me)
+
+
+def overlapped_plan(
+    suites: Sequence[str], args: argparse.Namespace, futures: list[Future[SuiteResult]]
+) -> list[tuple[str, Turn]]:
+    """The VMs of an overlapped run, in boot order, each booting at the previous one's tail line. The last suite's
+    `last` phase (install.sh from nothing, pip-bound: one CPU for minutes) gets a VM of its own, which boots at that
+    suite's tail and runs beside its serial phase, which leaves half of the host idle too; the suite's timing tests
+    then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a subset (--pytest), which
+    would leave that VM with nothing to run."""
+    plan = [(suites[0], first_turn(args))]
+    for suite in suites[1:]:
+        alone = functools.partial(others_done, futures, len(plan))
+        if suite == suites[-1] and not args.whole_suites and not args.pytest:
+            plan.append((suite, Turn("last", alone, phases=("parallel", "serial", "timing"))))
+            plan.append((suite, Turn("none", phases=("last",), part="last")))
+        else:
+            plan.append((suite, Turn("last", alone)))
+    return plan
 
 
 def run_overlapped(
     suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
 ) -> list[SuiteResult]:
     """Suites overlap, but no test that measures time runs while two VMs do. The first suite runs its timing tests
-    first, then its parallel phase, then prints its tail line; from there on its tests measure nothing (they change
-    shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's VM boots and runs beside
-    it. Every later suite runs its timing tests last, once every earlier suite has ended (Turn)."""
-    with ThreadPoolExecutor(max_workers=len(suites)) as pool:
-        futures: list[Future[SuiteResult]] = []
+    first (after its parallel phase with --timing-after), then prints its tail line; from there on its tests measure
+    nothing (they change shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's VM boots
+    and runs beside it. Every later suite runs its timing tests last, once every other VM has ended (Turn)."""
+    futures: list[Future[SuiteResult]] = []  # what each Turn's `alone` looks at: it grows as VMs boot
+    plan = overlapped_plan(suites, args, futures)
+    with ThreadPoolExecutor(max_workers=len(plan)) as pool:
         try:
-            for index, suite in enumerate(suites):
+            for suite, turn in plan:
                 in_tail = threading.Event()
-                turn = first_turn(args) if index == 0 else Turn("last", functools.partial(all_done, list(futures)))
                 futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail, turn))
                 while not in_tail.wait(0.5):
                     if STOP.is_set():
@@ -1153,6 +1180,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_false",
         help="with --jobs 1, boot the next suite only when the previous one has ended (by default it boots once the "
         "previous one has run its timing tests, and runs its own last, when it has the host to itself)",
+    )
+    parser.add_argument(
+        "--whole-suites",
+        action="store_true",
+        help="run the last suite's `last` phase (install.sh from nothing) in that suite's VM, not in a VM of its own "
+        "booted beside the suite's serial phase",
     )
     parser.add_argument(
         "--timing-after",
