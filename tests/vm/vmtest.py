@@ -720,9 +720,10 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
-    """Where a suite's timing tests go (guest-test.sh's sjob.timing): "first", while the suite has the host to
-    itself; "gated", after its parallel phase, once `alone()` says the host's own checks have ended (tests/run runs
-    them beside the first VM); "last", once `alone()` says every earlier suite has ended (run_overlapped)."""
+    """A VM's part in a run. Where its timing tests go (guest-test.sh's sjob.timing): "first", while the suite has
+    the host to itself; "gated", after its parallel phase, once `alone()` says the host's own checks have passed
+    (tests/run runs them beside the first VM); "last", once `alone()` says every other VM of the run has ended
+    (run_overlapped); "none" for a VM that runs no timing tests."""
 
     timing: str = "first"
     alone: Callable[[], bool] = lambda: True
