@@ -31,7 +31,9 @@ EXIT_DOES_NOT_COMPILE = 65  # EX_DATAERR: the build's status when the code has a
 # --python`: the environment gets no pip of its own, which ensurepip would copy and compile, 20 s of every such
 # build in the test VM, for code that never runs pip); then compile the
 # code to bytecode that calls use as it is (unchecked-hash .pyc: versions never change). Compiling comes last, so
-# no requirement's setup.py can replace the compiled code that `versions` vouches for by its source's hash.
+# no requirement's setup.py replaces the compiled code that `versions` vouches for by its source's hash while it
+# runs. A process it leaves behind still could, until systemd ends the unit (open; the fix is
+# to compile in a unit of its own once this one has ended).
 BUILD = r"""
 import os, py_compile, subprocess, sys, sysconfig
 code, out = "/opt/sjob/function", "/opt/sjob/build"
