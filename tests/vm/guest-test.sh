@@ -148,7 +148,8 @@ fi
 #   (unset)  first;
 #   gated    after the parallel phase, before the tail line: the host's own checks (lint, unit tests) run beside
 #            this VM's boot, install and parallel phase, which tolerate a busy host;
-#   last     last (a suite that boots beside another).
+#   last     last (a suite that boots beside another);
+#   none     not at all (a VM whose sjob.phases leave out timing).
 # gated and last: the guest prints the alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends
 # once nothing else runs on the host. A phase that selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
@@ -175,8 +176,9 @@ wait_alone() {  # until vmtest.py says that no other VM runs on the host
 }
 rcs=()
 phases=$(cmdline_value sjob.phases) || phases=timing,parallel,serial,last
+has_phase() { [[ ,$phases, == *,$1,* ]]; }
 phase() {  # phase NAME PYTEST-ARGS...: run it if sjob.phases lists it
-    [[ ,$phases, == *,$1,* ]] || return 0
+    has_phase "$1" || return 0
     pytest_phase "$@"
     rcs+=($?)
 }
@@ -184,7 +186,7 @@ timing_phase() {
     phase timing -p no:xdist -m "timing and not last"
 }
 timing=$(cmdline_value sjob.timing) || timing=first
-[[ ,$phases, == *,timing,* ]] || timing=none
+has_phase timing || timing=none
 if [[ $timing == first ]]; then
     timing_phase
 fi
