@@ -33,8 +33,9 @@ EXIT_DOES_NOT_COMPILE = 65  # EX_DATAERR: the build's status when the code has a
 # code to bytecode that calls use as it is (unchecked-hash .pyc: versions never change). Compiling comes last, so
 # no requirement's setup.py replaces the compiled code that `versions` vouches for by its source's hash while it
 # runs. A process it leaves behind still could, until systemd ends the unit. That gives the deployer nothing they
-# lack: the requirements they list run in every call anyway (a .pth file in the environment runs at start-up, -I
-# or not), so a version with requirements is its source *and* its requirements (README, known gaps).
+# lack: a requirement they list can run its code in every call anyway (a .pth file it installs runs at start-up, -I
+# or not), so a version with requirements is vouched for by its deployer, not by its source's hash (README, known
+# gaps; review of stop 26).
 BUILD = r"""
 import os, py_compile, subprocess, sys, sysconfig
 code, out = "/opt/sjob/function", "/opt/sjob/build"
