@@ -150,3 +150,16 @@ def test_a_verb_loads_only_itself_and_never_the_daemon(verb: str) -> None:
     others = {"run", "logs", "status", "list", "top", "wait", "stop", "token", "completion"} - {verb}
     if verb != "completion":  # which reads every verb's declaration
         assert {m.removeprefix("supervisor.cli.") for m in loaded if m.startswith("supervisor.cli.")} & others == set()
+
+
+def test_a_verb_runs_without_gettext_and_leaves_the_real_one_to_others() -> None:
+    # `sjob list --bogus` parses (and fails) as usual, with argparse's own words, but neither gettext nor locale is
+    # loaded for it; a later `import gettext` gets the real module, not the stand-in argparse was given.
+    code = (
+        "from supervisor.cli import execute; status = execute(['list', '--bogus']); "
+        "loaded = sorted({'gettext', 'locale'} & set(sys.modules)); import gettext; "
+        "print(status, loaded, hasattr(gettext, 'translation'), file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", f"import sys; {code}"], capture_output=True, text=True, check=False)
+    assert "unrecognized arguments: --bogus" in result.stderr
+    assert result.stderr.splitlines()[-1] == "2 [] True"
