@@ -9,7 +9,10 @@ alone. A test is `timing` when it measures time, rates or memory, or waits a fix
 host meanwhile, not even another suite's VM. A test is `serial` when it changes what every test shares (sjobd's
 process or policy, systemd's configuration, the journal files, the test users' groups) or when what it asserts
 covers the whole machine (all sjob units), but measures nothing: from the serial phase on, the next suite's VM
-boots on the same host and runs beside it. `last` is for tests that reinstall sjob. The helpers that make such
+boots on the same host and runs beside it. A serial test also marked `aside` runs after the other serial ones; in
+a full run of the suites the last suite's serial tests marked `aside` run in the VM of its last tests instead
+(tests/vm/vmtest.py), to even out the time of the two VMs: `aside` says where a test runs, not how, and a test
+needs nothing more than `serial` for it. `last` is for tests that reinstall sjob. The helpers that make such
 changes refuse to run in the parallel phase (`alone()`), so a test that needs the mark and lacks it fails instead of
 disturbing others at random.
 """
@@ -53,6 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "timing(why): the test measures time, rates or memory: it runs alone, with no other VM on the host",
     )
     config.addinivalue_line(
+        "markers",
+        "aside: a serial test that may run in the VM of the suite's last tests instead of the suite's own "
+        "(tests/vm/vmtest.py), to even out their time",
+    )
+    config.addinivalue_line(
         "markers", "last(why): the test runs alone after all others and measures nothing: the host may be busy"
     )
     problems = []
@@ -64,6 +72,13 @@ def pytest_configure(config: pytest.Config) -> None:
         problems.append(f"{SJOB} is not installed (run install.sh first)")
     if problems:
         pytest.exit("integration tests cannot run here: " + "; ".join(problems), returncode=2)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`aside` moves a serial test; on any other it would mean nothing (the parallel phase would take it)."""
+    stray = [i.nodeid for i in items if i.get_closest_marker("aside") and not i.get_closest_marker("serial")]
+    if stray:
+        raise pytest.UsageError(f"marked aside but not serial: {', '.join(stray)}")
 
 
 @dataclass(frozen=True)

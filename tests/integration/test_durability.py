@@ -76,6 +76,7 @@ def test_a_job_that_ends_while_sjobd_is_down_reports_its_true_result() -> None:
 
 
 @pytest.mark.serial("stops sjobd and replaces its database")
+@pytest.mark.aside  # about 45 s of trixie's serial phase: see conftest
 @pytest.mark.usefixtures("sjobd_comes_back")
 def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path) -> None:
     job_id = detach("sleep", "120")

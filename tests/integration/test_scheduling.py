@@ -53,6 +53,7 @@ def wait_state(job_id: str, user: User, *states: str, timeout: float = 120) -> d
 
 
 @pytest.mark.serial("edits policy.toml and reloads sjobd")
+@pytest.mark.aside  # about 27 s of trixie's serial phase: see conftest
 def test_the_queue_starts_jobs_in_order_as_slots_free(alice: User, shared_dir: Path, policy_edit: Any) -> None:  # noqa: F811
     at_most(policy_edit, 2, alice)
     gates = [shared_dir / f"gate{i}" for i in range(5)]

@@ -15,8 +15,9 @@
 #   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
 #   sjob.timing=gated run the timing tests after the parallel phase, once vmtest.py opens the gate (the host's own
 #                    checks run beside this VM while it boots, installs and runs its parallel phase)
-#   sjob.phases=LIST the pytest phases to run, of timing,parallel,serial,last (default: all); vmtest.py gives the
-#                    last suite's `last` phase a VM of its own, which boots beside that suite's serial phase
+#   sjob.phases=LIST the pytest phases to run, of timing,parallel,serial,aside,last (default: all); vmtest.py gives
+#                    the last suite's `aside` and `last` phases a VM of their own, which boots beside that suite's
+#                    serial phase
 #
 # Exit code: pytest's (install failure: install.sh's, at least 1).
 set -uo pipefail
@@ -68,7 +69,7 @@ from pathlib import Path
 
 results = Path(sys.argv[1])
 merged = ET.Element("testsuites")
-for name in ("junit-parallel.xml", "junit-timing.xml", "junit-serial.xml", "junit-last.xml"):
+for name in ("junit-parallel.xml", "junit-timing.xml", "junit-serial.xml", "junit-aside.xml", "junit-last.xml"):
     if (results / name).exists():
         merged.extend(ET.parse(results / name).getroot().iter("testsuite"))
 ET.ElementTree(merged).write(results / "junit.xml", encoding="utf-8", xml_declaration=True)
@@ -140,9 +141,10 @@ if [[ -f $SJOB_SRC/tests/vm/pytest-args ]]; then
 fi
 [[ ${#extra[@]} -gt 0 ]] || extra=(tests/integration)
 
-# Four phases (tests/integration/conftest.py says which tests are `timing`, `serial` or `last`, and why): the
-# timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells vmtest.py
-# that the next suite's VM may boot beside this one; the serial ones alone, the last ones alone. (Two parallel
+# Five phases (tests/integration/conftest.py says which tests are `timing`, `serial`, `aside` or `last`, and why):
+# the timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells
+# vmtest.py that the next suite's VM may boot beside this one; the serial ones alone, then those also marked
+# `aside`, then the last ones alone. (Two parallel
 # phases side by side took twice as long each and made a Ctrl-C test time out; the serial phase leaves half of the
 # CPU idle.) Where the timing phase goes, by sjob.timing:
 #   (unset)  first;
@@ -175,7 +177,7 @@ wait_alone() {  # until vmtest.py says that no other VM runs on the host
     step "alone on the host after $((SECONDS - started))s"
 }
 rcs=()
-phases=$(cmdline_value sjob.phases) || phases=timing,parallel,serial,last
+phases=$(cmdline_value sjob.phases) || phases=timing,parallel,serial,aside,last
 has_phase() { [[ ,$phases, == *,$1,* ]]; }
 phase() {  # phase NAME PYTEST-ARGS...: run it if sjob.phases lists it
     has_phase "$1" || return 0
@@ -196,7 +198,10 @@ if [[ $timing == gated ]]; then
     timing_phase
 fi
 echo "SJOB-VM-TAIL"
-phase serial -p no:xdist -m "serial and not timing and not last"
+phase serial -p no:xdist -m "serial and not aside and not timing and not last"
+# The serial tests also marked `aside`: with the `last` ones when those have a VM of their own, where they even out
+# the time of the suite's two VMs.
+phase aside -p no:xdist -m "serial and aside and not timing and not last"
 phase last -p no:xdist -m last
 if [[ $timing == last ]]; then
     wait_alone

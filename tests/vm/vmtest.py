@@ -1024,15 +1024,16 @@ def overlapped_plan(
 ) -> list[tuple[str, Turn]]:
     """The VMs of an overlapped run, in boot order, each booting at the previous one's tail line. The last suite's
     `last` phase (install.sh from nothing, pip-bound: one CPU for minutes) gets a VM of its own, which boots at that
-    suite's tail and runs beside its serial phase, which leaves half of the host idle too; the suite's timing tests
-    then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a subset (--pytest), which
+    suite's tail and runs beside its serial phase, which leaves half of the host idle too; the serial tests marked
+    `aside` run there too, before the last ones, so that both VMs end at about the same time. The suite's timing
+    tests then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a subset (--pytest), which
     would leave that VM with nothing to run."""
     plan = [(suites[0], first_turn(args))]
     for suite in suites[1:]:
         alone = functools.partial(others_done, futures, len(plan))
         if suite == suites[-1] and not args.whole_suites and not args.pytest:
             plan.append((suite, Turn("last", alone, phases=("parallel", "serial", "timing"))))
-            plan.append((suite, Turn("none", phases=("last",), part="last")))
+            plan.append((suite, Turn("none", phases=("aside", "last"), part="last")))
         else:
             plan.append((suite, Turn("last", alone)))
     return plan
