@@ -15,6 +15,8 @@
 #   sjob.timing=last run the timing tests last, once vmtest.py opens the gate (another VM runs beside this one)
 #   sjob.timing=gated run the timing tests after the parallel phase, once vmtest.py opens the gate (the host's own
 #                    checks run beside this VM while it boots, installs and runs its parallel phase)
+#   sjob.start=gated wait at the gate after install.sh, until vmtest.py opens it (the previous suite's VM is in its
+#                    tail: this one boots and installs beside that one's parallel phase)
 #   sjob.phases=LIST the pytest phases to run, of timing,parallel,serial,aside,last (default: all); vmtest.py gives
 #                    the last suite's `aside` and `last` phases a VM of their own, which boots beside that suite's
 #                    serial phase
@@ -167,15 +169,18 @@ pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     step "pytest, $name: rc=$rc"
     return "$rc"
 }
-wait_alone() {  # until vmtest.py says that no other VM runs on the host
+wait_gate() {  # wait_gate WHAT: until vmtest.py opens the gate (WHAT says why it did, in phases.txt)
     local gate=/dev/ttyS2 started=$SECONDS
     exec 4<"$gate"
     stty -F "$gate" raw -echo
-    echo "SJOB-VM-WAIT-ALONE"
+    echo "SJOB-VM-WAIT-GATE"
     head -c 1 <&4 >/dev/null
     exec 4<&-
-    step "alone on the host after $((SECONDS - started))s"
+    step "$1 after $((SECONDS - started))s"
 }
+if [[ $(cmdline_value sjob.start) == gated ]]; then
+    wait_gate "the previous VM is in its tail"
+fi
 rcs=()
 phases=$(cmdline_value sjob.phases) || phases=timing,parallel,serial,aside,last
 has_phase() { [[ ,$phases, == *,$1,* ]]; }
@@ -194,7 +199,7 @@ if [[ $timing == first ]]; then
 fi
 phase parallel -n "$workers" --dist worksteal -m "not serial and not timing and not last"
 if [[ $timing == gated ]]; then
-    wait_alone
+    wait_gate "alone on the host"
     timing_phase
 fi
 echo "SJOB-VM-TAIL"
@@ -204,7 +209,7 @@ phase serial -p no:xdist -m "serial and not aside and not timing and not last"
 phase aside -p no:xdist -m "serial and aside and not timing and not last"
 phase last -p no:xdist -m last
 if [[ $timing == last ]]; then
-    wait_alone
+    wait_gate "alone on the host"
     timing_phase
 fi
 rc=5  # no test selected at all, unless a phase says otherwise

@@ -110,9 +110,10 @@ DEFAULT_TIMEOUT = 48 * 60
 RESULT_RE = re.compile(r"SJOB-VM-RESULT rc=(\d+)")  # the whole line, see watch_vm()
 # guest-test.sh prints this line when only tests remain that tolerate a busy host: the next suite may boot.
 TAIL_LINE = "SJOB-VM-TAIL"
-# ... and this one when its timing tests are next and must have the host to themselves: it waits for a byte on its
-# third serial port (the gate), which watch_vm() sends once no other suite's VM runs.
-ALONE_LINE = "SJOB-VM-WAIT-ALONE"
+# ... and this one when it waits for a byte on its third serial port (the gate), which watch_vm() sends when the
+# VM's Turn says: before its timing tests, once no other suite's VM runs; with sjob.start=gated, after install.sh,
+# once the previous suite's VM is in its tail.
+GATE_LINE = "SJOB-VM-WAIT-GATE"
 # qemu gets this long to power off after the result line before it is killed.
 POWEROFF_GRACE = 60.0
 # The guest's first progress line comes 20-50 s after qemu starts (boot to sjob-ci.service); none by this many
@@ -661,7 +662,7 @@ def qemu_command(image: Image, files: VMFiles, append: Sequence[str], *, interac
     else:
         cmd += virtio_disk("results", files.results_disk, "raw")
         cmd += ["-serial", f"file:{files.console}", "-serial", f"file:{files.progress}"]
-        # The gate (ttyS2): the guest waits there for a byte before its timing tests when another VM may run.
+        # The gate (ttyS2): the guest waits there for a byte when its Turn says (GATE_LINE).
         cmd += ["-chardev", f"socket,id=gate,path={qemu_escape(files.gate)},server=on,wait=off"]
         cmd += ["-serial", "chardev:gate"]
     return cmd
@@ -716,19 +717,27 @@ class Outcome:
     total_s: float = 0.0
     hung_at_boot: bool = False
     waited_alone_s: float = 0.0  # how long the guest waited at the gate for the host to itself
+    waited_start_s: float = 0.0  # how long it waited at the gate after install.sh for the previous VM's tail
 
 
 @dataclasses.dataclass(frozen=True)
 class Turn:
     """A VM's part in a run. Where its timing tests go (guest-test.sh's sjob.timing): "first", while the suite has
     the host to itself; "gated", after its parallel phase, once `alone()` says the host's own checks have passed
-    (tests/run runs them beside the first VM); "last", once `alone()` says every other VM of the run has ended
-    (run_overlapped); "none" for a VM that runs no timing tests."""
+    (tests/run runs them beside the first VM) and, in an overlapped run, that no other VM does more than wait at its
+    gate; "last", once `alone()` says every other VM of the run has ended (overlapped_plan); "none" for a VM that
+    runs no timing tests."""
 
     timing: str = "first"
     alone: Callable[[], bool] = lambda: True
     phases: tuple[str, ...] = ()  # the pytest phases this VM runs (guest-test.sh's sjob.phases); () is all of them
     part: str = ""  # a VM that runs only some of its suite's phases: it reports and keeps its logs as SUITE-PART
+    # With `start`, the guest waits at its gate after install.sh until start() is true (sjob.start=gated).
+    start: Callable[[], bool] | None = None
+    next_at_boot: bool = False  # the next VM boots once this one has booted, not at this one's tail line
+    booted: threading.Event = dataclasses.field(default_factory=threading.Event)  # the guest's first line came
+    tail: threading.Event = dataclasses.field(default_factory=threading.Event)  # its tail line came (overlapped runs)
+    waiting: threading.Event = dataclasses.field(default_factory=threading.Event)  # the guest waits at its gate
 
     def name(self, suite: str) -> str:
         return f"{suite}-{self.part}" if self.part else suite
@@ -741,8 +750,12 @@ def first_turn(args: argparse.Namespace) -> Turn:
     return Turn(timing="gated", alone=args.timing_after.exists)
 
 
+def host_checks_done(args: argparse.Namespace) -> bool:
+    return args.timing_after is None or args.timing_after.exists()
+
+
 def open_gate(files: VMFiles) -> bool:
-    """Tell the guest it has the host to itself: a byte on its gate (third serial port)."""
+    """Open the gate the guest waits at: a byte on its third serial port."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
             gate.settimeout(5)
@@ -769,16 +782,19 @@ def watch_vm(
     started = time.monotonic()
     deadline = started + timeout
     waiting_since: float | None = None
+    gates = 0  # how many times the gate was opened: the first is the start gate, if the turn has one
 
     def consume(lines: list[str]) -> None:
         nonlocal waiting_since
         for text in lines:
             if outcome.first_line_s is None:
                 outcome.first_line_s = time.monotonic() - started
+                turn.booted.set()
             if text.strip() == TAIL_LINE:
                 in_tail.set()
-            if text.strip() == ALONE_LINE:
+            if text.strip() == GATE_LINE:
                 waiting_since = time.monotonic()
+                turn.waiting.set()
             if match := RESULT_RE.fullmatch(text.strip()):
                 outcome.rc = int(match[1])
                 outcome.result_s = time.monotonic() - started
@@ -793,9 +809,18 @@ def watch_vm(
         try:
             while proc.poll() is None:
                 consume(tail.read())
-                if waiting_since is not None and turn.alone() and open_gate(files):
-                    outcome.waited_alone_s = time.monotonic() - waiting_since
-                    reporter.line(suite, f"alone on the host after {outcome.waited_alone_s:.0f}s: timing tests run")
+                starting = turn.start is not None and gates == 0
+                may = turn.start if turn.start is not None and starting else turn.alone
+                if waiting_since is not None and may() and open_gate(files):
+                    waited = time.monotonic() - waiting_since
+                    turn.waiting.clear()
+                    gates += 1
+                    if starting:
+                        outcome.waited_start_s = waited
+                        reporter.line(suite, f"the previous VM is in its tail after {waited:.0f}s: tests run")
+                    else:
+                        outcome.waited_alone_s = waited
+                        reporter.line(suite, f"alone on the host after {waited:.0f}s: timing tests run")
                     waiting_since = None
                 if outcome.rc is not None:
                     deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
@@ -968,6 +993,8 @@ def run_suite(
         append = ["systemd.wants=sjob-ci.service", f"sjob.timeout={guest_timeout(args.timeout)}", *guest_args(args)]
         if turn.timing != "first":
             append.append(f"sjob.timing={turn.timing}")
+        if turn.start is not None:
+            append.append("sjob.start=gated")
         if turn.phases:
             append.append(f"sjob.phases={','.join(turn.phases)}")
         cmd = qemu_command(image, files, append, interactive=False)
@@ -1012,6 +1039,8 @@ def safe_run_suite(
         return SuiteResult(name, False, f"error: {error}")
     finally:
         in_tail.set()  # however it ended, the next suite need not wait for it
+        turn.booted.set()
+        turn.waiting.clear()
 
 
 def others_done(futures: Sequence[Future[SuiteResult]], me: int) -> bool:
@@ -1019,41 +1048,61 @@ def others_done(futures: Sequence[Future[SuiteResult]], me: int) -> bool:
     return all(f.done() for index, f in enumerate(futures) if index != me)
 
 
+def others_idle(plan: Sequence[tuple[str, Turn]], futures: Sequence[Future[SuiteResult]], me: int) -> bool:
+    """Every VM of the run but the `me`th has ended, waits at its gate, or has not been started."""
+    return all(
+        index == me or index >= len(futures) or futures[index].done() or turn.waiting.is_set()
+        for index, (_, turn) in enumerate(plan)
+    )
+
+
 def overlapped_plan(
     suites: Sequence[str], args: argparse.Namespace, futures: list[Future[SuiteResult]]
 ) -> list[tuple[str, Turn]]:
-    """The VMs of an overlapped run, in boot order, each booting at the previous one's tail line. The last suite's
-    `last` phase (install.sh from nothing, pip-bound: one CPU for minutes) gets a VM of its own, which boots at that
-    suite's tail and runs beside its serial phase, which leaves half of the host idle too; the serial tests marked
-    `aside` run there too, before the last ones, so that both VMs end at about the same time. The suite's timing
-    tests then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a subset (--pytest), which
-    would leave that VM with nothing to run."""
-    plan = [(suites[0], first_turn(args))]
+    """The VMs of an overlapped run, in boot order. Each next suite's VM boots once the previous one has booted, runs
+    install.sh beside it (which leaves a CPU idle, as the host checks soon do), and waits at its gate until the
+    previous one prints its tail line; the previous one's timing tests wait until it waits there. Booting at the
+    tail line instead put the next suite's boot and install, about 100 s, on the run's critical path.
+
+    The last suite's `last` phase (install.sh from nothing, pip-bound: one CPU for minutes) gets a VM of its own,
+    which boots at that suite's tail and runs beside its serial phase, which leaves half of the host idle too; the
+    serial tests marked `aside` run there too, before the last ones, so that both VMs end at about the same time.
+    The suite's timing tests then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a
+    subset (--pytest), which would leave that VM with nothing to run."""
+    plan: list[tuple[str, Turn]] = []
+
+    def idle(me: int) -> bool:
+        return host_checks_done(args) and others_idle(plan, futures, me)
+
+    # Its timing tests come after its parallel phase, once the host checks passed and the next VM waits at its gate.
+    plan.append((suites[0], Turn("gated", functools.partial(idle, 0), next_at_boot=True)))
     for suite in suites[1:]:
         alone = functools.partial(others_done, futures, len(plan))
+        start = plan[-1][1].tail.is_set
         if suite == suites[-1] and not args.whole_suites and not args.pytest:
-            plan.append((suite, Turn("last", alone, phases=("parallel", "serial", "timing"))))
+            plan.append((suite, Turn("last", alone, ("parallel", "serial", "timing"), start=start)))
             plan.append((suite, Turn("none", phases=("aside", "last"), part="last")))
         else:
-            plan.append((suite, Turn("last", alone)))
+            plan.append((suite, Turn("last", alone, start=start, next_at_boot=suite != suites[-1])))
     return plan
 
 
 def run_overlapped(
     suites: Sequence[str], args: argparse.Namespace, reporter: Reporter, payload: Payload
 ) -> list[SuiteResult]:
-    """Suites overlap, but no test that measures time runs while two VMs do. The first suite runs its timing tests
-    first (after its parallel phase with --timing-after), then prints its tail line; from there on its tests measure
-    nothing (they change shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's VM boots
-    and runs beside it. Every later suite runs its timing tests last, once every other VM has ended (Turn)."""
+    """Suites overlap, but no test that measures time runs while another VM does more than wait at its gate. The
+    first suite runs its timing tests after its parallel phase, then prints its tail line; from there on its tests
+    measure nothing (they change shared state or reinstall sjob) and leave half of the CPU idle, so the next suite's
+    VM, booted and installed meanwhile, runs its tests beside it. Every later suite runs its timing tests last, once
+    every other VM has ended (overlapped_plan)."""
     futures: list[Future[SuiteResult]] = []  # what each Turn's `alone` looks at: it grows as VMs boot
     plan = overlapped_plan(suites, args, futures)
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
         try:
             for suite, turn in plan:
-                in_tail = threading.Event()
-                futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, in_tail, turn))
-                while not in_tail.wait(0.5):
+                futures.append(pool.submit(safe_run_suite, suite, args, reporter, payload, turn.tail, turn))
+                next_boots = turn.booted if turn.next_at_boot else turn.tail
+                while not next_boots.wait(0.5):
                     if STOP.is_set():
                         raise KeyboardInterrupt
             return [f.result() for f in futures]
