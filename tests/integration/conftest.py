@@ -9,7 +9,7 @@ alone. A test is `timing` when it measures time, rates or memory, or waits a fix
 host meanwhile, not even another suite's VM. A test is `serial` when it changes what every test shares (sjobd's
 process or policy, systemd's configuration, the journal files, the test users' groups) or when what it asserts
 covers the whole machine (all sjob units), but measures nothing: from the serial phase on, the next suite's VM
-boots on the same host and runs beside it. A serial test also marked `aside` runs after the other serial ones; in
+runs its tests on the same host beside it. A serial test also marked `aside` runs after the other serial ones; in
 a full run of the suites the last suite's serial tests marked `aside` run in the VM of its last tests instead
 (tests/vm/vmtest.py), to even out the time of the two VMs: `aside` says where a test runs, not how, and a test
 needs nothing more than `serial` for it. `last` is for tests that reinstall sjob. The helpers that make such

@@ -145,17 +145,17 @@ fi
 
 # Five phases (tests/integration/conftest.py says which tests are `timing`, `serial`, `aside` or `last`, and why):
 # the timing ones alone; every other test $workers at a time (pytest-xdist); then the tail line, which tells
-# vmtest.py that the next suite's VM may boot beside this one; the serial ones alone, then those also marked
-# `aside`, then the last ones alone. (Two parallel
-# phases side by side took twice as long each and made a Ctrl-C test time out; the serial phase leaves half of the
-# CPU idle.) Where the timing phase goes, by sjob.timing:
+# vmtest.py that the next suite's VM may run its tests beside this one; the serial ones alone, then those also
+# marked `aside`, then the last ones alone. (Two parallel phases side by side took twice as long each and made a
+# Ctrl-C test time out; the serial phase leaves half of the CPU idle.) Where the timing phase goes, by sjob.timing:
 #   (unset)  first;
 #   gated    after the parallel phase, before the tail line: the host's own checks (lint, unit tests) run beside
 #            this VM's boot, install and parallel phase, which tolerate a busy host;
-#   last     last (a suite that boots beside another);
+#   last     last (a suite that runs beside another);
 #   none     not at all (a VM whose sjob.phases leave out timing).
-# gated and last: the guest prints the alone line and waits for a byte on its gate (ttyS2), which vmtest.py sends
-# once nothing else runs on the host. A phase that selects nothing (a subset) is not a failure.
+# gated and last: the guest prints the gate line and waits for a byte on its gate (ttyS2), which vmtest.py sends
+# once no other VM does more than wait at its own gate (gated) or every other VM has ended (last). A phase that
+# selects nothing (a subset) is not a failure.
 workers=$(cmdline_value sjob.workers) || workers=3
 pytest_phase() {  # pytest_phase NAME PYTEST-ARGS...
     local name=$1 rc
