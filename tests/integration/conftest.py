@@ -11,8 +11,8 @@ process or policy, systemd's configuration, the journal files, the test users' g
 covers the whole machine (all sjob units), but measures nothing: from the serial phase on, the next suite's VM
 runs its tests on the same host beside it. A serial test also marked `aside` runs after the other serial ones; in
 a full run of the suites the last suite's serial tests marked `aside` run in the VM of its last tests instead
-(tests/vm/vmtest.py), to even out the time of the two VMs: `aside` says where a test runs, not how, and a test
-needs nothing more than `serial` for it. `last` is for tests that reinstall sjob. The helpers that make such
+(tests/vm/vmtest.py), to even out the time of the two VMs: `aside` says only where a serial test runs, and is
+refused on any other. `last` is for tests that reinstall sjob. The helpers that make such
 changes refuse to run in the parallel phase (`alone()`), so a test that needs the mark and lacks it fails instead of
 disturbing others at random.
 """
