@@ -750,11 +750,15 @@ class Turn:
         return f"{suite}-{self.part}" if self.part else suite
 
 
+def host_checks_done(args: argparse.Namespace) -> bool:
+    return args.timing_after is None or args.timing_after.exists()
+
+
 def first_turn(args: argparse.Namespace) -> Turn:
     """The first suite's turn: with --timing-after, its timing tests wait for that file (the host checks' end)."""
     if args.timing_after is None:
         return Turn()
-    return Turn(timing="gated", alone=args.timing_after.exists)
+    return Turn(timing="gated", alone=functools.partial(host_checks_done, args))
 
 
 def vm_timeout(args: argparse.Namespace, turn: Turn) -> float:
@@ -762,10 +766,6 @@ def vm_timeout(args: argparse.Namespace, turn: Turn) -> float:
     within minutes of its boot, and then waits there for the previous VM's tail line)."""
     timeout: float = args.timeout
     return timeout + (START_ALLOWANCE if turn.start is not None else 0.0)
-
-
-def host_checks_done(args: argparse.Namespace) -> bool:
-    return args.timing_after is None or args.timing_after.exists()
 
 
 def open_gate(files: VMFiles) -> bool:
@@ -1093,15 +1093,17 @@ def overlapped_plan(
     The suite's timing tests then wait for it as well. --whole-suites keeps it in its suite's VM, and so does a
     subset (--pytest), which would leave that VM with nothing to run."""
     plan: list[tuple[str, Turn]] = []
-    blocked_since: list[float] = []  # when the host checks had passed but another VM was still busy
+    blocked_since: float | None = None  # when the host checks had passed but another VM was still busy
 
     def idle(me: int) -> bool:
+        nonlocal blocked_since
         if not host_checks_done(args):
             return False
         if others_idle(plan, futures, me):
             return True
-        blocked_since[:] = blocked_since or [time.monotonic()]
-        if time.monotonic() - blocked_since[0] < PATIENCE:
+        if blocked_since is None:
+            blocked_since = time.monotonic()
+        if time.monotonic() - blocked_since < PATIENCE:
             return False
         reporter.line(plan[me][0], f"another VM has not reached its gate in {PATIENCE:.0f}s: timing tests run anyway")
         return True
