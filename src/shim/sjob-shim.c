@@ -663,6 +663,12 @@ static int is_id128(const char *s) {
 }
 
 static int report(const char *job_id, const char *result, const char *code, const char *status) {
+    /* This runs in the job's cgroup, so a signal for the job's processes (sjob stop --signal, systemctl kill) can
+     * reach it: none may end it before it has written how the job ended. SIGKILL and SIGSTOP cannot be blocked;
+     * sjobd sends those to the job's main process alone once the unit is stopping. */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
     char message[256];
     snprintf(message, sizeof(message), "sjob: job %s ended: %s (code=%s, status=%s)", job_id, result, code, status);
     /* What the job used, read from its cgroup before systemd removes it: these are the kernel's counters that

@@ -1,10 +1,12 @@
 """sjob-shim (C) end to end, against a fake journald socket: exact output, separate streams, exit status, and the
 entry layout that supervisor.logformat reads back."""
 
+import contextlib
 import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +186,49 @@ def test_the_exit_report_names_the_run_systemd_told_it(
     record = logformat.parse_record(fields)
     assert isinstance(record, ExitRecord)
     assert record.invocation == (named or b"").decode()
+
+
+def signal_mask(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def test_the_exit_report_outlives_signals_meant_for_the_job(shim: str, tmp_path: Path) -> None:
+    """The report runs in the job's cgroup, so a signal for the job (sjob stop --signal, systemctl kill) may reach
+    it: it blocks every signal it can before it writes how the job ended. Here journald is behind (its queue full),
+    so the report waits in its send while the signals come."""
+    path = str(tmp_path / "journal")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler.sendto(b"x", path)
+    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
+    report = subprocess.Popen([shim, "--journal-socket", path, "--report", "1a2b3c4d"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while signal_mask(report.pid, "SigBlk") == 0:
+            assert report.poll() is None, "the report ended before journald took its entry"
+            assert time.monotonic() < deadline, "the report never blocked signals"
+            time.sleep(0.01)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
+            report.send_signal(sig)
+        pending = signal_mask(report.pid, "ShdPnd") | signal_mask(report.pid, "SigPnd")
+        assert pending & (1 << (signal.SIGTERM - 1)), "the signals were not held"
+        journald.settimeout(30)
+        while b"SJOB_RESULT\n" not in journald.recv(65536):  # journald catches up: the exit entry comes
+            pass
+        assert report.wait(30) == 0
+    finally:
+        if report.poll() is None:
+            report.kill()
+            report.wait()
+        journald.close()
+        filler.close()
 
 
 def test_the_forwarder_announces_itself_before_the_command_runs(shim: str, journal: FakeJournal) -> None:
