@@ -50,6 +50,13 @@ class SjobError(Exception):
         return f"SjobError({self.code.value}, {self.message!r}, hint={self.hint!r})"
 
 
+class NoSuchProcessError(SjobError):
+    """systemd has no such process of the unit to signal: KillUnit for its main process once that has gone."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.SystemdError, message)
+
+
 def no_such_job(job_id: str) -> SjobError:
     # The same words for "does not exist" and "belongs to someone else": no existence oracle.
     return SjobError(ErrorCode.NoSuchJob, f"no job with id {job_id!r}", hint="'sjob list' shows the ids of your jobs")

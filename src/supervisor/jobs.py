@@ -31,7 +31,7 @@ from supervisor import jobspec, limits, properties
 from supervisor.access import Access
 from supervisor.auth import Principal
 from supervisor.backends import JobLog, RecordStore, UnitManager
-from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
+from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError, invalid_argument, no_such_job
 from supervisor.launcher import Admission, Launcher
 from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, StartRecord
@@ -60,6 +60,14 @@ log = logging.getLogger(__name__)
 # can only be shorter: sjobd sends the SIGKILL itself when it is (systemd refuses to change TimeoutStopUSec on a
 # running transient unit).
 MAX_GRACE_USEC = properties.DEFAULT_STOP_TIMEOUT_USEC
+
+
+def _ending(job: Job) -> SjobError:
+    return SjobError(
+        ErrorCode.InvalidArgument,
+        f"job {job.id} is ending its run: its command has exited, and no signal reaches what is left of it",
+        hint=f"sjob status {job.id} shows how it ended, or what comes next",
+    )
 
 
 def is_block_device(path: str) -> bool:
@@ -279,8 +287,7 @@ class JobService:
         if not await self._reaper.runs_now(job):
             return job  # a timer's run whose service already runs the next one: this one is over (review of J)
         if signo is not None:
-            log.info("%s: %s sends signal %d", job.unit, principal, signo)
-            await self._units.kill(job.unit, signo)
+            await self._signal(job, principal, signo)
             return job
         if grace_usec is not None and not 0 <= grace_usec <= MAX_GRACE_USEC:
             raise invalid_argument(
@@ -290,8 +297,22 @@ class JobService:
         log.info("%s: stopped by %s", job.unit, principal)
         job = await self.stop_unit(job, principal.name, lambda n: f"stopped by {principal.name} before attempt {n}")
         if grace_usec is not None and grace_usec < MAX_GRACE_USEC and not job.state.finished:
-            self._reaper.kill_later(job.unit, grace_usec, forbid_forks=job.timer is None)
+            self._reaper.kill_later(job.unit, grace_usec, forbid_forks=job.timer is None, run=job.invocation)
         return job
+
+    async def _signal(self, job: Job, principal: Principal, signo: int) -> None:
+        """Send `signo` to the job's processes, as systemctl kill does; to its main process alone once the unit is
+        stopping: its exit report (ExecStopPost, root's, in the same cgroup) may be running then, and a SIGKILL or
+        SIGSTOP meant for the job would lose or hold up the record of how it ended."""
+        state = await self._units.unit_state(job.unit)
+        stopping = state is not None and state.active_state == "deactivating"
+        if state is not None and stopping and state.main_pid == 0:
+            raise _ending(job)
+        log.info("%s: %s sends signal %d%s", job.unit, principal, signo, " to its main process" if stopping else "")
+        try:
+            await self._units.kill(job.unit, signo, main_only=stopping)
+        except NoSuchProcessError as e:  # its main process went meanwhile
+            raise _ending(job) from e
 
     async def stop_unit(self, job: Job, by: str, why: Callable[[int], str], *, ended_run: str | None = None) -> Job:
         """Stop the job's unit, `by` whom; a retried job stopped while it waits for its next attempt ends here and
@@ -324,7 +345,7 @@ class JobService:
             log.info("%s: run %s stopped by %s", run.unit, run.id, by)
             run = await self.stop_unit(run, by, lambda n: f"stopped by {by}")
             if not run.state.finished:
-                self._reaper.kill_later(run.unit, 0, forbid_forks=False)
+                self._reaper.kill_later(run.unit, 0, forbid_forks=False, run=run.invocation)
 
     def _attempt_ended(self, job: Job) -> None:
         """A retried job's attempt has ended and systemd is to start another: not if the token whose bearer

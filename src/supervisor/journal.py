@@ -486,8 +486,8 @@ class Journal:
                     result, when = fields.get("UNIT_RESULT", b"").decode("ascii", "replace"), reader._get_realtime()
             if result is None:
                 return None
-            if result == "success" and not code:
-                code, status = "exited", "0"  # a success's exit is logged at debug level only
+            # A clean end of the main process (exit 0, or SIGTERM and its like) is logged at debug level only: no
+            # code then (Reaper._manager_exit decides what that means).
             return logformat.manager_exit(result, code, status, when)
         finally:
             reader.close()

@@ -20,7 +20,7 @@ from supervisor import retries
 from supervisor.backends import JobLog, RecordStore
 from supervisor.logformat import ExitRecord
 from supervisor.protocol import Job, JobState, Resources
-from supervisor.units import Outcome, UnitState, outcome_of_exit, over_quota
+from supervisor.units import Outcome, UnitState, outcome_of_exit, outcome_of_unit, over_quota
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,19 @@ class Ledger:
             return job
         # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
         # reaches this method from the watcher, every follower and the sweep. It changes only the message.
-        run = record.invocation or job.invocation
-        if (quota := self._journal.find_quota(job.log_id, job.unit, job.log_uid, run)) is not None:
-            outcome = over_quota(outcome, quota)
+        outcome = self._with_quota(job, outcome, record.invocation or job.invocation)
         return self.finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
+
+    def finish_unreported(self, job: Job, unit: UnitState) -> Job:
+        """End a job whose exit record never came as its settled unit's properties say (units.outcome_of_unit)."""
+        outcome = self._with_quota(job, outcome_of_unit(unit, job.stopped_by), unit.invocation_id or job.invocation)
+        return self.finish(job, outcome, unit.exec_main_exit_usec or now_usec())
+
+    def _with_quota(self, job: Job, outcome: Outcome, run: str | None) -> Outcome:
+        """The outcome, saying so if the job's output reached the policy's quota (the forwarder's quota record)."""
+        if (quota := self._journal.find_quota(job.log_id, job.unit, job.log_uid, run)) is not None:
+            return over_quota(outcome, quota)
+        return outcome
 
     def _record_attempt(self, job: Job, record: ExitRecord) -> Job | None:
         """Add an attempt of a retried job to its record: the job as it stands if the job goes on (another attempt

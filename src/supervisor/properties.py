@@ -48,8 +48,10 @@ def user_slice(uid: int) -> str:
 
 def no_new_tasks(unit: str) -> UnitProperties:
     """TasksMax=1 for a unit being killed: its processes can no longer fork, so a fork bomb cannot outrun the
-    SIGKILL rounds (systemd does the same with pids.max=0 since PR #42388; D-Bus accepts 1 as the least). The
-    unit's ExecStopPost, one process started once the cgroup is empty, still runs."""
+    SIGKILL rounds (systemd does the same with pids.max=0 since PR #42388; D-Bus accepts 1 as the least). Set only
+    once the job's main process has gone (reaper._kill_after_grace): the unit's ExecStopPost (the exit report)
+    starts once the cgroup is empty, which TasksMax=1 leaves room for (systemd 257 starts it straight into the
+    cgroup, where TasksMax counts; 252 moves it there after the fork, where it does not)."""
     return UnitProperties(unit, (("TasksMax", 1),))
 
 

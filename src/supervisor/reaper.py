@@ -21,15 +21,18 @@ from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import ExitRecord
 from supervisor.policy import Retention
 from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX, Job, JobState, parse_job_id
-from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit, outcome_of_unit
+from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_exit
 
 log = logging.getLogger(__name__)
 
 COLLECT_TRIES = 100
 COLLECT_INTERVAL = 0.2
 SWEEP_INTERVAL = 60.0
-KILL_ROUNDS = 120
 KILL_INTERVAL = 0.5
+KILL_INTERVAL_MAX = 4.0  # between looks at a stopping unit while sjobd has nothing to kill
+# How long after a grace period sjobd keeps killing: systemd's own timeouts (TimeoutStopSec=, 90 s, for each of
+# stop-sigterm, stop-post, final-sigterm and final-sigkill) are what can keep a unit stopping longer.
+KILL_PATIENCE = 4 * 90.0
 WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
 WATCH_RETRY_MAX = 30.0
 SETTLE_USEC = 60_000_000  # how long after a provisional end `settled` looks for the exit record
@@ -57,9 +60,9 @@ class Reaper:
         self._ledger = ledger
         self._retention = retention  # the policy's, as it is at each sweep (a reload may change it)
         self._background: set[asyncio.Task[None]] = set()
-        # unit -> (when its grace period ends, on the loop's clock; the task that SIGKILLs it then): at most one per
-        # unit, however often it is stopped, so repeated Stop calls cannot pile up tasks in sjobd.
-        self._grace: dict[str, tuple[float, asyncio.Task[None]]] = {}
+        # unit -> (when its grace period ends, on the loop's clock; the run it is for; the task that SIGKILLs it
+        # then): at most one per unit, however often it is stopped, so repeated Stop calls cannot pile up tasks.
+        self._grace: dict[str, tuple[float, str | None, asyncio.Task[None]]] = {}
 
     async def watch_exits(self) -> None:
         """Record every job's end as journald reports it; runs until cancelled.
@@ -143,14 +146,14 @@ class Reaper:
         if state is not None and state.exists and state.finished:
             # Settled, yet no exit record: systemd could not run the ExecStopPost that writes it (seen in CI: "Failed
             # to spawn 'stop-post' task: Resource temporarily unavailable" when a fork bomb filled the cgroup's
-            # TasksMax). The unit's own properties tell how it ended; give a late record its chance first.
-            if self._ledger.exit_record_may_still_come(job):
+            # TasksMax), or it was killed. The unit's own properties tell how this run ended (systemd keeps its main
+            # process's status, across a reload too): better than the service manager's log, which does not say
+            # how a clean end came (exit 0, or SIGTERM). Give a late record, with what the job used, its chance
+            # first, unless systemd says the report ran and sent none.
+            if not state.report_lost and self._ledger.exit_record_may_still_come(job):
                 return job
-            if (logged := self._manager_exit(job)) is not None:
-                self.collect_later(job.unit)
-                return logged
             log.warning("%s has no exit record; its result comes from systemd's unit properties", job.unit)
-            finished = self._ledger.finish(job, outcome_of_unit(state, job.stopped_by), now_usec())
+            finished = self._ledger.finish_unreported(job, state)
             self.collect_later(job.unit)
             return finished
         if state is not None and state.exists:
@@ -182,6 +185,10 @@ class Reaper:
         record = self._journal.find_manager_exit(job.unit, job.invocation)
         if record is None:
             return None
+        if record.result == "success" and not record.exit_code and not self._stopped_by_anyone(job):
+            # systemd logs a clean end of the main process at debug level only, which is exit 0 or death by SIGTERM,
+            # SIGINT, SIGHUP or SIGPIPE: for a job nobody stopped, exit 0. For a stopped one, nobody can tell.
+            record = dataclasses.replace(record, exit_code="exited", exit_status=0)
         log.warning("%s has no exit record; its result comes from the service manager's log", job.unit)
         return self._ledger.record_exit(job.id, record)
 
@@ -195,6 +202,13 @@ class Reaper:
         for found in self._journal.find_exits(job.log_id, job.unit, job.invocation):
             job = self._ledger.record_exit(job.id, found) or job
         return job
+
+    def _stopped_by_anyone(self, job: Job) -> bool:
+        """Whether somebody stopped the job: a caller, or its forwarder at the output quota (a SIGTERM)."""
+        if job.stopped_by is not None:
+            return True
+        quota = self._journal.find_quota(job.log_id, job.unit, job.log_uid, job.invocation)
+        return quota is not None and quota.on_exceed == "stop"
 
     async def main_exited(self, job: Job) -> Job | None:
         """The finished job if systemd reports that its main process exited by itself (not killed: a kill may
@@ -241,19 +255,20 @@ class Reaper:
         """Reset `unit` once it has settled, if it failed (in the background)."""
         self._in_background(self._collect(unit))
 
-    def kill_later(self, unit: str, grace_usec: int, *, forbid_forks: bool = True) -> None:
+    def kill_later(self, unit: str, grace_usec: int, *, forbid_forks: bool = True, run: str | None = None) -> None:
         """SIGKILL `unit` once `grace_usec` is over; a stop that asks for a shorter grace than the one pending
         replaces it, a longer or equal one changes nothing (the earliest deadline wins, as with systemd's own).
+        `run`: the unit's run to stop (a timer's run, job.invocation); a grace pending for another run is replaced.
         Without `forbid_forks`, no TasksMax=1 between the kills: a timer's service keeps its settings for its
         later runs (review of J), so only the SIGKILLs stop a fork bomb there."""
         deadline = asyncio.get_running_loop().time() + grace_usec / 1e6
         pending = self._grace.get(unit)
-        if pending is not None and not pending[1].done():
-            if pending[0] <= deadline:
+        if pending is not None and not pending[2].done():
+            if pending[0] <= deadline and pending[1] == run:
                 return
-            pending[1].cancel()
-        task = self._in_background(self._kill_after_grace(unit, grace_usec, forbid_forks))
-        self._grace[unit] = (deadline, task)
+            pending[2].cancel()
+        task = self._in_background(self._kill_after_grace(unit, grace_usec, forbid_forks, run))
+        self._grace[unit] = (deadline, run, task)
         task.add_done_callback(lambda done: self._forget_grace(unit, done))
 
     def _in_background(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
@@ -263,31 +278,75 @@ class Reaper:
         return task
 
     def _forget_grace(self, unit: str, task: asyncio.Task[None]) -> None:
-        if (pending := self._grace.get(unit)) is not None and pending[1] is task:
+        if (pending := self._grace.get(unit)) is not None and pending[2] is task:
             del self._grace[unit]
 
-    async def _kill_after_grace(self, unit: str, grace_usec: int, forbid_forks: bool) -> None:
+    async def _kill_after_grace(self, unit: str, grace_usec: int, forbid_forks: bool, run: str | None) -> None:
         """SIGKILL what is left of a stopping job once its grace period is over, again and again while processes
-        remain. Only while systemd waits for the processes to go ("stop-sigterm", or "final-sigterm" after the exit
-        report): in between, the unit's own ExecStopPost runs in the same cgroup and must not be killed.
+        remain, never its exit report (the unit's ExecStopPost, run as root in the same cgroup).
 
-        The first SIGKILL comes before anything else changes, so the job ends by that signal and is reported so.
-        Forking is forbidden only after it (TasksMax=1), then the kill repeats: a fork bomb would otherwise outrun
-        the rounds (seen in CI: a stop took more than 300 s). Forbidding it first is a race seen in CI too: a
-        shell whose fork then fails exits by itself ("exit 2"), and its end is no longer the SIGKILL."""
+        - While systemd waits for the job's main process ("stop-sigterm"), only that process gets the SIGKILL:
+          systemd starts the report the moment it has gone, which may be after the state was read and before a kill
+          for the whole unit arrives. Such a kill killed the report (seen in CI), and the job's end came late and
+          without what it used. A main process gone meanwhile makes systemd refuse the kill; nothing is lost. The
+          job ends by that SIGKILL and is reported so. Its other processes live on while the report runs.
+        - Once the main process has gone, what is left is the job's own: in "stop-sigterm" if it went before the
+          stop began (systemd starts the report once the cgroup is empty), and in "final-sigterm" after the report.
+          That gets SIGKILL as a whole, with no more forking (TasksMax=1, first, now that the job's end is decided):
+          a fork bomb would otherwise outrun the rounds (seen in CI: a stop took more than 300 s). Forbidding forks
+          while the main process lives is a race seen in CI too: a shell whose fork then fails exits by itself
+          ("exit 2"), and its end is no longer the SIGKILL. The state is read again after TasksMax=1, which the job
+          can see: what is left may all exit then, and the report start. Left is the time between that read and
+          the kill: the report is then killed, and only what the job used is lost.
+        - Nothing while the report runs ("stop-post"), which the job can make slow; nor while the unit is still
+          active (systemd answers StopUnit before it runs the stop job, and a short grace period can be over before
+          that). Then it is looked at less and less often, for as long as systemd's own timeouts can keep the unit
+          stopping.
+        - Only the run that was stopped: a timer's service that has begun its next run is left alone."""
+        loop = asyncio.get_running_loop()
+        if run is None:  # the unit's run now, which is being stopped
+            with contextlib.suppress(SjobError):
+                run = state.invocation_id if (state := await self._units.unit_state(unit)) is not None else None
         await asyncio.sleep(grace_usec / 1e6)
-        for round_ in range(KILL_ROUNDS):
-            state = await self._units.unit_state(unit)
-            if state is None or state.active_state != "deactivating":
-                return
-            if state.sub_state in ("stop-sigterm", "final-sigterm"):
-                log.info("%s: grace period over, sending SIGKILL (%s)", unit, state.sub_state)
+        deadline = loop.time() + KILL_PATIENCE
+        forks_forbidden = not forbid_forks
+        told: set[str] = set()
+        interval = KILL_INTERVAL
+        while loop.time() < deadline:
+            try:
+                state = await self._units.unit_state(unit)
+            except SjobError as e:  # systemd busy, or the bus being reconnected: not the end of the stop
+                self._note(unit, told, f"cannot read its state ({e.message}); trying again")
+                state = None
+            else:
+                if state is None or state.finished or (run and state.invocation_id != run):
+                    return
+            if state is not None and state.sub_state == "stop-sigterm" and state.main_pid != 0:
+                self._note(unit, told, "grace period over, sending SIGKILL to its main process")
+                with contextlib.suppress(SjobError):  # it has gone meanwhile: systemd refuses
+                    await self._units.kill(unit, signal.SIGKILL, main_only=True)
+                interval = KILL_INTERVAL
+            elif state is not None and (state.only_leftovers or state.sub_state == "final-sigterm"):
+                if not forks_forbidden:
+                    forks_forbidden = True
+                    with contextlib.suppress(SjobError):
+                        await self._units.set_properties(properties.no_new_tasks(unit))
+                    continue  # and look again before the kill
+                self._note(unit, told, "grace period over, sending SIGKILL to what is left of it")
                 with contextlib.suppress(SjobError):  # it ended meanwhile
                     await self._units.kill(unit, signal.SIGKILL)
-                    if round_ == 0 and forbid_forks:
-                        await self._units.set_properties(properties.no_new_tasks(unit))
-                        await self._units.kill(unit, signal.SIGKILL)
-            await asyncio.sleep(KILL_INTERVAL)
+                interval = KILL_INTERVAL
+            else:  # not stopping yet, its report running, or systemd not answering: look again, less often
+                interval = min(interval * 2, KILL_INTERVAL_MAX)
+            await asyncio.sleep(interval)
+        log.warning("%s is still stopping %.0fs after its grace period; leaving it to systemd", unit, KILL_PATIENCE)
+
+    @staticmethod
+    def _note(unit: str, told: set[str], what: str) -> None:
+        """Log `what` of a unit being killed, once per kind."""
+        if what not in told:
+            told.add(what)
+            log.info("%s: %s", unit, what)
 
     async def _collect(self, unit: str) -> None:
         """Once a recorded unit has settled, reset it if it failed, so systemd garbage-collects it.

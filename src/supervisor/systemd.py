@@ -21,7 +21,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
 from supervisor.properties import PassedFd, UnitProperties
 from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
@@ -33,6 +33,7 @@ SERVICE = "org.freedesktop.systemd1.Service"
 TIMER = "org.freedesktop.systemd1.Timer"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+NO_SUCH_PROCESS = "org.freedesktop.systemd1.NoSuchProcess"  # KillUnit: no main (or control) process to signal
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
 
 _EARLY_MAX = 1024
@@ -130,6 +131,8 @@ class Systemd:
             memory_bytes=_accounted(service.get("MemoryCurrent")),
             tasks=_accounted(service.get("TasksCurrent")),
             invocation_id=bytes(unit.get("InvocationID", b"")).hex(),
+            control_pid=service.get("ControlPID", 0),
+            stop_post=_first_run(service.get("ExecStopPost")),
         )
 
     async def timer_state(self, name: str) -> TimerUnitState | None:
@@ -173,9 +176,10 @@ class Systemd:
         the stop is queued, not when it is done."""
         await self._manager("StopUnit", "ss", [name, "replace"])
 
-    async def kill(self, name: str, signo: int) -> None:
-        """Send a signal to every process of the unit (systemctl kill)."""
-        await self._manager("KillUnit", "ssi", [name, "all", signo])
+    async def kill(self, name: str, signo: int, *, main_only: bool = False) -> None:
+        """Send a signal to every process of the unit (systemctl kill), or with `main_only` to its main process
+        alone (systemd refuses when it has none)."""
+        await self._manager("KillUnit", "ssi", [name, "main" if main_only else "all", signo])
 
     async def set_properties(self, unit: UnitProperties) -> None:
         """Set properties of a unit at runtime (systemctl set-property --runtime); loads a slice if need be."""
@@ -276,6 +280,18 @@ def _accounted(value: object, divisor: int = 1) -> int | None:
     return value // divisor
 
 
+def _first_run(commands: object) -> tuple[int, int, int] | None:
+    """(pid, code, status) of the first command of an Exec*= property, a(sasbttttuii): path, argv, ignore-errors,
+    start and exit timestamps (realtime and monotonic), then those three; None if there is none, or if it is not
+    what systemd documents."""
+    if not isinstance(commands, list) or not commands or not isinstance(commands[0], list | tuple):
+        return None
+    run = tuple(commands[0][7:10])
+    if len(run) != 3 or not all(isinstance(n, int) for n in run):
+        return None
+    return run[0], run[1], run[2]
+
+
 def _check(reply: Message, member: str) -> Message:
     """Map a D-Bus error reply to an SjobError; the only place D-Bus error names are interpreted."""
     if reply.message_type is not MessageType.ERROR:
@@ -284,6 +300,8 @@ def _check(reply: Message, member: str) -> Message:
     if reply.error_name == NO_SUCH_UNIT:
         # Callers that expect "no such unit" catch this; it never reaches a client as is.
         raise SjobError(ErrorCode.NoSuchJob, text or "no such unit")
+    if reply.error_name == NO_SUCH_PROCESS:
+        raise NoSuchProcessError(f"systemd refused {member}: {text}")
     if reply.error_name == "org.freedesktop.DBus.Error.InvalidArgs":
         # What systemd found wrong in a property it was sent: for sjob, a timer's calendar spec it cannot parse.
         raise SjobError(ErrorCode.InvalidArgument, f"systemd refused {member}: {text}")

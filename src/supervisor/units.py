@@ -59,6 +59,11 @@ class UnitState:
     memory_bytes: int | None = None
     tasks: int | None = None
     invocation_id: str = ""  # the current (or last) run of the unit, 32 hex digits; "" if it never ran
+    control_pid: int = 0  # the running ExecStartPre=, ExecStopPost=, ... if any
+    # The unit's ExecStopPost= (for sjob units: the exit report) in its current or last run, as (pid, CLD_* code,
+    # status): pid 0 if it has not started (or systemd was reloaded since: it does not keep this), code 0 while it
+    # runs. None if the unit has no ExecStopPost=, or systemd said something else.
+    stop_post: tuple[int, int, int] | None = None
 
     @property
     def exists(self) -> bool:
@@ -67,6 +72,27 @@ class UnitState:
     @property
     def finished(self) -> bool:
         return self.active_state in ("inactive", "failed")
+
+    @property
+    def report_lost(self) -> bool:
+        """Settled, and its ExecStopPost= ran and did not exit 0: it was killed or failed. For an sjob unit, its exit
+        record will not come (or, sent just before a kill, has come already): there is nothing to wait for. Not
+        said of one that never started: systemd may have been reloaded since it ran."""
+        if not self.finished or self.stop_post is None:
+            return False
+        pid, code, status = self.stop_post
+        return pid != 0 and code != 0 and (code, status) != (CLD_EXITED, 0)
+
+    @property
+    def only_leftovers(self) -> bool:
+        """Stopping, with its main process gone and its ExecStopPost= not started: what is left in the cgroup is
+        the job's own (systemd starts the ExecStopPost once the cgroup is empty)."""
+        return (
+            self.sub_state == "stop-sigterm"
+            and self.main_pid == 0
+            and self.control_pid == 0
+            and (self.stop_post is None or self.stop_post[0] == 0)
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from supervisor.access import Access
 from supervisor.audit import AuditEntry
+from supervisor.errors import NoSuchProcessError
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord, UnitEvent
 from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
@@ -341,10 +342,16 @@ class FakeUnits:
             )
         self._signal_all(name, signal.SIGTERM)
 
-    async def kill(self, name: str, signo: int) -> None:
+    async def kill(self, name: str, signo: int, *, main_only: bool = False) -> None:
         self.signalled.append((name, signo))
-        self.calls.append(f"kill {signal.Signals(signo).name}")
-        self._signal_all(name, signo)
+        self.calls.append(f"kill {'main ' if main_only else ''}{signal.Signals(signo).name}")
+        if not main_only:
+            self._signal_all(name, signo)
+        elif (main := next((p for p in reversed(self.processes.get(name, [])) if p.returncode is None), None)) is None:
+            raise NoSuchProcessError("systemd refused KillUnit: No main process to kill")
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(main.pid, signo)
 
     def _signal_all(self, name: str, signo: int) -> None:
         # Every process of the "unit", as KillMode=control-group does: the job's session here.

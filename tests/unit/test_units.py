@@ -1,5 +1,7 @@
 """From systemd's view of a unit, or its exit record, to a job's outcome."""
 
+import dataclasses
+
 import pytest
 
 from supervisor import units
@@ -53,3 +55,33 @@ def test_a_job_over_its_output_quota_says_so() -> None:
     )
     dropped = units.over_quota(units.outcome_of_exit(ExitRecord("success", "exited", 0), None), QuotaRecord(10, "drop"))
     assert dropped.message == "output beyond the quota of 10 bytes was dropped ([output] in policy.toml)"
+
+
+@pytest.mark.parametrize(
+    ("reply", "run"),
+    [
+        # ExecStopPost as GetAll gives it (a(sasbttttuii)): the report, ended by SIGKILL.
+        ([["/opt/sjob/libexec/sjob-shim", ["sjob-shim", "--report", "x"], False, 1, 2, 3, 4, 77, 2, 9]], (77, 2, 9)),
+        ([], None),
+        (None, None),
+        ([["a"]], None),
+        ([None], None),
+        ([[]], None),
+        ([["p", [], False, 1, 2, 3, 4, "77", 2, 9]], None),
+    ],
+)
+def test_an_exec_commands_run_is_read_or_ignored(reply: object, run: tuple[int, int, int] | None) -> None:
+    """What systemd says of a unit's ExecStopPost; anything else is "not known", never an exception in sjobd's
+    sweep or a follower."""
+    from supervisor.systemd import _first_run  # noqa: PLC0415 - the D-Bus adapter, imported by this test only
+
+    assert _first_run(reply) == run
+
+
+def test_a_stopping_unit_holds_only_the_jobs_leftovers_between_its_main_process_and_its_report() -> None:
+    base = UnitState("u", "loaded", "deactivating", "stop-sigterm", "success", 0, 0, 0, 0, 0, "", stop_post=(0, 0, 0))
+    assert base.only_leftovers
+    assert not dataclasses.replace(base, main_pid=5).only_leftovers
+    assert not dataclasses.replace(base, control_pid=5).only_leftovers
+    assert not dataclasses.replace(base, stop_post=(8, 0, 0)).only_leftovers
+    assert not dataclasses.replace(base, sub_state="final-sigterm").only_leftovers
