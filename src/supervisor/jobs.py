@@ -333,7 +333,18 @@ class JobService:
             job = self._ledger.finish(job, outcome, now_usec())
         else:
             self._records.update(job)
-        await self._units.stop(job.unit)
+        try:
+            await self._units.stop(job.unit)
+        except SjobError as e:
+            if e.code is not ErrorCode.NoSuchJob or between:
+                raise
+            # The unit has gone already (it ended, and systemd collected it) and the job's end is on its way, or
+            # is to be taken from the service manager's log (reaper.refresh): nobody stopped it. Seen in CI: "no
+            # job with id ..." for a job `sjob list --running` had just shown.
+            log.info("%s: already gone; its end is being recorded", job.unit)
+            job = dataclasses.replace(job, stopped_by=latest.stopped_by)
+            self._records.update(job)
+            return job
         if between:
             self._reaper.collect_later(job.unit)  # stopped in stop-post, a unit may end "failed": reset it
         return job

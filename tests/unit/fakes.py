@@ -23,7 +23,7 @@ from pathlib import Path
 
 from supervisor.access import Access
 from supervisor.audit import AuditEntry
-from supervisor.errors import NoSuchProcessError
+from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord, Record, StartRecord, UnitEvent
 from supervisor.policy import Policy
 from supervisor.policyfile import parse_policy
@@ -138,6 +138,7 @@ class FakeUnits:
     time_scale: float = 0.01  # systemd's delays (RestartUSec=, a timer's times) pass this much faster
     stop_post: float = 0.0  # seconds a run's unit stays in stop-post after its exit record (its ExecStopPost ends)
     stop_delay: float = 0.0  # seconds a stop takes to be answered
+    refuse_gone: bool = False  # StopUnit of a unit systemd no longer has fails, as systemd's does (NoSuchUnit)
     seq: dict[str, int] = dataclasses.field(default_factory=dict)  # job id -> its last output record's number
     timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
     timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
@@ -332,6 +333,8 @@ class FakeUnits:
     async def stop(self, name: str) -> None:
         if self.stop_delay:
             await asyncio.sleep(self.stop_delay)  # a D-Bus round trip: others may read the journal meanwhile
+        if self.refuse_gone and name not in self.states and name not in self.timers:
+            raise SjobError(ErrorCode.NoSuchJob, f"Unit {name} not loaded.")
         self.stopped.append(name)
         if (task := self.timer_tasks.pop(name, None)) is not None:
             task.cancel()

@@ -566,6 +566,24 @@ def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
     scenario(body, tmp_path)
 
 
+def test_stopping_a_job_whose_unit_has_gone_waits_for_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose unit ended and was collected, its end not yet recorded (no exit record yet, or none coming):
+    `sjob list --running` shows it, and `sjob stop` said "no job with id" (systemd's NoSuchUnit for StopUnit; seen
+    in CI). Now the stop returns the job, nobody having stopped it, and its end comes as for any other."""
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 100_000)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        log.manager_exits[job.unit] = ExitRecord("success", "", None, 123)
+        stopping = await service.stop(ALICE, job.id)  # within the grace for its exit record: not ended yet
+        assert (stopping.state.finished, stopping.stopped_by) == (False, None)
+        await asyncio.sleep(0.2)
+        ended = await service.status(ALICE, job.id)
+        assert (ended.state, ended.exit_status, ended.stopped_by) == (JobState.exited, 0, None)
+
+    scenario(body, tmp_path, run_commands=False, refuse_gone=True)
+
+
 def test_a_signal_for_a_stopping_job_reaches_its_main_process_only(tmp_path: Path) -> None:
     """`sjob stop --signal` reaches all the job's processes, as systemctl kill does; once the unit is stopping,
     its main process only: the unit's exit report (root's ExecStopPost, in the same cgroup) may be running, and a
