@@ -342,9 +342,11 @@ class JobService:
             # is to be taken from the service manager's log (reaper.refresh): nobody stopped it. Seen in CI: "no
             # job with id ..." for a job `sjob list --running` had just shown.
             log.info("%s: already gone; its end is being recorded", job.unit)
-            job = dataclasses.replace(job, stopped_by=latest.stopped_by)
-            self._records.update(job)
-            return job
+            current = self._records.get(job.id) or job  # as it is now: its end may have been recorded meanwhile
+            if not current.state.finished and current.stopped_by == by:
+                current = dataclasses.replace(current, stopped_by=latest.stopped_by)
+                self._records.update(current)
+            return current
         if between:
             self._reaper.collect_later(job.unit)  # stopped in stop-post, a unit may end "failed": reset it
         return job
