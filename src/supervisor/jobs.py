@@ -336,16 +336,24 @@ class JobService:
         try:
             await self._units.stop(job.unit)
         except SjobError as e:
-            if e.code is not ErrorCode.NoSuchJob or between:
+            if e.code is not ErrorCode.NoSuchJob:
                 raise
-            # The unit has gone already (it ended, and systemd collected it) and the job's end is on its way, or
-            # is to be taken from the service manager's log (reaper.refresh): nobody stopped it. Seen in CI: "no
-            # job with id ..." for a job `sjob list --running` had just shown.
-            log.info("%s: already gone; its end is being recorded", job.unit)
+            if between:
+                return job  # ended above
+            # systemd has no such unit: not made yet (the job is starting), or gone already (it ended, systemd
+            # collected it, and its end is on its way or is to be taken from the service manager's log: nobody
+            # stopped it). Seen in CI: "no job with id ..." for a job `sjob list --running` had just shown.
             current = self._records.get(job.id) or job  # as it is now: its end may have been recorded meanwhile
             if not current.state.finished and current.stopped_by == by:
                 current = dataclasses.replace(current, stopped_by=latest.stopped_by)
                 self._records.update(current)
+            if current.state is JobState.starting:
+                raise SjobError(
+                    ErrorCode.Busy,
+                    f"job {job.id} is starting: systemd has not made its unit yet, so there is nothing to stop",
+                    hint=f"stop it again in a moment: sjob stop {job.id}",
+                ) from e
+            log.info("%s: already gone; its end is being recorded", job.unit)
             return current
         if between:
             self._reaper.collect_later(job.unit)  # stopped in stop-post, a unit may end "failed": reset it

@@ -570,14 +570,23 @@ def test_stopping_a_job_whose_unit_has_gone_waits_for_its_end(tmp_path: Path, mo
     """A job whose unit ended and was collected, its end not yet recorded (no exit record yet, or none coming):
     `sjob list --running` shows it, and `sjob stop` said "no job with id" (systemd's NoSuchUnit for StopUnit; seen
     in CI). Now the stop returns the job, nobody having stopped it, and its end comes as for any other."""
-    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 100_000)
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 1_000_000)
 
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
-        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))  # it ran, and its unit went
+        # Still starting (systemd has not made the unit yet, review of H): the stop says so, and changes nothing.
+        records = service._records
+        records.update(dataclasses.replace(job, state=JobState.starting))
+        with pytest.raises(SjobError) as starting:
+            await service.stop(ALICE, job.id)
+        hint = f"stop it again in a moment: sjob stop {job.id}"
+        assert (starting.value.code, starting.value.hint) == (ErrorCode.Busy, hint)
+        assert (await service.status(ALICE, job.id)).stopped_by is None
+        records.update(dataclasses.replace(job, state=JobState.running))
         log.manager_exits[job.unit] = ExitRecord("success", "", None, 123)
         stopping = await service.stop(ALICE, job.id)  # within the grace for its exit record: not ended yet
         assert (stopping.state.finished, stopping.stopped_by) == (False, None)
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.1)
         ended = await service.status(ALICE, job.id)
         assert (ended.state, ended.exit_status, ended.stopped_by) == (JobState.exited, 0, None)
 
