@@ -99,7 +99,8 @@ COMMAND = Command(
     description="""Stop job ID as systemctl stop stops a unit: SIGTERM to all its processes, then SIGKILL to what is
 left after the grace period (default and at most 90s, the job unit's TimeoutStopSec, as systemd's default), and wait
 until it has ended. On a terminal it says on stderr that it is waiting and when SIGKILL goes out. With --signal it
-only sends that signal to all the job's processes (sjob's output forwarder ignores it) and returns.
+only sends that signal to all the job's processes (sjob's output forwarder ignores it; once the job is stopping,
+to its main process alone) and returns.
 
 A job waiting in your queue (sjob run --queue) leaves it and never runs. A retried job is not run again. ID may also
 be a timer's (sjob timers): the timer is removed; a run under way goes on (sjob stop RUN stops it), and the
