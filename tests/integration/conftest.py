@@ -189,10 +189,24 @@ def sjob_units() -> set[str]:
 # takes that from every test running alongside. The tests still assert on what the CLI says, once the wait is over.
 
 
+def status_reply(job_id: str, user: User | None = None) -> dict[str, Any]:
+    """sjobd's reply to `Status` of the job (as `user`): its record, or a Varlink error."""
+    (reply,) = varlink_call("io.sjob.Jobs.Status", {"id": job_id}, user=user)
+    return reply
+
+
 def job_state(job_id: str, user: User | None = None) -> str:
     """The job's state as sjobd answers `Status` (as `user`), or the Varlink error's name."""
-    (reply,) = varlink_call("io.sjob.Jobs.Status", {"id": job_id}, user=user)
+    reply = status_reply(job_id, user)
     return str(reply["parameters"]["job"]["state"]) if "error" not in reply else str(reply["error"])
+
+
+def job_fields(job_id: str, user: User | None = None) -> dict[str, Any]:
+    """The job as sjobd answers `Status` (as `user`): the fields `sjob status --json` shows, without the CLI."""
+    reply = status_reply(job_id, user)
+    assert "error" not in reply, reply
+    job: dict[str, Any] = reply["parameters"]["job"]
+    return job
 
 
 def in_journal(job_id: str, text: bytes) -> bool:

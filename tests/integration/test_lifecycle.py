@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SJOB, User, in_journal, interrupt, run, sjob, sjob_units, varlink_call, wait_until
+from .conftest import SJOB, User, in_journal, interrupt, job_fields, run, sjob, sjob_units, wait_until
 from .test_skeleton import detach, status, wait_finished
 
 # A job that says when it is ready, then ignores SIGTERM: only SIGKILL ends it.
@@ -96,13 +96,6 @@ def test_a_stop_without_grace_never_kills_the_exit_report() -> None:
         assert (info.get("exit_status"), info.get("signal")) in ends, info
     for job_id in jobs:
         wait_until(lambda j=job_id: f"sjob-{j}.service" not in sjob_units(), what=f"job {job_id}'s unit to go")
-
-
-def job_fields(job_id: str) -> dict[str, Any]:
-    """The job as sjobd answers `Status`, without starting the CLI (see conftest's polling helpers)."""
-    (reply,) = varlink_call("io.sjob.Jobs.Status", {"id": job_id})
-    job: dict[str, Any] = reply["parameters"]["job"]
-    return job
 
 
 def test_signal_without_stopping() -> None:

@@ -373,14 +373,19 @@ def stopping(sub: str, main: int = 0, control: int = 0, run: str = "a" * 32, rep
     return dataclasses.replace(state, control_pid=control, stop_post=(report, 0, 0))
 
 
+def reaper_over(units: FakeUnits, tmp_path: Path) -> Reaper:
+    """A reaper alone (no job service) over `units` and their log, as scenario() makes one."""
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    retention = shipped_access()[0].policy.retention
+    return Reaper(units, units.log, records, Ledger(records, units.log), lambda: retention)
+
+
 def grace_rounds(tmp_path: Path, script: list[UnitState], forbid_forks: bool = True, stays: bool = False) -> list[str]:
     """What sjobd sends systemd for a grace period of 0 as the unit goes through `script`."""
 
     async def main() -> list[str]:
-        log = FakeJobLog()
-        units = ScriptedUnits(log, script=script, stays=stays)
-        records = JobRecords(tmp_path / "jobs.sqlite")
-        reaper = Reaper(units, log, records, Ledger(records, log), lambda: shipped_access()[0].policy.retention)
+        units = ScriptedUnits(FakeJobLog(), script=script, stays=stays)
+        reaper = reaper_over(units, tmp_path)
         reaper.kill_later("sjob-x.service", 0, forbid_forks=forbid_forks)
         await asyncio.wait_for(asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()}), 10)
         return units.calls
@@ -431,10 +436,7 @@ def test_a_grace_period_for_a_timers_next_run_replaces_the_pending_one(tmp_path:
     for the same run)."""
 
     async def main() -> list[tuple[str | None, int]]:
-        log = FakeJobLog()
-        records = JobRecords(tmp_path / "jobs.sqlite")
-        retention = shipped_access()[0].policy.retention
-        reaper = Reaper(FakeUnits(log), log, records, Ledger(records, log), lambda: retention)
+        reaper = reaper_over(FakeUnits(FakeJobLog()), tmp_path)
         pending = []
         for grace, run in ((60, "a" * 32), (70, "a" * 32), (70, "b" * 32)):
             reaper.kill_later("sjob-x.service", grace * 1_000_000, forbid_forks=False, run=run)
