@@ -276,7 +276,7 @@ async def serve(args: argparse.Namespace) -> int:
     watcher = asyncio.create_task(sjobd.reaper.watch_exits(), name="watch-exits")
     background = [
         watcher,
-        asyncio.create_task(sjobd.reaper.keep_swept(), name="sweep"),
+        asyncio.create_task(sjobd.reaper.keep_pruned(), name="prune"),
         asyncio.create_task(sjobd.timers.watch_runs(), name="watch-timer-runs"),
     ]
     server = Server(sjobd.jobs, sjobd.access, sock, sjobd.functions, sjobd.timers)
@@ -286,7 +286,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), sjobd.jobs, sjobd.timers)
+    loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), sjobd)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
     log.info("sjobd ready on %s", sock.getsockname())
     done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
@@ -318,10 +318,11 @@ async def _cancelled(*tasks: asyncio.Task[None]) -> None:
 _rechecks: set[asyncio.Task[None]] = set()
 
 
-def _reload(config_dir: Path, service: JobService, timers: TimerService) -> None:
+def _reload(config_dir: Path, sjobd: Services) -> None:
     sd_daemon.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\nSTATUS=Reloading policy")
-    if reload_policy(config_dir, service):
-        task = asyncio.create_task(timers.recheck())  # timers the new policy no longer allows go
+    if reload_policy(config_dir, sjobd.jobs):
+        sjobd.reaper.retention_changed()
+        task = asyncio.create_task(sjobd.timers.recheck())  # timers the new policy no longer allows go
         _rechecks.add(task)
         task.add_done_callback(_rechecks.discard)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")

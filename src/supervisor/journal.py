@@ -35,9 +35,8 @@ R = typing.TypeVar("R", bound=Record)
 log = logging.getLogger(__name__)
 
 TICK = 2.0  # seconds between checks on a quiet job, so callers can notice a unit that vanished
-# The exit and run watchers wake on journald's inotify; this only guards against a wakeup that never comes. It was
-# TICK: an idle sjobd woke once a second for nothing (issue H: no polling when idle).
-WATCH_GUARD = 30.0
+# How long the exit and run watchers wait before reading again after the journal failed them (doubling up to this).
+REOPEN_DELAY_MAX = 30.0
 GAP_RETRIES = 12  # rereads of one gap before its records are given up on (about 10 s with GAP_DELAY doubling)
 GAP_DELAY = 0.05
 # A live follower polls (see job_records): every POLL_MIN after a record, backing off to POLL_MAX while the job has
@@ -57,8 +56,8 @@ READ_BATCH = 64  # entries examined (records up to 64 KiB each) between turns gi
 FIELD_MAX = 128 * 1024
 
 
-async def _changed_within(changed: asyncio.Event, timeout: float) -> None:
-    """Wait until `changed` is set or `timeout` seconds have passed.
+async def _changed_within(changed: asyncio.Event, timeout: float | None) -> None:
+    """Wait until `changed` is set or `timeout` seconds have passed (None: until it is set).
 
     Not asyncio.wait_for: on Python 3.11 (bookworm) it returns normally when it is cancelled in the same turn of
     the loop as the event is set, and the cancellation is lost. sjobd logs "shutting down" just before it cancels
@@ -69,6 +68,13 @@ async def _changed_within(changed: asyncio.Event, timeout: float) -> None:
         await asyncio.wait({waiter}, timeout=timeout)
     finally:
         waiter.cancel()
+
+
+def _timeout(reader: journal.Reader) -> float | None:
+    """How long `reader` may wait for its inotify descriptor, as sd_journal_get_timeout() says: forever (None),
+    unless it has journal files that inotify does not watch."""
+    ms = reader.get_timeout_ms()
+    return None if ms < 0 else ms / 1000
 
 
 def survive_truncated_files() -> None:
@@ -405,13 +411,15 @@ class Journal:
                                 yield _fields(reader), reader
                                 failures = 0
                             cursor = reader._get_cursor()  # once the entry is handled: one that failed is read again
-                        # inotify's ~250 ms is fast enough here; the timeout only guards against a lost wakeup.
-                        await _changed_within(changed, WATCH_GUARD)
+                        # journald's inotify wakes the reader (within ~250 ms), and nothing else does: an idle sjobd
+                        # sleeps (issue H: no polling). Only journal files on a network file system, which inotify
+                        # does not watch, have sd_journal ask for a timeout.
+                        await _changed_within(changed, _timeout(reader))
                         changed.clear()
                         state = reader.process()
             except OSError as e:  # a file changed under the reader (see survive_truncated_files): open it again
                 failures += 1
-                delay = min(2.0**failures, WATCH_GUARD)
+                delay = min(2.0**failures, REOPEN_DELAY_MAX)
                 zeroed = sigbus_pages()
                 log.warning("watching the journal failed (%s; %d pages zeroed); again in %gs", e, zeroed, delay)
                 await asyncio.sleep(delay)

@@ -107,7 +107,7 @@ class Ledger:
         ):
             return job
         # Only now, once the record changes the job: the lookup opens a journal reader, and the same exit record
-        # reaches this method from the watcher, every follower and the sweep. It changes only the message.
+        # reaches this method from the watcher, every follower and the reaper's looks. It changes only the message.
         outcome = self._with_quota(job, outcome, record.invocation or job.invocation)
         return self.finish(job, outcome, record.when_usec or now_usec(), record.resources or job.resources)
 
@@ -173,6 +173,12 @@ class Ledger:
         ended (or gone) without one."""
         first_seen = self._vanished.setdefault(job.id, now_usec())
         return now_usec() - first_seen < VANISHED_GRACE_USEC
+
+    def grace_left(self, job: Job) -> float | None:
+        """Seconds left of the job's grace for its exit record (`exit_record_may_still_come`), 0 once it is over;
+        None if its unit has not been seen ended or gone (or was seen running since)."""
+        first_seen = self._vanished.get(job.id)
+        return None if first_seen is None else max(0.0, (first_seen + VANISHED_GRACE_USEC - now_usec()) / 1e6)
 
     def unit_seen(self, job_id: str) -> None:
         """The job's unit is there and running: should it vanish later, its grace starts then."""

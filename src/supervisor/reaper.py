@@ -1,8 +1,10 @@
 """The reaper: the lifecycle of jobs after their start, for as long as sjobd runs. It watches journald for exit
-records (`watch_exits`), brings records up to date with the journal and systemd (`refresh`, and `sweep` over every
-unfinished job, now and then), adopts at startup the jobs systemd runs that sjobd has no record of (`reconcile`),
-resets failed units once they have settled so systemd garbage-collects them, and sends SIGKILL to a stopping job
-whose grace period is over. What it learns about a job's end goes into its record through the ledger.
+records (`watch_exits`), brings records up to date with the journal and systemd (`refresh`; for a unit systemd says
+has stopped or gone, `unit_ended`; at startup `sweep` over every unfinished job), adopts at startup the jobs systemd
+runs that sjobd has no record of (`reconcile`), drops records past their retention when they are due
+(`keep_pruned`), resets failed units once they have settled so systemd garbage-collects them, and sends SIGKILL to a
+stopping job whose grace period is over. What it learns about a job's end goes into its record through the ledger.
+An idle sjobd wakes for none of this: only journald's and systemd's news, or a deadline, wake it (issue H).
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ log = logging.getLogger(__name__)
 
 COLLECT_TRIES = 100
 COLLECT_INTERVAL = 0.2
-SWEEP_INTERVAL = 60.0
+# After systemd says a unit stopped: time for the exit watcher to record its job's end first (journald wakes its
+# readers within 250 ms), so that the look at the unit costs nothing in the usual case.
+ENDED_LOOK_DELAY = 1.0
+RESWEEP_DELAY = 30.0  # seconds after a record could not be brought up to date before every record is tried again
+PRUNE_SLACK = 0.1  # seconds after a record is due that it is dropped: never a busy loop at the boundary
 KILL_INTERVAL = 0.5
 KILL_INTERVAL_MAX = 4.0  # between looks at a stopping unit while sjobd has nothing to kill
 # How long after a grace period sjobd keeps killing: systemd's own timeouts (TimeoutStopSec=, 90 s, for each of
@@ -63,6 +69,10 @@ class Reaper:
         # unit -> (when its grace period ends, on the loop's clock; the run it is for; the task that SIGKILLs it
         # then): at most one per unit, however often it is stopped, so repeated Stop calls cannot pile up tasks.
         self._grace: dict[str, tuple[float, str | None, asyncio.Task[None]]] = {}
+        self._ending: set[str] = set()  # units systemd said stopped, whose jobs are about to be looked at
+        self._retention_changed = asyncio.Event()
+        self._resweep: asyncio.Task[None] | None = None
+        units.watch_ends(self.unit_ended)
 
     async def watch_exits(self) -> None:
         """Record every job's end as journald reports it; runs until cancelled.
@@ -81,6 +91,7 @@ class Reaper:
                         job = self._ledger.record_exit(job_id, record)
                     except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
                         log.error("cannot record the end of job %s: %s", job_id, e.message)
+                        self._sweep_later()
                         continue
                     if job is not None and job.state.finished:
                         # Never between a retried job's attempts: resetting the unit would reset its start limit.
@@ -102,26 +113,77 @@ class Reaper:
         await self.sweep()
 
     async def sweep(self) -> None:
-        """Bring every unfinished record up to date (exits missed, units vanished); drop records past retention."""
-        try:
-            if pruned := self._records.prune(self._retention(), now_usec()):
-                log.info("dropped %d job records past their retention", pruned)
-        except SjobError as e:
-            log.error("%s", e.message)
+        """Bring every unfinished record up to date (exits missed, units vanished): at startup, for what happened
+        while sjobd was not running, and a while after a record could not be written."""
         for job in self._records.unfinished():
             try:
                 await self.refresh(job)
             except SjobError as e:  # one job's trouble (a full disk, systemd busy) must not stop the others' sweep
                 log.warning("cannot bring job %s up to date: %s", job.id, e.message)
+                self._sweep_later()
 
-    async def keep_swept(self) -> None:
-        """Sweep now and then, for as long as sjobd runs: a safety net under the exit watcher."""
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+    def _sweep_later(self) -> None:
+        """A record could not be brought up to date (a full disk, systemd busy): sweep in a while, and again after
+        each sweep that fails too. The one time sjobd looks at its records without news."""
+        if self._resweep is None or self._resweep.done():
+            self._resweep = self._in_background(self._sweep_after(RESWEEP_DELAY))
+
+    async def _sweep_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._resweep = None  # this sweep's own failures schedule the next
+        await self.sweep()
+
+    def unit_ended(self, unit: str) -> None:
+        """systemd says `unit` has stopped or gone (`UnitManager.watch_ends`). Its job's end is usually recorded by
+        the exit watcher meanwhile; if not, a moment later, its record is brought up to date from systemd. That is
+        how sjobd learns the end of a job whose unit was stopped behind its back and whose exit report was lost (a
+        daemon-reload on systemd < 257, a killed report) without looking at its units now and then."""
+        if unit not in self._ending:
+            self._ending.add(unit)
+            self._in_background(self._look_after_end(unit))
+
+    async def _look_after_end(self, unit: str) -> None:
+        try:
+            await asyncio.sleep(ENDED_LOOK_DELAY)
+        finally:
+            self._ending.discard(unit)  # a later end of the unit (a timer's next run) is looked at again
+        for job in self._records.unfinished(unit=unit):
             try:
-                await self.sweep()
+                now = await self.refresh(job)
+                # No exit record yet, and the unit ended or gone: `refresh` gave the record a grace to come, and
+                # ends the job from systemd once it is over.
+                if not now.state.finished and (left := self._ledger.grace_left(now)) is not None:
+                    await asyncio.sleep(left + ENDED_LOOK_DELAY)
+                    await self.refresh(now)
             except SjobError as e:
-                log.warning("sweeping job records failed: %s", e.message)
+                log.warning("cannot bring job %s up to date: %s", job.id, e.message)
+                self._sweep_later()
+
+    async def keep_pruned(self) -> None:
+        """Drop the records past their retention, for as long as sjobd runs: now, then when the longest-ended is due,
+        and again when a reload may have changed the retention (`retention_changed`); at no other time."""
+        while True:
+            retention = self._retention()
+            self._retention_changed.clear()
+            try:
+                if pruned := self._records.prune(retention, now_usec()):
+                    log.info("dropped %d job records past their retention", pruned)
+                oldest = self._records.oldest_end()
+                # Nothing ended yet: what ends from now on is due a whole retention from now (later by as much as
+                # an end is recorded late, when it was taken from the unit or the journal afterwards).
+                due = retention.max_age_usec if oldest is None else oldest + retention.max_age_usec - now_usec()
+            except SjobError as e:  # a full disk: try again later
+                log.error("%s", e.message)
+                due = int(RESWEEP_DELAY * 1e6)
+            changed = asyncio.ensure_future(self._retention_changed.wait())
+            try:
+                await asyncio.wait({changed}, timeout=max(due / 1e6, 0.0) + PRUNE_SLACK)
+            finally:
+                changed.cancel()
+
+    def retention_changed(self) -> None:
+        """The policy was reloaded: prune by its retention now, and schedule the next prune by it."""
+        self._retention_changed.set()
 
     async def close(self) -> None:
         """Cancel the collecting and killing still pending."""

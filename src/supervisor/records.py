@@ -5,9 +5,9 @@ running without a record. SQLite in WAL mode gives atomic updates that survive s
 the calls are short and run on the event loop.
 
 Records of finished jobs are pruned by the policy's retention ([records]): a user's oldest beyond their count as
-each new job is inserted, and by age at every sweep, so the database stays bounded. A write that fails (a full
-disk) is a StorageError: a start is refused before any unit exists, and sjobd keeps serving; a job's end that
-could not be written is written again by the next sweep, from the journal.
+each new job is inserted, and by age as each becomes due, so the database stays bounded. A write that fails (a
+full disk) is a StorageError: a start is refused before any unit exists, and sjobd keeps serving; a job's end that
+could not be written is written again by a sweep a while later, from the journal.
 
 A queued job (issue J) is a record in state queued whose `pending` column holds what starting it later needs (the
 queue's own JSON): one row, written in one transaction, so the queue survives sjobd being killed at any point.
@@ -197,6 +197,16 @@ class JobRecords:
             )
         return cursor.rowcount
 
+    def oldest_end(self) -> int | None:
+        """When the longest-ended finished job or ended timer ended (what `prune` drops first), if any."""
+        finished = ", ".join("?" * len(_FINISHED))
+        row = self._db.execute(
+            f"SELECT MIN(ended) FROM (SELECT MIN(ended_usec) AS ended FROM jobs WHERE state IN ({finished})"  # noqa: S608
+            " UNION ALL SELECT MIN(ended_usec) FROM timers)",
+            _FINISHED,
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def _writing(self) -> AbstractContextManager[None]:
         return writing(self._db, self._path, "its job records")
 
@@ -236,13 +246,14 @@ class JobRecords:
             args.append(user)
         return int(self._db.execute(query, args).fetchone()[0])
 
-    def unfinished(self, uid: int | None = None) -> list[Job]:
-        """Jobs started and not yet ended (not those waiting in a queue); only `uid`'s when given."""
+    def unfinished(self, uid: int | None = None, *, unit: str | None = None) -> list[Job]:
+        """Jobs started and not yet ended (not those waiting in a queue); only `uid`'s, or `unit`'s, when given."""
         args: list[object] = list(_RUNNING)
         query = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE state IN ({', '.join('?' * len(args))})"  # noqa: S608
-        if uid is not None:
-            query += " AND uid = ?"
-            args.append(uid)
+        for column, value in (("uid", uid), ("unit", unit)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
         return [_job(row) for row in self._db.execute(query, args)]
 
     def queued(self, uid: int | None = None) -> list[tuple[Job, str]]:

@@ -8,14 +8,19 @@ Starting a unit is synchronous in the way `systemd-run --wait` is: StartTransien
 wait for the manager's JobRemoved signal for that job and return its result ("done", "failed", ...). The signal
 can arrive before the method reply has been handed to us, so results of jobs nobody waits for yet are kept
 briefly (`_early`).
+
+A unit of sjob's that stops or goes, whoever made it so, is told to the callback given to `watch_ends`: systemd's
+PropertiesChanged signal for a unit whose ActiveState became "inactive" or "failed", and its UnitRemoved. sjobd waits
+for these instead of looking at its units now and then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -25,8 +30,11 @@ from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
 from supervisor.properties import PassedFd, UnitProperties
 from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
+BUS = "org.freedesktop.DBus"
 DEST = "org.freedesktop.systemd1"
 PATH = "/org/freedesktop/systemd1"
+UNIT_PATHS = f"{PATH}/unit"  # a unit's object: its name escaped as in sd_bus_path_encode()
+JOB_UNIT_PATHS = f"{UNIT_PATHS}/sjob_2d"  # sjob's units: "sjob-" escaped
 MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 SERVICE = "org.freedesktop.systemd1.Service"
@@ -47,6 +55,7 @@ class Systemd:
         self._bus = bus
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._early: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._ended: Callable[[str], None] = lambda unit: None
 
     @classmethod
     async def connect(cls) -> Systemd:
@@ -61,17 +70,22 @@ class Systemd:
             ) from e
         self = cls(bus)
         bus.add_message_handler(self._on_message)
-        await self._call(
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "AddMatch",
-            "s",
-            [f"type='signal',sender='{DEST}',path='{PATH}',interface='{MANAGER}',member='JobRemoved'"],
-        )
-        # Without at least one subscriber the manager does not emit JobRemoved at all.
+        for rule in (
+            f"type='signal',sender='{DEST}',path='{PATH}',interface='{MANAGER}',member='JobRemoved'",
+            f"type='signal',sender='{DEST}',path='{PATH}',interface='{MANAGER}',member='UnitRemoved'",
+            # Every unit's: a match cannot name a prefix of an object path, only a whole subtree. arg0 leaves out
+            # the Service interface's changes, which come beside the Unit interface's.
+            f"type='signal',sender='{DEST}',path_namespace='{UNIT_PATHS}',interface='{PROPERTIES}',"
+            f"member='PropertiesChanged',arg0='{UNIT}'",
+        ):
+            await self._call(BUS, "/org/freedesktop/DBus", BUS, "AddMatch", "s", [rule])
+        # Without at least one subscriber the manager emits none of these.
         await self._manager("Subscribe", "", [])
         return self
+
+    def watch_ends(self, ended: Callable[[str], None]) -> None:
+        """Have `ended(unit)` called whenever one of sjob's units stops ("inactive" or "failed") or is unloaded."""
+        self._ended = ended
 
     def close(self) -> None:
         self._bus.disconnect()
@@ -213,7 +227,20 @@ class Systemd:
         return path
 
     def _on_message(self, msg: Message) -> None:
-        if msg.message_type is not MessageType.SIGNAL or msg.member != "JobRemoved" or msg.interface != MANAGER:
+        if msg.message_type is not MessageType.SIGNAL:
+            return
+        if msg.member == "PropertiesChanged" and msg.interface == PROPERTIES:
+            path = msg.path or ""
+            if msg.signature == "sa{sv}as" and path.startswith(JOB_UNIT_PATHS) and msg.body[0] == UNIT:
+                active = msg.body[1].get("ActiveState")
+                if active is not None and active.value in ("inactive", "failed"):
+                    self._ended(_unit_name(path))
+            return
+        if msg.member == "UnitRemoved" and msg.interface == MANAGER:
+            if msg.body[0].startswith("sjob-"):
+                self._ended(msg.body[0])
+            return
+        if msg.member != "JobRemoved" or msg.interface != MANAGER:
             return
         _id, job_path, unit_name, result = msg.body
         if (fut := self._waiters.get(job_path)) is not None:
@@ -308,3 +335,9 @@ def _check(reply: Message, member: str) -> Message:
     if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
         raise SjobError(ErrorCode.PermissionDenied, f"systemd refused {member}: {text}", hint="sjobd must run as root")
     raise SjobError(ErrorCode.SystemdError, f"systemd refused {member}: {text} ({reply.error_name})")
+
+
+def _unit_name(path: str) -> str:
+    """The unit whose object `path` is: its last element unescaped (sd_bus_path_decode(): `_xx` is the byte xx)."""
+    label = path.rsplit("/", 1)[1]
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), label)

@@ -187,7 +187,7 @@ class TimerService:
                     delay = WATCH_RETRY_MIN
                     try:
                         started = self._record_run(event)
-                    except SjobError as e:  # a full disk: the sweep of unfinished runs, or the next start, retries
+                    except SjobError as e:  # a full disk: the reaper at the run's end, or the next run, retries
                         log.error("cannot record a run of %s: %s", event.unit, e.message)
                         continue
                     if started is not None:

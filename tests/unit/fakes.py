@@ -143,6 +143,10 @@ class FakeUnits:
     timers: dict[str, TimerUnitState] = dataclasses.field(default_factory=dict)
     timer_tasks: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
     usages: dict[str, UnitUsage] = dataclasses.field(default_factory=dict)  # unit -> its accounting now
+    ended: Callable[[str], None] = lambda unit: None  # told of a unit that is garbage-collected (watch_ends)
+
+    def watch_ends(self, ended: Callable[[str], None]) -> None:
+        self.ended = ended
 
     async def set_properties(self, unit: UnitProperties) -> None:
         self.property_sets.append(unit)
@@ -203,6 +207,7 @@ class FakeUnits:
                 break
             self.states[unit.name] = UnitState(unit.name, "loaded", "active", "running", "success", 1, 0, 0, 0, 0, "")
         self.states.pop(unit.name, None)  # garbage-collected, as systemd does with a transient unit
+        self.ended(unit.name)
 
     async def _run(self, unit: UnitProperties, attempt: int = 1) -> ExitRecord:
         _, argv, _ = exec_entry(unit)

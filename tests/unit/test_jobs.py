@@ -16,8 +16,9 @@ from supervisor.auth import Principal
 from supervisor.errors import ErrorCode, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
-from supervisor.ledger import Ledger
+from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord, QuotaRecord
+from supervisor.policy import Retention
 from supervisor.properties import ShimCommand, UnitProperties
 from supervisor.protocol import Chunk, Job, JobSpec, JobState, Limits, Resources, Stream
 from supervisor.queue import JobQueue
@@ -566,6 +567,83 @@ def test_signal_only_and_bad_grace(tmp_path: Path) -> None:
         await service.stop(ALICE, job.id)
 
     scenario(body, tmp_path)
+
+
+def test_a_unit_stopped_behind_sjobds_back_ends_its_job_without_anyone_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's unit stopped with systemctl, its exit report lost (a daemon-reload on systemd < 257 loses it): the
+    exit watcher has nothing to read, and sjobd used to learn of the end only from its sweep, once a minute, or a
+    request. systemd's signal that the unit stopped or went is enough now: the record gets its grace to come, then
+    the end comes from systemd, the unit's properties if it is still there, else the service manager's log. Read
+    here as the records are, with no request that would look."""
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 300_000)
+    monkeypatch.setattr(reaper_module, "ENDED_LOOK_DELAY", 0.05)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        records = service._records
+        failed, gone = [await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/")) for _ in range(2)]
+        units.states[failed.unit] = failed_unit(failed.unit, CLD_KILLED, signal.SIGKILL, "signal")
+        log.manager_exits[gone.unit] = ExitRecord("exit-code", "exited", 3, 123)
+        started = time.monotonic()
+        for _ in range(3):  # systemd says so more than once (PropertiesChanged, then UnitRemoved): one look
+            units.ended(failed.unit)
+        units.ended(gone.unit)
+        await asyncio.sleep(0.15)
+        assert not any((records.get(job.id) or job).state.finished for job in (failed, gone))  # within the grace
+        while not all((records.get(job.id) or job).state.finished for job in (failed, gone)):
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - started < 2
+        ended = [records.get(job.id) for job in (failed, gone)]
+        assert [(j.state, j.signal, j.exit_status) for j in ended if j] == [
+            (JobState.failed, signal.SIGKILL, None),
+            (JobState.failed, None, 3),
+        ]
+
+    scenario(body, tmp_path, run_commands=False)
+
+
+def test_records_are_pruned_when_due_and_at_no_other_time(tmp_path: Path) -> None:
+    """Records past their retention go when the longest-ended is due, and at once when a reload changes the
+    retention: sjobd no longer wakes every minute to look (issue H: an idle sjobd does not poll)."""
+
+    async def main() -> None:
+        units = FakeUnits(FakeJobLog())
+        records = JobRecords(tmp_path / "jobs.sqlite")
+        retention = [Retention(max_age_usec=2_000_000, per_user=1000)]
+        reaper = Reaper(units, units.log, records, Ledger(records, units.log), lambda: retention[0])
+        prunes: list[int] = []
+        prune = records.prune
+
+        def counted(kept: Retention, now: int) -> int:
+            prunes.append(prune(kept, now))
+            return prunes[-1]
+
+        records.prune = counted  # type: ignore[method-assign,assignment]
+
+        def ended(job_id: str, seconds_ago: float) -> None:
+            job = Job(job_id, f"sjob-{job_id}.service", JobState.exited, 1000, "alice", ["/bin/true"], "/", 1)
+            records.insert(job)
+            records.update(dataclasses.replace(job, ended_usec=now_usec() - int(seconds_ago * 1e6)))
+
+        ended("0000000a", 1.5)  # due in 0.5 s
+        pruner = asyncio.create_task(reaper.keep_pruned())
+        await asyncio.sleep(0.2)
+        assert records.get("0000000a") is not None
+        await asyncio.sleep(0.6)
+        assert records.get("0000000a") is None
+        ended("0000000b", 1.8)  # nothing was left to be due: the pruner sleeps a whole retention
+        await asyncio.sleep(0.5)
+        assert records.get("0000000b") is not None
+        retention[0] = Retention(max_age_usec=1_000_000, per_user=1000)
+        reaper.retention_changed()  # as sjobd's reload does
+        await asyncio.sleep(0.1)
+        assert records.get("0000000b") is None
+        assert prunes == [0, 1, 1]  # at the start, when due, at the reload: never else
+        pruner.cancel()
+        records.close()
+
+    asyncio.run(main())
 
 
 def test_stopping_a_job_whose_unit_has_gone_waits_for_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

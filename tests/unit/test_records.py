@@ -56,8 +56,26 @@ def test_retention_keeps_each_user_s_newest_finished_and_every_unfinished(tmp_pa
     # The three newest finished of uid 1000, and the running one, however old.
     assert [j.id for j in records.list_jobs(uid=1000)] == ["00000007", "00000006", "00000005", "000000aa"]
     assert len(records.list_jobs(uid=1001)) == 7
+    assert records.oldest_end() == 5  # what the next prune drops first, and when (sjobd sleeps until then)
     assert records.prune(keep, now_usec=1006) == 1  # 00000005 ended at 5 < 1006 - 1000; 6 and 7 stay
     assert [j.id for j in records.list_jobs(uid=1000)] == ["00000007", "00000006", "000000aa"]
+    assert records.oldest_end() == 6
+    assert [j.id for j in records.unfinished(unit="sjob-000000aa.service")] == ["000000aa"]
+    assert records.unfinished(unit="sjob-00000007.service") == []  # finished
+
+
+def test_the_oldest_end_counts_ended_timers_and_nothing_unfinished(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    assert records.oldest_end() is None
+    records.insert(job("00000001", 1000, created=1))
+    assert records.oldest_end() is None  # running: never pruned
+    timer = Timer("000000ee", "sjob-000000ee.timer", TimerState.active, 1000, "alice", ["/bin/true"], "/", 1,
+                  Schedule("yearly", None, None))  # fmt: skip
+    records.insert_timer(timer, "{}")
+    records.update_timer(dataclasses.replace(timer, state=TimerState.removed, ended_usec=40))
+    assert records.oldest_end() == 40
+    records.update(dataclasses.replace(job("00000001", 1000, created=1), state=JobState.exited, ended_usec=50))
+    assert records.oldest_end() == 40
 
 
 def test_a_full_disk_is_a_storage_error_and_reads_go_on(tmp_path: Path) -> None:

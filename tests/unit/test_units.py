@@ -1,6 +1,7 @@
 """From systemd's view of a unit, or its exit record, to a job's outcome."""
 
 import dataclasses
+import typing
 
 import pytest
 
@@ -85,3 +86,44 @@ def test_a_stopping_unit_holds_only_the_jobs_leftovers_between_its_main_process_
     assert not dataclasses.replace(base, control_pid=5).only_leftovers
     assert not dataclasses.replace(base, stop_post=(8, 0, 0)).only_leftovers
     assert not dataclasses.replace(base, sub_state="final-sigterm").only_leftovers
+
+
+def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
+    """sjobd learns of a unit's end from systemd's signals, whoever stopped it: PropertiesChanged of the Unit
+    interface with an ActiveState of "inactive" or "failed" (the object path names the unit, escaped), and
+    UnitRemoved. Nothing else: another unit's, the Service interface's, or a unit that became active."""
+    from dbus_fast import Message, MessageType, Variant  # noqa: PLC0415 - the D-Bus adapter's types
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    from supervisor import systemd  # noqa: PLC0415
+
+    manager = systemd.Systemd(typing.cast(MessageBus, None))
+    ended: list[str] = []
+    manager.watch_ends(ended.append)
+
+    def changed(path: str, active: str, interface: str = systemd.UNIT) -> Message:
+        body = [interface, {"ActiveState": Variant("s", active), "SubState": Variant("s", "dead")}, []]
+        return Message(
+            message_type=MessageType.SIGNAL, path=path, interface=systemd.PROPERTIES, member="PropertiesChanged",
+            signature="sa{sv}as", body=body,
+        )  # fmt: skip
+
+    def removed(unit: str) -> Message:
+        return Message(
+            message_type=MessageType.SIGNAL, path=systemd.PATH, interface=systemd.MANAGER, member="UnitRemoved",
+            signature="so", body=[unit, "/org/freedesktop/systemd1/unit/x"],
+        )  # fmt: skip
+
+    ours = "/org/freedesktop/systemd1/unit/sjob_2d0a1b2c3d_2eservice"
+    for msg in (
+        changed(ours, "failed"),
+        changed(ours, "inactive"),
+        changed(ours, "active"),
+        changed(ours, "deactivating"),
+        changed(ours, "failed", systemd.SERVICE),
+        changed("/org/freedesktop/systemd1/unit/cron_2eservice", "failed"),
+        removed("sjob-0a1b2c3d.timer"),
+        removed("cron.service"),
+    ):
+        manager._on_message(msg)
+    assert ended == ["sjob-0a1b2c3d.service", "sjob-0a1b2c3d.service", "sjob-0a1b2c3d.timer"]
