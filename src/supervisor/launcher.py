@@ -135,17 +135,14 @@ class Launcher:
             self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
             raise
         if result == "done":
-            job = dataclasses.replace(job, state=JobState.running, started_usec=now_usec())
-            self._records.update(job)
-            return job
+            # As the record is now: the job may have ended, or been stopped, while systemd started it.
+            return self._records.set_running(job.id, now_usec()) or job
         state = await self._units.unit_state(job.unit)
         if state is not None and ran(state):
             # Seen on systemd 252 in a loaded VM: `sh -c 'exit 5'` made its start job "failed" after it had run
             # (its exit was handled before its start). It ran: its end comes as any job's does (the exit record).
             log.info("%s: systemd said '%s' of its start, but it ran and exited", job.unit, result)
-            job = dataclasses.replace(job, state=JobState.running, started_usec=state.exec_main_start_usec)
-            self._records.update(job)
-            return job
+            return self._records.set_running(job.id, state.exec_main_start_usec) or job
         raise self._start_failed(job, result, state)
 
     async def cap_slice(self, uid: int) -> None:

@@ -221,8 +221,7 @@ class Reaper:
         if state is not None and state.exists:
             self._ledger.unit_seen(job.id)
             if state.active_state == "active" and job.state is JobState.starting:
-                job = dataclasses.replace(job, state=JobState.running, started_usec=state.exec_main_start_usec)
-                self._records.update(job)
+                job = self._records.set_running(job.id, state.exec_main_start_usec) or job
             return job
         if self._ledger.exit_record_may_still_come(job):
             return job

@@ -177,6 +177,17 @@ class JobRecords:
                 [*(row[c] for c in columns), job.id],
             )
 
+    def set_running(self, job_id: str, started_usec: int) -> Job | None:
+        """Mark a starting job running since `started_usec`, and return its record as it is then. Only a job still
+        starting changes: not `update` with a copy read before a D-Bus round trip, which would undo what was
+        recorded meanwhile (its end, or who stopped it)."""
+        with self._writing():
+            self._db.execute(
+                "UPDATE jobs SET state = ?, started_usec = ? WHERE id = ? AND state = ?",
+                [JobState.running.value, started_usec, job_id, JobState.starting.value],
+            )
+        return self.get(job_id)
+
     def set_io(self, job_id: str, *, bytes_in: int | None = None, bytes_out: int | None = None) -> None:
         """Record how many bytes a function's call was given and wrote (each only if given)."""
         with self._writing():

@@ -538,6 +538,39 @@ def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monk
     scenario(body, tmp_path, run_commands=False)
 
 
+@pytest.mark.parametrize("meanwhile", ["ended", "stopped"])
+def test_what_is_recorded_while_systemd_starts_a_job_stays(tmp_path: Path, meanwhile: str) -> None:
+    """StartTransientUnit returns once systemd's start job is done, a D-Bus round trip and a wait later. The
+    launcher then wrote the record it had read before: an end the exit watcher recorded meanwhile (a quick command
+    on a loaded machine), or who stopped the job, was undone, and the job showed running until something looked
+    again. Now only a job still starting is marked running."""
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        records = service._records
+        starting = units.start_transient
+
+        async def start_transient(unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
+            result = await starting(unit, aux)
+            job = records.get(unit.name.removeprefix("sjob-").removesuffix(".service"))
+            assert job is not None
+            if meanwhile == "ended":  # as the exit watcher does
+                service._ledger.record_exit(job.id, ExitRecord("exit-code", "exited", 3, 77))
+            else:  # as a stop does
+                records.update(dataclasses.replace(job, stopped_by="bob"))
+            return result
+
+        units.start_transient = start_transient  # type: ignore[method-assign]
+        job = await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        recorded = records.get(job.id)
+        assert recorded == job
+        if meanwhile == "ended":
+            assert (job.state, job.exit_status, job.ended_usec) == (JobState.failed, 3, 77)
+        else:
+            assert (job.state, job.stopped_by) == (JobState.running, "bob")
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_a_full_disk_refuses_a_start_before_any_unit_and_sjobd_serves_on(tmp_path: Path) -> None:
     async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
         first = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))

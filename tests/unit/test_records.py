@@ -204,3 +204,15 @@ def test_ended_timers_are_kept_like_finished_jobs(tmp_path: Path) -> None:
     assert [t.id for t in records.timers(2000)] == [f"{1:08x}"]  # another user's are theirs
     records.prune(Retention(max_age_usec=10, per_user=1000), now_usec=10**6)
     assert [t.state for t in records.timers(1000)] == [TimerState.active]
+
+
+def test_a_job_is_marked_running_only_while_it_is_starting(tmp_path: Path) -> None:
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    starting = dataclasses.replace(job("00000001", 1000, created=1, state=JobState.starting), stopped_by="bob")
+    records.insert(starting)
+    running = records.set_running("00000001", 42)
+    assert running == dataclasses.replace(starting, state=JobState.running, started_usec=42)  # the rest kept
+    ended = dataclasses.replace(running, state=JobState.exited, ended_usec=50, exit_status=0)
+    records.update(ended)
+    assert records.set_running("00000001", 43) == ended  # too late: unchanged
+    assert records.set_running("0000000f", 44) is None
