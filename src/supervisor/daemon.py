@@ -239,7 +239,7 @@ class Services:
         launcher = Launcher(units, records, ledger, reaper, lambda: access.policy, shim)
         queue = JobQueue(records, ledger, launcher, access)
         jobs = JobService(units, journal, records, ledger, reaper, launcher, access, profiles, queue)
-        timers = TimerService(units, journal, records, ledger, launcher, jobs, shim, access)
+        timers = TimerService(units, journal, records, ledger, launcher, jobs, shim, access, reaper)
         store = FunctionStore(state)
         functions = FunctionService(
             store, units, journal, records, ledger, launcher, shim, access, lambda: jobs.profiles
@@ -289,10 +289,18 @@ async def serve(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), sjobd)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
     log.info("sjobd ready on %s", sock.getsockname())
-    done, _ = await asyncio.wait({watcher, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
-    failed = watcher in done and watcher.exception() is not None
-    if failed:
+    bus_lost = asyncio.ensure_future(units.disconnected())
+    stopped = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({watcher, bus_lost, stopped}, return_when="FIRST_COMPLETED")
+    failed = (watcher in done and watcher.exception() is not None) or bus_lost in done
+    if watcher in done and watcher.exception() is not None:
         log.error("the exit watcher failed; stopping", exc_info=watcher.exception())
+    if bus_lost in done:
+        # Jobs' ends come with systemd's signals: without the bus, none would. systemd starts sjobd again
+        # (Restart=on-failure), and its startup sweep catches up.
+        log.error("lost the connection to the system bus; stopping")
+    bus_lost.cancel()
+    stopped.cancel()
 
     sd_daemon.notify("STOPPING=1\nSTATUS=Shutting down")
     log.info("shutting down")

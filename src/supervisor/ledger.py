@@ -33,11 +33,17 @@ def now_usec() -> int:
     return time.time_ns() // 1000
 
 
+def _monotonic_usec() -> int:
+    return time.monotonic_ns() // 1000
+
+
 class Ledger:
     def __init__(self, records: RecordStore, journal: JobLog) -> None:
         self._records = records
         self._journal = journal
-        self._vanished: dict[str, int] = {}  # job id -> when its unit was first seen gone without an exit record
+        # job id -> when its unit was first seen ended or gone without an exit record (CLOCK_MONOTONIC, usec: a step
+        # of the realtime clock must not stretch or skip the grace)
+        self._vanished: dict[str, int] = {}
         self._waiting: dict[str, list[asyncio.Future[Job]]] = {}  # job id -> those awaiting its end (`ended`)
         self._listeners: list[Callable[[Job], None]] = []  # told of every job's end (`on_end`)
         self._attempt_listeners: list[Callable[[Job], None]] = []  # told of each attempt after which another comes
@@ -171,14 +177,14 @@ class Ledger:
     def exit_record_may_still_come(self, job: Job) -> bool:
         """Whether the job's exit record may yet arrive: for VANISHED_GRACE_USEC after its unit was first seen
         ended (or gone) without one."""
-        first_seen = self._vanished.setdefault(job.id, now_usec())
-        return now_usec() - first_seen < VANISHED_GRACE_USEC
+        first_seen = self._vanished.setdefault(job.id, _monotonic_usec())
+        return _monotonic_usec() - first_seen < VANISHED_GRACE_USEC
 
     def grace_left(self, job: Job) -> float | None:
         """Seconds left of the job's grace for its exit record (`exit_record_may_still_come`), 0 once it is over;
         None if its unit has not been seen ended or gone (or was seen running since)."""
         first_seen = self._vanished.get(job.id)
-        return None if first_seen is None else max(0.0, (first_seen + VANISHED_GRACE_USEC - now_usec()) / 1e6)
+        return None if first_seen is None else max(0.0, (first_seen + VANISHED_GRACE_USEC - _monotonic_usec()) / 1e6)
 
     def unit_seen(self, job_id: str) -> None:
         """The job's unit is there and running: should it vanish later, its grace starts then."""

@@ -1,6 +1,6 @@
 """The reaper: the lifecycle of jobs after their start, for as long as sjobd runs. It watches journald for exit
 records (`watch_exits`), brings records up to date with the journal and systemd (`refresh`; for a unit systemd says
-has stopped or gone, `unit_ended`; at startup `sweep` over every unfinished job), adopts at startup the jobs systemd
+has stopped or gone, `look_soon`; at startup `sweep` over every unfinished job), adopts at startup the jobs systemd
 runs that sjobd has no record of (`reconcile`), drops records past their retention when they are due
 (`keep_pruned`), resets failed units once they have settled so systemd garbage-collects them, and sends SIGKILL to a
 stopping job whose grace period is over. What it learns about a job's end goes into its record through the ledger.
@@ -33,7 +33,7 @@ COLLECT_INTERVAL = 0.2
 # readers within 250 ms), so that the look at the unit costs nothing in the usual case.
 ENDED_LOOK_DELAY = 1.0
 RESWEEP_DELAY = 30.0  # seconds after a record could not be brought up to date before every record is tried again
-PRUNE_SLACK = 0.1  # seconds after a record is due that it is dropped: never a busy loop at the boundary
+DEADLINE_SLACK = 0.1  # seconds past a deadline (a grace's end, a record's retention): never a busy loop at it
 KILL_INTERVAL = 0.5
 KILL_INTERVAL_MAX = 4.0  # between looks at a stopping unit while sjobd has nothing to kill
 # How long after a grace period sjobd keeps killing: systemd's own timeouts (TimeoutStopSec=, 90 s, for each of
@@ -69,10 +69,12 @@ class Reaper:
         # unit -> (when its grace period ends, on the loop's clock; the run it is for; the task that SIGKILLs it
         # then): at most one per unit, however often it is stopped, so repeated Stop calls cannot pile up tasks.
         self._grace: dict[str, tuple[float, str | None, asyncio.Task[None]]] = {}
-        self._ending: set[str] = set()  # units systemd said stopped, whose jobs are about to be looked at
+        self._to_look: dict[str, float] = {}  # unit -> when to look at its jobs (loop time), in that order
+        self._looker: asyncio.Task[None] | None = None
+        self._after_grace: dict[str, asyncio.Task[None]] = {}  # job id -> the look at its grace's end
         self._retention_changed = asyncio.Event()
         self._resweep: asyncio.Task[None] | None = None
-        units.watch_ends(self.unit_ended)
+        units.watch_ends(self.look_soon)
 
     async def watch_exits(self) -> None:
         """Record every job's end as journald reports it; runs until cancelled.
@@ -118,8 +120,8 @@ class Reaper:
         for job in self._records.unfinished():
             try:
                 await self.refresh(job)
-            except SjobError as e:  # one job's trouble (a full disk, systemd busy) must not stop the others' sweep
-                log.warning("cannot bring job %s up to date: %s", job.id, e.message)
+            except (SjobError, OSError) as e:  # one job's trouble (a full disk, systemd busy) must not stop the others'
+                log.warning("cannot bring job %s up to date: %s", job.id, getattr(e, "message", e))
                 self._sweep_later()
 
     def _sweep_later(self) -> None:
@@ -133,31 +135,61 @@ class Reaper:
         self._resweep = None  # this sweep's own failures schedule the next
         await self.sweep()
 
-    def unit_ended(self, unit: str) -> None:
-        """systemd says `unit` has stopped or gone (`UnitManager.watch_ends`). Its job's end is usually recorded by
-        the exit watcher meanwhile; if not, a moment later, its record is brought up to date from systemd. That is
-        how sjobd learns the end of a job whose unit was stopped behind its back and whose exit report was lost (a
-        daemon-reload on systemd < 257, a killed report) without looking at its units now and then."""
-        if unit not in self._ending:
-            self._ending.add(unit)
-            self._in_background(self._look_after_end(unit))
+    def look_soon(self, unit: str) -> None:
+        """Bring the unfinished jobs of `unit` up to date in a moment: systemd says it stopped or went
+        (`UnitManager.watch_ends`), or a run of it was recorded late (timers). Usually the exit watcher has recorded
+        the end meanwhile, and there is nothing to do. This is how sjobd learns the end of a job whose unit was
+        stopped behind its back and whose exit report was lost (a daemon-reload on systemd < 257, a killed report),
+        without looking at its units now and then. One worker looks, unit after unit: a daemon-reload unloads every
+        unit at once, and their looks must neither flood systemd with calls nor stall the loop (review of H)."""
+        if unit not in self._to_look:
+            self._to_look[unit] = asyncio.get_running_loop().time() + ENDED_LOOK_DELAY
+            if self._looker is None or self._looker.done():
+                self._looker = self._in_background(self._look_in_turn())
 
-    async def _look_after_end(self, unit: str) -> None:
-        try:
-            await asyncio.sleep(ENDED_LOOK_DELAY)
-        finally:
-            self._ending.discard(unit)  # a later end of the unit (a timer's next run) is looked at again
-        for job in self._records.unfinished(unit=unit):
+    async def _look_in_turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._to_look:
+            unit, due = next(iter(self._to_look.items()))
+            await asyncio.sleep(max(due - loop.time(), 0.0))
+            del self._to_look[unit]  # news of it from now on is looked at again (a timer's next run)
             try:
-                now = await self.refresh(job)
-                # No exit record yet, and the unit ended or gone: `refresh` gave the record a grace to come, and
-                # ends the job from systemd once it is over.
-                if not now.state.finished and (left := self._ledger.grace_left(now)) is not None:
-                    await asyncio.sleep(left + ENDED_LOOK_DELAY)
-                    await self.refresh(now)
-            except SjobError as e:
-                log.warning("cannot bring job %s up to date: %s", job.id, e.message)
+                await self._look_at(unit)
+            except (SjobError, OSError) as e:  # systemd busy, a journal file rotated away: every record, later
+                log.warning("cannot bring the jobs of %s up to date: %s", unit, getattr(e, "message", e))
                 self._sweep_later()
+
+    async def _look_at(self, unit: str) -> None:
+        jobs = self._records.unfinished(unit=unit)
+        if not jobs:
+            return
+        state = await self._units.unit_state(unit)
+        for job in jobs:
+            # Running again, this job's run: loaded again after a daemon-reload, a retried job's next attempt. Only
+            # a unit that ended, or went, costs a look at the journal.
+            if state is not None and state.exists and not state.finished and is_its_run(job, state):
+                continue
+            await self.refresh(job)
+
+    def _look_after_grace(self, job: Job) -> None:
+        """`refresh` gave the job's exit record a grace to come: look again once it is over, whatever made that look
+        (systemd's signal, the startup sweep, a request), so that the job then ends with nobody asking."""
+        if job.id not in self._after_grace:
+            task = self._in_background(self._refresh_after_grace(job))
+            self._after_grace[job.id] = task
+            task.add_done_callback(lambda _: self._after_grace.pop(job.id, None))
+
+    async def _refresh_after_grace(self, job: Job) -> None:
+        while (left := self._ledger.grace_left(job)) is not None:
+            await asyncio.sleep(left + DEADLINE_SLACK)
+            try:
+                job = await self.refresh(job)
+            except (SjobError, OSError) as e:
+                log.warning("cannot bring job %s up to date: %s", job.id, getattr(e, "message", e))
+                self._sweep_later()
+                return
+            if job.state.finished or left == 0.0:  # over, or nothing more to wait for (its record has gone)
+                return
 
     async def keep_pruned(self) -> None:
         """Drop the records past their retention, for as long as sjobd runs: now, then when the longest-ended is due,
@@ -177,7 +209,7 @@ class Reaper:
                 due = int(RESWEEP_DELAY * 1e6)
             changed = asyncio.ensure_future(self._retention_changed.wait())
             try:
-                await asyncio.wait({changed}, timeout=max(due / 1e6, 0.0) + PRUNE_SLACK)
+                await asyncio.wait({changed}, timeout=max(due / 1e6, 0.0) + DEADLINE_SLACK)
             finally:
                 changed.cancel()
 
@@ -203,6 +235,9 @@ class Reaper:
         if job.state.finished:
             return job
         state = await self._units.unit_state(job.unit)
+        # As recorded now: the exit watcher, or a stop, may have written it meanwhile (review of H).
+        if (job := self._records.get(job.id) or job).state.finished:
+            return job
         if state is not None and not is_its_run(job, state):
             state = None  # a timer's service has begun another run since: this one is over
         if state is not None and state.exists and state.finished:
@@ -213,6 +248,7 @@ class Reaper:
             # how a clean end came (exit 0, or SIGTERM). Give a late record, with what the job used, its chance
             # first, unless systemd says the report ran and sent none.
             if not state.report_lost and self._ledger.exit_record_may_still_come(job):
+                self._look_after_grace(job)
                 return job
             log.warning("%s has no exit record; its result comes from systemd's unit properties", job.unit)
             finished = self._ledger.finish_unreported(job, state)
@@ -224,6 +260,7 @@ class Reaper:
                 job = self._records.set_running(job.id, state.exec_main_start_usec) or job
             return job
         if self._ledger.exit_record_may_still_come(job):
+            self._look_after_grace(job)
             return job
         if (logged := self._manager_exit(job)) is not None:
             return logged

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from dbus_fast.aio import MessageBus
 
 from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
 from supervisor.properties import PassedFd, UnitProperties
+from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX, parse_job_id
 from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
 BUS = "org.freedesktop.DBus"
@@ -84,8 +86,15 @@ class Systemd:
         return self
 
     def watch_ends(self, ended: Callable[[str], None]) -> None:
-        """Have `ended(unit)` called whenever one of sjob's units stops ("inactive" or "failed") or is unloaded."""
+        """Have `ended(unit)` called whenever a job's unit stops ("inactive" or "failed", with no job pending) or is
+        unloaded. Also at every daemon-reload, which unloads every unit (and loads those that remain again)."""
         self._ended = ended
+
+    async def disconnected(self) -> None:
+        """Return once the connection to the system bus is lost: sjobd, which learns of its jobs' ends from
+        systemd's signals, must then start again (its unit's Restart=) and catch up."""
+        with contextlib.suppress(Exception):  # how it ended does not matter: it did
+            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         self._bus.disconnect()
@@ -227,20 +236,24 @@ class Systemd:
         return path
 
     def _on_message(self, msg: Message) -> None:
-        if msg.message_type is not MessageType.SIGNAL:
+        # systemd's signals are broadcasts, which reach sjobd only through the match rules above (sender= is checked
+        # by the bus). A signal addressed to sjobd can come from anyone on the bus: it is not systemd's (review of H).
+        if msg.message_type is not MessageType.SIGNAL or msg.destination is not None:
             return
         if msg.member == "PropertiesChanged" and msg.interface == PROPERTIES:
-            path = msg.path or ""
-            if msg.signature == "sa{sv}as" and path.startswith(JOB_UNIT_PATHS) and msg.body[0] == UNIT:
-                active = msg.body[1].get("ActiveState")
-                if active is not None and active.value in ("inactive", "failed"):
-                    self._ended(_unit_name(path))
+            if msg.signature == "sa{sv}as" and (msg.path or "").startswith(JOB_UNIT_PATHS) and msg.body[0] == UNIT:
+                changed = msg.body[1]
+                active, job = changed.get("ActiveState"), changed.get("Job")
+                # "inactive" with a job pending is a unit about to start (systemd sends its state as it queues the
+                # start), or one whose stop job has yet to finish: the end comes when the job is gone.
+                if active is not None and active.value in ("inactive", "failed") and (job is None or not job.value[0]):
+                    self._unit_ended(_unit_name(msg.path or ""))
             return
         if msg.member == "UnitRemoved" and msg.interface == MANAGER:
-            if msg.body[0].startswith("sjob-"):
-                self._ended(msg.body[0])
+            if msg.signature == "so":
+                self._unit_ended(msg.body[0])
             return
-        if msg.member != "JobRemoved" or msg.interface != MANAGER:
+        if msg.member != "JobRemoved" or msg.interface != MANAGER or msg.signature != "uoss":
             return
         _id, job_path, unit_name, result = msg.body
         if (fut := self._waiters.get(job_path)) is not None:
@@ -250,6 +263,13 @@ class Systemd:
             self._early[job_path] = result
             while len(self._early) > _EARLY_MAX:
                 self._early.popitem(last=False)
+
+    def _unit_ended(self, name: str) -> None:
+        """Tell `watch_ends`'s callback, if the unit is a job's (sjob-ID.service; not a user's slice, nor a timer)."""
+        if name.startswith(UNIT_PREFIX) and name.endswith(UNIT_SUFFIX):
+            with contextlib.suppress(SjobError):
+                parse_job_id(name)
+                self._ended(name)
 
     async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
         reply = await self._call(DEST, path, PROPERTIES, "GetAll", "s", [interface])

@@ -48,6 +48,7 @@ from supervisor.protocol import (
     timer_unit_for,
     unit_for,
 )
+from supervisor.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ class TimerService:
         jobs: JobService,
         shim: ShimCommand,
         access: Access,
+        reaper: Reaper,
     ) -> None:
         self._units = units
+        self._reaper = reaper
         self._journal = journal
         self._records = records
         self._ledger = ledger
@@ -187,7 +190,7 @@ class TimerService:
                     delay = WATCH_RETRY_MIN
                     try:
                         started = self._record_run(event)
-                    except SjobError as e:  # a full disk: the reaper at the run's end, or the next run, retries
+                    except SjobError as e:  # a full disk: the run's next record (its exit) retries
                         log.error("cannot record a run of %s: %s", event.unit, e.message)
                         continue
                     if started is not None:
@@ -297,6 +300,9 @@ class TimerService:
         )
         self._launcher.record(run)
         log.info("%s: run %s started (invocation %s)", timer.unit, job_id, invocation)
+        # Read from the journal after the fact (sjobd was down, or the journal failed it), the run may be over, its
+        # exit report lost: then systemd's signal came before the run had a record (review of H).
+        self._reaper.look_soon(run.unit)
         return run
 
     # --- state -------------------------------------------------------------------------------------------------

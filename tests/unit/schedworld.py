@@ -81,10 +81,13 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.Any) -> AsyncIterator[World]:
-    """The world, its rules changed by `rule` (max_jobs=2, ...); with `log`, the journal of an earlier one."""
+async def world(
+    tmp_path: Path, log: FakeJobLog | None = None, units: FakeUnits | None = None, **rule: typing.Any
+) -> AsyncIterator[World]:
+    """The world, its rules changed by `rule` (max_jobs=2, ...); with `log` and `units`, the journal and the systemd
+    of an earlier one."""
     log = log or FakeJobLog()
-    units = FakeUnits(log)
+    units = units or FakeUnits(log)
     records = JobRecords(tmp_path / "jobs.sqlite")
     audit = FakeAudit()
     users = accounts()
@@ -101,7 +104,7 @@ async def world(tmp_path: Path, log: FakeJobLog | None = None, **rule: typing.An
     launcher = Launcher(units, records, ledger, reaper, lambda: access.policy, shim)
     queue = JobQueue(records, ledger, launcher, access)
     jobs = JobService(units, log, records, ledger, reaper, launcher, access, profiles, queue)
-    timers = TimerService(units, log, records, ledger, launcher, jobs, shim, access)
+    timers = TimerService(units, log, records, ledger, launcher, jobs, shim, access, reaper)
     await reaper.reconcile()
     await timers.reconcile()
     queue.resume()

@@ -57,7 +57,9 @@ class ServerThread:
         launcher = Launcher(self.units, records, ledger, reaper, lambda: self.access.policy, shim)
         queue = JobQueue(records, ledger, launcher, self.access)
         self.service = JobService(self.units, self.log, records, ledger, reaper, launcher, self.access, profiles, queue)
-        self.timers = TimerService(self.units, self.log, records, ledger, launcher, self.service, shim, self.access)
+        self.timers = TimerService(
+            self.units, self.log, records, ledger, launcher, self.service, shim, self.access, reaper
+        )
         # Functions with this test's own Python standing for the runtime (fakes run builds and calls locally).
         self.access.policy = dataclasses.replace(
             self.access.policy, functions=dataclasses.replace(self.access.policy.functions, runtime=sys.prefix)

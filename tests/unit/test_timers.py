@@ -13,14 +13,18 @@ from typing import Any
 
 import pytest
 
+from supervisor import ledger as ledger_module
+from supervisor import reaper as reaper_module
 from supervisor import timerunits
 from supervisor.auth import Principal, TokenIdentity
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.logformat import ExitRecord, StartRecord
 from supervisor.policy import Action
 from supervisor.properties import UnitProperties
 from supervisor.protocol import JobSpec, JobState, Limits, Retry, Schedule, TimerState
 from supervisor.units import UnitState
 
+from .fakes import FakeJobLog
 from .schedworld import ALICE, BOB, World, world
 
 SECOND = 1_000_000
@@ -320,3 +324,27 @@ def test_a_grace_period_on_a_timers_run_leaves_its_service_able_to_fork(tmp_path
         assert "set TasksMax=1" not in w.units.calls
 
     run(tmp_path, body)
+
+
+def test_a_run_that_ended_unreported_while_sjobd_was_down_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timer's run started and ended while sjobd was down, and its exit report was lost (a daemon-reload on systemd
+    < 257). The restarted sjobd records the run from its start record after its startup sweep, and no signal from
+    systemd is coming for it: the run must end all the same, from the service manager's log once the grace for its
+    record is over (review of H: it stayed running)."""
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 200_000)
+    monkeypatch.setattr(reaper_module, "ENDED_LOOK_DELAY", 0.01)
+
+    async def main() -> None:
+        log = FakeJobLog()
+        async with world(tmp_path, log=log) as w:
+            timer = await w.timers.schedule(ALICE, JobSpec(["/bin/true"], "/"), Schedule(on_calendar="yearly"))
+            units = w.units
+        log.add(timer.id, StartRecord(attempt=1), "a" * 32, uid=ALICE.uid)  # systemd ran it meanwhile
+        log.manager_exits[f"sjob-{timer.id}.service"] = ExitRecord("exit-code", "exited", 4, 123)
+        async with world(tmp_path, log=log, units=units) as w:
+            while not (runs := [j for j in w.records.list_jobs() if j.timer == timer.id]):
+                await asyncio.sleep(0.01)
+            ended = await w.until(runs[0].id, JobState.failed)
+            assert (ended.exit_status, ended.invocation) == (4, "a" * 32)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

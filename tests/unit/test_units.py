@@ -90,8 +90,10 @@ def test_a_stopping_unit_holds_only_the_jobs_leftovers_between_its_main_process_
 
 def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
     """sjobd learns of a unit's end from systemd's signals, whoever stopped it: PropertiesChanged of the Unit
-    interface with an ActiveState of "inactive" or "failed" (the object path names the unit, escaped), and
-    UnitRemoved. Nothing else: another unit's, the Service interface's, or a unit that became active."""
+    interface with an ActiveState of "inactive" or "failed" and no job pending (the object path names the unit,
+    escaped), and UnitRemoved. Nothing else: another unit's, a user's slice or a timer, the Service interface's, a
+    unit that became active or whose start or stop job is still pending, or a signal addressed to sjobd, which anyone
+    on the bus may send (review of H)."""
     from dbus_fast import Message, MessageType, Variant  # noqa: PLC0415 - the D-Bus adapter's types
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
 
@@ -100,30 +102,41 @@ def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
     manager = systemd.Systemd(typing.cast(MessageBus, None))
     ended: list[str] = []
     manager.watch_ends(ended.append)
+    no_job = (0, "/")
 
-    def changed(path: str, active: str, interface: str = systemd.UNIT) -> Message:
-        body = [interface, {"ActiveState": Variant("s", active), "SubState": Variant("s", "dead")}, []]
+    def signal(
+        path: str, interface: str, member: str, signature: str, body: list[object], destination: str | None = None
+    ) -> Message:
         return Message(
-            message_type=MessageType.SIGNAL, path=path, interface=systemd.PROPERTIES, member="PropertiesChanged",
-            signature="sa{sv}as", body=body,
+            message_type=MessageType.SIGNAL, path=path, interface=interface, member=member, signature=signature,
+            body=body, destination=destination,
         )  # fmt: skip
 
-    def removed(unit: str) -> Message:
-        return Message(
-            message_type=MessageType.SIGNAL, path=systemd.PATH, interface=systemd.MANAGER, member="UnitRemoved",
-            signature="so", body=[unit, "/org/freedesktop/systemd1/unit/x"],
-        )  # fmt: skip
+    def changed(path: str, active: str, job: tuple[int, str] = no_job, interface: str = systemd.UNIT) -> Message:
+        props = {"ActiveState": Variant("s", active), "SubState": Variant("s", "dead"), "Job": Variant("(uo)", job)}
+        return signal(path, systemd.PROPERTIES, "PropertiesChanged", "sa{sv}as", [interface, props, []])
+
+    def removed(unit: str, destination: str | None = None) -> Message:
+        body: list[object] = [unit, "/org/freedesktop/systemd1/u"]
+        return signal(systemd.PATH, systemd.MANAGER, "UnitRemoved", "so", body, destination)
 
     ours = "/org/freedesktop/systemd1/unit/sjob_2d0a1b2c3d_2eservice"
+    pending = (7, "/org/freedesktop/systemd1/job/7")
     for msg in (
         changed(ours, "failed"),
         changed(ours, "inactive"),
+        changed(ours, "inactive", pending),
         changed(ours, "active"),
         changed(ours, "deactivating"),
-        changed(ours, "failed", systemd.SERVICE),
+        changed(ours, "failed", interface=systemd.SERVICE),
         changed("/org/freedesktop/systemd1/unit/cron_2eservice", "failed"),
+        changed("/org/freedesktop/systemd1/unit/sjob_2du1000_2eslice", "inactive"),
+        removed("sjob-0a1b2c3d.service"),
         removed("sjob-0a1b2c3d.timer"),
+        removed("sjob-u1000.slice"),
         removed("cron.service"),
+        removed("sjob-0a1b2c3d.service", destination=":1.99"),
+        signal(systemd.PATH, systemd.MANAGER, "UnitRemoved", "s", ["sjob-0a1b2c3d.service"]),
     ):
         manager._on_message(msg)
-    assert ended == ["sjob-0a1b2c3d.service", "sjob-0a1b2c3d.service", "sjob-0a1b2c3d.timer"]
+    assert ended == ["sjob-0a1b2c3d.service"] * 3
