@@ -129,8 +129,9 @@ class Launcher:
         owner = job.uid if slice_owner is None else slice_owner
         log.info("starting %s for %s: %s", job.unit, job.user, job.argv)
         try:
-            await self.cap_slice(owner)
-            result = await self._units.start_transient(unit)
+            with self._reaper.starting(job.id):
+                await self.cap_slice(owner)
+                result = await self._units.start_transient(unit)
         except SjobError as e:
             self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
             raise

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 
 from supervisor import properties
 from supervisor.backends import JobLog, RecordStore, UnitManager
@@ -72,6 +72,7 @@ class Reaper:
         self._to_look: dict[str, float] = {}  # unit -> when to look at its jobs (loop time), in that order
         self._looker: asyncio.Task[None] | None = None
         self._after_grace: dict[str, asyncio.Task[None]] = {}  # job id -> the look at its grace's end
+        self._starting: set[str] = set()  # ids of the jobs the launcher is starting (`starting`)
         self._retention_changed = asyncio.Event()
         self._resweep: asyncio.Task[None] | None = None
         units.watch_ends(self.look_soon)
@@ -158,6 +159,9 @@ class Reaper:
             except (SjobError, OSError) as e:  # systemd busy, a journal file rotated away: every record, later
                 log.warning("cannot bring the jobs of %s up to date: %s", unit, getattr(e, "message", e))
                 self._sweep_later()
+            except Exception:  # a bug: the units after this one are still looked at
+                log.exception("looking at the jobs of %s failed", unit)
+                self._sweep_later()
 
     async def _look_at(self, unit: str) -> None:
         jobs = self._records.unfinished(unit=unit)
@@ -174,10 +178,14 @@ class Reaper:
     def _look_after_grace(self, job: Job) -> None:
         """`refresh` gave the job's exit record a grace to come: look again once it is over, whatever made that look
         (systemd's signal, the startup sweep, a request), so that the job then ends with nobody asking."""
-        if job.id not in self._after_grace:
+        if (pending := self._after_grace.get(job.id)) is None or pending.done():
             task = self._in_background(self._refresh_after_grace(job))
             self._after_grace[job.id] = task
-            task.add_done_callback(lambda _: self._after_grace.pop(job.id, None))
+            task.add_done_callback(lambda done: self._forget_look(job.id, done))
+
+    def _forget_look(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._after_grace.get(job_id) is task:  # not one begun since
+            del self._after_grace[job_id]
 
     async def _refresh_after_grace(self, job: Job) -> None:
         while (left := self._ledger.grace_left(job)) is not None:
@@ -223,10 +231,21 @@ class Reaper:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    @contextlib.contextmanager
+    def starting(self, job_id: str) -> Iterator[None]:
+        """While the launcher starts the job: its unit may not exist yet, or be inactive with its start job queued,
+        which `refresh` must not take for its end (review of H: a status request during a slow start began the
+        grace for its exit record, and the look at the grace's end ended a job that then ran)."""
+        self._starting.add(job_id)
+        try:
+            yield
+        finally:
+            self._starting.discard(job_id)
+
     async def refresh(self, job: Job) -> Job:
         """Bring an unfinished job's record up to date with the journal and systemd."""
         current = self._records.get(job.id)
-        if current is None or current.state.finished or current.state is JobState.queued:
+        if current is None or current.state.finished or current.state is JobState.queued or job.id in self._starting:
             return current or job
         job = current
         # Every exit record of its unit's runs, in order: one for a job, one per attempt for a retried job.
@@ -319,6 +338,9 @@ class Reaper:
             state = await self._units.unit_state(job.unit)
         except SjobError:
             return None
+        current = self._records.get(job.id) or current  # as recorded now: the exit watcher may have written it
+        if current.state.finished:
+            return current
         if state is None or state.exec_main_code != CLD_EXITED:
             return None
         if current.invocation and state.invocation_id != current.invocation:

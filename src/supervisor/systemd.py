@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -236,6 +237,12 @@ class Systemd:
         return path
 
     def _on_message(self, msg: Message) -> None:
+        if msg.message_type in (MessageType.SIGNAL, MessageType.METHOD_CALL):
+            # Descriptors anyone on the bus may send along (the bus passes them: sjobd negotiated fds for a job's
+            # stdin); nothing sjobd takes comes so, and each kept would be one less for sjobd (review of H).
+            for fd in msg.unix_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         # systemd's signals are broadcasts, which reach sjobd only through the match rules above (sender= is checked
         # by the bus). A signal addressed to sjobd can come from anyone on the bus: it is not systemd's (review of H).
         if msg.message_type is not MessageType.SIGNAL or msg.destination is not None:

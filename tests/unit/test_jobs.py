@@ -673,6 +673,36 @@ def test_a_grace_begun_by_any_look_ends_the_job_when_it_is_over(
     scenario(body, tmp_path, run_commands=False)
 
 
+def test_a_job_systemd_is_still_starting_is_not_taken_for_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While systemd starts a job (a slow start), its unit is not there yet, or inactive with its start job queued.
+    A status request then began the grace for the job's exit record, and the look when it was over ended the job
+    as "unknown" while it went on to run (review of H)."""
+    monkeypatch.setattr(ledger_module, "VANISHED_GRACE_USEC", 100_000)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        starting = units.start_transient
+        slow = asyncio.Event()
+
+        async def start_transient(unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
+            await slow.wait()
+            return await starting(unit, aux)
+
+        units.start_transient = start_transient  # type: ignore[method-assign]
+        start = asyncio.create_task(service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/")))
+        while not (jobs := service.list_jobs(ALICE)):
+            await asyncio.sleep(0.01)
+        assert (await service.status(ALICE, jobs[0].id)).state is JobState.starting
+        await asyncio.sleep(0.5)  # the grace, had one begun, and its look
+        slow.set()
+        job = await start
+        assert job.state is JobState.running
+        assert (service._records.get(job.id) or job).state is JobState.running
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_a_look_the_journal_fails_is_made_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A journal file rotated away under the reader (OSError) during the look at a stopped unit: every unfinished
     record is looked at again a while later, as after a write that failed (review of H: the look ended silently)."""

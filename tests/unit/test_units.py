@@ -1,6 +1,7 @@
 """From systemd's view of a unit, or its exit record, to a job's outcome."""
 
 import dataclasses
+import os
 import typing
 
 import pytest
@@ -105,11 +106,17 @@ def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
     no_job = (0, "/")
 
     def signal(
-        path: str, interface: str, member: str, signature: str, body: list[object], destination: str | None = None
+        path: str,
+        interface: str,
+        member: str,
+        signature: str,
+        body: list[object],
+        destination: str | None = None,
+        unix_fds: list[int] | None = None,
     ) -> Message:
         return Message(
             message_type=MessageType.SIGNAL, path=path, interface=interface, member=member, signature=signature,
-            body=body, destination=destination,
+            body=body, destination=destination, unix_fds=unix_fds or [],
         )  # fmt: skip
 
     def changed(path: str, active: str, job: tuple[int, str] = no_job, interface: str = systemd.UNIT) -> Message:
@@ -140,3 +147,11 @@ def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
     ):
         manager._on_message(msg)
     assert ended == ["sjob-0a1b2c3d.service"] * 3
+    # Descriptors sent along with a signal (or a call) to sjobd, which anyone on the bus can do: closed, not kept.
+    read_end, write_end = os.pipe()
+    manager._on_message(
+        signal(systemd.PATH, systemd.MANAGER, "UnitRemoved", "h", [0], destination=":1.99", unix_fds=[read_end])
+    )
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(read_end)
+    os.close(write_end)
