@@ -292,13 +292,14 @@ async def serve(args: argparse.Namespace) -> int:
     bus_lost = asyncio.ensure_future(units.disconnected())
     stopped = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({watcher, bus_lost, stopped}, return_when="FIRST_COMPLETED")
-    failed = (watcher in done and watcher.exception() is not None) or bus_lost in done
-    if watcher in done and watcher.exception() is not None:
+    watcher_failed = watcher in done and watcher.exception() is not None
+    if watcher_failed:
         log.error("the exit watcher failed; stopping", exc_info=watcher.exception())
     if bus_lost in done:
         # Jobs' ends come with systemd's signals: without the bus, none would. systemd starts sjobd again
         # (Restart=on-failure), and its startup sweep catches up.
         log.error("lost the connection to the system bus; stopping")
+    failed = watcher_failed or bus_lost in done
     bus_lost.cancel()
     stopped.cancel()
 
