@@ -207,8 +207,21 @@ static void journal_send(const struct entry *e) {
     }
 }
 
-/* Wait until journald has received every datagram we sent (see the header comment). */
+/* Wait until journald has received every datagram we sent, and attributed it (see the header comment). journald
+ * takes datagrams one at a time and reads the sender's /proc entry as it handles each, so once a datagram sent after
+ * the others has been taken (SIOCOUTQ reaches 0), they have all been attributed, however long journald took: on a
+ * starved VM, an exit report that waited only for its own datagram was gone before journald read /proc, and its
+ * record lost _SYSTEMD_UNIT, without which sjobd does not take it (seen on trixie). The last datagram is a comment
+ * line, of which journald stores nothing (journald-native.c skips lines starting with '#', and an entry without
+ * fields). */
 static void journal_drain(void) {
+    static const char last[] = "# sjob-shim: the end of what it sends\n";
+    while (send(journal_fd, last, sizeof(last) - 1, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != ENOBUFS) {
+            break; /* journald has gone: nothing to wait for */
+        }
+        sleep_ms(1);
+    }
     for (int i = 0; i < 5000; i++) {
         int queued = 0;
         if (ioctl(journal_fd, SIOCOUTQ, &queued) < 0 || queued == 0) {

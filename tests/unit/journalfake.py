@@ -18,6 +18,9 @@ def decode(payload: bytes) -> dict[str, bytes]:
     while pos < len(payload):
         newline = payload.index(b"\n", pos)
         line = payload[pos:newline]
+        if line.startswith((b"#", b".")):  # a comment or control line: journald skips it
+            pos = newline + 1
+            continue
         if b"=" in line:
             name, value = line.split(b"=", 1)
             pos = newline + 1
@@ -39,6 +42,7 @@ class FakeJournal:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # as journald: the sender's pid and uid
         self.sock.settimeout(0.1)
         self.entries: list[dict[str, bytes]] = []
+        self.datagrams: list[dict[str, bytes]] = []  # every datagram as received, in order, with its sender
         self._stop = False
         self._thread = threading.Thread(target=self._receive, daemon=True)
         self._thread.start()
@@ -61,7 +65,9 @@ class FakeJournal:
                 elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid, uid, _ = struct.unpack("3i", cdata[: struct.calcsize("3i")])
                     trusted = {"_PID": str(pid).encode(), "_UID": str(uid).encode()}
-            self.entries.append({**decode(data), **trusted})
+            self.datagrams.append({**trusted, "datagram": data})
+            if fields := decode(data):  # an entry without fields: journald stores nothing
+                self.entries.append({**fields, **trusted})
 
     def wait_for(self, field: str, value: bytes, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from supervisor import logformat
 from supervisor.logformat import EofRecord, ExitRecord, OutputRecord
 
-from .journalfake import FakeJournal
+from .journalfake import FakeJournal, decode
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "shim" / "sjob-shim.c"
 
@@ -188,6 +188,35 @@ def test_the_exit_report_names_the_run_systemd_told_it(
     assert record.invocation == (named or b"").decode()
 
 
+def test_the_exit_report_stays_until_journald_has_taken_what_it_sends_after_its_record(
+    shim: str, tmp_path: Path
+) -> None:
+    """journald reads a sender's /proc entry as it handles each datagram, one at a time, and attributes the entry to
+    the sender's unit from it. The report stays until journald has taken a datagram it sends after its record: by
+    then the record has been attributed, however slow journald is (seen on trixie: a report gone before journald
+    read /proc lost its record's _SYSTEMD_UNIT, and sjobd did not take it). That datagram is a comment line, of
+    which journald stores nothing."""
+    path = str(tmp_path / "journal")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    journald.settimeout(30)
+    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
+    report = subprocess.Popen([shim, "--journal-socket", path, "--report", "1a2b3c4d"], env=env)
+    try:
+        assert b"SJOB_RESULT\n" in journald.recv(65536)
+        time.sleep(0.5)  # journald busy elsewhere: the record is taken, not yet attributed
+        assert report.poll() is None, "the report left before journald took what follows its record"
+        last = journald.recv(65536)
+        assert last.startswith(b"#")
+        assert decode(last) == {}
+        assert report.wait(30) == 0
+    finally:
+        if report.poll() is None:
+            report.kill()
+            report.wait()
+        journald.close()
+
+
 def signal_mask(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -222,6 +251,7 @@ def test_the_exit_report_outlives_signals_meant_for_the_job(shim: str, tmp_path:
         journald.settimeout(30)
         while b"SJOB_RESULT\n" not in journald.recv(65536):  # journald catches up: the exit entry comes
             pass
+        assert journald.recv(65536).startswith(b"#")  # and what the report sends after it (see the next test)
         assert report.wait(30) == 0
     finally:
         if report.poll() is None:
