@@ -41,8 +41,9 @@
  * The forwarder ignores SIGTERM and every other signal it can: when the job ends, systemd sends SIGTERM to what is
  * left in the cgroup and the forwarder must still drain what the job wrote; and signals for the job (systemctl kill)
  * must not end it. It exits at end-of-file on both pipes, once journald has
- * received every datagram (SIOCOUTQ reaches 0): journald reads a sender's cgroup from /proc when it receives a
- * datagram, and an entry from a process that is already gone would lose its _SYSTEMD_UNIT.
+ * taken every datagram and one more sent after them (SIOCOUTQ reaches 0, journal_drain): journald reads a sender's
+ * cgroup from /proc as it handles a datagram, and an entry from a process that is already gone would lose its
+ * _SYSTEMD_UNIT.
  */
 #define _GNU_SOURCE
 #include <errno.h>
