@@ -78,6 +78,10 @@
 #define EXIT_CANNOT_EXECUTE 126
 #define EXIT_NOT_FOUND 127
 #define EXIT_UNCONFINED 125 /* the sandbox is not in force: the job was refused (src/supervisor/units.py) */
+/* How long the forwarder and the exit report wait for journald to take what they sent (journal_drain). The report's
+ * record is the job's result: it waits longer, within systemd's 90 s for an ExecStopPost. */
+#define FORWARDER_PATIENCE_MS 10000
+#define REPORT_PATIENCE_MS 60000
 
 /* One field in journald's binary-safe form: NAME '\n' <le64 length> VALUE '\n'. */
 struct field {
@@ -99,6 +103,13 @@ static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
     }
+}
+
+/* Milliseconds on the monotonic clock. */
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void add(struct entry *e, const char *name, const void *value, size_t size) {
@@ -214,24 +225,34 @@ static void journal_send(const struct entry *e) {
  * starved VM, an exit report that waited only for its own datagram was gone before journald read /proc, and its
  * record lost _SYSTEMD_UNIT, without which sjobd does not take it (seen on trixie). The last datagram is a comment
  * line, of which journald stores nothing (journald-native.c skips lines starting with '#', and an entry without
- * fields). */
-static void journal_drain(void) {
+ * fields). It waits at most `patience_ms`: journald may be far behind (a job can queue slow work for it just before
+ * it ends), and the process must end some time. */
+static void journal_drain(long long patience_ms) {
     static const char last[] = "# sjob-shim: the end of what it sends\n";
+    long delay = 1;
     while (send(journal_fd, last, sizeof(last) - 1, MSG_NOSIGNAL) < 0) {
-        if (errno != EINTR && errno != EAGAIN && errno != ENOBUFS) {
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno != ENOBUFS && errno != EAGAIN) {
             break; /* journald has gone: nothing to wait for */
         }
-        sleep_ms(1);
+        sleep_ms(delay);
+        delay = delay < 500 ? delay * 2 : 500;
     }
-    for (int i = 0; i < 5000; i++) {
+    long long deadline = now_ms() + patience_ms;
+    for (;;) {
         int queued = 0;
         if (ioctl(journal_fd, SIOCOUTQ, &queued) < 0 || queued == 0) {
-            break;
+            return;
+        }
+        if (now_ms() >= deadline) {
+            dprintf(2, "sjob-shim: journald has not taken what this process sent within %llds; leaving\n",
+                    patience_ms / 1000);
+            return;
         }
         sleep_ms(2);
     }
-    /* journald reads our /proc entry right after it receives; give that a moment before we disappear. */
-    sleep_ms(20);
 }
 
 /* The first entry, sent before the command runs: sjobd takes its _PID (the kernel's word, SCM_CREDENTIALS) as the
@@ -304,13 +325,6 @@ static void quota_exceeded(const char *job_id, const char *ident, const struct q
     if (q->stop && q->main_pidfd >= 0) {
         syscall(SYS_pidfd_send_signal, q->main_pidfd, SIGTERM, NULL, 0);
     }
-}
-
-/* Milliseconds on the monotonic clock. */
-static long long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* A quota "stop" is a SIGTERM the job may ignore (review of E.4): if its main process is still there once the grace
@@ -415,7 +429,7 @@ static void end_of_output(struct forwarding *f) {
         add_str(&e, "SJOB_BYTES_IN", bytes_in);
     }
     journal_send(&e);
-    journal_drain();
+    journal_drain(FORWARDER_PATIENCE_MS);
 }
 
 /* With --relay-input (a function's call, whose code runs as another user than its caller): the job's stdin is
@@ -720,7 +734,7 @@ static int report(const char *job_id, const char *result, const char *code, cons
     }
     journal_connect();
     journal_send(&e);
-    journal_drain();
+    journal_drain(REPORT_PATIENCE_MS);
     return 0;
 }
 
