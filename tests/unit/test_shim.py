@@ -196,13 +196,8 @@ def test_the_exit_report_stays_until_journald_has_taken_what_it_sends_after_its_
     then the record has been attributed, however slow journald is (seen on trixie: a report gone before journald
     read /proc lost its record's _SYSTEMD_UNIT, and sjobd did not take it). That datagram is a comment line, of
     which journald stores nothing."""
-    path = str(tmp_path / "journal")
-    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    journald.bind(path)
-    journald.settimeout(30)
-    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
-    report = subprocess.Popen([shim, "--journal-socket", path, "--report", "1a2b3c4d"], env=env)
-    try:
+    with raw_journald(tmp_path) as (path, journald), running_report(shim, path) as report:
+        journald.settimeout(30)
         assert b"SJOB_RESULT\n" in journald.recv(65536)
         time.sleep(0.5)  # journald busy elsewhere: the record is taken, not yet attributed
         assert report.poll() is None, "the report left before journald took what follows its record"
@@ -210,11 +205,32 @@ def test_the_exit_report_stays_until_journald_has_taken_what_it_sends_after_its_
         assert last.startswith(b"#")
         assert decode(last) == {}
         assert report.wait(30) == 0
+
+
+@contextlib.contextmanager
+def raw_journald(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A bare socket where journald's would be, read by the test itself: what the shim sends, and when."""
+    path = str(tmp_path / "journal")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journald.bind(path)
+    try:
+        yield path, journald
+    finally:
+        journald.close()
+
+
+@contextlib.contextmanager
+def running_report(shim: str, journal_path: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`sjob-shim --report` for a job that exited 3, as systemd runs it (ExecStopPost), killed if the test leaves
+    it running."""
+    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
+    report = subprocess.Popen([shim, "--journal-socket", journal_path, "--report", "1a2b3c4d"], env=env)
+    try:
+        yield report
     finally:
         if report.poll() is None:
             report.kill()
             report.wait()
-        journald.close()
 
 
 def signal_mask(pid: int, field: str) -> int:
@@ -228,37 +244,26 @@ def test_the_exit_report_outlives_signals_meant_for_the_job(shim: str, tmp_path:
     """The report runs in the job's cgroup, so a signal for the job (sjob stop --signal, systemctl kill) may reach
     it: it blocks every signal it can before it writes how the job ended. Here journald is behind (its queue full),
     so the report waits in its send while the signals come."""
-    path = str(tmp_path / "journal")
-    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    journald.bind(path)
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    filler.setblocking(False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            filler.sendto(b"x", path)
-    env = {"PATH": "/usr/bin:/bin", "SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
-    report = subprocess.Popen([shim, "--journal-socket", path, "--report", "1a2b3c4d"], env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while signal_mask(report.pid, "SigBlk") == 0:
-            assert report.poll() is None, "the report ended before journald took its entry"
-            assert time.monotonic() < deadline, "the report never blocked signals"
-            time.sleep(0.01)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
-            report.send_signal(sig)
-        pending = signal_mask(report.pid, "ShdPnd") | signal_mask(report.pid, "SigPnd")
-        assert pending & (1 << (signal.SIGTERM - 1)), "the signals were not held"
-        journald.settimeout(30)
-        while b"SJOB_RESULT\n" not in journald.recv(65536):  # journald catches up: the exit entry comes
-            pass
-        assert journald.recv(65536).startswith(b"#")  # and what the report sends after it (see the next test)
-        assert report.wait(30) == 0
-    finally:
-        if report.poll() is None:
-            report.kill()
-            report.wait()
-        journald.close()
-        filler.close()
+    with raw_journald(tmp_path) as (path, journald), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filler.sendto(b"x", path)
+        with running_report(shim, path) as report:
+            deadline = time.monotonic() + 30
+            while signal_mask(report.pid, "SigBlk") == 0:
+                assert report.poll() is None, "the report ended before journald took its entry"
+                assert time.monotonic() < deadline, "the report never blocked signals"
+                time.sleep(0.01)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
+                report.send_signal(sig)
+            pending = signal_mask(report.pid, "ShdPnd") | signal_mask(report.pid, "SigPnd")
+            assert pending & (1 << (signal.SIGTERM - 1)), "the signals were not held"
+            journald.settimeout(30)
+            while b"SJOB_RESULT\n" not in journald.recv(65536):  # journald catches up: the exit entry comes
+                pass
+            assert journald.recv(65536).startswith(b"#")  # and what the report sends after it (see the test above)
+            assert report.wait(30) == 0
 
 
 def test_the_forwarder_announces_itself_before_the_command_runs(shim: str, journal: FakeJournal) -> None:
