@@ -93,8 +93,7 @@ class Reaper:
                     try:
                         job = self._ledger.record_exit(job_id, record)
                     except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
-                        log.error("cannot record the end of job %s: %s", job_id, e.message)
-                        self._sweep_later()
+                        self._sweep_later(f"job {job_id}", e)
                         continue
                     if job is not None and job.state.finished:
                         # Never between a retried job's attempts: resetting the unit would reset its start limit.
@@ -122,12 +121,13 @@ class Reaper:
             try:
                 await self.refresh(job)
             except (SjobError, OSError) as e:  # one job's trouble (a full disk, systemd busy) must not stop the others'
-                log.warning("cannot bring job %s up to date: %s", job.id, getattr(e, "message", e))
-                self._sweep_later()
+                self._sweep_later(f"job {job.id}", e)
 
-    def _sweep_later(self) -> None:
-        """A record could not be brought up to date (a full disk, systemd busy): sweep in a while, and again after
-        each sweep that fails too. The one time sjobd looks at its records without news."""
+    def _sweep_later(self, what: str, e: Exception) -> None:
+        """`what` could not be brought up to date (a full disk, systemd busy, a journal file rotated away): say so,
+        and sweep in a while, and again after each sweep that fails too. The one time sjobd looks at its records
+        without news."""
+        log.warning("cannot bring %s up to date: %s", what, e.message if isinstance(e, SjobError) else e)
         if self._resweep is None or self._resweep.done():
             self._resweep = self._in_background(self._sweep_after(RESWEEP_DELAY))
 
@@ -156,12 +156,11 @@ class Reaper:
             del self._to_look[unit]  # news of it from now on is looked at again (a timer's next run)
             try:
                 await self._look_at(unit)
-            except (SjobError, OSError) as e:  # systemd busy, a journal file rotated away: every record, later
-                log.warning("cannot bring the jobs of %s up to date: %s", unit, getattr(e, "message", e))
-                self._sweep_later()
-            except Exception:  # a bug: the units after this one are still looked at
+            except (SjobError, OSError) as e:
+                self._sweep_later(f"the jobs of {unit}", e)
+            except Exception as e:  # a bug: the units after this one are still looked at
                 log.exception("looking at the jobs of %s failed", unit)
-                self._sweep_later()
+                self._sweep_later(f"the jobs of {unit}", e)
 
     async def _look_at(self, unit: str) -> None:
         jobs = self._records.unfinished(unit=unit)
@@ -193,8 +192,7 @@ class Reaper:
             try:
                 job = await self.refresh(job)
             except (SjobError, OSError) as e:
-                log.warning("cannot bring job %s up to date: %s", job.id, getattr(e, "message", e))
-                self._sweep_later()
+                self._sweep_later(f"job {job.id}", e)
                 return
             if job.state.finished or left == 0.0:  # over, or nothing more to wait for (its record has gone)
                 return
