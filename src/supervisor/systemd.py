@@ -30,7 +30,7 @@ from dbus_fast.aio import MessageBus
 
 from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
 from supervisor.properties import PassedFd, UnitProperties
-from supervisor.protocol import UNIT_PREFIX, UNIT_SUFFIX, parse_job_id
+from supervisor.protocol import parse_job_id, unit_for
 from supervisor.units import TimerUnitState, UnitState, UnitUsage
 
 BUS = "org.freedesktop.DBus"
@@ -273,10 +273,12 @@ class Systemd:
 
     def _unit_ended(self, name: str) -> None:
         """Tell `watch_ends`'s callback, if the unit is a job's (sjob-ID.service; not a user's slice, nor a timer)."""
-        if name.startswith(UNIT_PREFIX) and name.endswith(UNIT_SUFFIX):
-            with contextlib.suppress(SjobError):
-                parse_job_id(name)
-                self._ended(name)
+        try:
+            job_id = parse_job_id(name)
+        except SjobError:
+            return
+        if name == unit_for(job_id):  # the callback's own errors are not swallowed here
+            self._ended(name)
 
     async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
         reply = await self._call(DEST, path, PROPERTIES, "GetAll", "s", [interface])
