@@ -210,7 +210,15 @@ static void journal_send(const struct entry *e) {
         if (errno == EMSGSIZE && send_memfd(iov, n) == 0) {
             return;
         }
-        if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED || errno == EMSGSIZE) {
+        if (errno == ECONNREFUSED || errno == ENOTCONN) {
+            /* journald's socket was made anew (systemd-journald.socket restarted): the old one is gone, and with it
+             * what it held. This socket is no longer connected (the first send says ECONNREFUSED, any later one
+             * ENOTCONN); connect to the new one rather than lose this entry and every later one. */
+            close(journal_fd);
+            journal_connect();
+            continue;
+        }
+        if (errno == ENOBUFS || errno == EAGAIN || errno == EMSGSIZE) {
             sleep_ms(delay);
             delay = delay < 500 ? delay * 2 : 500;
             continue;

@@ -133,6 +133,33 @@ def test_forwarder_outlives_a_sigterm_to_drain_what_was_written(shim: str, journ
     assert streams["stdout"] == b"\0" * 300000
 
 
+def test_output_goes_on_to_a_journald_socket_made_anew(shim: str, tmp_path: Path) -> None:
+    """journald's socket made anew while a job runs (systemd-journald.socket restarted): what the job writes after
+    that reaches the new socket. The forwarder's connected socket first said ECONNREFUSED, then ENOTCONN, and the
+    forwarder exited, losing the rest of the job's output and its end-of-file record."""
+    flag = tmp_path / "go-on"
+    old = FakeJournal(tmp_path)
+    script = f"echo before; while [ ! -e {flag} ]; do sleep 0.01; done; echo after"
+    command = [shim, "--journal-socket", old.path, "1a2b3c4d", "--", "/bin/sh", "-c", script]
+    with subprocess.Popen(command) as proc:
+        try:
+            old.wait_for("MESSAGE", b"before")
+            old.close()
+            os.unlink(old.path)
+            new = FakeJournal(tmp_path)
+            try:
+                flag.touch()
+                assert proc.wait(60) == 0
+                new.wait_for(logformat.F_EVENT, b"eof")
+                output = [logformat.parse_record(e) for e in new.entries]
+                assert [r.data for r in output if isinstance(r, OutputRecord)] == [b"after\n"]
+            finally:
+                new.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
