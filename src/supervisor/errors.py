@@ -57,6 +57,13 @@ class NoSuchProcessError(SjobError):
         super().__init__(ErrorCode.SystemdError, message)
 
 
+class NoAnswerError(SjobError):
+    """systemd did not answer in time: what became of the call (a unit started, or not) is not known."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(ErrorCode.SystemdError, message, hint)
+
+
 def no_such_job(job_id: str) -> SjobError:
     # The same words for "does not exist" and "belongs to someone else": no existence oracle.
     return SjobError(ErrorCode.NoSuchJob, f"no job with id {job_id!r}", hint="'sjob list' shows the ids of your jobs")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from supervisor import properties
 from supervisor.auth import Principal
 from supervisor.backends import RecordStore, UnitManager
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.errors import ErrorCode, NoAnswerError, SjobError
 from supervisor.ledger import Ledger, now_usec
 from supervisor.policy import Decision, Policy, Rule
 from supervisor.profiles import Profile
@@ -133,7 +133,9 @@ class Launcher:
                 await self.cap_slice(owner)
                 result = await self._units.start_transient(unit)
         except SjobError as e:
-            self._ledger.finish(job, Outcome(JobState.failed, "resources", None, None, e.message), now_usec())
+            self._failed(job, Outcome(JobState.failed, "resources", None, None, e.message))
+            if isinstance(e, NoAnswerError):  # systemd may start it yet: a job recorded as failed must not run
+                self._reaper.stop_later(job.unit)
             raise
         if result == "done":
             # As the record is now: the job may have ended, or been stopped, while systemd started it.
@@ -145,6 +147,13 @@ class Launcher:
             log.info("%s: systemd said '%s' of its start, but it ran and exited", job.unit, result)
             return self._records.set_running(job.id, state.exec_main_start_usec) or job
         raise self._start_failed(job, result, state)
+
+    def _failed(self, job: Job, outcome: Outcome) -> None:
+        """Record that the job could not start, as its record is now: a stop's `stopped_by`, written while systemd
+        was asked, stays (review of H)."""
+        current = self._records.get(job.id) or job
+        if not current.state.finished:
+            self._ledger.finish(current, outcome, now_usec())
 
     async def cap_slice(self, uid: int) -> None:
         """Give the user's slice the policy's caps on all their jobs together, unless it has them already: one D-Bus
@@ -161,7 +170,7 @@ class Launcher:
         else:
             outcome = Outcome(JobState.failed, result, None, None, None)
         message = outcome.message or f"systemd reported '{result}' while starting {job.unit}"
-        self._ledger.finish(job, dataclasses.replace(outcome, message=message), now_usec())
+        self._failed(job, dataclasses.replace(outcome, message=message))
         self._reaper.collect_later(job.unit)
         return SjobError(
             ErrorCode.StartFailed,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 
 from supervisor import properties
 from supervisor.backends import JobLog, RecordStore, UnitManager
-from supervisor.errors import SjobError
+from supervisor.errors import ErrorCode, SjobError
 from supervisor.ledger import Ledger, now_usec
 from supervisor.logformat import ExitRecord
 from supervisor.policy import Retention
@@ -368,6 +368,18 @@ class Reaper:
         if state is None:
             return False
         return state.sub_state in AUTO_RESTART or (bool(ended_run) and state.invocation_id == ended_run)
+
+    def stop_later(self, unit: str) -> None:
+        """Stop `unit` (in the background): systemd did not answer its start in time and may start it yet, when its
+        job is already recorded as failed."""
+        self._in_background(self._stop(unit))
+
+    async def _stop(self, unit: str) -> None:
+        try:
+            await self._units.stop(unit)
+        except SjobError as e:
+            if e.code is not ErrorCode.NoSuchJob:  # NoSuchJob: it never came to be
+                log.warning("cannot stop %s, whose start systemd did not answer in time: %s", unit, e.message)
 
     def collect_later(self, unit: str) -> None:
         """Reset `unit` once it has settled, if it failed (in the background)."""

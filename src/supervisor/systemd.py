@@ -28,7 +28,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from supervisor.errors import ErrorCode, NoSuchProcessError, SjobError
+from supervisor.errors import ErrorCode, NoAnswerError, NoSuchProcessError, SjobError
 from supervisor.properties import PassedFd, UnitProperties
 from supervisor.protocol import parse_job_id, unit_for
 from supervisor.units import TimerUnitState, UnitState, UnitUsage
@@ -48,7 +48,10 @@ NO_SUCH_PROCESS = "org.freedesktop.systemd1.NoSuchProcess"  # KillUnit: no main 
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
 
 _EARLY_MAX = 1024
-START_TIMEOUT = 120.0
+START_TIMEOUT = 120.0  # seconds for systemd's start job of a unit to finish, once queued
+# Seconds systemd has to answer a call: sd-bus's default, which systemctl and systemd-run use. Without it, one call
+# that is never answered (PID 1 hung) held every later look at a unit, and a start, for ever (review of H).
+CALL_TIMEOUT = 25.0
 
 
 class Systemd:
@@ -122,8 +125,7 @@ class Systemd:
         try:
             return await asyncio.wait_for(fut, START_TIMEOUT)
         except TimeoutError as e:
-            raise SjobError(
-                ErrorCode.SystemdError,
+            raise NoAnswerError(
                 f"systemd did not finish starting {unit.name} within {START_TIMEOUT:.0f}s",
                 hint=f"'systemctl status {unit.name}' shows what it is waiting for",
             ) from e
@@ -307,7 +309,12 @@ class Systemd:
             unix_fds=fds or [],
         )
         try:
-            reply = await self._bus.call(msg)
+            reply = await asyncio.wait_for(self._bus.call(msg), CALL_TIMEOUT)
+        except TimeoutError as e:
+            raise NoAnswerError(
+                f"systemd did not answer {member} within {CALL_TIMEOUT:g}s",
+                hint="systemd is busy or hung: 'systemctl status' shows whether it answers; sjobd tries again later",
+            ) from e
         except (OSError, EOFError) as e:
             raise SjobError(
                 ErrorCode.SystemdError,

@@ -14,7 +14,7 @@ import pytest
 from supervisor import ledger as ledger_module
 from supervisor import reaper as reaper_module
 from supervisor.auth import Principal
-from supervisor.errors import ErrorCode, SjobError, no_such_job
+from supervisor.errors import ErrorCode, NoAnswerError, SjobError, no_such_job
 from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger, now_usec
@@ -1009,6 +1009,38 @@ def test_a_start_systemd_calls_failed_after_the_command_ran_is_a_job_that_ran(tm
             with pytest.raises(SjobError) as e:
                 await service.start(ALICE, JobSpec(["/bin/true"], "/"))
             assert e.value.code is ErrorCode.StartFailed
+
+    scenario(body, tmp_path)
+
+
+def test_a_start_systemd_does_not_answer_in_time_fails_and_its_unit_is_stopped(tmp_path: Path) -> None:
+    """systemd may start a unit yet whose start it did not answer in time (PID 1 busy or hung): the job is recorded
+    as failed, as the record is then (a stop meanwhile says who stopped it), and its unit is stopped, so that a job
+    recorded as failed never runs (review of H)."""
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        answer = asyncio.Event()
+
+        async def no_answer(unit: UnitProperties, aux: Sequence[UnitProperties] = ()) -> str:
+            units.started.append(unit)
+            await answer.wait()
+            raise NoAnswerError("systemd did not answer StartTransientUnit within 25s", hint="try again")
+
+        units.start_transient = no_answer  # type: ignore[method-assign]
+        start = asyncio.create_task(service.start(ALICE, JobSpec(["/bin/true"], "/")))
+        while not units.started:
+            await asyncio.sleep(0.01)
+        unit = units.started[-1].name
+        job_id = unit.removeprefix("sjob-").removesuffix(".service")
+        await service.stop(ALICE, job_id)
+        answer.set()
+        with pytest.raises(NoAnswerError):
+            await start
+        job = await service.status(ALICE, job_id)
+        assert (job.state, job.stopped_by) == (JobState.failed, ALICE.name)
+        assert "did not answer" in (job.message or "")
+        while units.stopped.count(unit) < 2:  # the caller's stop, then the launcher's
+            await asyncio.sleep(0.01)
 
     scenario(body, tmp_path)
 

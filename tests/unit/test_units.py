@@ -1,5 +1,6 @@
 """From systemd's view of a unit, or its exit record, to a job's outcome."""
 
+import asyncio
 import dataclasses
 import os
 import typing
@@ -155,3 +156,25 @@ def test_systemd_tells_when_one_of_sjobs_units_stops_or_goes() -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(read_end)
     os.close(write_end)
+
+
+def test_a_call_systemd_does_not_answer_ends_in_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call PID 1 never answers (hung, or busy for longer than systemctl waits) must not hold sjobd's looks at
+    its units, nor a start, for ever: it ends as sd-bus's calls do, with an error, after CALL_TIMEOUT (review of
+    H)."""
+    from dbus_fast import Message  # noqa: PLC0415 - the D-Bus adapter's types
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    from supervisor import systemd  # noqa: PLC0415
+    from supervisor.errors import NoAnswerError  # noqa: PLC0415
+
+    class HungBus:
+        async def call(self, msg: Message) -> Message:
+            await asyncio.Event().wait()
+            raise AssertionError("never answered")
+
+    monkeypatch.setattr(systemd, "CALL_TIMEOUT", 0.05)
+    manager = systemd.Systemd(typing.cast(MessageBus, HungBus()))
+    with pytest.raises(NoAnswerError) as e:
+        asyncio.run(manager.unit_state("sjob-1a2b3c4d.service"))
+    assert e.value.message == "systemd did not answer GetUnit within 0.05s"
