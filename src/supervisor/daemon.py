@@ -22,6 +22,7 @@ import stat
 import sys
 import sysconfig
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from systemd import daemon as sd_daemon
@@ -273,9 +274,8 @@ async def serve(args: argparse.Namespace) -> int:
         return 1
     sjobd = Services.wire(units, Path(args.state_dir), policy, profiles, shim)
     await sjobd.reconcile()
-    watcher = asyncio.create_task(sjobd.reaper.watch_exits(), name="watch-exits")
     background = [
-        watcher,
+        asyncio.create_task(sjobd.reaper.watch_exits(), name="watch-exits"),
         asyncio.create_task(sjobd.reaper.keep_pruned(), name="prune"),
         asyncio.create_task(sjobd.timers.watch_runs(), name="watch-timer-runs"),
     ]
@@ -289,19 +289,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, _reload, Path(args.config_dir), sjobd)
     sd_daemon.notify("READY=1\nSTATUS=Serving io.sjob.Jobs and io.sjob.Functions")
     log.info("sjobd ready on %s", sock.getsockname())
-    bus_lost = asyncio.ensure_future(units.disconnected())
-    stopped = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({watcher, bus_lost, stopped}, return_when="FIRST_COMPLETED")
-    watcher_failed = watcher in done and watcher.exception() is not None
-    if watcher_failed:
-        log.error("the exit watcher failed; stopping", exc_info=watcher.exception())
-    if bus_lost in done:
-        # Jobs' ends come with systemd's signals: without the bus, none would. systemd starts sjobd again
-        # (Restart=on-failure), and its startup sweep catches up.
-        log.error("lost the connection to the system bus; stopping")
-    failed = watcher_failed or bus_lost in done
-    bus_lost.cancel()
-    stopped.cancel()
+    failed = await _until_stopped(background, units.disconnected(), stop)
 
     sd_daemon.notify("STOPPING=1\nSTATUS=Shutting down")
     log.info("shutting down")
@@ -310,6 +298,31 @@ async def serve(args: argparse.Namespace) -> int:
     await sjobd.close()
     units.close()
     return 1 if failed else 0
+
+
+async def _until_stopped(
+    background: list[asyncio.Task[None]], bus_lost: Awaitable[object], stop: asyncio.Event
+) -> bool:
+    """Serve until sjobd is asked to stop, or can no longer go on; whether it failed (then it exits non-zero, and
+    systemd starts it again: Restart=on-failure)."""
+    lost = asyncio.ensure_future(bus_lost)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({*background, lost, stopped}, return_when="FIRST_COMPLETED")
+    finally:
+        lost.cancel()
+        stopped.cancel()
+    # Each of `background` runs for as long as sjobd does: one that ended (a bug, a damaged database) would leave
+    # sjobd serving without it, unnoticed (the pruner did so).
+    ended = [task for task in background if task in done]
+    for task in ended:
+        error = None if task.cancelled() else task.exception()
+        log.error("%s ended%s; stopping", task.get_name(), f": {error!r}" if error else "", exc_info=error)
+    if lost in done:
+        # Jobs' ends come with systemd's signals: without the bus, none would. Started again, sjobd's startup
+        # sweep catches up.
+        log.error("lost the connection to the system bus; stopping")
+    return bool(ended) or lost in done
 
 
 async def _cancelled(*tasks: asyncio.Task[None]) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from supervisor.daemon import _cancelled
+from supervisor.daemon import _cancelled, _until_stopped
 from supervisor.journal import _changed_within
 
 
@@ -74,3 +74,35 @@ def test_python_3_11_wait_for_does_swallow_it() -> None:
         await asyncio.sleep(0.01)
 
     asyncio.run(body())
+
+
+def test_sjobd_stops_with_a_failure_when_a_task_that_runs_for_as_long_as_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The exit watcher, the pruner and the timers' run watcher run for as long as sjobd serves. The pruner once
+    died of a database error and sjobd went on without it, unnoticed: now any of them ending stops sjobd, with a
+    failure, so that systemd starts it again; as a lost bus does. Asked to stop, it stops without one."""
+
+    async def body() -> tuple[bool, bool, bool]:
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        async def broken() -> None:
+            raise RuntimeError("database disk image is malformed")
+
+        never_lost = asyncio.Event()
+        tasks = [asyncio.create_task(forever(), name="watch-exits"), asyncio.create_task(broken(), name="prune")]
+        one_ended = await asyncio.wait_for(_until_stopped(tasks, never_lost.wait(), asyncio.Event()), 10)
+        lost = asyncio.Event()
+        lost.set()
+        tasks = [*tasks[:1], asyncio.create_task(forever(), name="prune")]
+        bus_lost = await _until_stopped(tasks, lost.wait(), asyncio.Event())
+        stop = asyncio.Event()
+        stop.set()
+        asked = await _until_stopped(tasks, never_lost.wait(), stop)
+        await _cancelled(*tasks)
+        return one_ended, bus_lost, asked
+
+    assert asyncio.run(body()) == (True, True, False)
+    assert "prune ended: RuntimeError('database disk image is malformed'); stopping" in caplog.messages
+    assert "lost the connection to the system bus; stopping" in caplog.messages
