@@ -383,12 +383,15 @@ class Journal:
         the event loop gets a turn, so a flood of planted entries cannot stall sjobd (review of J).
 
         When journal files come and go (rotation), the reader is reopened after the last entry it delivered, so
-        that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053)."""
+        that a file sd_journal skipped while it was being rotated is read after all (systemd issue 40053). A journal
+        that cannot be opened or read (EMFILE while many followers hold readers) is tried again after a pause, from
+        there too: this never ends, nor fails, while sjobd runs."""
         cursor: str | None = None
         failures = 0  # in a row, without an entry delivered between them
         while True:
-            reader = _open_reader()
+            reader: journal.Reader | None = None
             try:
+                reader = _open_reader()
                 with _watching(reader) as changed:
                     for i, match in enumerate(matches):
                         if i:
@@ -424,7 +427,8 @@ class Journal:
                 log.warning("watching the journal failed (%s; %d pages zeroed); again in %gs", e, zeroed, delay)
                 await asyncio.sleep(delay)
             finally:
-                reader.close()
+                if reader is not None:
+                    reader.close()
 
     def find_quota(
         self, job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None

@@ -39,8 +39,6 @@ KILL_INTERVAL_MAX = 4.0  # between looks at a stopping unit while sjobd has noth
 # How long after a grace period sjobd keeps killing: systemd's own timeouts (TimeoutStopSec=, 90 s, for each of
 # stop-sigterm, stop-post, final-sigterm and final-sigkill) are what can keep a unit stopping longer.
 KILL_PATIENCE = 4 * 90.0
-WATCH_RETRY_MIN = 1.0  # seconds before the exit watcher reads the journal again after a failure, doubling to MAX
-WATCH_RETRY_MAX = 30.0
 SETTLE_USEC = 60_000_000  # how long after a provisional end `settled` looks for the exit record
 AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
 
@@ -78,30 +76,19 @@ class Reaper:
         units.watch_ends(self.look_soon)
 
     async def watch_exits(self) -> None:
-        """Record every job's end as journald reports it; runs until cancelled.
-
-        A journal that cannot be read (EMFILE while many followers hold readers, a journal file being rotated away)
-        must not end the watcher, nor sjobd: it starts again from the oldest unfinished job after a pause, and
-        recording an exit twice changes nothing. The sweep covers the pause."""
-        delay = WATCH_RETRY_MIN
-        while True:
-            unfinished = self._records.unfinished()
-            since = min((j.created_usec for j in unfinished), default=now_usec())
+        """Record every job's end as journald reports it, from the oldest unfinished job's start; runs until
+        cancelled. A journal that cannot be read for a while (`JobLog.exits` waits for it) or a record that cannot
+        be written (a full disk: a sweep retries) does not end it: recording an exit twice changes nothing."""
+        since = min((j.created_usec for j in self._records.unfinished()), default=now_usec())
+        async for job_id, record in self._journal.exits(since):
             try:
-                async for job_id, record in self._journal.exits(since):
-                    delay = WATCH_RETRY_MIN
-                    try:
-                        job = self._ledger.record_exit(job_id, record)
-                    except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
-                        self._sweep_later(f"job {job_id}", e)
-                        continue
-                    if job is not None and job.state.finished:
-                        # Never between a retried job's attempts: resetting the unit would reset its start limit.
-                        self.collect_later(job.unit)
-            except OSError as e:
-                log.error("reading job exits from the journal failed (%s); again in %.0fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, WATCH_RETRY_MAX)
+                job = self._ledger.record_exit(job_id, record)
+            except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
+                self._sweep_later(f"job {job_id}", e)
+                continue
+            if job is not None and job.state.finished:
+                # Never between a retried job's attempts: resetting the unit would reset its start limit.
+                self.collect_later(job.unit)
 
     async def reconcile(self) -> None:
         """At startup: adopt jobs systemd runs that have no record (the records were lost), and settle the records

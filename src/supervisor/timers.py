@@ -19,7 +19,6 @@ again, each run a job of its own.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -51,9 +50,6 @@ from supervisor.protocol import (
 from supervisor.reaper import Reaper
 
 log = logging.getLogger(__name__)
-
-WATCH_RETRY_MIN = 1.0
-WATCH_RETRY_MAX = 30.0
 
 
 class TimerService:
@@ -182,23 +178,15 @@ class TimerService:
 
     async def watch_runs(self) -> None:
         """Record every run of every timer, as journald reports them; runs until cancelled. A journal that cannot
-        be read pauses it, and it starts again from where the records say (a run recorded twice is one run)."""
-        delay = WATCH_RETRY_MIN
-        while True:
+        be read for a while (`JobLog.runs` waits for it) does not end it, nor a run that cannot be recorded."""
+        async for event in self._journal.runs(self._since(), self._is_timer_service):
             try:
-                async for event in self._journal.runs(self._since(), self._is_timer_service):
-                    delay = WATCH_RETRY_MIN
-                    try:
-                        started = self._record_run(event)
-                    except SjobError as e:  # a full disk: the run's next record (its exit) retries
-                        log.error("cannot record a run of %s: %s", event.unit, e.message)
-                        continue
-                    if started is not None:
-                        await self._recheck(*started)  # each run: may its maker still have it? (review of J)
-            except OSError as e:
-                log.error("reading timer runs from the journal failed (%s); again in %.0fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, WATCH_RETRY_MAX)
+                started = self._record_run(event)
+            except SjobError as e:  # a full disk: the run's next record (its exit) retries
+                log.error("cannot record a run of %s: %s", event.unit, e.message)
+                continue
+            if started is not None:
+                await self._recheck(*started)  # each run: may its maker still have it? (review of J)
 
     async def reconcile(self) -> None:
         """At startup: find out which timers systemd no longer has."""

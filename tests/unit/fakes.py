@@ -41,7 +41,6 @@ class FakeJobLog:
         self.events: list[UnitEvent] = []  # start and exit records of every unit, for `runs`
         self.changed = asyncio.Event()
         self.open_readers = 0
-        self.exit_failures = 0  # exits() fails this many times first, as a journal sjobd cannot open would
         self.manager_exits: dict[str, ExitRecord] = {}  # unit -> what PID 1 logged of its end
 
     def add(self, job_id: str, record: Record, invocation: str = "", uid: int = 1000) -> None:
@@ -85,9 +84,6 @@ class FakeJobLog:
             self.open_readers -= 1
 
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
-        if self.exit_failures:
-            self.exit_failures -= 1
-            raise OSError(24, "Too many open files")
         while True:
             yield await self.exit_queue.get()
 

@@ -521,24 +521,6 @@ def test_repeated_stops_keep_one_grace_period_and_the_shortest_wins(tmp_path: Pa
     scenario(body, tmp_path)
 
 
-def test_the_exit_watcher_outlives_a_journal_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reaper_module, "WATCH_RETRY_MIN", 0.01)
-
-    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
-        log.exit_failures = 3  # EMFILE three times in a row
-        watcher = asyncio.create_task(reaper.watch_exits())
-        job = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
-        log.add(job.id, ExitRecord("success", "exited", 0))
-        # Only the watcher records it: list_jobs reads the records as they are (status would ask the journal).
-        while service.list_jobs(ALICE)[0].state is not JobState.exited:
-            await asyncio.sleep(0.02)
-        assert log.exit_failures == 0
-        assert not watcher.done()
-        watcher.cancel()
-
-    scenario(body, tmp_path, run_commands=False)
-
-
 @pytest.mark.parametrize("meanwhile", ["ended", "stopped"])
 def test_what_is_recorded_while_systemd_starts_a_job_stays(tmp_path: Path, meanwhile: str) -> None:
     """StartTransientUnit returns once systemd's start job is done, a D-Bus round trip and a wait later. The

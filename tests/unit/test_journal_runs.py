@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import typing
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
@@ -159,6 +160,12 @@ class FloodReader(ListReader):
         return 0
 
 
+@contextlib.contextmanager
+def unwatched(_: object) -> Iterator[asyncio.Event]:
+    """In place of journal._watching: no inotify, and no change ever comes."""
+    yield asyncio.Event()
+
+
 def test_planted_entries_are_neither_decoded_nor_allowed_to_hold_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,11 +177,7 @@ def test_planted_entries_are_neither_decoded_nor_allowed_to_hold_the_event_loop(
     reader = FloodReader([*planted, real])
     monkeypatch.setattr(journal, "_open_reader", lambda: reader)
 
-    @contextlib.contextmanager
-    def watching(_: object) -> Iterator[asyncio.Event]:
-        yield asyncio.Event()
-
-    monkeypatch.setattr(journal, "_watching", watching)
+    monkeypatch.setattr(journal, "_watching", unwatched)
 
     async def body() -> None:
         turns = 0
@@ -227,11 +230,7 @@ def test_only_a_few_followers_at_a_time_poll_fast(monkeypatch: pytest.MonkeyPatc
         def process(self) -> int:
             return 0
 
-    @contextlib.contextmanager
-    def watching(_: object) -> Iterator[asyncio.Event]:
-        yield asyncio.Event()
-
-    monkeypatch.setattr(journal, "_watching", watching)
+    monkeypatch.setattr(journal, "_watching", unwatched)
     monkeypatch.setattr(journal, "_open_reader", lambda: Quiet(entries))
 
     async def body() -> None:
@@ -304,3 +303,29 @@ def test_every_passing_gap_gets_its_own_retries(monkeypatch: pytest.MonkeyPatch)
         reader.reopen()
     assert [r.data for r in records if isinstance(r, OutputRecord)] == [f"{line}\n".encode() for line in lines]
     assert isinstance(records[-1], ExitRecord)
+
+
+def test_the_watchers_reading_outlives_a_journal_it_cannot_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sjobd's exit and run watchers read the journal for as long as sjobd runs. A journal that cannot be opened
+    (EMFILE while many followers hold readers) is tried again after a pause, and their reading goes on: it never
+    ends nor fails (each watcher had a retry loop of its own for this)."""
+    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
+    exit_entry = attempt("a" * 32, 70, "out", status=3)[-1]
+
+    def open_reader() -> FloodReader:
+        if failures:
+            raise failures.pop()
+        return FloodReader([exit_entry])
+
+    monkeypatch.setattr(journal, "_open_reader", open_reader)
+    monkeypatch.setattr(journal, "_watching", unwatched)
+    monkeypatch.setattr(journal, "REOPEN_DELAY_MAX", 0.01)
+
+    async def body() -> None:
+        exits = typing.cast(AsyncGenerator[Any, None], journal.Journal().exits(0))
+        job_id, record = await asyncio.wait_for(anext(exits), 10)
+        await exits.aclose()
+        assert (job_id, record.exit_status) == ("1a2b3c4d", 3)
+        assert not failures
+
+    asyncio.run(body())
