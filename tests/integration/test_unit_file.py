@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from .conftest import User, alone, run, sjob, sjob_units, varlink_call, wait_until
-from .test_skeleton import detach, wait_finished
+from .test_skeleton import detach, status, wait_finished
 
 # What an attacker reaches for; the same pieces the host's property test draws from (tests/unit/test_unitfile.py).
 PIECES = [*"\n\r\\\"' \t%$[]=+#;ab\x1b\x7f", "\u2028", "é", "[Service]", "ExecStop=+/bin/sh -c 'id >/run/pwned'"]
@@ -150,17 +150,21 @@ def test_hostile_requests_read_back_exactly_after_a_reload(alice: User, shared_d
         run("systemctl", "stop", "--no-block", unit)
     # Stopped behind sjobd's back, and on systemd < 257 without their exit reports: sjobd learns of their ends from
     # systemd's signals (the unit stopped, or went), and ends them after the report's grace (10 s), with nobody
-    # asking. `List` shows the records as they are. sjobd used to wait for its sweep, once a minute, and the grace
-    # after it, 60 to 120 s: a queue test after this one found these jobs still running and its slots taken.
+    # asking. sjobd used to wait for its sweep, once a minute, and the grace after it, 60 to 120 s: a queue test
+    # after this one found these jobs still running and its slots taken.
     stopped = {unit.removeprefix("sjob-").removesuffix(".service") for unit, *_ in started}
+    wait_ended_unasked(stopped, alice, "the ends of units stopped behind its back")
 
-    def still_running() -> list[dict[str, Any]]:
-        (reply,) = varlink_call("io.sjob.Jobs.List", {"running": True}, user=alice)
-        return [job for job in reply["parameters"]["jobs"] if job["id"] in stopped]
 
-    wait_until(
-        lambda: not still_running(), timeout=45, what="sjobd to record the ends of units stopped behind its back"
-    )
+def wait_ended_unasked(job_ids: set[str], user: User, what: str) -> None:
+    """Wait until sjobd has recorded that the jobs ended, learnt with nobody asking: `List` shows the records as
+    they are, where `Status` would bring its job's record up to date."""
+
+    def still_running() -> list[str]:
+        (reply,) = varlink_call("io.sjob.Jobs.List", {"running": True}, user=user)
+        return [job["id"] for job in reply["parameters"]["jobs"] if job["id"] in job_ids]
+
+    wait_until(lambda: not still_running(), timeout=45, what=f"sjobd to record {what}")
 
 
 @pytest.mark.serial("compares the set of all sjob units")
@@ -201,11 +205,14 @@ def test_the_environment_cannot_rewrite_the_recorded_result(alice: User) -> None
 def test_a_daemon_reload_while_a_job_runs_keeps_its_recorded_result(alice: User) -> None:
     """Found by the reload tests above: systemd wrote the report's "${SERVICE_RESULT}" arguments into the unit file
     as "$${SERVICE_RESULT}", so after a reload every running job's exit report was the literal text. On systemd
-    < 257, which loses the report on a reload altogether, the result comes from the manager's own log instead."""
+    < 257, which loses the report on a reload altogether, the result comes from the unit's properties instead, and
+    sjobd learns of the end from systemd's signal, with nobody asking: after a reload, systemd announces each unit
+    anew (UnitNew), and its later changes as PropertiesChanged."""
     for script, want in (("sleep 3; exit 3", ("failed", "exit-code", 3)), ("sleep 3", ("exited", "success", 0))):
         job_id = detach("sh", "-c", script, user=alice)
         daemon_reload()
-        ended = wait_finished(job_id, alice)
+        wait_ended_unasked({job_id}, alice, "the end of a job that ran through a daemon-reload")
+        ended = status(job_id, alice)
         assert (ended["state"], ended["result"], ended["exit_status"]) == want, ended
 
 
