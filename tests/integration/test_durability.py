@@ -78,12 +78,16 @@ def test_a_job_that_ends_while_sjobd_is_down_reports_its_true_result() -> None:
 @pytest.mark.serial("stops sjobd and replaces its database")
 @pytest.mark.aside  # about 45 s of trixie's serial phase: see conftest
 @pytest.mark.usefixtures("sjobd_comes_back")
-def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path) -> None:
+def test_damaged_records_are_set_aside_and_rebuilt_from_systemd_without_duplicates(tmp_path: Path) -> None:
+    """A damaged jobs.sqlite (here: not a database at all) is moved aside, kept as it was, and sjobd adopts the jobs
+    systemd runs, as it would with none. Before, sjobd failed at every start, until systemd gave up on it."""
     job_id = detach("sleep", "120")
     run("systemctl", "stop", "sjobd.socket", "sjobd.service")
     shutil.move(STATE / "jobs.sqlite", tmp_path / "jobs.sqlite")
     for wal in STATE.glob("jobs.sqlite-*"):
         wal.unlink()
+    damaged = b"not a database: a disk that failed, or something else that wrote here\n" * 100
+    (STATE / "jobs.sqlite").write_bytes(damaged)
     try:
         run("systemctl", "start", "sjobd.socket")
         for _ in range(2):  # restarting again must not adopt it twice
@@ -92,6 +96,8 @@ def test_lost_records_are_rebuilt_from_systemd_without_duplicates(tmp_path: Path
             assert listed[0]["state"] == "running"
             assert listed[0]["argv"] == ["/usr/bin/sleep", "120"]
             run("systemctl", "restart", "sjobd.service")
+        (aside,) = STATE.glob("jobs.sqlite.damaged-*")
+        assert aside.read_bytes() == damaged
         sjob("stop", job_id)
         assert wait_finished(job_id)["state"] == "stopped"
     finally:

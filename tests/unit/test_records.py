@@ -43,6 +43,36 @@ def test_refuses_a_database_from_the_future(tmp_path: Path) -> None:
         JobRecords(tmp_path / "jobs.sqlite")
 
 
+@pytest.mark.parametrize("damage", ["not a database", "a broken page"])
+def test_damaged_records_are_set_aside_and_new_ones_begin(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sjobd failed at every start on a damaged jobs.sqlite, until systemd gave up on it. Now the file is moved
+    aside, kept as it was, and new records begin (sjobd then adopts the jobs systemd runs)."""
+    path = tmp_path / "jobs.sqlite"
+    records = JobRecords(path)
+    for i in range(200):  # a few pages of them
+        records.insert(job(f"{i:08x}", 1000, created=i))
+    records.close()
+    data = bytearray(path.read_bytes())
+    if damage == "not a database":
+        data[:16] = b"definitely not!!"
+    else:
+        data[4096 * 2] = 0xFF  # the third page's b-tree page type: no such type
+    path.write_bytes(bytes(data))
+    fresh = JobRecords(path)
+    assert fresh.get("00000000") is None
+    fresh.insert(job("0000ffff", 1000, created=1))
+    assert [j.id for j in fresh.list_jobs()] == ["0000ffff"]
+    (aside,) = tmp_path.glob("jobs.sqlite.damaged-*")
+    assert aside.read_bytes() == bytes(data)
+    assert aside.stat().st_mode & 0o777 == 0o600
+    assert any(f"{path} is damaged" in message for message in caplog.messages)
+    fresh.close()
+    JobRecords(path).close()  # sound now: kept
+    assert len(list(tmp_path.glob("jobs.sqlite.damaged-*"))) == 1
+
+
 def test_retention_keeps_each_user_s_newest_finished_and_every_unfinished(tmp_path: Path) -> None:
     records = JobRecords(tmp_path / "jobs.sqlite")
     keep = Retention(max_age_usec=1000, per_user=3)
