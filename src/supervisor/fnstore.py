@@ -90,7 +90,7 @@ class FunctionStore:
         self.root = state_dir / "functions"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._path = state_dir / "functions.sqlite"
-        self._db = open_state_db(self._path)
+        self._db = open_state_db(self._path, "no function is known until it is deployed again")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

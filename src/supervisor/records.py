@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import os
-import sqlite3
-import time
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from supervisor.policy import Retention
@@ -41,8 +37,6 @@ from supervisor.protocol import (
     to_wire,
 )
 from supervisor.statedb import open_state_db, writing
-
-log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 7
 _COLUMNS = [f.name for f in dataclasses.fields(Job) if f.name != "position"]  # a queue position is not stored
@@ -130,36 +124,13 @@ _MIGRATIONS = {
 }
 
 
-def _open_or_set_aside(path: Path) -> sqlite3.Connection:
-    """The records at `path`; if SQLite finds them damaged (not a database, or a page that fails its check: a
-    failing disk, something else writing the file), they are moved aside, kept for whoever wants to look, and new
-    records begin. sjobd then adopts the jobs systemd runs (`Reaper.reconcile`), as it does when the file is lost.
-    Without this sjobd failed at each start, and systemd gave up on it. Other errors (a disk that cannot be read)
-    are raised: nothing says the records are damaged."""
-    try:
-        db = open_state_db(path)
-        (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
-        if verdict == "ok":
-            return db
-        db.close()
-    except sqlite3.DatabaseError as e:
-        if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):  # primary code
-            raise
-        verdict = str(e)
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    for suffix in ("", "-wal", "-shm"):
-        with suppress(FileNotFoundError):
-            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
-    log.error("%s is damaged (%s); moved to %s, and new records begin", path, verdict, aside)
-    return open_state_db(path)
-
-
 class JobRecords:
     """The store of all jobs sjobd has started."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._db = _open_or_set_aside(path)
+        # Damaged records set aside: sjobd adopts the jobs systemd runs (Reaper.reconcile), as after a lost file.
+        self._db = open_state_db(path, "new job records begin, and sjobd adopts the jobs systemd runs")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer sjobd (schema {version} > {SCHEMA_VERSION})")

@@ -6,18 +6,46 @@ user could open it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from supervisor.errors import ErrorCode, SjobError
 
+log = logging.getLogger(__name__)
 
-def open_state_db(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) a private SQLite database in autocommit mode, usable from any thread."""
+
+def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
+    """Open (creating if needed) a private SQLite database in autocommit mode, usable from any thread.
+
+    A file SQLite finds damaged (not a database, or a page that fails its quick check: a failing disk, something
+    else writing it) is moved aside as `<name>.damaged-<time>`, kept as it was, and a new one begins; `if_damaged`
+    says what that means, for the log. Before, sjobd failed at every start until systemd gave up on it. Other
+    errors (a disk that cannot be read) are raised: nothing says the file is damaged."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        db = _open(path)
+        (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
+        if verdict == "ok":
+            return db
+        db.close()
+    except sqlite3.DatabaseError as e:
+        if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):  # its primary code
+            raise
+        verdict = str(e)
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    for suffix in ("", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    log.error("%s is damaged (%s): moved to %s; %s", path, verdict, aside, if_damaged)
+    return _open(path)
+
+
+def _open(path: Path) -> sqlite3.Connection:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")

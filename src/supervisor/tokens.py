@@ -176,7 +176,7 @@ class TokenStore:
     """Every token sjobd issued, and which are revoked: tokens.sqlite in the state directory."""
 
     def __init__(self, path: Path) -> None:
-        self._db = open_state_db(path)
+        self._db = open_state_db(path, "every token issued before is refused (fail closed): issue new ones")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, subject TEXT NOT NULL, scope TEXT NOT NULL,"
             " issued_by TEXT NOT NULL, issued_usec INTEGER NOT NULL, expires_usec INTEGER NOT NULL,"

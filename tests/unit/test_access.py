@@ -253,6 +253,21 @@ def test_revoked_and_unknown_tokens_are_refused(tmp_path: Path) -> None:
     assert [t.revoked_by for t in s.access.list_tokens(ROOT)] == ["carol"]
 
 
+def test_a_damaged_token_store_is_set_aside_and_its_tokens_are_refused(tmp_path: Path) -> None:
+    """A tokens.sqlite SQLite finds damaged is moved aside and a new one begins (sjobd failed at every start):
+    safe, since a token sjobd has no record of is refused. Fail closed, and a new token can be issued."""
+    s = Setup(tmp_path)
+    token = s.issue()
+    s.store._db.close()
+    (tmp_path / "tokens.sqlite").write_bytes(b"\0" * 8192)
+    s = Setup(tmp_path)
+    with pytest.raises(SjobError) as e:
+        s.access.authenticate(ALICE, token, now())
+    assert "was not issued by this sjobd" in e.value.message, e.value
+    assert len(list(tmp_path.glob("tokens.sqlite.damaged-*"))) == 1
+    assert s.access.authenticate(ALICE, s.issue(), now()).name == "token:ci-runner"
+
+
 def test_without_a_signing_key_token_requests_are_refused_and_audited() -> None:
     audit = FakeAudit()
     access = Access(load(CI_RULE), audit)  # no keys, no token store: sjobd started without them
