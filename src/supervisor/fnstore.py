@@ -180,6 +180,12 @@ class FunctionStore:
         code = (staging.copied / CODE).read_bytes()
         has_requirements = (staging.copied / REQUIREMENTS).exists()
         with self._storage_errors():
+            if target.exists():
+                # A version sjobd has no record of: left by a deploy whose record was never written (sjobd killed
+                # between the two) or was lost with a damaged functions.sqlite. No call can use it; it blocked
+                # every deploy of the name.
+                log.warning("%s is not a version sjobd has a record of; replacing it", target)
+                shutil.rmtree(target)
             os.rename(staging.copied, target)
             self.discard(staging)
         version = FunctionVersion(

@@ -140,6 +140,40 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         store.close()
 
 
+def test_a_version_left_without_a_record_does_not_block_the_next_deploy(tmp_path: Path) -> None:
+    """A damaged functions.sqlite is set aside and a new one begins (statedb), but the versions' code stays on disk:
+    deploying a known name again failed, its v1 being there already (as after sjobd was killed between a version's
+    rename into place and its record)."""
+
+    def deploy(store: FunctionStore, code: str) -> int:
+        staging = store.stage("f", "1a2b3c4d", code, None)
+        store.take_build(staging, ("__pycache__", "venv"))
+        function, _ = store.commit(
+            "f",
+            staging,
+            owner="alice",
+            owner_uid=1000,
+            deployed_by="alice",
+            build_job="1a2b3c4d",
+            settings=FunctionSettings(),
+            default_concurrency=4,
+            now_usec=5,
+        )
+        return function.version
+
+    store = FunctionStore(tmp_path)
+    assert deploy(store, "print(1)\n") == 1
+    store.close()
+    (tmp_path / "functions.sqlite").write_bytes(b"\0" * 8192)  # damaged: set aside at the next open
+    store = FunctionStore(tmp_path)
+    try:
+        assert store.get("f") is None
+        assert deploy(store, "print(2)\n") == 1
+        assert (store.version_dir("f", 1) / "main.py").read_text() == "print(2)\n"
+    finally:
+        store.close()
+
+
 def test_call_and_build_units() -> None:
     _, profiles = shipped_policy()
     policy = FunctionsPolicy(pip_args=("--no-index",))
