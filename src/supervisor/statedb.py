@@ -34,7 +34,7 @@ def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
             return db
         db.close()
     except sqlite3.DatabaseError as e:
-        if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):  # its primary code
+        if not _damaged(e):
             raise
         verdict = str(e)
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
@@ -43,6 +43,11 @@ def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
             os.rename(f"{path}{suffix}", f"{aside}{suffix}")
     log.error("%s is damaged (%s): moved to %s; %s", path, verdict, aside, if_damaged)
     return _open(path)
+
+
+def _damaged(e: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged (by the error's primary code)."""
+    return e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -71,5 +76,7 @@ def writing(db: sqlite3.Connection, path: Path, what: str) -> Iterator[None]:
         raise SjobError(
             ErrorCode.StorageError,
             f"sjobd cannot write {what} in {path}: {e}",
-            hint=f"free space on the file system of {path.parent} (df -h {path.parent})",
+            hint="the file is damaged: 'systemctl restart sjobd' sets it aside and begins a new one"
+            if _damaged(e)
+            else f"free space on the file system of {path.parent} (df -h {path.parent})",
         ) from None

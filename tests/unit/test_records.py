@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor import statedb
 from supervisor.errors import ErrorCode, SjobError
 from supervisor.policy import Retention
 from supervisor.protocol import Attempt, Job, JobState, Retry, RetryOn, Schedule, Timer, TimerState
@@ -121,6 +122,26 @@ def test_a_full_disk_is_a_storage_error_and_reads_go_on(tmp_path: Path) -> None:
     assert "df -h" in (e.value.hint or "")
     assert records.get("00000001") is not None
     assert not records._db.in_transaction  # rolled back: the next write can succeed once there is room
+
+
+def test_records_damaged_while_sjobd_runs_say_so_and_how_to_go_on(tmp_path: Path) -> None:
+    """A write that finds the file damaged is a StorageError that says so (not "free space", as a full disk's
+    does), and how to go on: a restart sets the file aside (test_damaged_records_are_set_aside_...)."""
+    path = tmp_path / "jobs.sqlite"
+    records = JobRecords(path)
+    for i in range(200):
+        records.insert(job(f"{i:08x}", 1000, created=i))
+    records._db.close()
+    data = bytearray(path.read_bytes())
+    data[4096] = 0xFF  # the jobs table's root page: no such page type
+    path.write_bytes(bytes(data))
+    records._db = statedb._open(path)  # as opened before the damage, with nothing of it cached
+    with pytest.raises(SjobError) as e:
+        records.update(dataclasses.replace(job("00000001", 1000, created=1), state=JobState.exited))
+    assert e.value.code is ErrorCode.StorageError
+    assert "malformed" in e.value.message
+    assert "systemctl restart sjobd" in (e.value.hint or "")
+    records.close()
 
 
 def test_a_queued_job_keeps_what_starting_it_needs_until_it_leaves_the_queue(tmp_path: Path) -> None:
