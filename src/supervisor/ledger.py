@@ -49,6 +49,10 @@ class Ledger:
         self._attempt_listeners: list[Callable[[Job], None]] = []  # told of each attempt after which another comes
 
     def finish(self, job: Job, outcome: Outcome, when: int, resources: Resources | None = None) -> Job:
+        # An exit record that only adds what the job used to an end already recorded (its main process exited: the
+        # answer `sjob run` waits for) is not another end: one "ended" line per job in sjobd's log, not two alike.
+        recorded = (job.state, job.result, job.exit_status, job.signal, job.message)
+        again = job.state.finished and recorded == dataclasses.astuple(outcome)
         job = dataclasses.replace(
             job,
             state=outcome.state,
@@ -61,7 +65,10 @@ class Ledger:
         )
         self._records.update(job)
         self._vanished.pop(job.id, None)
-        log.info("%s ended: %s", job.unit, outcome)
+        if again:
+            log.debug("%s: its exit record adds what it used", job.unit)
+        else:
+            log.info("%s ended: %s", job.unit, outcome)
         for waiter in self._waiting.pop(job.id, []):
             if not waiter.done():
                 waiter.set_result(job)

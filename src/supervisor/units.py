@@ -131,6 +131,15 @@ class Outcome:
     signal: int | None
     message: str | None
 
+    def __str__(self) -> str:
+        """As sjobd logs it: `exited (success, status 0)`, `failed (signal, SIGKILL): why`."""
+        how = [self.result]
+        if self.exit_status is not None:
+            how.append(f"status {self.exit_status}")
+        if self.signal is not None:
+            how.append(signal_name(self.signal))
+        return f"{self.state.value} ({', '.join(how)})" + (f": {self.message}" if self.message else "")
+
 
 def outcome_of_exit(record: ExitRecord, stopped_by: str | None = None) -> Outcome:
     """Interpret the exit record written by the unit's ExecStopPost; `stopped_by` names who asked for a stop."""

@@ -1,6 +1,7 @@
 """Job records in SQLite: round trip, ordering, owners, and reopening."""
 
 import dataclasses
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -8,9 +9,14 @@ import pytest
 
 from supervisor import statedb
 from supervisor.errors import ErrorCode, SjobError
+from supervisor.ledger import Ledger
+from supervisor.logformat import ExitRecord
 from supervisor.policy import Retention
-from supervisor.protocol import Attempt, Job, JobState, Retry, RetryOn, Schedule, Timer, TimerState
+from supervisor.protocol import Attempt, Job, JobState, Resources, Retry, RetryOn, Schedule, Timer, TimerState
 from supervisor.records import JobRecords
+from supervisor.units import outcome_of_exit
+
+from .fakes import FakeJobLog
 
 
 def job(job_id: str, uid: int, created: int, state: JobState = JobState.running) -> Job:
@@ -267,3 +273,23 @@ def test_a_job_is_marked_running_only_while_it_is_starting(tmp_path: Path) -> No
     records.update(ended)
     assert records.set_running("00000001", 43) == ended  # too late: unchanged
     assert records.set_running("0000000f", 44) is None
+
+
+def test_an_end_is_logged_once_and_readably(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A job's end is often recorded twice: when its main process exited (the answer `sjob run` waits for), then
+    with its exit record, which adds what it used. sjobd's log said "ended: Outcome(state=<JobState...>...)" twice
+    alike; now once, as `journalctl -u sjobd` readers expect, and a different outcome is logged again."""
+    caplog.set_level(logging.INFO)
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    ledger = Ledger(records, FakeJobLog())
+    records.insert(job("00000001", 1000, created=1))
+    running = records.get("00000001")
+    assert running is not None
+    ledger.finish(running, outcome_of_exit(ExitRecord("success", "exited", 0)), 5)
+    used = Resources(cpu_usec=1500, memory_peak_bytes=4096, io_read_bytes=0, io_write_bytes=10, tasks_peak=None)
+    ended = ledger.record_exit("00000001", ExitRecord("success", "exited", 0, 6, resources=used))
+    assert ended is not None
+    assert ended.resources == used
+    assert [m for m in caplog.messages if "ended" in m] == ["sjob-00000001.service ended: exited (success, status 0)"]
+    ledger.record_exit("00000001", ExitRecord("signal", "killed", 9, 7, resources=used))
+    assert caplog.messages[-1] == "sjob-00000001.service ended: failed (signal, SIGKILL): killed by signal SIGKILL"
