@@ -82,6 +82,9 @@
  * record is the job's result: it waits longer, within systemd's 90 s for an ExecStopPost. */
 #define FORWARDER_PATIENCE_MS 10000
 #define REPORT_PATIENCE_MS 60000
+/* How long a process waits for journald's socket to come back once it was made anew (journal_send); then it exits,
+ * and the job gets EPIPE on its output, as before it waited at all. */
+#define RECONNECT_PATIENCE_MS 60000
 
 /* One field in journald's binary-safe form: NAME '\n' <le64 length> VALUE '\n'. */
 struct field {
@@ -124,9 +127,11 @@ static void add_str(struct entry *e, const char *name, const char *value) {
     add(e, name, value, strlen(value));
 }
 
-static void journal_connect(void) {
+/* Connect to journald's socket, waiting for it up to `patience_ms` (for ever if negative), else exit. */
+static void journal_connect(long long patience_ms) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     long delay = 10;
+    long long deadline = patience_ms < 0 ? -1 : now_ms() + patience_ms;
     if (strlen(journal_path) >= sizeof(sa.sun_path)) {
         _exit(2);
     }
@@ -138,6 +143,11 @@ static void journal_connect(void) {
     /* journald may be restarting; its socket unit keeps the socket, so this is short. Waiting, not dropping. */
     while (connect(journal_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         if (errno != ENOENT && errno != ECONNREFUSED && errno != EAGAIN && errno != EINTR) {
+            _exit(2);
+        }
+        if (deadline >= 0 && now_ms() >= deadline) {
+            dprintf(2, "sjob-shim: journald's socket %s did not come back within %llds\n", journal_path,
+                    patience_ms / 1000);
             _exit(2);
         }
         sleep_ms(delay);
@@ -215,7 +225,7 @@ static void journal_send(const struct entry *e) {
              * what it held. This socket is no longer connected (the first send says ECONNREFUSED, any later one
              * ENOTCONN); connect to the new one rather than lose this entry and every later one. */
             close(journal_fd);
-            journal_connect();
+            journal_connect(RECONNECT_PATIENCE_MS);
             continue;
         }
         if (errno == ENOBUFS || errno == EAGAIN || errno == EMSGSIZE) {
@@ -740,7 +750,7 @@ static int report(const char *job_id, const char *result, const char *code, cons
             add_str(&e, names[i], numbers[i]);
         }
     }
-    journal_connect();
+    journal_connect(-1);
     journal_send(&e);
     journal_drain(REPORT_PATIENCE_MS);
     return 0;
@@ -1040,7 +1050,7 @@ int main(int argc, char **argv) {
                 }
             }
             close(ready[0]);
-            journal_connect();
+            journal_connect(-1);
             announce(job_id, ident);
             if (write(ready[1], "", 1) != 1) {
                 _exit(5);

@@ -141,13 +141,14 @@ def _match_run(reader: journal.Reader, match: list[str], run: str) -> None:
     reader.add_match(*match, f"{logformat.F_EVENT}=exit", "_UID=0", f"{logformat.F_INVOCATION}={run}")
 
 
-def _stamped(record: R, reader: journal.Reader, fields: dict[str, bytes]) -> R:
-    """The record with what journald says of its entry: when it came, and from which run of the unit."""
+def _stamped(record: R, when_usec: int, fields: dict[str, bytes]) -> R:
+    """The record with what journald says of its entry: when it came (`when_usec`, the entry's realtime), and from
+    which run of the unit."""
     if isinstance(record, OutputRecord):  # built anew: dataclasses.replace cost a tenth of reading a large job
-        return typing.cast(R, OutputRecord(record.seq, record.stream, record.data, reader._get_realtime()))
+        return typing.cast(R, OutputRecord(record.seq, record.stream, record.data, when_usec))
     if isinstance(record, ExitRecord | StartRecord):
         run = logformat.run_of(fields, record)
-        return dataclasses.replace(record, when_usec=reader._get_realtime(), invocation=run)
+        return dataclasses.replace(record, when_usec=when_usec, invocation=run)
     return record
 
 
@@ -270,7 +271,7 @@ class _JobReader:
                     self.expected = 1
                 record = dataclasses.replace(record, attempt=self.filter.runs)
             self.cursor = reader._get_cursor()
-            yield _stamped(record, reader, fields)
+            yield _stamped(record, reader._get_realtime(), fields)
         self.gaps = 0  # all there was, read without a gap: any gap has closed (review of H)
 
     def _give_up(self, seq: int) -> bool:
@@ -351,13 +352,13 @@ class Journal:
     async def exits(self, since_usec: int) -> AsyncIterator[tuple[str, ExitRecord]]:
         """Every job exit recorded since `since_usec` (realtime), then every new one, forever."""
         exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
-        async for fields, reader in self._entries(since_usec, exit_match, unit_ok=_is_job_unit):
+        async for fields, when_usec in self._entries(since_usec, exit_match, unit_ok=_is_job_unit):
             record = logformat.parse_record(fields)
             job_id = fields.get(logformat.F_JOB_ID, b"").decode("ascii", "replace")
             # Root's, and from the job's own unit: its ExecStopPost (a root job elsewhere is not).
             unit = f"{UNIT_PREFIX}{job_id}{UNIT_SUFFIX}".encode()
             if isinstance(record, ExitRecord) and job_id and fields.get("_SYSTEMD_UNIT") == unit:
-                yield job_id, _stamped(record, reader, fields)
+                yield job_id, _stamped(record, when_usec, fields)
 
     async def runs(self, since_usec: int, wanted: Callable[[str], bool]) -> AsyncIterator[UnitEvent]:
         """The start and exit records of the units `wanted` says yes to, since `since_usec`, then every new one,
@@ -365,18 +366,18 @@ class Journal:
         unit's own processes, exit records from root in the unit (its ExecStopPost)."""
         start_match = [f"{logformat.F_EVENT}={logformat.Event.start.value}"]
         exit_match = [f"{logformat.F_EVENT}={logformat.Event.exit.value}", "_UID=0"]
-        async for fields, reader in self._entries(since_usec, start_match, exit_match, unit_ok=wanted):
+        async for fields, when_usec in self._entries(since_usec, start_match, exit_match, unit_ok=wanted):
             unit = fields.get("_SYSTEMD_UNIT", b"").decode("ascii", "replace")
             record = logformat.parse_record(fields)
             if isinstance(record, StartRecord | ExitRecord) and logformat.run_of(fields, record) and wanted(unit):
                 uid = fields.get("_UID", b"").decode("ascii", "replace")
-                yield UnitEvent(unit, int(uid) if uid.isdigit() else -1, _stamped(record, reader, fields))
+                yield UnitEvent(unit, int(uid) if uid.isdigit() else -1, _stamped(record, when_usec, fields))
 
     async def _entries(
         self, since_usec: int, *matches: list[str], unit_ok: Callable[[str], bool]
-    ) -> AsyncIterator[tuple[dict[str, bytes], journal.Reader]]:
-        """The entries that match any of `matches` since `since_usec` (realtime), then every new one, forever, with
-        the reader positioned on each (for its timestamp).
+    ) -> AsyncIterator[tuple[dict[str, bytes], int]]:
+        """The entries that match any of `matches` since `since_usec` (realtime), then every new one, forever, each
+        with when journald received it (realtime).
 
         Anyone can write an entry that matches (SJOB_EVENT=start is a field like any other), so an entry is decoded
         only once its _SYSTEMD_UNIT, which journald sets, passes `unit_ok`; and every READ_BATCH entries examined
@@ -411,7 +412,7 @@ class Journal:
                             if examined % READ_BATCH == 0:
                                 await asyncio.sleep(0)
                             if unit_ok(_unit_of(reader)):
-                                yield _fields(reader), reader
+                                yield _fields(reader), reader._get_realtime()
                                 failures = 0
                             cursor = reader._get_cursor()  # once the entry is handled: one that failed is read again
                         # journald's inotify wakes the reader (within ~250 ms), and nothing else does: an idle sjobd
@@ -519,7 +520,7 @@ class Journal:
             while reader._next():
                 fields = _fields(reader)
                 if isinstance(record := logformat.parse_record(fields), ExitRecord):
-                    stamped = _stamped(record, reader, fields)
+                    stamped = _stamped(record, reader._get_realtime(), fields)
                     if not invocation or stamped.invocation == invocation:
                         found.append(stamped)
             return found

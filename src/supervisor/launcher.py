@@ -133,14 +133,22 @@ class Launcher:
                 await self.cap_slice(owner)
                 result = await self._units.start_transient(unit)
         except SjobError as e:
-            self._failed(job, Outcome(JobState.failed, "resources", None, None, e.message))
-            if isinstance(e, NoAnswerError):  # systemd may start it yet: a job recorded as failed must not run
+            # systemd may start it yet, when it did not answer: a job recorded as failed must not run. Its unit is
+            # stopped, by sjobd as its record says, should its exit record come after all (review of H).
+            unanswered = isinstance(e, NoAnswerError)
+            self._failed(
+                job, Outcome(JobState.failed, "resources", None, None, e.message), "sjobd" if unanswered else None
+            )
+            if unanswered:
                 self._reaper.stop_later(job.unit)
             raise
         if result == "done":
             # As the record is now: the job may have ended, or been stopped, while systemd started it.
             return self._records.set_running(job.id, now_usec()) or job
-        state = await self._units.unit_state(job.unit)
+        try:
+            state = await self._units.unit_state(job.unit)
+        except SjobError:  # systemd not answering now: its start job's word is all there is
+            state = None
         if state is not None and ran(state):
             # Seen on systemd 252 in a loaded VM: `sh -c 'exit 5'` made its start job "failed" after it had run
             # (its exit was handled before its start). It ran: its end comes as any job's does (the exit record).
@@ -148,11 +156,13 @@ class Launcher:
             return self._records.set_running(job.id, state.exec_main_start_usec) or job
         raise self._start_failed(job, result, state)
 
-    def _failed(self, job: Job, outcome: Outcome) -> None:
+    def _failed(self, job: Job, outcome: Outcome, stopped_by: str | None = None) -> None:
         """Record that the job could not start, as its record is now: a stop's `stopped_by`, written while systemd
-        was asked, stays (review of H)."""
+        was asked, stays (review of H); or `stopped_by`, if none."""
         current = self._records.get(job.id) or job
         if not current.state.finished:
+            if stopped_by is not None and current.stopped_by is None:
+                current = dataclasses.replace(current, stopped_by=stopped_by)
             self._ledger.finish(current, outcome, now_usec())
 
     async def cap_slice(self, uid: int) -> None:

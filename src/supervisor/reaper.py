@@ -77,14 +77,20 @@ class Reaper:
 
     async def watch_exits(self) -> None:
         """Record every job's end as journald reports it, from the oldest unfinished job's start; runs until
-        cancelled. A journal that cannot be read for a while (`JobLog.exits` waits for it) or a record that cannot
-        be written (a full disk: a sweep retries) does not end it: recording an exit twice changes nothing."""
+        cancelled. A journal that cannot be read for a while (`JobLog.exits` waits for it), or an exit that cannot
+        be recorded (a full disk, a process out of descriptors: a sweep retries), does not end it, which would stop
+        sjobd (review of H: users can use up its descriptors with followers). Recording an exit twice changes
+        nothing."""
         since = min((j.created_usec for j in self._records.unfinished()), default=now_usec())
         async for job_id, record in self._journal.exits(since):
             try:
                 job = self._ledger.record_exit(job_id, record)
-            except SjobError as e:  # a full disk: the record stays unfinished, and a later sweep retries
-                self._sweep_later(f"job {job_id}", e)
+            except (SjobError, OSError) as e:  # a full disk, no journal reader to be had (EMFILE): a sweep retries
+                self.sweep_later(f"job {job_id}", e)
+                continue
+            except Exception as e:  # a bug: the exits after this one are still recorded (review of H)
+                log.exception("recording the exit of job %s failed", job_id)
+                self.sweep_later(f"job {job_id}", e)
                 continue
             if job is not None and job.state.finished:
                 # Never between a retried job's attempts: resetting the unit would reset its start limit.
@@ -108,9 +114,9 @@ class Reaper:
             try:
                 await self.refresh(job)
             except (SjobError, OSError) as e:  # one job's trouble (a full disk, systemd busy) must not stop the others'
-                self._sweep_later(f"job {job.id}", e)
+                self.sweep_later(f"job {job.id}", e)
 
-    def _sweep_later(self, what: str, e: Exception) -> None:
+    def sweep_later(self, what: str, e: Exception) -> None:
         """`what` could not be brought up to date (a full disk, systemd busy, a journal file rotated away): say so,
         and sweep in a while, and again after each sweep that fails too. The one time sjobd looks at its records
         without news."""
@@ -144,10 +150,10 @@ class Reaper:
             try:
                 await self._look_at(unit)
             except (SjobError, OSError) as e:
-                self._sweep_later(f"the jobs of {unit}", e)
+                self.sweep_later(f"the jobs of {unit}", e)
             except Exception as e:  # a bug: the units after this one are still looked at
                 log.exception("looking at the jobs of %s failed", unit)
-                self._sweep_later(f"the jobs of {unit}", e)
+                self.sweep_later(f"the jobs of {unit}", e)
 
     async def _look_at(self, unit: str) -> None:
         jobs = self._records.unfinished(unit=unit)
@@ -179,7 +185,7 @@ class Reaper:
             try:
                 job = await self.refresh(job)
             except (SjobError, OSError) as e:
-                self._sweep_later(f"job {job.id}", e)
+                self.sweep_later(f"job {job.id}", e)
                 return
             if job.state.finished or left == 0.0:  # over, or nothing more to wait for (its record has gone)
                 return

@@ -123,7 +123,9 @@ class Systemd:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[job_path] = fut
         try:
-            return await asyncio.wait_for(fut, START_TIMEOUT)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation (review of H).
+            async with asyncio.timeout(START_TIMEOUT):
+                return await fut
         except TimeoutError as e:
             raise NoAnswerError(
                 f"systemd did not finish starting {unit.name} within {START_TIMEOUT:.0f}s",
@@ -308,14 +310,16 @@ class Systemd:
             body=body,
             unix_fds=fds or [],
         )
+        deadline = asyncio.timeout(CALL_TIMEOUT)  # not wait_for, which can swallow a cancellation (3.11)
         try:
-            reply = await asyncio.wait_for(self._bus.call(msg), CALL_TIMEOUT)
-        except TimeoutError as e:
-            raise NoAnswerError(
-                f"systemd did not answer {member} within {CALL_TIMEOUT:g}s",
-                hint="systemd is busy or hung: 'systemctl status' shows whether it answers; sjobd tries again later",
-            ) from e
+            async with deadline:
+                reply = await self._bus.call(msg)
         except (OSError, EOFError) as e:
+            if deadline.expired():  # TimeoutError, an OSError: not the socket's own ETIMEDOUT
+                raise NoAnswerError(
+                    f"systemd did not answer {member} within {CALL_TIMEOUT:g}s",
+                    hint="systemd is busy or hung ('systemctl status' shows whether it answers): try again later",
+                ) from e
             raise SjobError(
                 ErrorCode.SystemdError,
                 f"lost the connection to the system bus: {e}",

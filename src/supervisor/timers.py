@@ -27,7 +27,7 @@ from supervisor import jobspec, properties, timerunits
 from supervisor.access import Access
 from supervisor.auth import Principal, principal_from_wire, principal_to_wire
 from supervisor.backends import JobLog, RecordStore, UnitManager
-from supervisor.errors import ErrorCode, SjobError, invalid_argument, no_such_job
+from supervisor.errors import ErrorCode, NoAnswerError, SjobError, invalid_argument, no_such_job
 from supervisor.jobs import JobService
 from supervisor.launcher import Launcher
 from supervisor.ledger import Ledger, now_usec
@@ -144,6 +144,9 @@ class TimerService:
         except SjobError as e:
             self._records.delete_timer(timer_id)
             self._ids.discard(timer_id)
+            if isinstance(e, NoAnswerError):  # systemd may make it yet: a timer with no record must not run
+                self._reaper.stop_later(timer.unit)
+                self._reaper.stop_later(service.name)
             raise self._access.refuse(principal, Action.schedule, e) from None
         self._access.allow(principal, Action.schedule, f"{decision.reason}, profile {admission.profile.name}", timer_id)
         log.info("%s made for %s: %s", timer.unit, principal, spec.argv)
@@ -178,12 +181,17 @@ class TimerService:
 
     async def watch_runs(self) -> None:
         """Record every run of every timer, as journald reports them; runs until cancelled. A journal that cannot
-        be read for a while (`JobLog.runs` waits for it) does not end it, nor a run that cannot be recorded."""
+        be read for a while (`JobLog.runs` waits for it) does not end it, nor a run that cannot be recorded (its
+        record is brought up to date by the sweep that follows), which would stop sjobd."""
         async for event in self._journal.runs(self._since(), self._is_timer_service):
             try:
                 started = self._record_run(event)
-            except SjobError as e:  # a full disk: the run's next record (its exit) retries
-                log.error("cannot record a run of %s: %s", event.unit, e.message)
+            except (SjobError, OSError) as e:  # a full disk, no journal reader to be had (EMFILE): a sweep retries
+                self._reaper.sweep_later(f"a run of {event.unit}", e)
+                continue
+            except Exception as e:  # a bug: the runs after this one are still recorded (review of H)
+                log.exception("recording a run of %s failed", event.unit)
+                self._reaper.sweep_later(f"a run of {event.unit}", e)
                 continue
             if started is not None:
                 await self._recheck(*started)  # each run: may its maker still have it? (review of J)

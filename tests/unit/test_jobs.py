@@ -713,6 +713,42 @@ def test_a_look_the_journal_fails_is_made_again(tmp_path: Path, monkeypatch: pyt
     scenario(body, tmp_path, run_commands=False)
 
 
+def test_an_exit_that_cannot_be_recorded_neither_ends_the_watcher_nor_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording an exit opens a journal reader (for the quota record), which fails with EMFILE while users' followers
+    hold sjobd's descriptors. That ended the exit watcher, and with it sjobd (review of H). Now the watcher goes on,
+    and a sweep records the exit a while later."""
+    monkeypatch.setattr(reaper_module, "RESWEEP_DELAY", 0.1)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        watcher = asyncio.create_task(reaper.watch_exits())
+        first = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        second = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        quota = log.find_quota
+        failures = [OSError(errno.EMFILE, "Too many open files")]
+
+        def find_quota(
+            job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None
+        ) -> QuotaRecord | None:
+            if failures:
+                raise failures.pop()
+            return quota(job_id, unit, owner_uid, invocation)
+
+        log.find_quota = find_quota  # type: ignore[method-assign]
+        log.add(first.id, ExitRecord("exit-code", "exited", 3))
+        log.add(second.id, ExitRecord("success", "exited", 0))
+        # Only the watcher and the sweep record them: list_jobs reads the records as they are.
+        while any(not j.state.finished for j in service.list_jobs(ALICE)):
+            assert not watcher.done(), watcher
+            await asyncio.sleep(0.02)
+        assert not failures
+        assert [j.exit_status for j in service.list_jobs(ALICE)] == [0, 3]
+        watcher.cancel()
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_an_end_recorded_while_refresh_asks_systemd_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`refresh` reads the record, then asks systemd about the unit. The exit watcher may record the job's end in
     between: the end from the service manager's log (exit 0, for a job nobody stopped) must not replace it (review of
@@ -1023,6 +1059,11 @@ def test_a_start_systemd_does_not_answer_in_time_fails_and_its_unit_is_stopped(t
         assert "did not answer" in (job.message or "")
         while units.stopped.count(unit) < 2:  # the caller's stop, then the launcher's
             await asyncio.sleep(0.01)
+        # Nobody stopped it: sjobd did, as its record says, should its exit record come after all.
+        with pytest.raises(NoAnswerError):
+            await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        unanswered = units.started[-1].name.removeprefix("sjob-").removesuffix(".service")
+        assert (await service.status(ALICE, unanswered)).stopped_by == "sjobd"
 
     scenario(body, tmp_path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from supervisor import ledger as ledger_module
 from supervisor import reaper as reaper_module
 from supervisor import timerunits
 from supervisor.auth import Principal, TokenIdentity
-from supervisor.errors import ErrorCode, SjobError
+from supervisor.errors import ErrorCode, NoAnswerError, SjobError
 from supervisor.logformat import ExitRecord, StartRecord
 from supervisor.policy import Action
 from supervisor.properties import UnitProperties
@@ -171,6 +172,56 @@ def test_a_calendar_spec_systemd_refuses_makes_no_timer(tmp_path: Path) -> None:
             await w.timers.schedule(ALICE, JobSpec(["/bin/true"], "/"), Schedule(on_calendar="Mon..Fri 25:00"))
         assert "Invalid calendar spec" in e.value.message
         assert await w.timers.list_timers(ALICE) == []
+
+    run(tmp_path, body)
+
+
+def test_a_timer_systemd_did_not_answer_in_time_is_stopped(tmp_path: Path) -> None:
+    """systemd may make a timer yet whose start it did not answer in time: without a record nothing would manage it
+    (no stop, no policy check, its runs not recorded), so its units are stopped (review of H)."""
+
+    async def body(w: World) -> None:
+        async def no_answer(unit: UnitProperties, aux: Any = ()) -> str:
+            w.units.started.append(unit)
+            raise NoAnswerError("systemd did not answer StartTransientUnit within 25s", hint="try again")
+
+        w.units.start_transient = no_answer  # type: ignore[method-assign]
+        with pytest.raises(SjobError) as e:
+            await w.timers.schedule(ALICE, JobSpec(["/bin/true"], "/"), Schedule(on_calendar="daily"))
+        assert "did not answer" in e.value.message
+        assert await w.timers.list_timers(ALICE) == []
+        timer = w.units.started[-1].name
+        async with asyncio.timeout(10):
+            while not {timer, timer.replace(".timer", ".service")} <= set(w.units.stopped):
+                await asyncio.sleep(0.01)
+
+    run(tmp_path, body)
+
+
+def test_a_run_that_cannot_be_recorded_does_not_end_the_watcher(tmp_path: Path) -> None:
+    """Recording a run's end opens a journal reader (for the quota record), which fails with EMFILE while users'
+    followers hold sjobd's descriptors: that ended the timers' run watcher, and with it sjobd (review of H). It goes
+    on, and the runs after are recorded."""
+
+    async def body(w: World) -> None:
+        w.units.time_scale = 0.02  # 5 s become 0.1 s
+        quota = w.log.find_quota
+        failures = [OSError(errno.EMFILE, "Too many open files")]
+
+        def find_quota(job_id: str, unit: str, owner_uid: int | None, invocation: str | None = None) -> Any:
+            if failures:
+                raise failures.pop()
+            return quota(job_id, unit, owner_uid, invocation)
+
+        w.log.find_quota = find_quota  # type: ignore[method-assign]
+        spec = JobSpec(["/bin/true"], "/")
+        timer = await w.timers.schedule(
+            ALICE, spec, Schedule(on_active_usec=5 * SECOND, on_unit_active_usec=5 * SECOND)
+        )
+        async with asyncio.timeout(20):
+            while sum(j.state is JobState.exited for j in w.jobs.list_jobs(ALICE) if j.timer == timer.id) < 3:
+                await asyncio.sleep(0.02)
+        assert not failures
 
     run(tmp_path, body)
 

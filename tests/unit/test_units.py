@@ -176,5 +176,47 @@ def test_a_call_systemd_does_not_answer_ends_in_an_error(monkeypatch: pytest.Mon
     monkeypatch.setattr(systemd, "CALL_TIMEOUT", 0.05)
     manager = systemd.Systemd(typing.cast(MessageBus, HungBus()))
     with pytest.raises(NoAnswerError) as e:
-        asyncio.run(manager.unit_state("sjob-1a2b3c4d.service"))
+        asyncio.run(asyncio.wait_for(manager.unit_state("sjob-1a2b3c4d.service"), 10))
     assert e.value.message == "systemd did not answer GetUnit within 0.05s"
+
+
+def test_a_call_cancelled_as_its_answer_comes_is_cancelled() -> None:
+    """Python 3.11's asyncio.wait_for, around each call for its timeout, returned normally when cancelled in the
+    same turn as the answer came: a loop of calls (the look at units, the kill rounds) went on after sjobd had
+    cancelled it to shut down (review of H)."""
+    from dbus_fast import Message, MessageType  # noqa: PLC0415 - the D-Bus adapter's types
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    from supervisor import systemd  # noqa: PLC0415
+
+    class Bus:
+        def __init__(self) -> None:
+            self.answers: list[asyncio.Future[Message]] = []
+
+        async def call(self, msg: Message) -> Message:
+            self.answers.append(asyncio.get_running_loop().create_future())
+            return await self.answers[-1]
+
+    async def body() -> tuple[bool, int]:
+        bus = Bus()
+        manager = systemd.Systemd(typing.cast(MessageBus, bus))
+
+        async def looking() -> None:
+            while len(bus.answers) < 5:
+                await manager.list_units("sjob-*")
+
+        task = asyncio.create_task(looking())
+        await asyncio.sleep(0.01)
+        reply = Message(message_type=MessageType.METHOD_RETURN, reply_serial=1, signature="a(ssssssouso)", body=[[]])
+        bus.answers[-1].set_result(reply)  # the answer comes...
+        await asyncio.sleep(0)
+        task.cancel()  # ...and sjobd cancels the caller in the same turn
+        for _ in range(5):  # the answers to any later calls come at once
+            await asyncio.sleep(0)
+            if not bus.answers[-1].done():
+                bus.answers[-1].set_result(reply)
+        await asyncio.sleep(0.01)
+        return task.cancelled(), len(bus.answers)
+
+    cancelled, calls = asyncio.run(body())
+    assert cancelled, f"the looking went on after it was cancelled: {calls} calls"
