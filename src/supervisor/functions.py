@@ -485,7 +485,8 @@ class _Gate:
                 return
             self._waiting[caller] = self._waiting.get(caller, 0) + 1
             try:
-                admitted = await asyncio.wait_for(self._changed.wait_for(free), wait)
+                async with asyncio.timeout(wait):  # not wait_for, which can swallow a cancellation (3.11)
+                    admitted = await self._changed.wait_for(free)
             except TimeoutError:
                 admitted = False
             finally:
