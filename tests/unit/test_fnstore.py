@@ -118,19 +118,7 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         # As read back: bool, not SQLite's 0 (asyncvarlink refuses an int for a bool: seen as an internal error)
         assert store.versions("f")[0] == version
         assert store.versions("f")[0].requirements is False
-        second = store.stage("f", "5e6f7a8b", "print(2)\n", None)
-        store.take_build(second, ("__pycache__", "venv"))
-        store.commit(
-            "f",
-            second,
-            owner="x",
-            owner_uid=1,
-            deployed_by="alice",
-            build_job="5e6f7a8b",
-            settings=FunctionSettings(),
-            default_concurrency=4,
-            now_usec=6,
-        )
+        assert deploy(store, "print(2)\n", owner="x") == 2
         again = store.get("f")
         assert again is not None
         assert (again.version, again.owner, again.allow) == (2, "alice", ["bob"])  # settings carry over
@@ -140,26 +128,28 @@ def test_a_committed_version_is_what_was_staged_and_stays(tmp_path: Path) -> Non
         store.close()
 
 
+def deploy(store: FunctionStore, code: str, owner: str = "alice") -> int:
+    """Stage, build (nothing) and commit `code` as function f; its version number."""
+    staging = store.stage("f", "1a2b3c4d", code, None)
+    store.take_build(staging, ("__pycache__", "venv"))
+    function, _ = store.commit(
+        "f",
+        staging,
+        owner=owner,
+        owner_uid=1000,
+        deployed_by="alice",
+        build_job="1a2b3c4d",
+        settings=FunctionSettings(),
+        default_concurrency=4,
+        now_usec=5,
+    )
+    return function.version
+
+
 def test_a_version_left_without_a_record_does_not_block_the_next_deploy(tmp_path: Path) -> None:
     """A damaged functions.sqlite is set aside and a new one begins (statedb), but the versions' code stays on disk:
     deploying a known name again failed, its v1 being there already (as after sjobd was killed between a version's
     rename into place and its record)."""
-
-    def deploy(store: FunctionStore, code: str) -> int:
-        staging = store.stage("f", "1a2b3c4d", code, None)
-        store.take_build(staging, ("__pycache__", "venv"))
-        function, _ = store.commit(
-            "f",
-            staging,
-            owner="alice",
-            owner_uid=1000,
-            deployed_by="alice",
-            build_job="1a2b3c4d",
-            settings=FunctionSettings(),
-            default_concurrency=4,
-            now_usec=5,
-        )
-        return function.version
 
     store = FunctionStore(tmp_path)
     assert deploy(store, "print(1)\n") == 1
