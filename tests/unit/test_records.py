@@ -50,9 +50,35 @@ def test_refuses_a_database_from_the_future(tmp_path: Path) -> None:
         JobRecords(tmp_path / "jobs.sqlite")
 
 
-@pytest.mark.parametrize("damage", ["not a database", "a broken page"])
+def damage(path: Path, how: str) -> None:
+    """Damage the database at `path` as a failing disk, or something else writing it, could."""
+    if how in ("not a database", "a broken page", "an unknown file format"):
+        data = bytearray(path.read_bytes())
+        if how == "not a database":
+            data[:16] = b"definitely not!!"
+        elif how == "a broken page":
+            data[4096 * 2] = 0xFF  # the third page's b-tree page type: no such type
+        else:
+            data[44:48] = (99).to_bytes(4, "big")  # the header's schema format number
+        path.write_bytes(bytes(data))
+        return
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA writable_schema=ON")
+    if how == "a broken index":  # its entries no longer match its table; quick_check does not look (review of H)
+        db.execute(
+            "UPDATE sqlite_master SET sql = 'CREATE INDEX jobs_by_state ON jobs (cwd)' WHERE name = 'jobs_by_state'"
+        )
+    else:  # a schema entry's name that is not UTF-8: Python cannot decode SQLite's message about it
+        db.execute("UPDATE sqlite_master SET name = CAST(X'6A6F6273FF' AS TEXT) WHERE name = 'jobs_by_state'")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "how", ["not a database", "a broken page", "an unknown file format", "a broken index", "a schema not UTF-8"]
+)
 def test_damaged_records_are_set_aside_and_new_ones_begin(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """sjobd failed at every start on a damaged jobs.sqlite, until systemd gave up on it. Now the file is moved
     aside, kept as it was, and new records begin (sjobd then adopts the jobs systemd runs)."""
@@ -61,23 +87,19 @@ def test_damaged_records_are_set_aside_and_new_ones_begin(
     for i in range(200):  # a few pages of them
         records.insert(job(f"{i:08x}", 1000, created=i))
     records.close()
-    data = bytearray(path.read_bytes())
-    if damage == "not a database":
-        data[:16] = b"definitely not!!"
-    else:
-        data[4096 * 2] = 0xFF  # the third page's b-tree page type: no such type
-    path.write_bytes(bytes(data))
+    damage(path, how)
+    data = path.read_bytes()
     fresh = JobRecords(path)
     assert fresh.get("00000000") is None
     fresh.insert(job("0000ffff", 1000, created=1))
     assert [j.id for j in fresh.list_jobs()] == ["0000ffff"]
-    (aside,) = tmp_path.glob("jobs.sqlite.damaged-*")
-    assert aside.read_bytes() == bytes(data)
+    (aside,) = tmp_path.glob("jobs.sqlite.damaged-*[0-9]Z")
+    assert aside.read_bytes() == data
     assert aside.stat().st_mode & 0o777 == 0o600
     assert any(f"{path} is damaged" in message for message in caplog.messages)
     fresh.close()
     JobRecords(path).close()  # sound now: kept
-    assert len(list(tmp_path.glob("jobs.sqlite.damaged-*"))) == 1
+    assert len(list(tmp_path.glob("jobs.sqlite.damaged-*[0-9]Z"))) == 1
 
 
 def test_retention_keeps_each_user_s_newest_finished_and_every_unfinished(tmp_path: Path) -> None:
@@ -293,3 +315,14 @@ def test_an_end_is_logged_once_and_readably(tmp_path: Path, caplog: pytest.LogCa
     assert [m for m in caplog.messages if "ended" in m] == ["sjob-00000001.service ended: exited (success, status 0)"]
     ledger.record_exit("00000001", ExitRecord("signal", "killed", 9, 7, resources=used))
     assert caplog.messages[-1] == "sjob-00000001.service ended: failed (signal, SIGKILL): killed by signal SIGKILL"
+
+
+def test_a_write_python_refuses_is_still_a_storage_error(tmp_path: Path) -> None:
+    """Errors Python raises itself (a closed connection: a late write at shutdown) carry no SQLite error code: the
+    damage check must not turn them into an AttributeError (review of H)."""
+    records = JobRecords(tmp_path / "jobs.sqlite")
+    records.close()
+    with pytest.raises(SjobError) as e:
+        records.insert(job("00000001", 1000, created=1))
+    assert e.value.code is ErrorCode.StorageError
+    assert "df -h" in (e.value.hint or "")
