@@ -182,10 +182,11 @@ class FunctionStore:
         with self._storage_errors():
             if target.exists():
                 # A version sjobd has no record of: left by a deploy whose record was never written (sjobd killed
-                # between the two) or was lost with a damaged functions.sqlite. No call can use it; it blocked
-                # every deploy of the name.
-                log.warning("%s is not a version sjobd has a record of; replacing it", target)
-                shutil.rmtree(target)
+                # between the two) or was lost with a damaged functions.sqlite. It blocked every deploy of the name.
+                # Moved aside, not removed: a call started before the records were lost may still run its code.
+                stray = target.with_name(f"{target.name}.stray-{now_usec}")
+                log.warning("%s is not a version sjobd has a record of; moved to %s", target, stray)
+                os.rename(target, stray)
             os.rename(staging.copied, target)
             self.discard(staging)
         version = FunctionVersion(

@@ -128,14 +128,16 @@ class Launcher:
         it runs, or StartFailed once its record says why it could not start."""
         owner = job.uid if slice_owner is None else slice_owner
         log.info("starting %s for %s: %s", job.unit, job.user, job.argv)
+        asked = False  # whether systemd was asked to start it
         try:
             with self._reaper.starting(job.id):
                 await self.cap_slice(owner)
+                asked = True
                 result = await self._units.start_transient(unit)
         except SjobError as e:
-            # systemd may start it yet, when it did not answer: a job recorded as failed must not run. Its unit is
-            # stopped, by sjobd as its record says, should its exit record come after all (review of H).
-            unanswered = isinstance(e, NoAnswerError)
+            # systemd may start it yet, when it did not answer the start: a job recorded as failed must not run. Its
+            # unit is stopped, by sjobd as its record says, should its exit record come after all (review of H).
+            unanswered = asked and isinstance(e, NoAnswerError)
             self._failed(
                 job, Outcome(JobState.failed, "resources", None, None, e.message), "sjobd" if unanswered else None
             )

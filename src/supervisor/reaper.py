@@ -115,6 +115,9 @@ class Reaper:
                 await self.refresh(job)
             except (SjobError, OSError) as e:  # one job's trouble (a full disk, systemd busy) must not stop the others'
                 self.sweep_later(f"job {job.id}", e)
+            except Exception as e:  # a bug: nor must it stop sjobd's start, or the sweeps after (review of H)
+                log.exception("bringing job %s up to date failed", job.id)
+                self.sweep_later(f"job {job.id}", e)
 
     def sweep_later(self, what: str, e: Exception) -> None:
         """`what` could not be brought up to date (a full disk, systemd busy, a journal file rotated away): say so,

@@ -19,6 +19,7 @@ again, each run a job of its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,6 +36,7 @@ from supervisor.logformat import ExitRecord, UnitEvent
 from supervisor.policy import Action, Owner, owns
 from supervisor.properties import ShimCommand
 from supervisor.protocol import (
+    TIMER_SUFFIX,
     UNIT_PREFIX,
     UNIT_SUFFIX,
     Job,
@@ -181,8 +183,9 @@ class TimerService:
 
     async def watch_runs(self) -> None:
         """Record every run of every timer, as journald reports them; runs until cancelled. A journal that cannot
-        be read for a while (`JobLog.runs` waits for it) does not end it, nor a run that cannot be recorded (its
-        record is brought up to date by the sweep that follows), which would stop sjobd."""
+        be read for a while (`JobLog.runs` waits for it) does not end it, nor a run that cannot be recorded, which
+        would stop sjobd: the sweep that follows brings its record up to date, and a run that has none yet gets one
+        from its exit record, or at sjobd's next start."""
         async for event in self._journal.runs(self._since(), self._is_timer_service):
             try:
                 started = self._record_run(event)
@@ -197,12 +200,20 @@ class TimerService:
                 await self._recheck(*started)  # each run: may its maker still have it? (review of J)
 
     async def reconcile(self) -> None:
-        """At startup: find out which timers systemd no longer has."""
+        """At startup: find out which timers systemd no longer has; and stop those systemd has that sjobd has no
+        record of (its records lost, or set aside as damaged): nobody could stop them, their runs would go
+        unrecorded, and no policy would be checked at each (review of H). A run under way is adopted as a job."""
         for timer in self._records.timers(active=True):
             try:
                 await self._live(timer)
             except SjobError as e:
                 log.warning("cannot check %s: %s", timer.unit, e.message)
+        for unit in await self._units.list_units(f"{UNIT_PREFIX}*{TIMER_SUFFIX}"):
+            with contextlib.suppress(SjobError):  # a unit name that is not one of ours
+                timer_id = parse_job_id(unit)
+                if unit == timer_unit_for(timer_id) and self._records.get_timer(timer_id) is None:
+                    log.warning("%s has no record (its records were lost); stopping it", unit)
+                    await self._units.stop(unit)
 
     async def recheck(self) -> None:
         """After a policy reload, and at sjobd's start: remove the timers the policy no longer allows."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fnmatch
 import os
 import signal
 import time
@@ -365,7 +366,7 @@ class FakeUnits:
                     os.killpg(proc.pid, signo)
 
     async def list_units(self, pattern: str) -> list[str]:
-        return sorted(self.states)
+        return sorted(name for name in [*self.states, *self.timers] if fnmatch.fnmatchcase(name, pattern))
 
     async def close(self) -> None:
         """End what still runs, as a test ends: kill each "unit's" processes and wait for them, so that no

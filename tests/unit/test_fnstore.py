@@ -160,6 +160,9 @@ def test_a_version_left_without_a_record_does_not_block_the_next_deploy(tmp_path
         assert store.get("f") is None
         assert deploy(store, "print(2)\n") == 1
         assert (store.version_dir("f", 1) / "main.py").read_text() == "print(2)\n"
+        # The stray version is kept (a call may still run it), beside the function's new one.
+        (stray,) = (tmp_path / "functions" / "f").glob("v1.stray-*")
+        assert (stray / "main.py").read_text() == "print(1)\n"
     finally:
         store.close()
 

@@ -749,6 +749,34 @@ def test_an_exit_that_cannot_be_recorded_neither_ends_the_watcher_nor_is_lost(
     scenario(body, tmp_path, run_commands=False)
 
 
+def test_a_sweep_goes_on_past_a_job_it_fails_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met bringing one record up to date must neither end the sweep (the startup sweep's end stopped sjobd's
+    start, every time) nor keep the others' ends from being recorded; the job is tried again later (review of H)."""
+    monkeypatch.setattr(reaper_module, "RESWEEP_DELAY", 0.1)
+
+    async def body(service: JobService, reaper: Reaper, units: FakeUnits, log: FakeJobLog) -> None:
+        first = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        second = await service.start(ALICE, JobSpec(["/bin/sleep", "60"], "/"))
+        reads = log.find_exits
+        failures = [ValueError("a bug")]
+
+        def find_exits(job_id: str, unit: str, invocation: str | None = None) -> list[ExitRecord]:
+            if job_id == first.id and failures:
+                raise failures.pop()
+            return reads(job_id, unit, invocation)
+
+        log.find_exits = find_exits  # type: ignore[method-assign]
+        log.add(first.id, ExitRecord("exit-code", "exited", 3))
+        log.add(second.id, ExitRecord("success", "exited", 0))
+        await reaper.sweep()
+        assert not failures
+        assert service._records.get(second.id).state is JobState.exited  # type: ignore[union-attr]
+        while not (service._records.get(first.id) or first).state.finished:  # the sweep after
+            await asyncio.sleep(0.02)
+
+    scenario(body, tmp_path, run_commands=False)
+
+
 def test_an_end_recorded_while_refresh_asks_systemd_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`refresh` reads the record, then asks systemd about the unit. The exit watcher may record the job's end in
     between: the end from the service manager's log (exit 0, for a job nobody stopped) must not replace it (review of
@@ -1064,6 +1092,22 @@ def test_a_start_systemd_does_not_answer_in_time_fails_and_its_unit_is_stopped(t
             await service.start(ALICE, JobSpec(["/bin/true"], "/"))
         unanswered = units.started[-1].name.removeprefix("sjob-").removesuffix(".service")
         assert (await service.status(ALICE, unanswered)).stopped_by == "sjobd"
+        while f"sjob-{unanswered}.service" not in units.stopped:
+            await asyncio.sleep(0.01)
+        # Unanswered before the start was asked for (the user's slice): nothing to stop, nobody stopped it.
+        service._launcher._slices.clear()
+
+        async def slice_unanswered(unit: UnitProperties) -> None:
+            raise NoAnswerError("systemd did not answer SetUnitProperties within 25s", hint="try again")
+
+        units.set_properties = slice_unanswered  # type: ignore[method-assign]
+        stops = len(units.stopped)
+        with pytest.raises(NoAnswerError):
+            await service.start(ALICE, JobSpec(["/bin/true"], "/"))
+        (never,) = [j for j in service.list_jobs(ALICE) if j.message and "SetUnitProperties" in j.message]
+        assert (never.state, never.stopped_by) == (JobState.failed, None)
+        await asyncio.sleep(0.05)
+        assert len(units.stopped) == stops
 
     scenario(body, tmp_path)
 
