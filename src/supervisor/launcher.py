@@ -26,7 +26,7 @@ from supervisor.policy import Decision, Policy, Rule
 from supervisor.profiles import Profile
 from supervisor.properties import JobStdio, ShimCommand, UnitProperties
 from supervisor.protocol import Job, JobSpec, JobState, Limits, unit_for
-from supervisor.reaper import Reaper
+from supervisor.reaper import UNANSWERED, Reaper
 from supervisor.units import CLD_EXITED, Outcome, UnitState, outcome_of_unit, setup_failure_hint
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Launcher:
                 job, Outcome(JobState.failed, "resources", None, None, e.message), "sjobd" if unanswered else None
             )
             if unanswered:
-                self._reaper.stop_later(job.unit)
+                self._reaper.stop_later(job.unit, UNANSWERED)
             raise
         if result == "done":
             # As the record is now: the job may have ended, or been stopped, while systemd started it.

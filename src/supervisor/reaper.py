@@ -41,6 +41,7 @@ KILL_INTERVAL_MAX = 4.0  # between looks at a stopping unit while sjobd has noth
 KILL_PATIENCE = 4 * 90.0
 SETTLE_USEC = 60_000_000  # how long after a provisional end `settled` looks for the exit record
 AUTO_RESTART = ("auto-restart", "auto-restart-queued")  # a unit waiting to start its next run (Restart=)
+UNANSWERED = "whose start systemd did not answer in time"  # why a unit is stopped (stop_later)
 
 
 def is_its_run(job: Job, state: UnitState) -> bool:
@@ -365,17 +366,18 @@ class Reaper:
             return False
         return state.sub_state in AUTO_RESTART or (bool(ended_run) and state.invocation_id == ended_run)
 
-    def stop_later(self, unit: str) -> None:
-        """Stop `unit` (in the background): systemd did not answer its start in time and may start it yet, when its
-        job is already recorded as failed."""
-        self._in_background(self._stop(unit))
+    def stop_later(self, unit: str, which: str) -> None:
+        """Stop `unit` in the background, one sjobd has no job record of, or none that says it runs: `which` says
+        why, for the log should the stop fail (a start systemd did not answer in time, which it may carry out yet;
+        a timer whose record was lost)."""
+        self._in_background(self._stop(unit, which))
 
-    async def _stop(self, unit: str) -> None:
+    async def _stop(self, unit: str, which: str) -> None:
         try:
             await self._units.stop(unit)
         except SjobError as e:
             if e.code is not ErrorCode.NoSuchJob:  # NoSuchJob: it never came to be
-                log.warning("cannot stop %s, whose start systemd did not answer in time: %s", unit, e.message)
+                log.warning("cannot stop %s, %s: %s", unit, which, e.message)
 
     def collect_later(self, unit: str) -> None:
         """Reset `unit` once it has settled, if it failed (in the background)."""

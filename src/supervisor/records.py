@@ -134,6 +134,9 @@ class JobRecords:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer sjobd (schema {version} > {SCHEMA_VERSION})")
+        # A file made now (the first start, records lost, or set aside as damaged): systemd may run jobs and timers
+        # of sjob's that it has no record of (Reaper.reconcile, TimerService.reconcile).
+        self.began_anew = version == 0
         if version == 0:
             self._db.executescript(_SCHEMA)
         else:

@@ -49,7 +49,7 @@ from supervisor.protocol import (
     timer_unit_for,
     unit_for,
 )
-from supervisor.reaper import Reaper
+from supervisor.reaper import UNANSWERED, Reaper
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class TimerService:
             self._records.delete_timer(timer_id)
             self._ids.discard(timer_id)
             if isinstance(e, NoAnswerError):  # systemd may make it yet: a timer with no record must not run
-                self._reaper.stop_later(timer.unit)
-                self._reaper.stop_later(service.name)
+                self._reaper.stop_later(timer.unit, UNANSWERED)
+                self._reaper.stop_later(service.name, UNANSWERED)
             raise self._access.refuse(principal, Action.schedule, e) from None
         self._access.allow(principal, Action.schedule, f"{decision.reason}, profile {admission.profile.name}", timer_id)
         log.info("%s made for %s: %s", timer.unit, principal, spec.argv)
@@ -200,20 +200,28 @@ class TimerService:
                 await self._recheck(*started)  # each run: may its maker still have it? (review of J)
 
     async def reconcile(self) -> None:
-        """At startup: find out which timers systemd no longer has; and stop those systemd has that sjobd has no
-        record of (its records lost, or set aside as damaged): nobody could stop them, their runs would go
-        unrecorded, and no policy would be checked at each (review of H). A run under way is adopted as a job."""
+        """At startup: find out which timers systemd no longer has; and, when the records began anew at this start
+        (lost, or set aside as damaged), stop every timer of sjob's systemd has, none of which has a record: nobody
+        could stop them, their runs would go unrecorded, and no policy would be checked at each (review of H). A run
+        under way is adopted as a job. Only then: another sjobd, with a state directory of its own, must not stop
+        them."""
         for timer in self._records.timers(active=True):
             try:
                 await self._live(timer)
             except SjobError as e:
                 log.warning("cannot check %s: %s", timer.unit, e.message)
-        for unit in await self._units.list_units(f"{UNIT_PREFIX}*{TIMER_SUFFIX}"):
+        if not self._records.began_anew:
+            return
+        try:
+            units = await self._units.list_units(f"{UNIT_PREFIX}*{TIMER_SUFFIX}")
+        except SjobError as e:
+            log.warning("cannot look for timers without a record: %s", e.message)
+            return
+        for unit in units:
             with contextlib.suppress(SjobError):  # a unit name that is not one of ours
-                timer_id = parse_job_id(unit)
-                if unit == timer_unit_for(timer_id) and self._records.get_timer(timer_id) is None:
-                    log.warning("%s has no record (its records were lost); stopping it", unit)
-                    await self._units.stop(unit)
+                if unit == timer_unit_for(parse_job_id(unit)):
+                    log.warning("%s has no record (sjobd's records began anew); stopping it", unit)
+                    self._reaper.stop_later(unit, "a timer without a record")
 
     async def recheck(self) -> None:
         """After a policy reload, and at sjobd's start: remove the timers the policy no longer allows."""
