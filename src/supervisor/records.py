@@ -135,8 +135,9 @@ class JobRecords:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer sjobd (schema {version} > {SCHEMA_VERSION})")
         # A file made now (the first start, records lost, or set aside as damaged): systemd may run jobs and timers
-        # of sjob's that it has no record of (Reaper.reconcile, TimerService.reconcile).
-        self.began_anew = version == 0
+        # of sjob's that it has no record of (Reaper.reconcile, TimerService.reconcile). By the table, not the
+        # version: records restored with sqlite3's .dump or .recover have version 0 (review of H).
+        self.began_anew = not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
         if version == 0:
             self._db.executescript(_SCHEMA)
         else:

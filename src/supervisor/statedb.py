@@ -26,8 +26,10 @@ def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
     its integrity check: a failing disk, something else writing it) is moved aside as `<name>.damaged-<time>`, and
     a new one begins; `if_damaged` says what that means, for the log. Before, sjobd failed at every start until
     systemd gave up on it. Other errors (a disk that cannot be read, a file locked) are raised: nothing says the
-    file is damaged. A damaged index is rebuilt instead: nothing is lost. The check reads the whole file: 0.2 s for
-    500 MB natively, with a warm cache (the retention bounds the job records to about 128 MB a user)."""
+    file is damaged. Not even a damaged index is rebuilt in place: a row's damaged value looks the same, and
+    REINDEX writes into the damaged file (review of H); the file set aside keeps all there was, for salvage. The
+    check reads the whole file: 0.2 to 2 s for a few hundred MB natively, as reviewers measured, inside systemd's
+    90 s for a start (the retention bounds the job records to about 128 MB a user)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     db: sqlite3.Connection | None = None
     try:
@@ -35,8 +37,6 @@ def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
         # integrity_check, not quick_check: only it compares indexes with their tables, and sjobd reads its
         # unfinished jobs through an index (review of H: a damaged index passed quick_check, failed every start).
         (verdict,) = db.execute("PRAGMA integrity_check(1)").fetchone()
-        if verdict != "ok":
-            verdict = _reindexed(db, path, verdict)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
         # UnicodeDecodeError: SQLite's own message about a schema that is not UTF-8, which Python cannot decode.
         if db is not None:
@@ -56,19 +56,6 @@ def open_state_db(path: Path, if_damaged: str) -> sqlite3.Connection:
             os.rename(f"{path}{suffix}", f"{aside}{suffix}")
     log.error("%s is damaged (%s): moved to %s; %s", path, verdict, aside, if_damaged)
     return _open(path)
-
-
-def _reindexed(db: sqlite3.Connection, path: Path, verdict: str) -> str:
-    """ "ok" if rebuilding every index makes the file whole (only an index was damaged: nothing is lost, and setting
-    the file aside would cost every record, review of H); else what is wrong."""
-    try:
-        db.execute("REINDEX")
-        (after,) = db.execute("PRAGMA integrity_check(1)").fetchone()
-    except sqlite3.Error as e:  # a table's own damage, met while rebuilding
-        return f"{verdict}; rebuilding its indexes: {e}"
-    if after == "ok":
-        log.warning("%s had a damaged index (%s); rebuilt it", path, verdict)
-    return str(after)
 
 
 def _damaged(e: sqlite3.Error) -> bool:

@@ -201,10 +201,10 @@ class TimerService:
 
     async def reconcile(self) -> None:
         """At startup: find out which timers systemd no longer has; and, when the records began anew at this start
-        (lost, or set aside as damaged), stop every timer of sjob's systemd has, none of which has a record: nobody
-        could stop them, their runs would go unrecorded, and no policy would be checked at each (review of H). A run
-        under way is adopted as a job. Only then: another sjobd, with a state directory of its own, must not stop
-        them."""
+        (lost, or set aside as damaged), stop the timers of sjob's systemd has that have no record: nobody could
+        stop them, their runs would go unrecorded, and no policy would be checked at each (review of H). A run under
+        way is adopted as a job. Only then: another sjobd, with records of its own, must not stop them (one with a
+        state directory made anew still does: sjobd is one per system)."""
         for timer in self._records.timers(active=True):
             try:
                 await self._live(timer)
@@ -219,7 +219,8 @@ class TimerService:
             return
         for unit in units:
             with contextlib.suppress(SjobError):  # a unit name that is not one of ours
-                if unit == timer_unit_for(parse_job_id(unit)):
+                timer_id = parse_job_id(unit)
+                if unit == timer_unit_for(timer_id) and self._records.get_timer(timer_id) is None:
                     log.warning("%s has no record (sjobd's records began anew); stopping it", unit)
                     self._reaper.stop_later(unit, "a timer without a record")
 

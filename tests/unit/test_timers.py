@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import errno
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -244,8 +245,15 @@ def test_a_timer_whose_record_was_lost_is_stopped_at_start(tmp_path: Path) -> No
             units.close = _nothing  # type: ignore[method-assign]  # systemd goes on as sjobd stops
             before.records._db.execute("DELETE FROM timers WHERE id = ?", [timer.id])  # records that are not its
         async with world(tmp_path, log=log, units=units) as same:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # a stop would have been made by now: stop_later is a task of a turn or two
             assert timer.unit not in same.units.stopped
+        # Records restored with sqlite3's .dump: version 0, their tables there. Not begun anew: the timer is kept.
+        restored = sqlite3.connect(tmp_path / "jobs.sqlite")
+        restored.execute("PRAGMA user_version = 0")
+        restored.close()
+        async with world(tmp_path, log=log, units=units) as dumped:
+            await asyncio.sleep(0.2)
+            assert timer.unit not in dumped.units.stopped
         async with world(tmp_path / "lost", log=log, units=units) as anew:
             async with asyncio.timeout(10):
                 while timer.unit not in anew.units.stopped:
