@@ -86,11 +86,7 @@ class Reaper:
         async for job_id, record in self._journal.exits(since):
             try:
                 job = self._ledger.record_exit(job_id, record)
-            except (SjobError, OSError) as e:  # a full disk, no journal reader to be had (EMFILE): a sweep retries
-                self.sweep_later(f"job {job_id}", e)
-                continue
-            except Exception as e:  # a bug: the exits after this one are still recorded (review of H)
-                log.exception("recording the exit of job %s failed", job_id)
+            except Exception as e:  # a full disk, no journal reader to be had (EMFILE), a bug: a sweep retries
                 self.sweep_later(f"job {job_id}", e)
                 continue
             if job is not None and job.state.finished:
@@ -114,17 +110,17 @@ class Reaper:
         for job in self._records.unfinished():
             try:
                 await self.refresh(job)
-            except (SjobError, OSError) as e:  # one job's trouble (a full disk, systemd busy) must not stop the others'
-                self.sweep_later(f"job {job.id}", e)
-            except Exception as e:  # a bug: nor must it stop sjobd's start, or the sweeps after (review of H)
-                log.exception("bringing job %s up to date failed", job.id)
-                self.sweep_later(f"job {job.id}", e)
+            except Exception as e:  # one job's trouble (a full disk, systemd busy, a bug) must not stop the others'
+                self.sweep_later(f"job {job.id}", e)  # nor sjobd's start (review of H)
 
     def sweep_later(self, what: str, e: Exception) -> None:
-        """`what` could not be brought up to date (a full disk, systemd busy, a journal file rotated away): say so,
-        and sweep in a while, and again after each sweep that fails too. The one time sjobd looks at its records
-        without news."""
-        log.warning("cannot bring %s up to date: %s", what, e.message if isinstance(e, SjobError) else e)
+        """`what` could not be brought up to date (a full disk, systemd busy, a journal file rotated away; or a bug,
+        logged with its traceback): say so, and sweep in a while, and again after each sweep that fails too. The one
+        time sjobd looks at its records without news."""
+        if isinstance(e, SjobError | OSError):
+            log.warning("cannot bring %s up to date: %s", what, e.message if isinstance(e, SjobError) else e)
+        else:
+            log.error("bringing %s up to date failed", what, exc_info=e)
         if self._resweep is None or self._resweep.done():
             self._resweep = self._in_background(self._sweep_after(RESWEEP_DELAY))
 
@@ -153,10 +149,7 @@ class Reaper:
             del self._to_look[unit]  # news of it from now on is looked at again (a timer's next run)
             try:
                 await self._look_at(unit)
-            except (SjobError, OSError) as e:
-                self.sweep_later(f"the jobs of {unit}", e)
-            except Exception as e:  # a bug: the units after this one are still looked at
-                log.exception("looking at the jobs of %s failed", unit)
+            except Exception as e:  # systemd busy, a journal file rotated away, a bug: the next units still are
                 self.sweep_later(f"the jobs of {unit}", e)
 
     async def _look_at(self, unit: str) -> None:

@@ -189,11 +189,7 @@ class TimerService:
         async for event in self._journal.runs(self._since(), self._is_timer_service):
             try:
                 started = self._record_run(event)
-            except (SjobError, OSError) as e:  # a full disk, no journal reader to be had (EMFILE): a sweep retries
-                self._reaper.sweep_later(f"a run of {event.unit}", e)
-                continue
-            except Exception as e:  # a bug: the runs after this one are still recorded (review of H)
-                log.exception("recording a run of %s failed", event.unit)
+            except Exception as e:  # a full disk, no journal reader to be had (EMFILE), a bug: a sweep retries
                 self._reaper.sweep_later(f"a run of {event.unit}", e)
                 continue
             if started is not None:
